@@ -1,0 +1,303 @@
+//! The hand-off from a VMM to a page server (the fetch agent): wire types, parsing and encoding,
+//! free of I/O.
+//!
+//! The VMM connects to the page server's Unix stream socket and sends ONE message: the JSON text
+//! below, with the userfaultfd attached by SCM_RIGHTS. Two forms are accepted:
+//!
+//! - Firecracker's: a JSON array of `{"base_host_virt_addr", "size", "offset", "page_size"}`, one per
+//!   guest memory region, `offset` being the region's place in the concatenated guest memory (older
+//!   Firecrackers name the page size `page_size_kib` but put bytes in it);
+//! - thaw's: a JSON object `{"thaw_handoff": 1, "mappings": [...same entries...], "store": ...,
+//!   "checkpoint": ...}` that adds what the page server needs to find the memory.
+//!
+//! A page index (as in the checkpoint manifest) is a byte offset into the concatenated memory divided
+//! by the page size, so [`Handoff::locate`] maps a faulting host address to the page to fetch.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of thaw's object form.
+pub const HANDOFF_VERSION: u32 = 1;
+/// Largest hand-off message accepted, in bytes.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Most regions accepted in one hand-off.
+pub const MAX_REGIONS: usize = 4096;
+
+/// One guest memory region as the VMM mapped it (Firecracker's `GuestRegionUffdMapping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionMapping {
+    /// Host virtual address of the region in the VMM process.
+    pub base_host_virt_addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Offset of the region in the concatenated guest memory.
+    pub offset: u64,
+    /// Page size of the mapping in bytes (`page_size_kib` in older Firecrackers, holding bytes).
+    #[serde(alias = "page_size_kib")]
+    pub page_size: u64,
+    /// Guest-physical address of the region (thaw's form only; Firecracker does not send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_phys_addr: Option<u64>,
+}
+
+/// Everything a page server learns from a hand-off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// Always [`HANDOFF_VERSION`] for thaw's form.
+    pub thaw_handoff: u32,
+    pub mappings: Vec<RegionMapping>,
+    /// Where the checkpoint lives (a store spec: directory, `file://`, `memory://`, `s3://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Which checkpoint to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// Name of the VM, for logs and metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+}
+
+/// Why a hand-off message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoffError {
+    #[error("hand-off message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    #[error("hand-off message is not valid JSON: {0}")]
+    Json(String),
+    #[error("hand-off message must be a JSON array (Firecracker) or object (thaw), got {0}")]
+    Shape(&'static str),
+    #[error("unsupported thaw hand-off version {0} (this build reads {HANDOFF_VERSION})")]
+    Version(u32),
+    #[error("hand-off names no memory region")]
+    NoRegions,
+    #[error("hand-off names {0} regions, more than {MAX_REGIONS}")]
+    TooManyRegions(usize),
+    #[error("region {index}: {msg}")]
+    Region { index: usize, msg: String },
+}
+
+impl Handoff {
+    /// A thaw hand-off for these mappings.
+    pub fn new(mappings: Vec<RegionMapping>) -> Handoff {
+        Handoff {
+            thaw_handoff: HANDOFF_VERSION,
+            mappings,
+            store: None,
+            checkpoint: None,
+            vm_id: None,
+        }
+    }
+
+    /// Parses either form and validates the mappings.
+    pub fn parse(message: &[u8]) -> Result<Handoff, HandoffError> {
+        if message.len() > MAX_MESSAGE {
+            return Err(HandoffError::TooLarge(message.len()));
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(message).map_err(|e| HandoffError::Json(e.to_string()))?;
+        let handoff = match value {
+            serde_json::Value::Array(_) => {
+                let mappings: Vec<RegionMapping> =
+                    serde_json::from_value(value).map_err(|e| HandoffError::Json(e.to_string()))?;
+                Handoff::new(mappings)
+            }
+            serde_json::Value::Object(ref obj) => {
+                let version = obj
+                    .get("thaw_handoff")
+                    .and_then(|v| v.as_u64())
+                    .ok_or(HandoffError::Shape("an object without \"thaw_handoff\""))?;
+                if version != HANDOFF_VERSION as u64 {
+                    return Err(HandoffError::Version(version.min(u32::MAX as u64) as u32));
+                }
+                serde_json::from_value(value).map_err(|e| HandoffError::Json(e.to_string()))?
+            }
+            serde_json::Value::Null => return Err(HandoffError::Shape("null")),
+            serde_json::Value::Bool(_) => return Err(HandoffError::Shape("a boolean")),
+            serde_json::Value::Number(_) => return Err(HandoffError::Shape("a number")),
+            serde_json::Value::String(_) => return Err(HandoffError::Shape("a string")),
+        };
+        handoff.validate()?;
+        Ok(handoff)
+    }
+
+    /// The message bytes of thaw's form.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("hand-off serializes")
+    }
+
+    /// The message bytes of Firecracker's form (the mappings only).
+    pub fn encode_firecracker(&self) -> Vec<u8> {
+        let plain: Vec<RegionMapping> = self
+            .mappings
+            .iter()
+            .map(|m| RegionMapping {
+                guest_phys_addr: None,
+                ..*m
+            })
+            .collect();
+        serde_json::to_vec(&plain).expect("mappings serialize")
+    }
+
+    /// Checks sizes, alignment and that neither host ranges nor memory offsets overlap.
+    pub fn validate(&self) -> Result<(), HandoffError> {
+        if self.mappings.is_empty() {
+            return Err(HandoffError::NoRegions);
+        }
+        if self.mappings.len() > MAX_REGIONS {
+            return Err(HandoffError::TooManyRegions(self.mappings.len()));
+        }
+        let bad = |index: usize, msg: String| HandoffError::Region { index, msg };
+        for (i, m) in self.mappings.iter().enumerate() {
+            if m.page_size < 4096 || !m.page_size.is_power_of_two() {
+                return Err(bad(
+                    i,
+                    format!("page size {} is not a power of two >= 4096", m.page_size),
+                ));
+            }
+            if m.size == 0 || m.size % m.page_size != 0 {
+                return Err(bad(
+                    i,
+                    format!(
+                        "size {} is not a positive multiple of the page size",
+                        m.size
+                    ),
+                ));
+            }
+            if m.base_host_virt_addr % m.page_size != 0 || m.offset % m.page_size != 0 {
+                return Err(bad(i, "address or offset not page aligned".into()));
+            }
+            if m.base_host_virt_addr.checked_add(m.size).is_none()
+                || m.offset.checked_add(m.size).is_none()
+            {
+                return Err(bad(i, "range overflows".into()));
+            }
+            for (j, o) in self.mappings[..i].iter().enumerate() {
+                let overlap = |a: u64, b: u64| a < b + o.size && b < a + m.size;
+                if overlap(m.base_host_virt_addr, o.base_host_virt_addr) {
+                    return Err(bad(i, format!("host range overlaps region {j}")));
+                }
+                if overlap(m.offset, o.offset) {
+                    return Err(bad(i, format!("memory offset range overlaps region {j}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The region holding host address `addr`, and `addr`'s byte offset in the concatenated
+    /// guest memory.
+    pub fn locate(&self, addr: u64) -> Option<(usize, u64)> {
+        self.mappings.iter().enumerate().find_map(|(i, m)| {
+            (addr >= m.base_host_virt_addr && addr - m.base_host_virt_addr < m.size)
+                .then(|| (i, m.offset + (addr - m.base_host_virt_addr)))
+        })
+    }
+
+    /// Total bytes of guest memory handed off.
+    pub fn memory_bytes(&self) -> u64 {
+        self.mappings.iter().map(|m| m.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thaw() -> Handoff {
+        let mut h = Handoff::new(vec![
+            RegionMapping {
+                base_host_virt_addr: 0x7f00_0000_0000,
+                size: 0xc000_0000,
+                offset: 0,
+                page_size: 4096,
+                guest_phys_addr: Some(0),
+            },
+            RegionMapping {
+                base_host_virt_addr: 0x7e00_0000_0000,
+                size: 0x4000_0000,
+                offset: 0xc000_0000,
+                page_size: 4096,
+                guest_phys_addr: Some(0x1_0000_0000),
+            },
+        ]);
+        h.store = Some("/var/lib/thaw".into());
+        h.checkpoint = Some("abc".into());
+        h
+    }
+
+    #[test]
+    fn thaw_form_round_trips() {
+        let h = thaw();
+        assert_eq!(Handoff::parse(&h.encode()).unwrap(), h);
+    }
+
+    #[test]
+    fn firecracker_array_is_accepted() {
+        let msg = br#"[{"base_host_virt_addr":140737488355328,"size":268435456,"offset":0,"page_size":4096}]"#;
+        let h = Handoff::parse(msg).unwrap();
+        assert_eq!(h.mappings.len(), 1);
+        assert_eq!(h.mappings[0].size, 256 << 20);
+        assert_eq!(h.store, None);
+        // Older Firecrackers: page_size_kib holding bytes.
+        let old = br#"[{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size_kib":4096}]"#;
+        assert_eq!(Handoff::parse(old).unwrap().mappings[0].page_size, 4096);
+        // Our own Firecracker-form encoding parses back to the same mappings.
+        let fc = Handoff::parse(&thaw().encode_firecracker()).unwrap();
+        assert_eq!(fc.mappings[1].offset, 0xc000_0000);
+        assert_eq!(fc.mappings[1].guest_phys_addr, None);
+    }
+
+    #[test]
+    fn locate_maps_host_addresses_to_memory_offsets() {
+        let h = thaw();
+        assert_eq!(h.locate(0x7f00_0000_1234), Some((0, 0x1234)));
+        assert_eq!(h.locate(0x7e00_0000_0000 + 4096), Some((1, 0xc000_1000)));
+        assert_eq!(h.locate(0x7f00_0000_0000 + 0xc000_0000), None);
+        assert_eq!(h.memory_bytes(), 4 << 30);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"{", "not valid JSON"),
+            (b"42", "a number"),
+            (b"[]", "no memory region"),
+            (br#"{"mappings":[]}"#, "thaw_handoff"),
+            (br#"{"thaw_handoff":9,"mappings":[]}"#, "version 9"),
+            (
+                br#"[{"base_host_virt_addr":4096,"size":100,"offset":0,"page_size":4096}]"#,
+                "multiple",
+            ),
+            (
+                br#"[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":3000}]"#,
+                "power of two",
+            ),
+            (
+                br#"[{"base_host_virt_addr":4096,"size":4096,"offset":0}]"#,
+                "page_size",
+            ),
+            (
+                br#"[{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096},
+                    {"base_host_virt_addr":8192,"size":4096,"offset":8192,"page_size":4096}]"#,
+                "host range overlaps",
+            ),
+            (
+                br#"[{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096},
+                    {"base_host_virt_addr":65536,"size":4096,"offset":4096,"page_size":4096}]"#,
+                "offset range overlaps",
+            ),
+        ];
+        for (msg, want) in cases {
+            let err = Handoff::parse(msg).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "{}: {err}",
+                String::from_utf8_lossy(msg)
+            );
+        }
+        let big = vec![b' '; MAX_MESSAGE + 1];
+        assert_eq!(
+            Handoff::parse(&big),
+            Err(HandoffError::TooLarge(MAX_MESSAGE + 1))
+        );
+    }
+}

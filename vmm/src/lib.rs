@@ -1,0 +1,17 @@
+//! thaw's virtual machine monitor on KVM: boots the test guest (or Linux), pauses it at any moment,
+//! saves its complete state, and restores it in a fresh process eagerly or lazily through
+//! userfaultfd.
+
+pub mod cpuid;
+pub mod devices;
+pub mod error;
+pub mod memory;
+pub mod runner;
+pub mod serial;
+pub mod state;
+pub mod testguest;
+pub mod vcpu;
+pub mod vcpu_state;
+pub mod vm;
+
+pub use error::{Error, Result};

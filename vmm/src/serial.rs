@@ -1,0 +1,192 @@
+//! The 8250 UART on COM1 (0x3f8, IRQ 4) backed by vm-superio, writing to stdout, a file or memory.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+/// First I/O port of COM1.
+pub const COM1_BASE: u16 = 0x3f8;
+/// Number of I/O ports a UART decodes.
+pub const COM1_LEN: u16 = 8;
+/// ISA IRQ (and IOAPIC GSI) of COM1.
+pub const COM1_IRQ: u32 = 4;
+
+/// Where the guest's console output goes.
+#[derive(Debug, Clone, Default)]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Kept in memory (tests read it back).
+    Capture(Arc<Mutex<Vec<u8>>>),
+    /// Dropped.
+    Sink,
+}
+
+impl SerialOutput {
+    fn open(&self) -> Result<Box<dyn Write + Send>> {
+        Ok(match self {
+            SerialOutput::Stdout => Box::new(std::io::stdout()),
+            SerialOutput::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(Error::io(format!("open serial output {}", p.display())))?,
+            ),
+            SerialOutput::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
+            SerialOutput::Sink => Box::new(std::io::sink()),
+        })
+    }
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Raises the UART's interrupt through an irqfd registered for IRQ 4.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The serializable state of the UART (vm-superio's SerialState mirrored with serde).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UartState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<SerialState> for UartState {
+    fn from(s: SerialState) -> Self {
+        UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&UartState> for SerialState {
+    fn from(s: &UartState) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+/// COM1: the vm-superio device behind a lock shared by the vCPU threads.
+pub struct Uart {
+    inner: Mutex<Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>>,
+}
+
+impl Uart {
+    /// A UART in reset state (or in `state`), raising `irq_evt` for interrupts.
+    pub fn new(irq_evt: EventFd, out: &SerialOutput, state: Option<&UartState>) -> Result<Uart> {
+        let writer = out.open()?;
+        let trigger = IrqTrigger(irq_evt);
+        let serial = match state {
+            None => Serial::new(trigger, writer),
+            Some(s) => Serial::from_state(&s.into(), trigger, NoEvents, writer)
+                .map_err(|e| Error::StateBlob(format!("serial state: {e:?}")))?,
+        };
+        Ok(Uart {
+            inner: Mutex::new(serial),
+        })
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A guest write to port `COM1_BASE + offset`.
+    pub fn write(&self, offset: u8, value: u8) {
+        let mut s = self.lock();
+        if let Err(e) = s.write(offset, value) {
+            tracing::warn!("serial write at offset {offset}: {e:?}");
+        }
+        if offset == 0 {
+            let _ = s.writer_mut().flush();
+        }
+    }
+
+    /// A guest read of port `COM1_BASE + offset`.
+    pub fn read(&self, offset: u8) -> u8 {
+        self.lock().read(offset)
+    }
+
+    /// The device state for a checkpoint.
+    pub fn state(&self) -> UartState {
+        self.lock().state().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_captured_and_state_round_trips() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let out = SerialOutput::Capture(buf.clone());
+        let uart = Uart::new(EventFd::new(0).unwrap(), &out, None).unwrap();
+        for b in b"hi\n" {
+            uart.write(0, *b);
+        }
+        uart.write(7, 0x5a); // scratch register
+        assert_eq!(&buf.lock().unwrap()[..], b"hi\n");
+        let st = uart.state();
+        assert_eq!(st.scratch, 0x5a);
+        let copy = Uart::new(EventFd::new(0).unwrap(), &SerialOutput::Sink, Some(&st)).unwrap();
+        assert_eq!(copy.read(7), 0x5a);
+        assert_eq!(copy.state(), st);
+    }
+}

@@ -1,0 +1,271 @@
+//! The complete VM state of a checkpoint (everything but memory) and its byte encoding: the opaque
+//! state blob stored in the checkpoint manifest.
+//!
+//! Blob layout: `b"THAWVMST"`, format version (u32 LE), payload length (u64 LE), BLAKE3 of the
+//! payload (32 bytes), payload (JSON of [`VmState`]). Decoding checks all four before parsing, so a
+//! truncated or altered blob is refused with a clear error and never reaches KVM.
+
+use crate::cpuid::{CpuBaseline, RequiredFeatures};
+use crate::error::{Error, Result};
+use crate::serial::UartState;
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 8] = b"THAWVMST";
+/// Version of the blob format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+/// Largest payload accepted (a real state is tens of KiB).
+const MAX_PAYLOAD: u64 = 64 << 20;
+
+/// State of one vCPU, in the order it is restored (see restore.rs for why that order).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub id: u32,
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub sregs: kvm_sregs,
+    /// KVM_GET_SREGS2 output (adds the PAE PDPTRs), raw, when the host has it.
+    pub sregs2: Option<Vec<u8>>,
+    pub regs: kvm_regs,
+    pub xcrs: Option<kvm_xcrs>,
+    /// The XSAVE area as 32-bit words (KVM_GET_XSAVE2 when larger than 4 KiB).
+    pub xsave: Vec<u32>,
+    pub debug_regs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    pub msrs: Vec<kvm_msr_entry>,
+    pub mp_state: kvm_mp_state,
+    pub vcpu_events: kvm_vcpu_events,
+    pub tsc_khz: Option<u32>,
+}
+
+/// How the guest was started, so a restore can name what it is restoring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestKind {
+    TestGuest,
+    Linux,
+}
+
+/// Everything of a VM but its memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub guest: GuestKind,
+    /// Guest memory layout: `(guest_phys_addr, size)` per region, in order.
+    pub memory: Vec<(u64, u64)>,
+    pub cpu_baseline: CpuBaseline,
+    /// Host CPU features the guest's CPUID exposes; a restore host must have them all.
+    pub required_features: RequiredFeatures,
+    pub vcpus: Vec<VcpuState>,
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+    pub serial: UartState,
+}
+
+impl VmState {
+    /// Total guest memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.iter().map(|r| r.1).sum()
+    }
+
+    /// Encodes the state as a versioned, hashed blob.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let payload = serde_json::to_vec(self)
+            .map_err(|e| Error::StateBlob(format!("cannot encode: {e}")))?;
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(blake3::hash(&payload).as_bytes());
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+
+    /// Decodes and verifies a blob made by [`VmState::encode`].
+    pub fn decode(blob: &[u8]) -> Result<VmState> {
+        if blob.len() < HEADER_LEN {
+            return Err(Error::StateBlob(format!(
+                "{} bytes is shorter than the {HEADER_LEN}-byte header",
+                blob.len()
+            )));
+        }
+        if &blob[..8] != MAGIC {
+            return Err(Error::StateBlob("bad magic: not a thaw VM state".into()));
+        }
+        let version = u32::from_le_bytes(blob[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(Error::StateBlob(format!(
+                "format version {version}, this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let len = u64::from_le_bytes(blob[12..20].try_into().expect("8 bytes"));
+        let payload = &blob[HEADER_LEN..];
+        if len > MAX_PAYLOAD || len != payload.len() as u64 {
+            return Err(Error::StateBlob(format!(
+                "payload length {len} does not match the {} bytes present",
+                payload.len()
+            )));
+        }
+        if blake3::hash(payload).as_bytes() != &blob[20..52] {
+            return Err(Error::StateBlob(
+                "hash mismatch: the blob is corrupt".into(),
+            ));
+        }
+        let state: VmState = serde_json::from_slice(payload)
+            .map_err(|e| Error::StateBlob(format!("cannot parse: {e}")))?;
+        state.validate()?;
+        Ok(state)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.vcpus.is_empty() {
+            return Err(Error::StateBlob("no vCPUs".into()));
+        }
+        if self.memory.is_empty()
+            || self
+                .memory
+                .iter()
+                .any(|&(gpa, size)| size == 0 || gpa % 4096 != 0 || size % 4096 != 0)
+        {
+            return Err(Error::StateBlob("bad memory layout".into()));
+        }
+        for (i, v) in self.vcpus.iter().enumerate() {
+            if v.id as usize != i {
+                return Err(Error::StateBlob(format!("vCPU {i} has id {}", v.id)));
+            }
+            if v.xsave.len() < 1024 {
+                return Err(Error::StateBlob(format!("vCPU {i}: XSAVE area too short")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies a plain-old-data KVM struct into bytes.
+pub(crate) fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: T is a Copy, repr(C) KVM ABI struct without pointers; reading its size_of bytes
+    // through a byte pointer is valid (padding bytes are copied as they are).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+/// Rebuilds a plain-old-data KVM struct from bytes of exactly its size.
+pub(crate) fn pod_from_bytes<T: Copy + Default>(b: &[u8]) -> Result<T> {
+    if b.len() != std::mem::size_of::<T>() {
+        return Err(Error::StateBlob(format!(
+            "{} bytes for a {}-byte {}",
+            b.len(),
+            std::mem::size_of::<T>(),
+            std::any::type_name::<T>()
+        )));
+    }
+    let mut v = T::default();
+    // SAFETY: the length matches size_of::<T>() (checked above) and T is a KVM ABI struct for
+    // which every bit pattern is valid (integers and arrays of integers only).
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), b.len()) };
+    Ok(v)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> VmState {
+        let mut regs = kvm_regs::default();
+        regs.rip = 0x100000;
+        regs.rax = 42;
+        VmState {
+            guest: GuestKind::TestGuest,
+            memory: vec![(0, 1 << 20)],
+            cpu_baseline: CpuBaseline::Host,
+            required_features: RequiredFeatures::of(&[]),
+            vcpus: vec![VcpuState {
+                id: 0,
+                cpuid: vec![],
+                sregs: kvm_sregs::default(),
+                sregs2: None,
+                regs,
+                xcrs: None,
+                xsave: vec![0; 1024],
+                debug_regs: kvm_debugregs::default(),
+                lapic: kvm_lapic_state::default(),
+                msrs: vec![kvm_msr_entry {
+                    index: 0x10,
+                    data: 7,
+                    ..Default::default()
+                }],
+                mp_state: kvm_mp_state::default(),
+                vcpu_events: kvm_vcpu_events::default(),
+                tsc_khz: Some(2_000_000),
+            }],
+            pic_master: kvm_irqchip::default(),
+            pic_slave: kvm_irqchip::default(),
+            ioapic: kvm_irqchip::default(),
+            pit: kvm_pit_state2::default(),
+            clock: kvm_clock_data::default(),
+            serial: UartState {
+                baud_divisor_low: 12,
+                baud_divisor_high: 0,
+                interrupt_enable: 0,
+                interrupt_identification: 1,
+                line_control: 3,
+                line_status: 0x60,
+                modem_control: 8,
+                modem_status: 0xb0,
+                scratch: 0,
+                in_buffer: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn blob_round_trips() {
+        let blob = sample().encode().unwrap();
+        let back = VmState::decode(&blob).unwrap();
+        assert_eq!(back.vcpus[0].regs.rip, 0x100000);
+        assert_eq!(back.vcpus[0].msrs[0].data, 7);
+        assert_eq!(back.memory_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn corrupt_blobs_are_refused() {
+        let blob = sample().encode().unwrap();
+        let mut flipped = blob.clone();
+        let n = flipped.len();
+        flipped[n - 5] ^= 1;
+        let err = VmState::decode(&flipped).unwrap_err().to_string();
+        assert!(err.contains("hash mismatch"), "{err}");
+        assert!(VmState::decode(&blob[..blob.len() - 1])
+            .unwrap_err()
+            .to_string()
+            .contains("length"));
+        assert!(VmState::decode(b"short").is_err());
+        let mut magic = blob.clone();
+        magic[0] = b'X';
+        assert!(VmState::decode(&magic)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        let mut version = blob.clone();
+        version[8] = 9;
+        assert!(VmState::decode(&version)
+            .unwrap_err()
+            .to_string()
+            .contains("version"));
+    }
+
+    #[test]
+    fn pod_bytes_round_trip_and_check_size() {
+        let mut r = kvm_regs::default();
+        r.rflags = 0x3002;
+        let b = pod_bytes(&r);
+        let back: kvm_regs = pod_from_bytes(&b).unwrap();
+        assert_eq!(back.rflags, 0x3002);
+        assert!(pod_from_bytes::<kvm_regs>(&b[1..]).is_err());
+    }
+}

@@ -1,0 +1,394 @@
+//! vCPU threads: the KVM_RUN loop, port I/O dispatch, and pausing at any moment.
+//!
+//! Pausing: the controller sets the shared `pause` flag and kicks each vCPU thread with a real-time
+//! signal. The signal handler sets `immediate_exit` in that thread's `kvm_run`, so KVM_RUN returns
+//! EINTR whether the signal hit inside the guest or just before entering it. Before a thread parks it
+//! runs KVM_RUN once more with `immediate_exit` set: that completes a pending port I/O or MMIO
+//! instruction (on some KVMs, including this software one, RIP has already moved past the `out`;
+//! on hardware KVM it moves during that run) and returns at once, so saved state never carries a
+//! half-done instruction.
+
+use crate::error::{Error, Result};
+use crate::state::VcpuState;
+use crate::vcpu_state::{self, VcpuCaps};
+use kvm_bindings::kvm_cpuid_entry2;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// What the I/O bus tells a vCPU to do after an access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusAction {
+    /// Keep running the guest.
+    Continue,
+    /// Park this vCPU (the guest reported it is done) until told to resume.
+    Park,
+    /// Stop this vCPU for good (the guest asked for a reset or power-off).
+    Stop(String),
+}
+
+/// Port I/O devices seen by all vCPUs.
+pub trait IoBus: Send + Sync {
+    fn pio_out(&self, cpu: u32, port: u16, data: &[u8]) -> BusAction;
+    fn pio_in(&self, cpu: u32, port: u16, data: &mut [u8]);
+}
+
+/// Commands to a parked vCPU thread.
+pub enum Command {
+    Save(Sender<Result<VcpuState>>),
+    Resume,
+    Stop,
+}
+
+/// How a vCPU thread ended.
+#[derive(Debug)]
+pub enum VcpuEnd {
+    Stopped,
+    GuestStopped(String),
+    Failed(Error),
+}
+
+thread_local! {
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let p = IMMEDIATE_EXIT.with(|c| c.get());
+    if !p.is_null() {
+        // SAFETY: the pointer is this thread's kvm_run.immediate_exit, set while the vCPU fd (and
+        // so its kvm_run mapping) is alive and cleared before it is dropped.
+        unsafe { std::ptr::write_volatile(p, 1) };
+    }
+}
+
+/// The signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() -> Result<()> {
+    static ONCE: Once = Once::new();
+    static mut RESULT: i32 = 0;
+    ONCE.call_once(|| {
+        if let Err(e) = register_signal_handler(kick_signal(), kick_handler) {
+            // SAFETY: written once inside call_once, read only after it completed.
+            unsafe { RESULT = e.errno() };
+        }
+    });
+    // SAFETY: call_once has completed, so no writer remains.
+    let errno = unsafe { RESULT };
+    if errno != 0 {
+        return Err(Error::Io {
+            op: "install vCPU kick signal handler".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(())
+}
+
+/// Shared pause flag of a VM.
+#[derive(Default)]
+pub struct PauseFlag(AtomicBool);
+
+impl PauseFlag {
+    pub fn set(&self, v: bool) {
+        self.0.store(v, Ordering::SeqCst)
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One vCPU ready to run.
+pub struct Vcpu {
+    pub fd: VcpuFd,
+    pub id: u32,
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    pub id: u32,
+    thread: Option<JoinHandle<VcpuEnd>>,
+    commands: Sender<Command>,
+    parked: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+struct Runner {
+    vcpu: Vcpu,
+    bus: Arc<dyn IoBus>,
+    pause: Arc<PauseFlag>,
+    parked: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    commands: Receiver<Command>,
+    caps: Arc<VcpuCaps>,
+}
+
+impl Runner {
+    fn immediate_exit_ptr(&mut self) -> *mut u8 {
+        &mut self.vcpu.fd.get_kvm_run().immediate_exit as *mut u8
+    }
+
+    fn set_immediate_exit(&mut self, v: u8) {
+        let p = self.immediate_exit_ptr();
+        // SAFETY: p points into this vCPU's live kvm_run mapping; volatile because the kick
+        // signal handler writes the same byte.
+        unsafe { std::ptr::write_volatile(p, v) };
+    }
+
+    /// RIP, RSP, CR2 and the pending event, for error messages about a dead guest.
+    fn where_am_i(&self) -> String {
+        let regs = self.vcpu.fd.get_regs();
+        let sregs = self.vcpu.fd.get_sregs();
+        let ev = self.vcpu.fd.get_vcpu_events();
+        match (regs, sregs, ev) {
+            (Ok(r), Ok(s), Ok(e)) => format!(
+                "at rip={:#x} rflags={:#x} rsp={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} exception={}/{}",
+                r.rip, r.rflags, r.rsp, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer,
+                e.exception.injected, e.exception.nr
+            ),
+            _ => String::from("(registers unreadable)"),
+        }
+    }
+
+    /// Completes any pending I/O instruction without running further guest code.
+    fn finish_pending_io(&mut self) -> Result<()> {
+        self.set_immediate_exit(1);
+        let r = self.vcpu.fd.run();
+        let out = match r {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(Error::Kvm {
+                op: "KVM_RUN (immediate exit)",
+                source: e,
+            }),
+            Ok(exit) => Err(Error::Vcpu {
+                cpu: self.vcpu.id as usize,
+                msg: format!("unexpected exit under immediate_exit: {exit:?}"),
+            }),
+        };
+        self.set_immediate_exit(0);
+        out
+    }
+
+    /// Parks until resumed; returns false when told to stop.
+    fn park(&mut self) -> Result<bool> {
+        self.finish_pending_io()?;
+        self.parked.store(true, Ordering::SeqCst);
+        let result = loop {
+            match self.commands.recv() {
+                Ok(Command::Save(reply)) => {
+                    let s =
+                        vcpu_state::save(&self.vcpu.fd, self.vcpu.id, &self.vcpu.cpuid, &self.caps);
+                    let _ = reply.send(s);
+                }
+                Ok(Command::Resume) => break true,
+                Ok(Command::Stop) | Err(_) => break false,
+            }
+        };
+        self.parked.store(false, Ordering::SeqCst);
+        Ok(result)
+    }
+
+    fn run(mut self) -> VcpuEnd {
+        let p = self.immediate_exit_ptr();
+        IMMEDIATE_EXIT.with(|c| c.set(p));
+        let end = self.run_loop();
+        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+        self.parked.store(true, Ordering::SeqCst);
+        end
+    }
+
+    fn run_loop(&mut self) -> VcpuEnd {
+        let id = self.vcpu.id;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return VcpuEnd::Stopped;
+            }
+            if self.pause.get() {
+                match self.park() {
+                    Ok(true) => continue,
+                    Ok(false) => return VcpuEnd::Stopped,
+                    Err(e) => return VcpuEnd::Failed(e),
+                }
+            }
+            let action = match self.vcpu.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => self.bus.pio_out(id, port, data),
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.bus.pio_in(id, port, data);
+                    BusAction::Continue
+                }
+                Ok(VcpuExit::MmioRead(_, data)) => {
+                    data.fill(0xff);
+                    BusAction::Continue
+                }
+                Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::Hlt) => BusAction::Continue,
+                Ok(VcpuExit::Shutdown) => BusAction::Stop(format!(
+                    "triple fault or shutdown (KVM_EXIT_SHUTDOWN) {}",
+                    self.where_am_i()
+                )),
+                Ok(VcpuExit::SystemEvent(t, _)) => BusAction::Stop(format!("system event {t}")),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return VcpuEnd::Failed(Error::Vcpu {
+                        cpu: id as usize,
+                        msg: format!("KVM entry failed: reason {reason:#x} on host cpu {cpu}"),
+                    })
+                }
+                Ok(VcpuExit::InternalError) => {
+                    return VcpuEnd::Failed(Error::Vcpu {
+                        cpu: id as usize,
+                        msg: "KVM internal error".into(),
+                    })
+                }
+                Ok(other) => {
+                    return VcpuEnd::Failed(Error::Vcpu {
+                        cpu: id as usize,
+                        msg: format!("unhandled exit {other:?}"),
+                    })
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.set_immediate_exit(0);
+                    BusAction::Continue
+                }
+                Err(e) => {
+                    return VcpuEnd::Failed(Error::Kvm {
+                        op: "KVM_RUN",
+                        source: e,
+                    })
+                }
+            };
+            match action {
+                BusAction::Continue => {}
+                BusAction::Park => match self.park() {
+                    Ok(true) => {}
+                    Ok(false) => return VcpuEnd::Stopped,
+                    Err(e) => return VcpuEnd::Failed(e),
+                },
+                BusAction::Stop(why) => return VcpuEnd::GuestStopped(why),
+            }
+        }
+    }
+}
+
+impl VcpuHandle {
+    /// Starts the vCPU's thread.
+    pub fn spawn(
+        vcpu: Vcpu,
+        bus: Arc<dyn IoBus>,
+        pause: Arc<PauseFlag>,
+        caps: Arc<VcpuCaps>,
+    ) -> Result<VcpuHandle> {
+        install_kick_handler()?;
+        let id = vcpu.id;
+        let (tx, rx) = channel();
+        let parked = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let runner = Runner {
+            vcpu,
+            bus,
+            pause,
+            parked: parked.clone(),
+            stop: stop.clone(),
+            commands: rx,
+            caps,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || runner.run())
+            .map_err(Error::io("spawn vCPU thread"))?;
+        Ok(VcpuHandle {
+            id,
+            thread: Some(thread),
+            commands: tx,
+            parked,
+            stop,
+        })
+    }
+
+    /// True while the thread waits for commands (paused, done, or exited).
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst) || self.is_finished()
+    }
+
+    /// True once the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Interrupts KVM_RUN on this vCPU's thread.
+    pub fn kick(&self) {
+        if let Some(t) = &self.thread {
+            if !t.is_finished() {
+                let _ = t.kill(kick_signal());
+            }
+        }
+    }
+
+    /// Waits until the thread is parked, kicking it until then.
+    pub fn wait_parked(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while !self.is_parked() {
+            if start.elapsed() > timeout {
+                return Err(Error::Timeout(format!("vCPU {} did not pause", self.id)));
+            }
+            self.kick();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// Reads the state of the parked vCPU.
+    pub fn save(&self) -> Result<VcpuState> {
+        let (tx, rx) = channel();
+        self.commands
+            .send(Command::Save(tx))
+            .map_err(|_| Error::Vcpu {
+                cpu: self.id as usize,
+                msg: "vCPU thread has exited".into(),
+            })?;
+        rx.recv().map_err(|_| Error::Vcpu {
+            cpu: self.id as usize,
+            msg: "vCPU thread exited while saving".into(),
+        })?
+    }
+
+    /// Lets a parked vCPU run again.
+    pub fn resume(&self) {
+        let _ = self.commands.send(Command::Resume);
+    }
+
+    /// Stops the thread and returns how it ended.
+    pub fn stop(&mut self) -> VcpuEnd {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Stop);
+        match self.thread.take() {
+            None => VcpuEnd::Stopped,
+            Some(t) => {
+                while !t.is_finished() {
+                    let _ = t.kill(kick_signal());
+                    let _ = self.commands.send(Command::Stop);
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                t.join().unwrap_or_else(|_| {
+                    VcpuEnd::Failed(Error::Vcpu {
+                        cpu: self.id as usize,
+                        msg: "vCPU thread panicked".into(),
+                    })
+                })
+            }
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}

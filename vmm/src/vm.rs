@@ -1,0 +1,422 @@
+//! A KVM virtual machine: creation, vCPU threads, pause/resume, full state save and restore.
+
+use crate::cpuid::{self, CpuBaseline, RequiredFeatures};
+use crate::devices::{Devices, GuestEvent};
+use crate::error::{Error, Result};
+use crate::memory::GuestMemory;
+use crate::serial::{SerialOutput, Uart, UartState, COM1_IRQ};
+use crate::state::{GuestKind, VmState};
+use crate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle};
+use crate::vcpu_state::{self, VcpuCaps};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SREGS2,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Where the KVM device is unless configured otherwise.
+pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
+const TSS_ADDRESS: usize = 0xfffb_d000;
+const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// How long a pause waits for every vCPU to stop.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to build a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kvm_path: PathBuf,
+    pub memory_bytes: u64,
+    pub vcpus: u32,
+    pub cpu_baseline: CpuBaseline,
+    pub serial: SerialOutput,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kvm_path: PathBuf::from(DEFAULT_KVM_PATH),
+            memory_bytes: 256 << 20,
+            vcpus: 1,
+            cpu_baseline: CpuBaseline::Host,
+            serial: SerialOutput::Stdout,
+        }
+    }
+}
+
+/// Opens KVM and checks it has what thaw needs.
+pub fn open_kvm(path: &std::path::Path) -> Result<Kvm> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Config(format!("KVM path {} contains NUL", path.display())))?;
+    let kvm = Kvm::new_with_path(cpath).map_err(|source| Error::KvmOpen {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if kvm.get_api_version() != 12 {
+        return Err(Error::KvmCapability("KVM API version 12"));
+    }
+    for (cap, name) in [
+        (Cap::Irqchip, "in-kernel irqchip"),
+        (Cap::Pit2, "PIT2"),
+        (Cap::UserMemory, "user memory"),
+        (Cap::ImmediateExit, "immediate exit"),
+        (Cap::VcpuEvents, "vCPU events"),
+        (Cap::Xsave, "XSAVE"),
+        (Cap::AdjustClock, "KVM clock get/set"),
+        (Cap::Irqfd, "irqfd"),
+        (Cap::SetTssAddr, "TSS address"),
+        (Cap::ExtCpuid, "CPUID2"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCapability(name));
+        }
+    }
+    Ok(kvm)
+}
+
+/// A VM: KVM objects, memory, devices and vCPUs (created, then running).
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    memory: Arc<GuestMemory>,
+    devices: Arc<Devices>,
+    events: Receiver<GuestEvent>,
+    pause: Arc<PauseFlag>,
+    caps: Arc<VcpuCaps>,
+    pending: Vec<Vcpu>,
+    running: Vec<VcpuHandle>,
+    guest: GuestKind,
+    baseline: CpuBaseline,
+    required: RequiredFeatures,
+    _serial_irq: EventFd,
+}
+
+impl Vm {
+    /// Builds a VM over `memory` with fresh vCPUs. `cpuids`, when given (restore), is the CPUID of
+    /// each vCPU; otherwise it is derived from the host and the baseline.
+    pub fn create(
+        config: &VmConfig,
+        memory: GuestMemory,
+        guest: GuestKind,
+        cpuids: Option<&[Vec<kvm_cpuid_entry2>]>,
+        uart_state: Option<&UartState>,
+    ) -> Result<Vm> {
+        if config.vcpus == 0 || config.vcpus > 64 {
+            return Err(Error::Config(format!(
+                "{} vCPUs (1 to 64 supported)",
+                config.vcpus
+            )));
+        }
+        let kvm = open_kvm(&config.kvm_path)?;
+        let supported = cpuid::supported(&kvm)?;
+        let template = cpuid::template(&supported, config.cpu_baseline);
+        let fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
+                .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        }
+        fd.create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        for (slot, r) in memory.regions().iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: r.guest_phys_addr,
+                memory_size: r.size,
+                userspace_addr: r.host_addr(),
+            };
+            // SAFETY: the host range is a live mapping owned by `memory`, which the VM keeps
+            // (in an Arc) for as long as the VM fd exists.
+            unsafe { fd.set_user_memory_region(region) }
+                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        fd.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let uart = Uart::new(
+            serial_irq.try_clone().map_err(Error::io("eventfd clone"))?,
+            &config.serial,
+            uart_state,
+        )?;
+
+        let mut pending = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let vfd = fd
+                .create_vcpu(id as u64)
+                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+            let entries = match cpuids {
+                Some(c) => c
+                    .get(id as usize)
+                    .ok_or_else(|| Error::StateBlob(format!("no CPUID for vCPU {id}")))?
+                    .clone(),
+                None => cpuid::for_vcpu(&template, id, config.vcpus)?
+                    .as_slice()
+                    .to_vec(),
+            };
+            let c = kvm_bindings::CpuId::from_entries(&entries)
+                .map_err(|e| Error::Config(format!("CPUID: {e:?}")))?;
+            vfd.set_cpuid2(&c).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+            pending.push(Vcpu {
+                fd: vfd,
+                id,
+                cpuid: entries,
+            });
+        }
+        let msr_list = kvm
+            .get_msr_index_list()
+            .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?;
+        let msrs = vcpu_state::readable_msrs(&pending[0].fd, msr_list.as_slice())?;
+        let caps = VcpuCaps {
+            msrs,
+            sregs2: fd.check_extension_raw(KVM_CAP_SREGS2 as u64) > 0,
+            xcrs: kvm.check_extension(Cap::Xcrs),
+            xsave_size: (fd.check_extension_int(Cap::Xsave2).max(0) as usize).max(4096),
+        };
+        let required = RequiredFeatures::of(&pending[0].cpuid);
+        let memory = Arc::new(memory);
+        let (tx, events) = channel();
+        let devices = Arc::new(Devices::new(uart, memory.clone(), tx));
+        Ok(Vm {
+            kvm,
+            fd,
+            memory,
+            devices,
+            events,
+            pause: Arc::new(PauseFlag::default()),
+            caps: Arc::new(caps),
+            pending,
+            running: Vec::new(),
+            guest,
+            baseline: config.cpu_baseline,
+            required,
+            _serial_irq: serial_irq,
+        })
+    }
+
+    /// Builds a VM from a checkpoint's state over `memory` (filled, or empty and served lazily).
+    /// Fails before any vCPU runs if this host lacks a CPU feature the checkpoint needs.
+    pub fn restore(config: &VmConfig, state: &VmState, memory: GuestMemory) -> Result<Vm> {
+        let layout: Vec<(u64, u64)> = memory
+            .regions()
+            .iter()
+            .map(|r| (r.guest_phys_addr, r.size))
+            .collect();
+        if layout != state.memory {
+            return Err(Error::Incompatible(format!(
+                "memory layout {layout:x?} differs from the checkpoint's {:x?}",
+                state.memory
+            )));
+        }
+        check_host(&config.kvm_path, state)?;
+        let cfg = VmConfig {
+            vcpus: state.vcpus.len() as u32,
+            memory_bytes: state.memory_bytes(),
+            cpu_baseline: state.cpu_baseline,
+            ..config.clone()
+        };
+        let cpuids: Vec<Vec<kvm_cpuid_entry2>> =
+            state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
+        let mut vm = Vm::create(
+            &cfg,
+            memory,
+            state.guest.clone(),
+            Some(&cpuids),
+            Some(&state.serial),
+        )?;
+        vm.required = state.required_features.clone();
+        // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
+        for (vcpu, s) in vm.pending.iter().zip(&state.vcpus) {
+            vcpu_state::restore(&vcpu.fd, s, &vm.caps)?;
+        }
+        // VM-wide devices after the vCPUs: the IOAPIC/PIC routes and the PIT do not depend on
+        // vCPU state, but interrupts they hold pending must find the LAPICs already restored.
+        vm.fd
+            .set_irqchip(&state.pic_master)
+            .map_err(Error::kvm("KVM_SET_IRQCHIP (PIC master)"))?;
+        vm.fd
+            .set_irqchip(&state.pic_slave)
+            .map_err(Error::kvm("KVM_SET_IRQCHIP (PIC slave)"))?;
+        vm.fd
+            .set_irqchip(&state.ioapic)
+            .map_err(Error::kvm("KVM_SET_IRQCHIP (IOAPIC)"))?;
+        vm.fd
+            .set_pit2(&state.pit)
+            .map_err(Error::kvm("KVM_SET_PIT2"))?;
+        // The kvmclock last, right before the vCPUs can run, so guest time continues from the
+        // checkpoint (the flags would ask KVM to add the wall time elapsed since; not wanted).
+        let mut clock = state.clock;
+        clock.flags = 0;
+        vm.fd
+            .set_clock(&clock)
+            .map_err(Error::kvm("KVM_SET_CLOCK"))?;
+        Ok(vm)
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.memory
+    }
+
+    /// The KVM handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// vCPUs not started yet (to set their boot registers).
+    pub fn pending_vcpus(&self) -> &[Vcpu] {
+        &self.pending
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.pending.len() + self.running.len()
+    }
+
+    /// Host CPU features this VM's guest uses.
+    pub fn required_features(&self) -> &RequiredFeatures {
+        &self.required
+    }
+
+    /// Starts a thread per vCPU.
+    pub fn start(&mut self) -> Result<()> {
+        for vcpu in self.pending.drain(..) {
+            let h = VcpuHandle::spawn(
+                vcpu,
+                self.devices.clone(),
+                self.pause.clone(),
+                self.caps.clone(),
+            )?;
+            self.running.push(h);
+        }
+        Ok(())
+    }
+
+    /// Stops every vCPU at whatever instruction it is on and completes pending I/O.
+    pub fn pause(&self) -> Result<()> {
+        self.pause.set(true);
+        for h in &self.running {
+            h.wait_parked(PAUSE_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        self.pause.set(false);
+        for h in &self.running {
+            h.resume();
+        }
+    }
+
+    /// Saves the complete state of a paused VM (not its memory).
+    pub fn save_state(&self) -> Result<VmState> {
+        if !self.pause.get() || self.running.iter().any(|h| !h.is_parked()) {
+            return Err(Error::Config("save_state needs a paused VM".into()));
+        }
+        if self.running.iter().any(|h| h.is_finished()) {
+            return Err(Error::Guest("a vCPU has exited; its state is gone".into()));
+        }
+        let mut vcpus = Vec::with_capacity(self.running.len());
+        for h in &self.running {
+            vcpus.push(h.save()?);
+        }
+        let chip = |id: u32, op: &'static str| -> Result<kvm_irqchip> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd.get_irqchip(&mut c).map_err(Error::kvm(op))?;
+            Ok(c)
+        };
+        Ok(VmState {
+            guest: self.guest.clone(),
+            memory: self
+                .memory
+                .regions()
+                .iter()
+                .map(|r| (r.guest_phys_addr, r.size))
+                .collect(),
+            cpu_baseline: self.baseline,
+            required_features: self.required.clone(),
+            vcpus,
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER, "KVM_GET_IRQCHIP (PIC master)")?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE, "KVM_GET_IRQCHIP (PIC slave)")?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC, "KVM_GET_IRQCHIP (IOAPIC)")?,
+            pit: self.fd.get_pit2().map_err(Error::kvm("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(Error::kvm("KVM_GET_CLOCK"))?,
+            serial: self.devices.uart.state(),
+        })
+    }
+
+    /// Waits for the next guest event; fails if a vCPU thread died.
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            match self
+                .events
+                .recv_timeout((deadline - now).min(Duration::from_millis(50)))
+            {
+                Ok(e) => return Ok(Some(e)),
+                Err(RecvTimeoutError::Timeout) => self.check_threads()?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Guest("device bus gone".into()))
+                }
+            }
+        }
+    }
+
+    fn check_threads(&mut self) -> Result<()> {
+        if let Some(i) = self.running.iter().position(|h| h.is_finished()) {
+            let id = self.running[i].id;
+            return match self.running[i].stop() {
+                VcpuEnd::Failed(e) => Err(e),
+                VcpuEnd::GuestStopped(why) => Err(Error::Guest(format!("vCPU {id}: {why}"))),
+                VcpuEnd::Stopped => Err(Error::Guest(format!("vCPU {id} stopped"))),
+            };
+        }
+        Ok(())
+    }
+
+    /// Stops all vCPU threads; returns the first failure among them.
+    pub fn stop(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        for h in self.running.iter_mut() {
+            if let VcpuEnd::Failed(e) = h.stop() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        self.running.clear();
+        first
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Fails if this host cannot run the checkpoint: a CPU feature it needs is missing.
+pub fn check_host(kvm_path: &std::path::Path, state: &VmState) -> Result<()> {
+    let kvm = open_kvm(kvm_path)?;
+    let supported = cpuid::supported(&kvm)?;
+    state.required_features.check(&supported)
+}
