@@ -1,0 +1,101 @@
+//! `thaw`: checkpoint KVM VMs into object storage and restore them lazily.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use integration::units::parse_size;
+use integration::{bench, commands};
+use storage_backend::{CheckpointId, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "thaw",
+    version,
+    about = "Checkpoint KVM VMs into object storage and restore them lazily"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the main job end to end on the embedded default (a local directory store).
+    Demo {
+        /// Store: a directory, file://DIR, or s3://BUCKET/PREFIX.
+        #[arg(long, default_value = "thaw-store")]
+        store: String,
+        /// Guest memory size (e.g. 256MiB, 1GiB).
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        memory: u64,
+    },
+    /// Inspect checkpoints in a store.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+    /// Run a benchmark: print a table and write JSON.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// List the complete checkpoints of a store.
+    List { store: String },
+    /// Fetch and hash-check every block of a checkpoint.
+    Verify { store: String, id: CheckpointId },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Write a synthetic memory image as a checkpoint and read it back.
+    Checkpoint {
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Size of the synthetic memory image.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        memory: u64,
+        /// Directory under which the temporary store is created.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn open_store(spec: &str) -> anyhow::Result<Store> {
+    Store::open(spec).with_context(|| format!("opening store {spec}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Demo { store, memory } => commands::demo(&open_store(&store)?, memory).await,
+        Command::Checkpoint { command } => match command {
+            CheckpointCommand::List { store } => commands::list(&open_store(&store)?).await,
+            CheckpointCommand::Verify { store, id } => {
+                commands::verify(&open_store(&store)?, &id).await
+            }
+        },
+        Command::Bench { bench } => match bench {
+            BenchCommand::Checkpoint { json, memory, dir } => {
+                bench::checkpoint::run(bench::checkpoint::CheckpointBench {
+                    memory_bytes: memory,
+                    dir,
+                    json,
+                })
+                .await
+                .map(drop)
+            }
+        },
+    }
+}

@@ -1,0 +1,7 @@
+//! thaw's command-line front end, end-to-end scenarios and benchmarks.
+
+pub mod bench;
+pub mod commands;
+pub mod s3_server;
+pub mod synthetic;
+pub mod units;

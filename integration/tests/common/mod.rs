@@ -1,0 +1,4 @@
+#![allow(dead_code)]
+
+pub mod recording_store;
+pub mod scenarios;

@@ -1,0 +1,191 @@
+//! Turning a block's raw page bytes into stored bytes and back.
+
+use super::manifest::{BlockEntry, Codec};
+
+/// A block ready to store: its codec, stored bytes and raw-bytes hash.
+#[derive(Debug, Clone)]
+pub struct EncodedBlock {
+    pub codec: Codec,
+    pub stored: Vec<u8>,
+    pub raw_len: u64,
+    pub hash: [u8; 32],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BlockCodecError {
+    #[error("stored length is {got} bytes, the manifest says {expected}")]
+    StoredLenMismatch { expected: u64, got: u64 },
+    #[error("lz4 data does not decode to {raw_len} bytes: {reason}")]
+    Decompress { raw_len: u64, reason: String },
+    #[error("BLAKE3 hash of the decoded bytes does not match the manifest")]
+    HashMismatch,
+}
+
+/// Compression is kept only when it saves at least 1/16 of the bytes: below
+/// that, decoding costs the restore path more than the transfer it saves.
+fn compression_pays(raw_len: usize, compressed_len: usize) -> bool {
+    compressed_len <= raw_len - raw_len / 16
+}
+
+pub fn encode_block(raw: &[u8]) -> EncodedBlock {
+    let hash = *blake3::hash(raw).as_bytes();
+    encode_block_with_hash(raw, hash)
+}
+
+/// As [`encode_block`] when the hash is already known (the writer hashes
+/// first to find blocks it can reuse from a parent checkpoint).
+pub fn encode_block_with_hash(raw: &[u8], hash: [u8; 32]) -> EncodedBlock {
+    let compressed = lz4_flex::block::compress(raw);
+    let (codec, stored) = if compression_pays(raw.len(), compressed.len()) {
+        (Codec::Lz4, compressed)
+    } else {
+        (Codec::Raw, raw.to_vec())
+    };
+    EncodedBlock {
+        codec,
+        stored,
+        raw_len: raw.len() as u64,
+        hash,
+    }
+}
+
+/// Decodes stored bytes into `out` (exactly the block's raw length) and
+/// checks the hash. On error `out` holds garbage and must not be used.
+pub fn decode_block_into(
+    entry: &BlockEntry,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), BlockCodecError> {
+    if stored.len() as u64 != entry.stored_len {
+        return Err(BlockCodecError::StoredLenMismatch {
+            expected: entry.stored_len,
+            got: stored.len() as u64,
+        });
+    }
+    debug_assert_eq!(out.len() as u64, entry.raw_len);
+    match entry.codec {
+        Codec::Raw => out.copy_from_slice(stored),
+        Codec::Lz4 => {
+            let n = lz4_flex::block::decompress_into(stored, out).map_err(|e| {
+                BlockCodecError::Decompress {
+                    raw_len: entry.raw_len,
+                    reason: e.to_string(),
+                }
+            })?;
+            if n as u64 != entry.raw_len {
+                return Err(BlockCodecError::Decompress {
+                    raw_len: entry.raw_len,
+                    reason: format!("decoded {n} bytes"),
+                });
+            }
+        }
+    }
+    if *blake3::hash(out).as_bytes() != entry.hash {
+        return Err(BlockCodecError::HashMismatch);
+    }
+    Ok(())
+}
+
+/// Decodes and verifies a block into a fresh buffer.
+pub fn decode_block(entry: &BlockEntry, stored: &[u8]) -> Result<Vec<u8>, BlockCodecError> {
+    let mut out = vec![0u8; entry.raw_len as usize];
+    decode_block_into(entry, stored, &mut out)?;
+    Ok(out)
+}
+
+/// True when every byte of the page is zero. Works a cache line at a time so
+/// the common non-zero page is rejected within its first 64 bytes.
+pub fn is_zero_page(page: &[u8]) -> bool {
+    let mut chunks = page.chunks_exact(64);
+    for chunk in &mut chunks {
+        let mut acc = 0u64;
+        for word in chunk.chunks_exact(8) {
+            acc |= u64::from_ne_bytes(word.try_into().expect("8 bytes"));
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::PageRun;
+
+    fn entry_for(e: &EncodedBlock) -> BlockEntry {
+        BlockEntry {
+            pages: vec![PageRun {
+                start: 0,
+                len: e.raw_len / 4096,
+            }],
+            object: 0,
+            offset: 0,
+            stored_len: e.stored.len() as u64,
+            raw_len: e.raw_len,
+            codec: e.codec,
+            hash: e.hash,
+        }
+    }
+
+    #[test]
+    fn text_is_compressed_and_noise_is_stored_raw() {
+        let text: Vec<u8> = b"the quick brown fox "
+            .iter()
+            .cycle()
+            .take(8192)
+            .copied()
+            .collect();
+        let e = encode_block(&text);
+        assert_eq!(e.codec, Codec::Lz4);
+        assert!(e.stored.len() < 1000);
+        assert_eq!(decode_block(&entry_for(&e), &e.stored).unwrap(), text);
+
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let noise: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let e = encode_block(&noise);
+        assert_eq!(e.codec, Codec::Raw);
+        assert_eq!(decode_block(&entry_for(&e), &e.stored).unwrap(), noise);
+    }
+
+    #[test]
+    fn flipped_bit_is_caught() {
+        let text: Vec<u8> = b"abcdefgh".iter().cycle().take(4096).copied().collect();
+        let e = encode_block(&text);
+        let entry = entry_for(&e);
+        for i in [0, e.stored.len() / 2, e.stored.len() - 1] {
+            let mut bad = e.stored.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                decode_block(&entry, &bad).is_err(),
+                "flip at {i} went unnoticed"
+            );
+        }
+        assert_eq!(
+            decode_block(&entry, &e.stored[1..]),
+            Err(BlockCodecError::StoredLenMismatch {
+                expected: e.stored.len() as u64,
+                got: e.stored.len() as u64 - 1
+            })
+        );
+    }
+
+    #[test]
+    fn zero_page_detection() {
+        let mut page = vec![0u8; 4096];
+        assert!(is_zero_page(&page));
+        page[4095] = 1;
+        assert!(!is_zero_page(&page));
+        page[4095] = 0;
+        page[3] = 1;
+        assert!(!is_zero_page(&page));
+    }
+}

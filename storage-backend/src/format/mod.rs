@@ -1,0 +1,17 @@
+//! The checkpoint format, free of I/O: the manifest, its encoding and rules,
+//! how blocks are planned from a layout, and how block bytes are encoded.
+
+pub mod block_codec;
+pub mod encoding;
+pub mod error;
+pub mod layout;
+pub mod manifest;
+pub mod page_map;
+mod wire;
+
+pub use block_codec::{decode_block, encode_block, is_zero_page, BlockCodecError, EncodedBlock};
+pub use encoding::{decode, decode_body, encode, MAX_MANIFEST_BYTES, VERSION};
+pub use error::{FormatError, PageOwner};
+pub use layout::{plan_blocks, LayoutError};
+pub use manifest::{BlockEntry, CheckpointId, Codec, Manifest, PageRun, Region, StateBlob};
+pub use page_map::PageMap;

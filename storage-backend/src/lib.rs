@@ -1,0 +1,21 @@
+//! thaw's storage backend: the checkpoint format (manifest and compressed
+//! locality blocks) and its writer and reader over any object store.
+//!
+//! [`format`] is free of I/O; [`writer`], [`reader`] and [`catalog`] drive it
+//! against a [`Store`].
+
+pub mod catalog;
+pub mod error;
+pub mod format;
+pub mod handoff;
+pub mod memory;
+pub mod reader;
+pub mod store;
+pub mod writer;
+
+pub use error::CheckpointError;
+pub use format::{CheckpointId, Manifest};
+pub use memory::MemoryRegion;
+pub use reader::{Block, CheckpointReader};
+pub use store::Store;
+pub use writer::{write_checkpoint, WriteOptions, WriteSummary};

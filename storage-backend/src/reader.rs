@@ -1,0 +1,237 @@
+//! Reads a checkpoint back: the manifest, single blocks (one ranged GET
+//! each, verified before use), all of memory, and a full verification.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{stream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+
+use crate::error::CheckpointError;
+use crate::format::block_codec::decode_block_into;
+use crate::format::{self, CheckpointId, Manifest, PageRun};
+use crate::store::{keys, Store};
+
+/// Blocks fetched at once by whole-checkpoint reads.
+pub const DEFAULT_READ_CONCURRENCY: usize = 32;
+
+/// Fetches and validates a checkpoint's manifest.
+pub async fn load_manifest(store: &Store, id: &CheckpointId) -> Result<Manifest, CheckpointError> {
+    let key = keys::manifest(id);
+    let bytes = match store.object_store().get(&key).await {
+        Ok(r) => r.bytes().await,
+        Err(e) => Err(e),
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(CheckpointError::NotFound {
+                id: id.clone(),
+                store: store.location().to_owned(),
+            })
+        }
+        Err(e) => return Err(CheckpointError::object(key.as_ref(), e)),
+    };
+    let manifest = format::decode(&bytes).map_err(|source| CheckpointError::BadManifest {
+        id: id.clone(),
+        source,
+    })?;
+    if &manifest.id != id {
+        return Err(CheckpointError::BadManifest {
+            id: id.clone(),
+            source: format::FormatError::BadCheckpointId(manifest.id.to_string()),
+        });
+    }
+    Ok(manifest)
+}
+
+/// A verified block: its pages (in block order) and their bytes.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub index: u32,
+    pub pages: Vec<PageRun>,
+    pub page_size: u64,
+    pub data: Bytes,
+}
+
+impl Block {
+    /// Each page index with its bytes, in block order.
+    pub fn pages(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        let ps = self.page_size as usize;
+        self.pages
+            .iter()
+            .flat_map(|r| r.start..r.end())
+            .zip(self.data.chunks_exact(ps))
+    }
+}
+
+/// An open checkpoint. Cheap to clone; clones share the manifest.
+#[derive(Clone)]
+pub struct CheckpointReader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    manifest: Manifest,
+    object_paths: Vec<Path>,
+}
+
+impl CheckpointReader {
+    pub async fn open(store: &Store, id: &CheckpointId) -> Result<Self, CheckpointError> {
+        let manifest = load_manifest(store, id).await?;
+        let object_paths = manifest
+            .objects
+            .iter()
+            .map(|k| Path::from(k.as_str()))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                manifest,
+                object_paths,
+            }),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// The VM state blob (its hash was checked when the manifest was opened).
+    pub fn state_blob(&self) -> &[u8] {
+        &self.inner.manifest.state.bytes
+    }
+
+    /// The block's stored bytes: exactly one ranged read from the store.
+    pub async fn fetch_stored(&self, block: u32) -> Result<Bytes, CheckpointError> {
+        let m = &self.inner.manifest;
+        let entry = m
+            .blocks
+            .get(block as usize)
+            .ok_or(CheckpointError::NoSuchBlock(block))?;
+        let path = &self.inner.object_paths[entry.object as usize];
+        self.inner
+            .store
+            .object_store()
+            .get_range(path, entry.offset..entry.offset + entry.stored_len)
+            .await
+            .map_err(|e| CheckpointError::object(path.as_ref(), e))
+    }
+
+    /// Checks stored bytes against the manifest and decodes them.
+    pub fn decode(&self, block: u32, stored: &[u8]) -> Result<Block, CheckpointError> {
+        let m = &self.inner.manifest;
+        let entry = m
+            .blocks
+            .get(block as usize)
+            .ok_or(CheckpointError::NoSuchBlock(block))?;
+        let mut data = vec![0u8; entry.raw_len as usize];
+        decode_block_into(entry, stored, &mut data).map_err(|source| {
+            CheckpointError::BadBlock {
+                block,
+                key: m.objects[entry.object as usize].clone(),
+                offset: entry.offset,
+                source,
+            }
+        })?;
+        Ok(Block {
+            index: block,
+            pages: entry.pages.clone(),
+            page_size: m.page_size,
+            data: data.into(),
+        })
+    }
+
+    /// Fetches, decodes and verifies one block.
+    pub async fn fetch_block(&self, block: u32) -> Result<Block, CheckpointError> {
+        let stored = self.fetch_stored(block).await?;
+        self.decode(block, &stored)
+    }
+
+    /// Fetches blocks concurrently, decoding on the runtime's worker threads;
+    /// yields them as they complete.
+    pub fn fetch_blocks(
+        &self,
+        blocks: impl IntoIterator<Item = u32>,
+        concurrency: usize,
+    ) -> impl futures::Stream<Item = Result<Block, CheckpointError>> + '_ {
+        let blocks: Vec<u32> = blocks.into_iter().collect();
+        stream::iter(blocks)
+            .map(move |b| {
+                let reader = self.clone();
+                async move {
+                    tokio::spawn(async move { reader.fetch_block(b).await })
+                        .await
+                        .map_err(|e| CheckpointError::Task(e.to_string()))?
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+    }
+
+    /// Reads all of guest memory into `dest` (the regions concatenated).
+    /// On error `dest` holds partial data and must not be used.
+    pub async fn read_all_into(
+        &self,
+        dest: &mut [u8],
+        concurrency: usize,
+    ) -> Result<(), CheckpointError> {
+        let m = self.manifest();
+        if dest.len() as u64 != m.total_bytes() {
+            return Err(CheckpointError::DestinationSize {
+                expected: m.total_bytes(),
+                got: dest.len() as u64,
+            });
+        }
+        let ps = m.page_size as usize;
+        for run in &m.zero_pages {
+            dest[run.start as usize * ps..run.end() as usize * ps].fill(0);
+        }
+        let mut blocks = self.fetch_blocks(m.prefetch_order.iter().copied(), concurrency);
+        while let Some(block) = blocks.try_next().await? {
+            for (page, bytes) in block.pages() {
+                dest[page as usize * ps..(page as usize + 1) * ps].copy_from_slice(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches and hash-checks every block. Returns the number of blocks and
+    /// stored bytes checked, or the error of the first bad block in block order.
+    pub async fn verify(&self, concurrency: usize) -> Result<VerifyReport, CheckpointError> {
+        let m = self.manifest();
+        let results: Vec<(u32, Result<(), CheckpointError>)> =
+            stream::iter(0..m.blocks.len() as u32)
+                .map(|b| {
+                    let reader = self.clone();
+                    async move {
+                        let r = tokio::spawn(async move { reader.fetch_block(b).await.map(drop) })
+                            .await
+                            .map_err(|e| CheckpointError::Task(e.to_string()))
+                            .and_then(|r| r);
+                        (b, r)
+                    }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+        let first_bad = results
+            .into_iter()
+            .filter_map(|(b, r)| r.err().map(|e| (b, e)))
+            .min_by_key(|(b, _)| *b);
+        match first_bad {
+            Some((_, e)) => Err(e),
+            None => Ok(VerifyReport {
+                blocks: m.blocks.len(),
+                stored_bytes: m.stored_bytes(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyReport {
+    pub blocks: usize,
+    pub stored_bytes: u64,
+}
