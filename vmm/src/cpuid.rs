@@ -59,7 +59,8 @@ const fn fr(leaf: u32, subleaf: u32, reg: Reg) -> FeatureReg {
 const TRACKED: &[(FeatureReg, u32)] = &[
     // OSXSAVE (27) follows CR4, hypervisor (31) is set by thaw.
     (fr(0x1, 0, Reg::Ecx), !((1 << 27) | (1 << 31))),
-    (fr(0x1, 0, Reg::Edx), !0),
+    // HTT (28) is set by thaw for multi-vCPU guests.
+    (fr(0x1, 0, Reg::Edx), !(1 << 28)),
     // OSPKE (4) follows CR4.
     (fr(0x7, 0, Reg::Ebx), !0),
     (fr(0x7, 0, Reg::Ecx), !(1 << 4)),

@@ -2,10 +2,14 @@
 //! saves its complete state, and restores it in a fresh process eagerly or lazily through
 //! userfaultfd.
 
+pub mod checkpoint;
 pub mod cpuid;
 pub mod devices;
 pub mod error;
+pub mod handoff;
 pub mod memory;
+pub mod pageserver;
+pub mod restore;
 pub mod runner;
 pub mod serial;
 pub mod state;
