@@ -3,10 +3,12 @@
 //! userfaultfd.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod cpuid;
 pub mod devices;
 pub mod error;
 pub mod handoff;
+pub mod linux;
 pub mod memory;
 pub mod pageserver;
 pub mod restore;

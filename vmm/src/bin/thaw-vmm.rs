@@ -1,0 +1,30 @@
+//! `thaw-vmm`: the vmm's commands on their own (the same as `thaw vm …`), used by the vmm's
+//! fresh-process tests.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "thaw-vmm",
+    about = "thaw's VMM: run, checkpoint and restore KVM guests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: vmm::cli::VmCommand,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = vmm::cli::run(vmm::cli::VmArgs {
+        command: cli.command,
+    }) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

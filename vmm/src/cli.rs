@@ -1,0 +1,384 @@
+//! Command-line surface of the vmm: `thaw vm run | checkpoint | restore | page-server`.
+//!
+//! Machine-readable results go to standard output as JSON lines when `--json` is given (the guest's
+//! console then goes to standard error unless `--serial` says otherwise).
+
+use crate::checkpoint::{checkpoint, open_store, runtime};
+use crate::cpuid::CpuBaseline;
+use crate::restore::{restore, Mode};
+use crate::runner::{boot_test_guest, wait_done};
+use crate::serial::SerialOutput;
+use crate::testguest::{self, Params, Pattern};
+use crate::vm::{Vm, VmConfig, DEFAULT_KVM_PATH};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// `thaw vm …`
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    #[command(subcommand)]
+    pub command: VmCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Boot a guest (the built-in test guest, or Linux with --kernel) and run it, optionally
+    /// checkpointing it once on the way.
+    Run(RunArgs),
+    /// Boot a guest, run it for --at, checkpoint it to --store and stop (or go on with --resume).
+    Checkpoint(CheckpointArgs),
+    /// Restore a checkpoint in this process: lazily by default, --eager, or through --agent.
+    Restore(RestoreArgs),
+    /// Serve lazy restores: accept hand-offs (uffd + JSON) on a Unix socket.
+    PageServer(PageServerArgs),
+}
+
+/// Options shared by every command that creates a VM.
+#[derive(Debug, Clone, Args)]
+pub struct MachineArgs {
+    /// KVM device.
+    #[arg(long, default_value = DEFAULT_KVM_PATH)]
+    pub kvm: PathBuf,
+    /// Where the guest console goes: "stdout", "stderr"-less "none", or a file path.
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Print results as JSON lines on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this long (e.g. 30s, 5m).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// What to boot.
+#[derive(Debug, Clone, Args)]
+pub struct GuestArgs {
+    /// Guest memory (e.g. 256MiB, 4GiB).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub memory: u64,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// CPU features shown to the guest: host, x86-64-v2 or x86-64-v3.
+    #[arg(long, default_value = "host")]
+    pub cpu_baseline: CpuBaseline,
+    /// Test guest access pattern: sequential, random, hot-set, pointer-chase.
+    #[arg(long, default_value = "sequential")]
+    pub pattern: Pattern,
+    /// Test guest page touches per vCPU.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub touches: u64,
+    /// Test guest progress report interval in touches (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub report_every: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of pages that get 90% of the touches in the hot-set pattern.
+    #[arg(long, default_value_t = 10)]
+    pub hot_percent: u64,
+    /// Boot this Linux kernel (bzImage or ELF vmlinux) instead of the test guest.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    #[arg(long, requires = "kernel", default_value = crate::linux::DEFAULT_CMDLINE)]
+    pub cmdline: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    #[command(flatten)]
+    pub guest: GuestArgs,
+    /// Checkpoint into this store (directory, file://, s3://) after --checkpoint-after.
+    #[arg(long, requires = "checkpoint_after")]
+    pub store: Option<String>,
+    /// When to checkpoint (e.g. 200ms): any moment, the guest is not asked.
+    #[arg(long, requires = "store", value_parser = parse_duration)]
+    pub checkpoint_after: Option<Duration>,
+    /// Stop right after the checkpoint instead of resuming the original VM.
+    #[arg(long)]
+    pub stop_after_checkpoint: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    #[command(flatten)]
+    pub guest: GuestArgs,
+    #[arg(long)]
+    pub store: String,
+    /// How long the guest runs before the checkpoint.
+    #[arg(long, value_parser = parse_duration)]
+    pub at: Duration,
+    /// Resume the original VM after the checkpoint and run it to the end.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    #[arg(long)]
+    pub store: String,
+    /// Checkpoint id.
+    #[arg(long)]
+    pub id: String,
+    /// Read all memory before running.
+    #[arg(long, conflicts_with = "agent")]
+    pub eager: bool,
+    /// Hand guest memory to the page server (fetch agent) listening on this Unix socket.
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    /// For a Linux guest: run this long after the restore, then stop.
+    #[arg(long, value_parser = parse_duration)]
+    pub run_for: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct PageServerArgs {
+    /// Unix socket to listen on.
+    #[arg(long)]
+    pub listen: PathBuf,
+}
+
+/// Parses sizes like `4096`, `64KiB`, `256MiB`, `4GiB`, `512M`, `1G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        u => return Err(format!("unknown size unit {u:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
+}
+
+/// Parses durations like `250ms`, `2s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        u => return Err(format!("unknown duration unit {u:?} in {s:?}")),
+    })
+}
+
+fn serial_output(m: &MachineArgs) -> SerialOutput {
+    match m.serial.as_deref() {
+        Some("stdout") => SerialOutput::Stdout,
+        Some("none") => SerialOutput::Sink,
+        Some(path) => SerialOutput::File(PathBuf::from(path)),
+        // With --json, stdout carries results only.
+        None if m.json => SerialOutput::File(PathBuf::from("/dev/stderr")),
+        None => SerialOutput::Stdout,
+    }
+}
+
+fn emit(json: bool, value: serde_json::Value) {
+    if json {
+        println!("{value}");
+    } else {
+        eprintln!("{value:#}");
+    }
+}
+
+fn params(g: &GuestArgs) -> Params {
+    Params {
+        pattern: g.pattern,
+        touches_per_cpu: g.touches,
+        report_every: g.report_every,
+        seed: g.seed,
+        hot_percent: g.hot_percent,
+    }
+}
+
+fn boot(m: &MachineArgs, g: &GuestArgs) -> anyhow::Result<Vm> {
+    let config = VmConfig {
+        kvm_path: m.kvm.clone(),
+        memory_bytes: g.memory,
+        vcpus: g.vcpus,
+        cpu_baseline: g.cpu_baseline,
+        serial: serial_output(m),
+    };
+    Ok(match &g.kernel {
+        Some(kernel) => crate::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
+        None => boot_test_guest(&config, &params(g))?,
+    })
+}
+
+/// Runs until the test guest is done (or, for Linux, until it stops or `limit` passes).
+fn finish(
+    vm: &mut Vm,
+    linux: bool,
+    limit: Duration,
+    json: bool,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    if linux {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(ev) = vm.next_event(deadline - Instant::now())? {
+                emit(
+                    json,
+                    serde_json::json!({"event": "guest", "detail": format!("{ev:?}")}),
+                );
+            }
+        }
+        vm.pause()?;
+        emit(
+            json,
+            serde_json::json!({"event": "stopped", "after_s": t0.elapsed().as_secs_f64()}),
+        );
+        return Ok(());
+    }
+    let out = wait_done(vm, limit)?;
+    emit(
+        json,
+        serde_json::json!({
+            "event": "done",
+            "checksums": out.checksums,
+            "combined": out.combined(),
+            "elapsed_s": t0.elapsed().as_secs_f64(),
+        }),
+    );
+    Ok(())
+}
+
+fn run_and_maybe_checkpoint(
+    m: &MachineArgs,
+    g: &GuestArgs,
+    ck: Option<(&str, Duration)>,
+    stop_after: bool,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let store = ck.map(|(spec, _)| open_store(spec)).transpose()?;
+    let mut vm = boot(m, g)?;
+    let t0 = Instant::now();
+    vm.start()?;
+    let linux = g.kernel.is_some();
+    if let (Some(store), Some((_, after))) = (&store, ck) {
+        // Progress events are drained while waiting so a failing guest is reported at once.
+        let deadline = t0 + after;
+        while Instant::now() < deadline {
+            if let Some(ev) = vm.next_event(deadline - Instant::now())? {
+                if let crate::devices::GuestEvent::Report {
+                    code: testguest::CODE_DONE,
+                    cpu,
+                    ..
+                } = ev
+                {
+                    anyhow::bail!("vCPU {cpu} finished before the checkpoint time; checkpoint earlier or give it more work");
+                }
+            }
+        }
+        let outcome = checkpoint(&vm, &rt, store, &Default::default())?;
+        emit(
+            m.json,
+            serde_json::json!({"event": "checkpoint", "checkpoint": outcome}),
+        );
+        if stop_after {
+            vm.stop()?;
+            return Ok(());
+        }
+        vm.resume();
+    }
+    finish(&mut vm, linux, m.timeout, m.json, t0)?;
+    vm.stop()?;
+    Ok(())
+}
+
+fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let store = open_store(&a.store)?;
+    let mode = match (&a.agent, a.eager) {
+        (Some(p), _) => Mode::Agent(p.clone()),
+        (None, true) => Mode::Eager,
+        (None, false) => Mode::Lazy,
+    };
+    let config = VmConfig {
+        kvm_path: a.machine.kvm.clone(),
+        serial: serial_output(&a.machine),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mut r = restore(&config, &rt, &store, &a.store, &a.id, &mode)
+        .with_context(|| format!("restoring checkpoint {} from {}", a.id, a.store))?;
+    emit(
+        a.machine.json,
+        serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),
+    );
+    let linux = r.state.guest == crate::state::GuestKind::Linux;
+    let limit = if linux {
+        a.run_for.unwrap_or(a.machine.timeout)
+    } else {
+        a.machine.timeout
+    };
+    finish(&mut r.vm, linux, limit, a.machine.json, t0)?;
+    r.vm.stop()?;
+    if let Some(ps) = r.page_server.take() {
+        let stats = ps.finish()?;
+        emit(
+            a.machine.json,
+            serde_json::json!({"event": "page_server", "stats": stats}),
+        );
+    }
+    Ok(())
+}
+
+/// Runs a `thaw vm …` command. Synchronous: it makes its own tokio runtime, so call it from a
+/// plain thread, not from inside an async runtime.
+pub fn run(args: VmArgs) -> anyhow::Result<()> {
+    match args.command {
+        VmCommand::Run(a) => run_and_maybe_checkpoint(
+            &a.machine,
+            &a.guest,
+            a.store.as_deref().zip(a.checkpoint_after),
+            a.stop_after_checkpoint,
+        ),
+        VmCommand::Checkpoint(a) => {
+            run_and_maybe_checkpoint(&a.machine, &a.guest, Some((&a.store, a.at)), !a.resume)
+        }
+        VmCommand::Restore(a) => restore_cmd(&a),
+        VmCommand::PageServer(a) => {
+            let _ = std::fs::remove_file(&a.listen);
+            let listener = std::os::unix::net::UnixListener::bind(&a.listen)
+                .with_context(|| format!("listening on {}", a.listen.display()))?;
+            eprintln!("page server listening on {}", a.listen.display());
+            crate::pageserver::serve_forever(listener)?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("3 weeks").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! The test guest checkpointed mid-run at several moments, by one process; the original VM resumes
+//! to the end, and fresh processes restore the checkpoint eagerly, lazily (in-process page server)
+//! and through a separate page-server process. Every run ends with the checksums of the host-side
+//! model of an uninterrupted run.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use vmm::testguest::{self, Params, Pattern};
+
+const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
+
+struct Workload {
+    pattern: Pattern,
+    vcpus: u32,
+    touches: u64,
+    memory: u64,
+}
+
+impl Workload {
+    fn params(&self) -> Params {
+        Params {
+            pattern: self.pattern,
+            touches_per_cpu: self.touches,
+            report_every: 0,
+            seed: 11,
+            hot_percent: 10,
+        }
+    }
+
+    fn expected(&self) -> Vec<u64> {
+        let area = testguest::area_size_for(self.memory);
+        (0..self.vcpus)
+            .map(|c| testguest::model_checksum(&self.params(), area, self.vcpus, c))
+            .collect()
+    }
+
+    fn guest_args(&self) -> Vec<String> {
+        let pattern = match self.pattern {
+            Pattern::Sequential => "sequential",
+            Pattern::Random => "random",
+            Pattern::HotSet => "hot-set",
+            Pattern::PointerChase => "pointer-chase",
+        };
+        vec![
+            format!("--memory={}", self.memory),
+            format!("--vcpus={}", self.vcpus),
+            format!("--pattern={pattern}"),
+            format!("--touches={}", self.touches),
+            "--seed=11".into(),
+        ]
+    }
+}
+
+/// Runs thaw-vmm with `args` and returns its JSON lines; panics with stderr on failure.
+fn thaw_vmm(args: &[String]) -> Vec<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--json", "--serial=none", "--timeout=120s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "thaw-vmm {args:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+fn event<'a>(lines: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["event"] == name)
+        .unwrap_or_else(|| panic!("no {name} event in {lines:?}"))
+}
+
+fn checksums(lines: &[serde_json::Value]) -> Vec<u64> {
+    event(lines, "done")["checksums"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+struct PageServer(Child);
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_page_server(sock: &std::path::Path) -> PageServer {
+    let mut child = Command::new(BIN)
+        .arg("page-server")
+        .arg(format!("--listen={}", sock.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It prints one line once it listens.
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    PageServer(child)
+}
+
+fn checkpoint_and_restore_everywhere(w: &Workload, at: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap().to_string();
+    let want = w.expected();
+    let sock = dir.path().join("pages.sock");
+    let _server = start_page_server(&sock);
+    for moment in at {
+        let mut args = vec!["checkpoint".to_string(), format!("--store={store}")];
+        args.push(format!("--at={moment}"));
+        args.push("--resume".into());
+        args.extend(w.guest_args());
+        let lines = thaw_vmm(&args);
+        assert_eq!(
+            checksums(&lines),
+            want,
+            "original VM resumed after a checkpoint at {moment}"
+        );
+        let id = event(&lines, "checkpoint")["checkpoint"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for mode in [
+            vec!["--eager".to_string()],
+            vec![],
+            vec![format!("--agent={}", sock.display())],
+        ] {
+            let mut args = vec![
+                "restore".to_string(),
+                format!("--store={store}"),
+                format!("--id={id}"),
+            ];
+            args.extend(mode.clone());
+            let lines = thaw_vmm(&args);
+            assert_eq!(
+                checksums(&lines),
+                want,
+                "restore {mode:?} of the checkpoint at {moment}"
+            );
+            let resume_ms = event(&lines, "restored")["timings"]["resume_ms"]
+                .as_f64()
+                .unwrap();
+            assert!(resume_ms > 0.0 && resume_ms < 30_000.0, "{resume_ms}");
+        }
+    }
+}
+
+#[test]
+fn random_on_two_vcpus_checkpointed_at_several_moments() {
+    checkpoint_and_restore_everywhere(
+        &Workload {
+            pattern: Pattern::Random,
+            vcpus: 2,
+            touches: 20_000_000,
+            memory: 32 << 20,
+        },
+        &["30ms", "400ms"],
+    );
+}
+
+#[test]
+fn pointer_chase_on_one_vcpu() {
+    checkpoint_and_restore_everywhere(
+        &Workload {
+            pattern: Pattern::PointerChase,
+            vcpus: 1,
+            touches: 20_000_000,
+            memory: 24 << 20,
+        },
+        &["200ms"],
+    );
+}
+
+#[test]
+fn a_guest_that_finishes_before_the_checkpoint_is_reported() {
+    let w = Workload {
+        pattern: Pattern::Sequential,
+        vcpus: 1,
+        touches: 1000,
+        memory: 8 << 20,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "checkpoint".to_string(),
+        format!("--store={}", dir.path().display()),
+        "--at=2s".into(),
+    ];
+    args.extend(w.guest_args());
+    let out = Command::new(BIN)
+        .args(&args)
+        .arg("--serial=none")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("finished before the checkpoint"));
+}
