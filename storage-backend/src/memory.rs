@@ -73,4 +73,17 @@ impl<'a> MemoryView<'a> {
             &self.regions[r].bytes[off..off + (run.len * self.page_size) as usize]
         })
     }
+
+    /// The bytes of several runs, copied end to end.
+    pub(crate) fn gather(&self, runs: &[PageRun]) -> Vec<u8> {
+        let pages: u64 = runs.iter().map(|r| r.len).sum();
+        let mut out = Vec::with_capacity((pages * self.page_size) as usize);
+        for run in runs {
+            match self.run(run) {
+                Some(bytes) => out.extend_from_slice(bytes),
+                None => (run.start..run.end()).for_each(|p| out.extend_from_slice(self.page(p))),
+            }
+        }
+        out
+    }
 }

@@ -130,7 +130,9 @@ pub async fn write_checkpoint(
         None => HashMap::new(),
     };
 
+    let started = std::time::Instant::now();
     let zero = run_cpu(|| find_zero_pages(&view));
+    let zero_scan = started.elapsed();
     let plan = plan_blocks(&opts.layout, &zero, opts.block_pages)?;
 
     let mut packer = SegmentPacker::new(id.clone(), os.clone(), opts);
@@ -139,13 +141,18 @@ pub async fn write_checkpoint(
     let batch_blocks =
         (opts.segment_bytes as u64 / (opts.block_pages * opts.page_size)).max(1) as usize;
     let mut blocks = Vec::with_capacity(plan.len());
+    let mut encoding = std::time::Duration::ZERO;
     for batch in plan.chunks(batch_blocks) {
+        let t = std::time::Instant::now();
         let prepared = run_cpu(|| prepare_blocks(&view, batch, &existing));
+        encoding += t.elapsed();
         for (pages, block) in batch.iter().zip(prepared) {
             blocks.push(packer.add(pages.clone(), block).await?);
         }
     }
+    let t = std::time::Instant::now();
     packer.finish().await?;
+    tracing::debug!(?zero_scan, ?encoding, upload_tail = ?t.elapsed(), "checkpoint write phases");
 
     let zero_pages = format::layout::runs_of((0..view.total_pages()).filter(|&p| zero[p as usize]));
     let manifest = Manifest {
@@ -232,11 +239,7 @@ fn prepare_blocks(
             let raw: &[u8] = match runs.as_slice() {
                 [run] if view.run(run).is_some() => view.run(run).expect("checked"),
                 _ => {
-                    gathered = runs
-                        .iter()
-                        .flat_map(|r| r.start..r.end())
-                        .flat_map(|p| view.page(p).iter().copied())
-                        .collect::<Vec<u8>>();
+                    gathered = view.gather(runs);
                     &gathered
                 }
             };
@@ -279,7 +282,9 @@ struct SegmentPacker {
     concurrency: usize,
     objects: Vec<String>,
     object_index: HashMap<String, u32>,
-    current: Vec<u8>,
+    /// The open segment's blocks, uploaded as one object without concatenating.
+    current: Vec<Bytes>,
+    current_len: u64,
     current_object: Option<u32>,
     uploads: JoinSet<Result<u64, CheckpointError>>,
     segments: usize,
@@ -299,6 +304,7 @@ impl SegmentPacker {
             objects: Vec::new(),
             object_index: HashMap::new(),
             current: Vec::new(),
+            current_len: 0,
             current_object: None,
             uploads: JoinSet::new(),
             segments: 0,
@@ -350,14 +356,15 @@ impl SegmentPacker {
                 let entry = BlockEntry {
                     pages,
                     object,
-                    offset: self.current.len() as u64,
+                    offset: self.current_len,
                     stored_len: enc.stored.len() as u64,
                     raw_len: enc.raw_len,
                     codec: enc.codec,
                     hash: enc.hash,
                 };
-                self.current.extend_from_slice(&enc.stored);
-                if self.current.len() >= self.segment_bytes {
+                self.current_len += enc.stored.len() as u64;
+                self.current.push(Bytes::from(enc.stored));
+                if self.current_len >= self.segment_bytes as u64 {
                     self.flush().await?;
                 }
                 Ok(entry)
@@ -373,7 +380,8 @@ impl SegmentPacker {
             self.join_one().await?;
         }
         let key = self.objects[object as usize].clone();
-        let data = Bytes::from(std::mem::take(&mut self.current));
+        let data = std::mem::take(&mut self.current);
+        self.current_len = 0;
         let store = self.store.clone();
         let part = self.part_bytes;
         self.uploads.spawn(upload(store, key, data, part));
@@ -404,21 +412,23 @@ impl SegmentPacker {
 async fn upload(
     store: Arc<dyn ObjectStore>,
     key: String,
-    data: Bytes,
+    chunks: Vec<Bytes>,
     part_bytes: usize,
 ) -> Result<u64, CheckpointError> {
     let path = Path::from(key.as_str());
-    let len = data.len() as u64;
-    let result = if data.len() > part_bytes {
+    let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let result = if len > part_bytes as u64 {
         async {
             let upload = store.put_multipart(&path).await?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, part_bytes);
-            writer.put(data);
+            for chunk in chunks {
+                writer.put(chunk);
+            }
             writer.finish().await
         }
         .await
     } else {
-        store.put(&path, PutPayload::from(data)).await
+        store.put(&path, PutPayload::from_iter(chunks)).await
     };
     result.map_err(|e| CheckpointError::object(&key, e))?;
     Ok(len)
