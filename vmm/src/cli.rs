@@ -47,6 +47,9 @@ pub struct MachineArgs {
     /// Print results as JSON lines on standard output.
     #[arg(long)]
     pub json: bool,
+    /// Linux guests: run until the console prints this text, then stop (restore) or go on.
+    #[arg(long)]
+    pub until_serial: Option<String>,
     /// Give up after this long (e.g. 30s, 5m).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -112,8 +115,11 @@ pub struct CheckpointArgs {
     #[arg(long)]
     pub store: String,
     /// How long the guest runs before the checkpoint.
-    #[arg(long, value_parser = parse_duration)]
-    pub at: Duration,
+    #[arg(long, value_parser = parse_duration, required_unless_present = "on_serial")]
+    pub at: Option<Duration>,
+    /// Checkpoint as soon as the guest console prints this text (instead of --at).
+    #[arg(long, conflicts_with = "at")]
+    pub on_serial: Option<String>,
     /// Resume the original VM after the checkpoint and run it to the end.
     #[arg(long)]
     pub resume: bool,
@@ -179,7 +185,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-fn serial_output(m: &MachineArgs) -> SerialOutput {
+/// The console buffer watched for `--until-serial` / `--on-serial` markers, if any.
+type Watch = Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>;
+
+fn serial_output(m: &MachineArgs, watch: &Watch) -> SerialOutput {
+    if let Some(buf) = watch {
+        let file = match m.serial.as_deref() {
+            Some("stdout") | None if !m.json => PathBuf::from("/dev/stdout"),
+            Some("none") => PathBuf::from("/dev/null"),
+            Some(path) if path != "stdout" => PathBuf::from(path),
+            _ => PathBuf::from("/dev/stderr"),
+        };
+        return SerialOutput::Tee(buf.clone(), file);
+    }
     match m.serial.as_deref() {
         Some("stdout") => SerialOutput::Stdout,
         Some("none") => SerialOutput::Sink,
@@ -208,13 +226,13 @@ fn params(g: &GuestArgs) -> Params {
     }
 }
 
-fn boot(m: &MachineArgs, g: &GuestArgs) -> anyhow::Result<Vm> {
+fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
     let config = VmConfig {
         kvm_path: m.kvm.clone(),
         memory_bytes: g.memory,
         vcpus: g.vcpus,
         cpu_baseline: g.cpu_baseline,
-        serial: serial_output(m),
+        serial: serial_output(m, watch),
     };
     Ok(match &g.kernel {
         Some(kernel) => crate::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
@@ -227,24 +245,24 @@ fn finish(
     vm: &mut Vm,
     linux: bool,
     limit: Duration,
-    json: bool,
+    m: &MachineArgs,
+    watch: &Watch,
     t0: Instant,
 ) -> anyhow::Result<()> {
+    let json = m.json;
     if linux {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(ev) = vm.next_event(deadline - Instant::now())? {
-                emit(
-                    json,
-                    serde_json::json!({"event": "guest", "detail": format!("{ev:?}")}),
-                );
-            }
-        }
+        let seen = wait_serial(vm, watch, m.until_serial.as_deref(), limit)?;
         vm.pause()?;
         emit(
             json,
-            serde_json::json!({"event": "stopped", "after_s": t0.elapsed().as_secs_f64()}),
+            serde_json::json!({"event": "stopped", "after_s": t0.elapsed().as_secs_f64(), "marker_seen": seen}),
         );
+        if m.until_serial.is_some() && !seen {
+            anyhow::bail!(
+                "the guest console did not print {:?} within {limit:?}",
+                m.until_serial
+            );
+        }
         return Ok(());
     }
     let out = wait_done(vm, limit)?;
@@ -260,21 +278,63 @@ fn finish(
     Ok(())
 }
 
+/// Runs until the console shows `marker` (true) or `limit` passes (false).
+fn wait_serial(
+    vm: &mut Vm,
+    watch: &Watch,
+    marker: Option<&str>,
+    limit: Duration,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let (Some(buf), Some(marker)) = (watch, marker) {
+            let text = buf.lock().unwrap_or_else(|p| p.into_inner());
+            if text.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                return Ok(true);
+            }
+        }
+        let step = (deadline - Instant::now()).min(Duration::from_millis(100));
+        if let Some(ev) = vm.next_event(step)? {
+            tracing::debug!("guest event {ev:?}");
+        }
+    }
+    Ok(false)
+}
+
 fn run_and_maybe_checkpoint(
     m: &MachineArgs,
     g: &GuestArgs,
     ck: Option<(&str, Duration)>,
+    on_serial: Option<&str>,
     stop_after: bool,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = ck.map(|(spec, _)| open_store(spec)).transpose()?;
-    let mut vm = boot(m, g)?;
+    let watch: Watch = (m.until_serial.is_some() || on_serial.is_some())
+        .then(|| std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+    let mut vm = boot(m, g, &watch)?;
     let t0 = Instant::now();
     vm.start()?;
     let linux = g.kernel.is_some();
     if let (Some(store), Some((_, after))) = (&store, ck) {
         // Progress events are drained while waiting so a failing guest is reported at once.
-        let deadline = t0 + after;
+        if let Some(marker) = on_serial {
+            if !wait_serial(&mut vm, &watch, Some(marker), m.timeout)? {
+                anyhow::bail!(
+                    "the guest console did not print {marker:?} within {:?}",
+                    m.timeout
+                );
+            }
+            emit(
+                m.json,
+                serde_json::json!({"event": "marker", "after_s": t0.elapsed().as_secs_f64()}),
+            );
+        }
+        let deadline = if on_serial.is_some() {
+            Instant::now()
+        } else {
+            t0 + after
+        };
         while Instant::now() < deadline {
             if let Some(ev) = vm.next_event(deadline - Instant::now())? {
                 if let crate::devices::GuestEvent::Report {
@@ -298,7 +358,7 @@ fn run_and_maybe_checkpoint(
         }
         vm.resume();
     }
-    finish(&mut vm, linux, m.timeout, m.json, t0)?;
+    finish(&mut vm, linux, m.timeout, m, &watch, t0)?;
     vm.stop()?;
     Ok(())
 }
@@ -311,9 +371,14 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         (None, true) => Mode::Eager,
         (None, false) => Mode::Lazy,
     };
+    let watch: Watch = a
+        .machine
+        .until_serial
+        .is_some()
+        .then(|| std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
     let config = VmConfig {
         kvm_path: a.machine.kvm.clone(),
-        serial: serial_output(&a.machine),
+        serial: serial_output(&a.machine, &watch),
         ..Default::default()
     };
     let t0 = Instant::now();
@@ -329,7 +394,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     } else {
         a.machine.timeout
     };
-    finish(&mut r.vm, linux, limit, a.machine.json, t0)?;
+    finish(&mut r.vm, linux, limit, &a.machine, &watch, t0)?;
     r.vm.stop()?;
     if let Some(ps) = r.page_server.take() {
         let stats = ps.finish()?;
@@ -349,11 +414,16 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             &a.machine,
             &a.guest,
             a.store.as_deref().zip(a.checkpoint_after),
+            None,
             a.stop_after_checkpoint,
         ),
-        VmCommand::Checkpoint(a) => {
-            run_and_maybe_checkpoint(&a.machine, &a.guest, Some((&a.store, a.at)), !a.resume)
-        }
+        VmCommand::Checkpoint(a) => run_and_maybe_checkpoint(
+            &a.machine,
+            &a.guest,
+            Some((&a.store, a.at.unwrap_or_default())),
+            a.on_serial.as_deref(),
+            !a.resume,
+        ),
         VmCommand::Restore(a) => restore_cmd(&a),
         VmCommand::PageServer(a) => {
             let _ = std::fs::remove_file(&a.listen);

@@ -26,6 +26,8 @@ pub enum SerialOutput {
     File(PathBuf),
     /// Kept in memory (tests read it back).
     Capture(Arc<Mutex<Vec<u8>>>),
+    /// Kept in memory and appended to a file (the vmm watches the console for a marker).
+    Tee(Arc<Mutex<Vec<u8>>>, PathBuf),
     /// Dropped.
     Sink,
 }
@@ -42,6 +44,10 @@ impl SerialOutput {
                     .map_err(Error::io(format!("open serial output {}", p.display())))?,
             ),
             SerialOutput::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
+            SerialOutput::Tee(buf, p) => Box::new(TeeWriter(
+                CaptureWriter(buf.clone()),
+                SerialOutput::File(p.clone()).open()?,
+            )),
             SerialOutput::Sink => Box::new(std::io::sink()),
         })
     }
@@ -59,6 +65,19 @@ impl Write for CaptureWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+struct TeeWriter(CaptureWriter, Box<dyn Write + Send>);
+
+impl Write for TeeWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(data)?;
+        self.1.write_all(data)?;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.1.flush()
     }
 }
 
