@@ -2,6 +2,7 @@
 //! saves its complete state, and restores it in a fresh process eagerly or lazily through
 //! userfaultfd.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod cpuid;

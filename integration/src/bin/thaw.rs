@@ -35,6 +35,8 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
+    /// Run, checkpoint and restore KVM guests.
+    Vm(vmm::cli::VmArgs),
     /// Run a benchmark: print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -52,6 +54,15 @@ enum CheckpointCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Lazy-restore resume time (256 MiB, 4 GiB), checkpoint time, finish time eager vs lazy.
+    Resume {
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Directory under which the temporary store is created.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Write a synthetic memory image as a checkpoint and read it back.
     Checkpoint {
         /// Where to write the JSON results.
@@ -86,7 +97,12 @@ async fn main() -> anyhow::Result<()> {
                 commands::verify(&open_store(&store)?, &id).await
             }
         },
+        // The vmm is synchronous and makes its own runtime: run it on a plain thread.
+        Command::Vm(args) => std::thread::spawn(move || vmm::cli::run(args))
+            .join()
+            .map_err(|_| anyhow::anyhow!("vm command panicked"))?,
         Command::Bench { bench } => match bench {
+            BenchCommand::Resume { json, dir } => bench::resume::run(json, dir),
             BenchCommand::Checkpoint { json, memory, dir } => {
                 bench::checkpoint::run(bench::checkpoint::CheckpointBench {
                     memory_bytes: memory,
