@@ -63,7 +63,7 @@ pub struct GuestArgs {
     pub memory: u64,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
-    /// CPU features shown to the guest: host, x86-64-v2 or x86-64-v3.
+    /// CPU features shown to the guest: host, x86-64, x86-64-v2 or x86-64-v3.
     #[arg(long, default_value = "host")]
     pub cpu_baseline: CpuBaseline,
     /// Test guest access pattern: sequential, random, hot-set, pointer-chase.

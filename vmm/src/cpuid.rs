@@ -13,6 +13,9 @@ pub enum CpuBaseline {
     /// at least the same features.
     #[default]
     Host,
+    /// Baseline x86-64 (SSE2, no CX16/POPCNT/SSE4): the widest set of hosts, and a guest kernel
+    /// that avoids instructions a software KVM's emulator may lack (cmpxchg16b).
+    X86_64,
     /// x86-64-v2 (SSE4.2, POPCNT, CX16): restores on any x86-64 server of the last 15 years.
     X86_64V2,
     /// x86-64-v3 (AVX2, BMI1/2, FMA, XSAVE with AVX state).
@@ -24,10 +27,11 @@ impl std::str::FromStr for CpuBaseline {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "host" => Ok(CpuBaseline::Host),
+            "x86-64" | "v1" => Ok(CpuBaseline::X86_64),
             "x86-64-v2" | "v2" => Ok(CpuBaseline::X86_64V2),
             "x86-64-v3" | "v3" => Ok(CpuBaseline::X86_64V3),
             _ => Err(Error::Config(format!(
-                "unknown CPU baseline {s:?} (expected host, x86-64-v2 or x86-64-v3)"
+                "unknown CPU baseline {s:?} (expected host, x86-64, x86-64-v2 or x86-64-v3)"
             ))),
         }
     }
@@ -390,6 +394,21 @@ mod tests {
             lookup(&v2, fr(1, 0, Reg::Ecx)) & (1 << 20),
             0,
             "sse4.2 in v2"
+        );
+        let v1 = template(&host(), CpuBaseline::X86_64);
+        assert_eq!(
+            lookup(&v1, fr(1, 0, Reg::Ecx)) & (1 << 20),
+            0,
+            "no sse4.2 in x86-64"
+        );
+        assert_ne!(
+            lookup(&v1, fr(1, 0, Reg::Edx)) & (1 << 26),
+            0,
+            "sse2 in x86-64"
+        );
+        assert_eq!(
+            "x86-64".parse::<CpuBaseline>().unwrap(),
+            CpuBaseline::X86_64
         );
         let h = template(&host(), CpuBaseline::Host);
         assert_eq!(lookup(&h, fr(7, 0, Reg::Ebx)), (1 << 5) | (1 << 16));

@@ -240,10 +240,19 @@ impl Runner {
                     })
                 }
                 Ok(VcpuExit::InternalError) => {
+                    // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member of the exit
+                    // union is the one KVM filled in.
+                    let internal = unsafe { self.vcpu.fd.get_kvm_run().__bindgen_anon_1.internal };
+                    let n = (internal.ndata as usize).min(internal.data.len());
                     return VcpuEnd::Failed(Error::Vcpu {
                         cpu: id as usize,
-                        msg: "KVM internal error".into(),
-                    })
+                        msg: format!(
+                            "KVM internal error (suberror {}, data {:x?}) {}",
+                            internal.suberror,
+                            &internal.data[..n],
+                            self.where_am_i()
+                        ),
+                    });
                 }
                 Ok(other) => {
                     return VcpuEnd::Failed(Error::Vcpu {
