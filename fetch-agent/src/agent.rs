@@ -1,0 +1,238 @@
+//! The agent: accepts VMM connections on a Unix socket, one restore each,
+//! many at once. Per connection it receives the hand-off, opens the
+//! checkpoint it names (or the one given on the command line, for
+//! Firecracker's bare hand-off), and serves the restore on the connection's
+//! own thread until the VMM closes the connection.
+
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use storage_backend::{CheckpointId, Store};
+use tokio::runtime::Handle;
+
+use crate::cache::BlockCache;
+use crate::fetch::{Checkpoint, FetchConfig, Fetcher};
+use crate::handoff::{self, ReceiveError};
+use crate::install::{GuestLayout, Installer};
+use crate::metrics::Metrics;
+use crate::policy;
+use crate::restore::{AgentContext, RestoreDriver, RestoreError, RestoreReport};
+use crate::source::{BlockSource, ObjectStoreSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
+    #[error("the hand-off names no {0} and the agent has no default (--{0})")]
+    Missing(&'static str),
+    #[error("checkpoint id: {0}")]
+    BadCheckpoint(String),
+    #[error("opening store {spec}: {reason}")]
+    Store { spec: String, reason: String },
+    #[error("no source could give the manifest of checkpoint {id}: {errors}")]
+    Manifest { id: CheckpointId, errors: String },
+    #[error("the hand-off maps {handed} bytes in pages of {handed_page}, checkpoint {id} has {stored} bytes in pages of {stored_page}")]
+    Mismatch {
+        id: CheckpointId,
+        handed: u64,
+        handed_page: u64,
+        stored: u64,
+        stored_page: u64,
+    },
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("accepting connections: {0}")]
+    Accept(std::io::Error),
+}
+
+pub struct AgentConfig {
+    /// The store of hand-offs that name none (Firecracker's form).
+    pub store: Option<String>,
+    /// The checkpoint of hand-offs that name none.
+    pub checkpoint: Option<CheckpointId>,
+    /// Sources tried before the object store, in order (block servers).
+    pub block_servers: Vec<Arc<dyn BlockSource>>,
+    pub policy: policy::Config,
+    pub fetch: FetchConfig,
+    pub cache_bytes: u64,
+    pub trace_dir: Option<PathBuf>,
+}
+
+pub struct Agent {
+    ctx: Arc<AgentContext>,
+    default_store: Option<String>,
+    default_checkpoint: Option<CheckpointId>,
+    block_servers: Vec<Arc<dyn BlockSource>>,
+    stores: Mutex<HashMap<String, Arc<ObjectStoreSource>>>,
+    checkpoints: Mutex<HashMap<(String, CheckpointId), Arc<Checkpoint>>>,
+    next_restore: AtomicU64,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, runtime: Handle) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let cache = BlockCache::new(config.cache_bytes);
+        let fetcher = Fetcher::new(cache, config.fetch, metrics.clone());
+        Arc::new(Agent {
+            ctx: Arc::new(AgentContext {
+                fetcher,
+                metrics,
+                runtime,
+                policy: config.policy,
+                trace_dir: config.trace_dir,
+            }),
+            default_store: config.store,
+            default_checkpoint: config.checkpoint,
+            block_servers: config.block_servers,
+            stores: Mutex::new(HashMap::new()),
+            checkpoints: Mutex::new(HashMap::new()),
+            next_restore: AtomicU64::new(1),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.ctx.metrics
+    }
+
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        self.ctx.cache()
+    }
+
+    /// Prometheus text of the agent's metrics.
+    pub fn render_metrics(&self) -> String {
+        self.ctx.metrics.render(self.ctx.cache())
+    }
+
+    /// Accepts connections forever, one thread per restore.
+    pub fn serve(self: &Arc<Self>, listener: UnixListener) -> Result<(), AgentError> {
+        for conn in listener.incoming() {
+            let conn = conn.map_err(AgentError::Accept)?;
+            let this = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("thaw-restore".into())
+                .spawn(move || {
+                    if let Err(e) = this.handle(conn) {
+                        tracing::error!("restore: {e}");
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a restore thread: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves one VMM connection to its end.
+    pub fn handle(self: &Arc<Self>, conn: UnixStream) -> Result<RestoreReport, AgentError> {
+        let (handoff, uffd) = handoff::receive(&conn)?;
+        let spec = handoff
+            .store
+            .clone()
+            .or_else(|| self.default_store.clone())
+            .ok_or(AgentError::Missing("store"))?;
+        let id = match handoff.checkpoint.as_deref() {
+            Some(id) => id
+                .parse::<CheckpointId>()
+                .map_err(|e| AgentError::BadCheckpoint(e.to_string()))?,
+            None => self
+                .default_checkpoint
+                .clone()
+                .ok_or(AgentError::Missing("checkpoint"))?,
+        };
+        let checkpoint = self.checkpoint(&spec, &id)?;
+        let m = &checkpoint.manifest;
+        let handed_page = handoff.mappings[0].page_size;
+        let pages_agree = handoff.mappings.iter().all(|r| r.page_size == m.page_size);
+        if handoff.memory_bytes() != m.total_bytes() || !pages_agree {
+            return Err(AgentError::Mismatch {
+                id,
+                handed: handoff.memory_bytes(),
+                handed_page,
+                stored: m.total_bytes(),
+                stored_page: m.page_size,
+            });
+        }
+        let n = self.next_restore.fetch_add(1, Ordering::Relaxed);
+        let name = match &handoff.vm_id {
+            Some(vm)
+                if vm
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                format!("{vm}-{n}")
+            }
+            _ => format!("restore-{n}-{id}"),
+        };
+        let installer = Installer::new(uffd, GuestLayout::new(&handoff, m.page_size));
+        tracing::info!(restore = %name, checkpoint = %id, store = %spec, "restore started");
+        let metrics = &self.ctx.metrics;
+        metrics.restores_started.fetch_add(1, Ordering::Relaxed);
+        metrics.restores_active.fetch_add(1, Ordering::Relaxed);
+        let driver = RestoreDriver::new(name, checkpoint, installer, self.ctx.clone());
+        let result = driver.serve(&conn);
+        metrics.restores_active.fetch_sub(1, Ordering::Relaxed);
+        Ok(result?)
+    }
+
+    /// The checkpoint `id` of store `spec`, opened once and shared by every
+    /// restore of it.
+    fn checkpoint(&self, spec: &str, id: &CheckpointId) -> Result<Arc<Checkpoint>, AgentError> {
+        let key = (spec.to_owned(), id.clone());
+        if let Some(c) = self.lock_checkpoints().get(&key) {
+            return Ok(c.clone());
+        }
+        let mut sources = self.block_servers.clone();
+        sources.push(self.object_store(spec)?);
+        let mut errors = Vec::new();
+        let mut manifest = None;
+        for s in &sources {
+            match self.ctx.runtime.block_on(s.manifest(id)) {
+                Ok(m) => {
+                    manifest = Some(m);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("manifest of {id}: {e}");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let manifest = manifest.ok_or_else(|| AgentError::Manifest {
+            id: id.clone(),
+            errors: errors.join("; "),
+        })?;
+        let checkpoint = Arc::new(Checkpoint {
+            id: id.clone(),
+            manifest,
+            sources,
+        });
+        Ok(self
+            .lock_checkpoints()
+            .entry(key)
+            .or_insert(checkpoint)
+            .clone())
+    }
+
+    fn lock_checkpoints(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, CheckpointId), Arc<Checkpoint>>> {
+        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn object_store(&self, spec: &str) -> Result<Arc<dyn BlockSource>, AgentError> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = stores.get(spec) {
+            return Ok(s.clone());
+        }
+        let store = Store::open(spec).map_err(|e| AgentError::Store {
+            spec: spec.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let source = Arc::new(ObjectStoreSource::new(store));
+        stores.insert(spec.to_owned(), source.clone());
+        Ok(source)
+    }
+}

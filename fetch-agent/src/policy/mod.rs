@@ -1,0 +1,598 @@
+//! The fetch agent's decisions for one restore, free of I/O: events in
+//! (a fault, a block arrived, a fetch failed, time passed), actions out
+//! (install these pages from these block bytes, fetch this block at this
+//! priority, raise a fetch's priority, zero-fill, wake). The clock is passed
+//! in, so every policy is tested and simulated without a kernel or a network,
+//! the way quinn-proto is to quinn.
+//!
+//! Per block the state is absent, in flight (with its priority and the faults
+//! waiting for it) or installed. Pages are tracked one by one as present or
+//! not, so an install never covers a page twice.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use storage_backend::format::page_map::PageSource;
+use storage_backend::format::{PageMap, PageRun};
+use storage_backend::Manifest;
+
+use crate::bucket::TokenBucket;
+
+/// How urgent a fetch is. Ordered: a higher priority is served first, and a
+/// demand fetch never waits behind a lower one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Background streaming of the rest of memory under a bandwidth cap.
+    Stream = 0,
+    /// A neighbour of a faulting block in the prefetch order.
+    Prefetch = 1,
+    /// A vCPU is blocked on it.
+    Demand = 2,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Stream => "stream",
+            Priority::Prefetch => "prefetch",
+            Priority::Demand => "demand",
+        }
+    }
+}
+
+/// Streaming installs at most this many cached blocks per poll, so one poll
+/// stays short even when the whole checkpoint is in the host cache.
+const MAX_CACHE_INSTALLS_PER_POLL: usize = 64;
+
+/// Where the page of a fault came from (the fault trace's `source` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultSource {
+    /// Its block was in the host cache at fault time.
+    Cache,
+    /// Its block was already on its way (prefetch or streaming), or already
+    /// installed when the fault was read.
+    Prefetch,
+    /// The fault started the block's fetch.
+    Demand,
+    /// A zero page.
+    Zero,
+}
+
+impl FaultSource {
+    pub const ALL: [FaultSource; 4] = [
+        FaultSource::Cache,
+        FaultSource::Prefetch,
+        FaultSource::Demand,
+        FaultSource::Zero,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultSource::Cache => "cache",
+            FaultSource::Prefetch => "prefetch",
+            FaultSource::Demand => "demand",
+            FaultSource::Zero => "zero",
+        }
+    }
+}
+
+/// A fault that is waiting to be woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    pub page: u64,
+    /// When the fault was read.
+    pub at: Instant,
+    pub source: FaultSource,
+    /// The block holding the page (`None` for zero pages).
+    pub block: Option<u32>,
+}
+
+/// Consecutive pages of a block to install: guest pages `page .. page + len`
+/// are the block's pages `block_offset .. block_offset + len` (in pages, in
+/// block order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstallRun {
+    pub page: u64,
+    pub len: u64,
+    pub block_offset: u64,
+}
+
+/// Where the bytes of an install come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The host cache, at the moment of the decision.
+    Cache,
+    /// A fetch of this priority that just completed.
+    Fetched(Priority),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Copy these pages of the block's decoded bytes into guest memory
+    /// (waking their waiters), then wake `waiters` whose page was covered.
+    Install {
+        block: u32,
+        runs: Vec<InstallRun>,
+        waiters: Vec<Waiter>,
+        origin: Origin,
+    },
+    /// Start fetching a block. `attempt` counts earlier failed rounds over
+    /// all sources (0 the first time).
+    Fetch {
+        block: u32,
+        priority: Priority,
+        attempt: u32,
+    },
+    /// A block already in flight became more urgent.
+    Upgrade { block: u32, priority: Priority },
+    /// Install zero pages (`UFFDIO_ZEROPAGE`), then the waiter is served.
+    ZeroFill { runs: Vec<PageRun>, waiter: Waiter },
+    /// The page is already present or on its way in an install decided
+    /// earlier: make sure the faulting thread is awake.
+    Wake { waiter: Waiter },
+}
+
+/// Background streaming of the blocks no fault asked for yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamConfig {
+    /// Stored bytes per second.
+    pub bytes_per_sec: u64,
+    /// Streaming fetches in flight at once.
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Blocks after a faulting block in the prefetch order to prefetch.
+    pub prefetch_window: usize,
+    /// Zero pages are installed in aligned windows of this many pages around
+    /// a faulting zero page, so a run of zero pages costs one fault.
+    pub zero_window: u64,
+    pub stream: Option<StreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            prefetch_window: 4,
+            zero_window: 64,
+            stream: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("page {page} is outside the checkpoint's {total} pages")]
+    PageOutOfRange { page: u64, total: u64 },
+    #[error("block {0} does not exist in this checkpoint")]
+    NoSuchBlock(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BlockState {
+    Absent,
+    InFlight {
+        priority: Priority,
+        waiters: Vec<Waiter>,
+    },
+    Installed,
+}
+
+/// Counters a restore's summary reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    pub faults: u64,
+    pub faults_by_source: [u64; 4],
+    pub fetches: u64,
+    pub cache_installs: u64,
+    pub zero_pages: u64,
+}
+
+/// One restore's state machine.
+pub struct Restore {
+    manifest: Arc<Manifest>,
+    map: PageMap,
+    config: Config,
+    blocks: Vec<BlockState>,
+    /// Failed fetch rounds per block: the next fetch is that attempt.
+    failures: Vec<u32>,
+    /// Position of each block in the prefetch order.
+    order_pos: Vec<u32>,
+    /// One bit per page: installed or decided to be installed.
+    present: Vec<u64>,
+    /// Next position in the prefetch order the stream looks at.
+    stream_cursor: usize,
+    stream_in_flight: usize,
+    bucket: Option<TokenBucket>,
+    stats: PolicyStats,
+}
+
+impl Restore {
+    /// A restore of `manifest` starting at `now`.
+    pub fn new(manifest: Arc<Manifest>, config: Config, now: Instant) -> Self {
+        let map = PageMap::new(&manifest);
+        let mut order_pos = vec![0u32; manifest.blocks.len()];
+        for (pos, &b) in manifest.prefetch_order.iter().enumerate() {
+            order_pos[b as usize] = pos as u32;
+        }
+        let largest = manifest
+            .blocks
+            .iter()
+            .map(|b| b.stored_len)
+            .max()
+            .unwrap_or(0);
+        let bucket = config
+            .stream
+            .map(|s| TokenBucket::new(s.bytes_per_sec, largest, now));
+        Restore {
+            blocks: vec![BlockState::Absent; manifest.blocks.len()],
+            failures: vec![0; manifest.blocks.len()],
+            present: vec![0; manifest.total_pages().div_ceil(64) as usize],
+            order_pos,
+            map,
+            config,
+            stream_cursor: 0,
+            stream_in_flight: 0,
+            bucket,
+            stats: PolicyStats::default(),
+            manifest,
+        }
+    }
+
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.manifest
+    }
+
+    pub fn stats(&self) -> &PolicyStats {
+        &self.stats
+    }
+
+    /// The block holding `page`, `None` for a zero page.
+    pub fn block_of(&self, page: u64) -> Result<Option<u32>, PolicyError> {
+        match self.map.source(page) {
+            Some(PageSource::Block(b)) => Ok(Some(b)),
+            Some(PageSource::Zero) => Ok(None),
+            None => Err(PolicyError::PageOutOfRange {
+                page,
+                total: self.manifest.total_pages(),
+            }),
+        }
+    }
+
+    pub fn is_present(&self, page: u64) -> bool {
+        self.present
+            .get((page / 64) as usize)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    fn mark_present(&mut self, page: u64) {
+        self.present[(page / 64) as usize] |= 1 << (page % 64);
+    }
+
+    /// True when every block is installed or in flight (nothing left to stream).
+    pub fn all_requested(&self) -> bool {
+        self.blocks.iter().all(|b| !matches!(b, BlockState::Absent))
+    }
+
+    /// Blocks installed so far.
+    pub fn installed_blocks(&self) -> usize {
+        self.blocks
+            .iter()
+            .filter(|b| matches!(b, BlockState::Installed))
+            .count()
+    }
+
+    /// Priority of a block's fetch while it is in flight.
+    pub fn in_flight(&self, block: u32) -> Option<Priority> {
+        match self.blocks.get(block as usize) {
+            Some(BlockState::InFlight { priority, .. }) => Some(*priority),
+            _ => None,
+        }
+    }
+
+    /// A fault on `page`, read at `now`. `cached(block)` says whether the
+    /// host cache holds the block's bytes (and, in a driver, pins them for
+    /// the install that follows).
+    pub fn fault(
+        &mut self,
+        page: u64,
+        now: Instant,
+        cached: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<Action>, PolicyError> {
+        let block = self.block_of(page)?;
+        self.stats.faults += 1;
+        let mut actions = Vec::new();
+        let Some(block) = block else {
+            let waiter = Waiter {
+                page,
+                at: now,
+                source: FaultSource::Zero,
+                block: None,
+            };
+            self.count(FaultSource::Zero);
+            if self.is_present(page) {
+                actions.push(Action::Wake { waiter });
+            } else {
+                let runs = self.zero_window(page);
+                actions.push(Action::ZeroFill { runs, waiter });
+            }
+            return Ok(actions);
+        };
+        let mut waiter = Waiter {
+            page,
+            at: now,
+            source: FaultSource::Demand,
+            block: Some(block),
+        };
+        if self.is_present(page) {
+            waiter.source = FaultSource::Prefetch;
+            self.count(waiter.source);
+            actions.push(Action::Wake { waiter });
+        } else {
+            match &mut self.blocks[block as usize] {
+                BlockState::Installed => {
+                    unreachable!("an installed block's pages are all present")
+                }
+                BlockState::InFlight {
+                    priority, waiters, ..
+                } => {
+                    waiter.source = FaultSource::Prefetch;
+                    waiters.push(waiter);
+                    if *priority < Priority::Demand {
+                        let was = *priority;
+                        *priority = Priority::Demand;
+                        if was == Priority::Stream {
+                            self.stream_in_flight -= 1;
+                        }
+                        actions.push(Action::Upgrade {
+                            block,
+                            priority: Priority::Demand,
+                        });
+                    }
+                    self.count(FaultSource::Prefetch);
+                }
+                BlockState::Absent => {
+                    if cached(block) {
+                        waiter.source = FaultSource::Cache;
+                        actions.push(self.install(block, vec![waiter], Origin::Cache));
+                    } else {
+                        let fetch = self.start_fetch(block, Priority::Demand, vec![waiter]);
+                        actions.push(fetch);
+                    }
+                    self.count(waiter.source);
+                }
+            }
+        }
+        self.prefetch_after(block, cached, &mut actions);
+        Ok(actions)
+    }
+
+    fn count(&mut self, source: FaultSource) {
+        let i = FaultSource::ALL
+            .iter()
+            .position(|s| *s == source)
+            .expect("listed");
+        self.stats.faults_by_source[i] += 1;
+    }
+
+    /// The zero pages not yet present in the aligned window around `page`.
+    fn zero_window(&mut self, page: u64) -> Vec<PageRun> {
+        let w = self.config.zero_window.max(1);
+        let start = page - page % w;
+        let end = (start + w).min(self.manifest.total_pages());
+        let mut runs: Vec<PageRun> = Vec::new();
+        for p in start..end {
+            let zero = matches!(self.map.source(p), Some(PageSource::Zero));
+            if !zero || self.is_present(p) {
+                continue;
+            }
+            self.mark_present(p);
+            self.stats.zero_pages += 1;
+            match runs.last_mut() {
+                Some(r) if r.end() == p => r.len += 1,
+                _ => runs.push(PageRun { start: p, len: 1 }),
+            }
+        }
+        runs
+    }
+
+    /// Prefetches the `prefetch_window` blocks after `block` in the prefetch
+    /// order: cached ones are installed at once, absent ones fetched, and
+    /// streaming ones raised to prefetch priority.
+    fn prefetch_after(
+        &mut self,
+        block: u32,
+        cached: &mut dyn FnMut(u32) -> bool,
+        actions: &mut Vec<Action>,
+    ) {
+        let pos = self.order_pos[block as usize] as usize;
+        let order_len = self.manifest.prefetch_order.len();
+        let end = (pos + 1 + self.config.prefetch_window).min(order_len);
+        for i in pos + 1..end {
+            let next = self.manifest.prefetch_order[i];
+            match &mut self.blocks[next as usize] {
+                BlockState::Absent => {
+                    if cached(next) {
+                        actions.push(self.install(next, Vec::new(), Origin::Cache));
+                    } else {
+                        let fetch = self.start_fetch(next, Priority::Prefetch, Vec::new());
+                        actions.push(fetch);
+                    }
+                }
+                BlockState::InFlight { priority, .. } if *priority == Priority::Stream => {
+                    *priority = Priority::Prefetch;
+                    self.stream_in_flight -= 1;
+                    actions.push(Action::Upgrade {
+                        block: next,
+                        priority: Priority::Prefetch,
+                    });
+                }
+                BlockState::InFlight { .. } | BlockState::Installed => {}
+            }
+        }
+    }
+
+    /// Marks the block in flight and returns its fetch.
+    fn start_fetch(&mut self, block: u32, priority: Priority, waiters: Vec<Waiter>) -> Action {
+        self.stats.fetches += 1;
+        if priority == Priority::Stream {
+            self.stream_in_flight += 1;
+        }
+        self.blocks[block as usize] = BlockState::InFlight { priority, waiters };
+        Action::Fetch {
+            block,
+            priority,
+            attempt: self.failures[block as usize],
+        }
+    }
+
+    /// Marks the block's pages that are not yet present as present and
+    /// returns the install of exactly those.
+    fn install(&mut self, block: u32, waiters: Vec<Waiter>, origin: Origin) -> Action {
+        if origin == Origin::Cache {
+            self.stats.cache_installs += 1;
+        }
+        let entry = &self.manifest.blocks[block as usize];
+        let mut runs: Vec<InstallRun> = Vec::new();
+        let mut offset = 0u64;
+        let pages: Vec<PageRun> = entry.pages.clone();
+        for run in pages {
+            for page in run.start..run.end() {
+                if !self.is_present(page) {
+                    self.mark_present(page);
+                    match runs.last_mut() {
+                        Some(r) if r.page + r.len == page && r.block_offset + r.len == offset => {
+                            r.len += 1
+                        }
+                        _ => runs.push(InstallRun {
+                            page,
+                            len: 1,
+                            block_offset: offset,
+                        }),
+                    }
+                }
+                offset += 1;
+            }
+        }
+        self.blocks[block as usize] = BlockState::Installed;
+        Action::Install {
+            block,
+            runs,
+            waiters,
+            origin,
+        }
+    }
+
+    /// A block's verified bytes are available (and in the host cache):
+    /// install its pages not yet present and wake its waiters. A block that
+    /// is not in flight (already installed) yields nothing.
+    pub fn block_ready(&mut self, block: u32, _now: Instant) -> Result<Vec<Action>, PolicyError> {
+        let state = self
+            .blocks
+            .get_mut(block as usize)
+            .ok_or(PolicyError::NoSuchBlock(block))?;
+        if !matches!(state, BlockState::InFlight { .. }) {
+            return Ok(Vec::new());
+        }
+        let BlockState::InFlight {
+            priority, waiters, ..
+        } = std::mem::replace(state, BlockState::Absent)
+        else {
+            unreachable!("checked just above")
+        };
+        if priority == Priority::Stream {
+            self.stream_in_flight -= 1;
+        }
+        Ok(vec![self.install(
+            block,
+            waiters,
+            Origin::Fetched(priority),
+        )])
+    }
+
+    /// Every source failed to deliver the block. With faults waiting, it is
+    /// fetched again at demand priority (the driver backs off by `attempt`);
+    /// without, it goes back to absent and a later fault or the stream asks
+    /// again.
+    pub fn fetch_failed(&mut self, block: u32, _now: Instant) -> Result<Vec<Action>, PolicyError> {
+        let state = self
+            .blocks
+            .get_mut(block as usize)
+            .ok_or(PolicyError::NoSuchBlock(block))?;
+        if !matches!(state, BlockState::InFlight { .. }) {
+            return Ok(Vec::new());
+        }
+        let BlockState::InFlight { priority, waiters } =
+            std::mem::replace(state, BlockState::Absent)
+        else {
+            unreachable!("checked just above")
+        };
+        self.failures[block as usize] += 1;
+        if priority == Priority::Stream {
+            // The cursor has moved on: a fault or a prefetch window asks again.
+            self.stream_in_flight -= 1;
+        }
+        if waiters.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![self.start_fetch(block, Priority::Demand, waiters)])
+    }
+
+    /// Background streaming: fetches (or installs from cache) the next
+    /// absent blocks in prefetch order while the token bucket and the
+    /// in-flight limit allow.
+    pub fn poll(&mut self, now: Instant, cached: &mut dyn FnMut(u32) -> bool) -> Vec<Action> {
+        let Some(stream) = self.config.stream else {
+            return Vec::new();
+        };
+        let mut actions = Vec::new();
+        let mut cache_installs = 0;
+        let order_len = self.manifest.prefetch_order.len();
+        while self.stream_cursor < order_len
+            && self.stream_in_flight < stream.max_in_flight
+            && cache_installs < MAX_CACHE_INSTALLS_PER_POLL
+        {
+            let block = self.manifest.prefetch_order[self.stream_cursor];
+            if !matches!(self.blocks[block as usize], BlockState::Absent) {
+                self.stream_cursor += 1;
+                continue;
+            }
+            // Installs from the host cache cost no bandwidth.
+            if cached(block) {
+                self.stream_cursor += 1;
+                cache_installs += 1;
+                actions.push(self.install(block, Vec::new(), Origin::Cache));
+                continue;
+            }
+            let cost = self.manifest.blocks[block as usize].stored_len;
+            let bucket = self.bucket.as_mut().expect("stream has a bucket");
+            if !bucket.try_take(cost, now) {
+                break;
+            }
+            self.stream_cursor += 1;
+            let fetch = self.start_fetch(block, Priority::Stream, Vec::new());
+            actions.push(fetch);
+        }
+        actions
+    }
+
+    /// When [`Restore::poll`] next has something to do, if ever: `None`
+    /// when streaming is off or done, or when it waits for in-flight
+    /// streaming fetches to complete (poll again after `block_ready`).
+    pub fn next_poll(&self, now: Instant) -> Option<Instant> {
+        let stream = self.config.stream?;
+        let next = self.manifest.prefetch_order[self.stream_cursor..]
+            .iter()
+            .find(|&&b| matches!(self.blocks[b as usize], BlockState::Absent))?;
+        if self.stream_in_flight >= stream.max_in_flight {
+            return None;
+        }
+        let cost = self.manifest.blocks[*next as usize].stored_len;
+        let bucket = self.bucket.as_ref().expect("stream has a bucket");
+        Some(now + bucket.wait_for(cost, now))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,435 @@
+//! One restore's driver: a thread blocking on the VM's userfaultfd (and on
+//! the VMM's connection, whose closing ends the restore) runs the policy and
+//! carries out its actions. Faults served from the host cache are handled
+//! right there on that thread; misses are fetched on the tokio runtime, which
+//! installs the block and wakes the waiters when it arrives.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use userfaultfd::{Event, EventBuffer};
+
+use crate::cache::{BlockCache, FlightPriority};
+use crate::fetch::{Checkpoint, FetchError, Fetched, Fetcher, Request};
+use crate::install::{InstallError, Installer};
+use crate::metrics::{Counters, Metrics};
+use crate::policy::{self, Action, Origin, Restore, Waiter};
+use crate::trace::TraceRecorder;
+
+/// What restores of one agent share.
+pub struct AgentContext {
+    pub fetcher: Arc<Fetcher>,
+    pub metrics: Arc<Metrics>,
+    pub runtime: Handle,
+    pub policy: policy::Config,
+    pub trace_dir: Option<PathBuf>,
+}
+
+impl AgentContext {
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        self.fetcher.cache()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("polling the userfaultfd: {0}")]
+    Poll(std::io::Error),
+    #[error("reading the userfaultfd: {0}")]
+    Read(String),
+    #[error("installing pages: {0}")]
+    Install(#[from] InstallError),
+    #[error("fault at {addr:#x} outside the handed-off memory")]
+    Outside { addr: u64 },
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+}
+
+/// How a restore ended.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub name: String,
+    pub faults: u64,
+    pub fetched_blocks: u64,
+    pub summary: String,
+}
+
+struct State {
+    policy: Restore,
+    /// Priorities of this restore's fetches in flight, to raise on upgrades.
+    flights: HashMap<u32, Arc<FlightPriority>>,
+    trace: TraceRecorder,
+}
+
+pub struct RestoreDriver {
+    name: String,
+    checkpoint: Arc<Checkpoint>,
+    installer: Installer,
+    ctx: Arc<AgentContext>,
+    state: Mutex<State>,
+    counters: Arc<Counters>,
+    closed: AtomicBool,
+    stream_kick: Notify,
+}
+
+/// Blocks pinned from the cache while a decision is carried out.
+type Pinned = Vec<(u32, Bytes)>;
+
+impl RestoreDriver {
+    pub fn new(
+        name: String,
+        checkpoint: Arc<Checkpoint>,
+        installer: Installer,
+        ctx: Arc<AgentContext>,
+    ) -> Arc<Self> {
+        let now = Instant::now();
+        let policy = Restore::new(checkpoint.manifest.clone(), ctx.policy.clone(), now);
+        Arc::new(RestoreDriver {
+            name,
+            checkpoint,
+            installer,
+            state: Mutex::new(State {
+                policy,
+                flights: HashMap::new(),
+                trace: TraceRecorder::new(now),
+            }),
+            ctx,
+            counters: Arc::new(Counters::default()),
+            closed: AtomicBool::new(false),
+            stream_kick: Notify::new(),
+        })
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves faults until the VMM closes `conn` (or the uffd fails), then
+    /// frees the restore: writes the trace and logs the summary.
+    pub fn serve(self: &Arc<Self>, conn: &UnixStream) -> Result<RestoreReport, RestoreError> {
+        if self.ctx.policy.stream.is_some() {
+            let this = self.clone();
+            self.ctx
+                .runtime
+                .spawn(async move { this.stream_loop().await });
+        }
+        let result = self.fault_loop(conn);
+        self.closed.store(true, Ordering::SeqCst);
+        self.stream_kick.notify_one();
+        let report = self.finish();
+        match result {
+            Ok(()) => {
+                tracing::info!(restore = %self.name, "restore ended: {}", report.summary);
+                Ok(report)
+            }
+            Err(e) => {
+                tracing::error!(restore = %self.name, "restore failed: {e}; {}", report.summary);
+                Err(e)
+            }
+        }
+    }
+
+    fn finish(&self) -> RestoreReport {
+        let st = self.lock();
+        if let Some(dir) = &self.ctx.trace_dir {
+            let path = dir.join(format!("{}.trace", self.name));
+            let what = format!(
+                "restore {} of checkpoint {} (page size {})",
+                self.name, self.checkpoint.id, self.checkpoint.manifest.page_size
+            );
+            match st.trace.write(&path, &what) {
+                Ok(()) => tracing::info!(restore = %self.name, "fault trace in {}", path.display()),
+                Err(e) => tracing::warn!(restore = %self.name, "writing {}: {e}", path.display()),
+            }
+        }
+        RestoreReport {
+            name: self.name.clone(),
+            faults: self.counters.total_faults(),
+            fetched_blocks: self.counters.fetched_blocks(),
+            summary: self.counters.summary(),
+        }
+    }
+
+    fn fault_loop(self: &Arc<Self>, conn: &UnixStream) -> Result<(), RestoreError> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.installer.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: conn.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let mut events = EventBuffer::new(64);
+        loop {
+            // SAFETY: `fds` is an array of two initialised pollfd structs that
+            // outlives the call; the length passed matches.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(RestoreError::Poll(e));
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                let batch = self
+                    .installer
+                    .uffd()
+                    .read_events(&mut events)
+                    .map_err(|e| RestoreError::Read(e.to_string()))?;
+                for event in batch {
+                    match event.map_err(|e| RestoreError::Read(e.to_string()))? {
+                        Event::Pagefault { addr, .. } => self.fault(addr as u64)?,
+                        other => tracing::debug!(restore = %self.name, "uffd event {other:?}"),
+                    }
+                }
+            }
+            if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                tracing::info!(restore = %self.name, "userfaultfd closed");
+                return Ok(());
+            }
+            if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                // The VMM sends nothing after the hand-off: readable means closed.
+                let mut byte = [0u8; 1];
+                // SAFETY: recv into a live one-byte buffer; MSG_DONTWAIT so it never blocks.
+                let got = unsafe {
+                    libc::recv(
+                        conn.as_raw_fd(),
+                        byte.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if got <= 0 {
+                    tracing::info!(restore = %self.name, "the VMM closed its connection");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// One fault read from the uffd.
+    fn fault(self: &Arc<Self>, addr: u64) -> Result<(), RestoreError> {
+        let at = Instant::now();
+        let page = self
+            .installer
+            .layout()
+            .page_of(addr)
+            .ok_or(RestoreError::Outside { addr })?;
+        let mut pinned: Pinned = Vec::new();
+        let actions = {
+            let mut st = self.lock();
+            let cache = self.ctx.cache();
+            let blocks = &self.checkpoint.manifest.blocks;
+            st.policy.fault(page, at, &mut |b| {
+                cache
+                    .get(&blocks[b as usize].hash)
+                    .map(|d| pinned.push((b, d)))
+                    .is_some()
+            })?
+        };
+        self.execute(actions, &pinned, None)
+    }
+
+    /// Carries out the policy's actions. `fetched` holds the bytes of a block
+    /// that just arrived.
+    fn execute(
+        self: &Arc<Self>,
+        actions: Vec<Action>,
+        pinned: &Pinned,
+        fetched: Option<(u32, &Bytes)>,
+    ) -> Result<(), RestoreError> {
+        let ps = self.installer.layout().page_size();
+        for action in actions {
+            match action {
+                Action::Install {
+                    block,
+                    runs,
+                    waiters,
+                    origin,
+                } => {
+                    let data = match origin {
+                        Origin::Cache => pinned.iter().find(|(b, _)| *b == block).map(|(_, d)| d),
+                        Origin::Fetched(_) => fetched.filter(|(b, _)| *b == block).map(|(_, d)| d),
+                    }
+                    .expect("the policy installs only blocks whose bytes it was shown");
+                    for r in &runs {
+                        let from = (r.block_offset * ps) as usize;
+                        let to = ((r.block_offset + r.len) * ps) as usize;
+                        self.installer.copy(r.page, &data[from..to])?;
+                    }
+                    if origin == Origin::Cache {
+                        for c in [&self.ctx.metrics.counters, &*self.counters] {
+                            c.cache_install(data.len() as u64);
+                        }
+                    }
+                    self.served(&waiters);
+                }
+                Action::Fetch {
+                    block,
+                    priority,
+                    attempt,
+                } => self.start_fetch(block, priority, attempt)?,
+                Action::Upgrade { block, priority } => {
+                    if let Some(fp) = self.lock().flights.get(&block) {
+                        fp.raise(priority);
+                    }
+                }
+                Action::ZeroFill { runs, waiter } => {
+                    for r in &runs {
+                        self.installer.zero(r.start, r.len)?;
+                    }
+                    self.served(&[waiter]);
+                }
+                Action::Wake { waiter } => {
+                    self.installer.wake(waiter.page)?;
+                    self.served(&[waiter]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records served faults: metrics and trace.
+    fn served(&self, waiters: &[Waiter]) {
+        if waiters.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut st = self.lock();
+        for w in waiters {
+            let latency = now.saturating_duration_since(w.at);
+            self.counters.fault(w.source, latency);
+            self.ctx.metrics.counters.fault(w.source, latency);
+            st.trace.record(w.at, latency, w.page, w.block, w.source);
+        }
+    }
+
+    fn start_fetch(
+        self: &Arc<Self>,
+        block: u32,
+        priority: policy::Priority,
+        attempt: u32,
+    ) -> Result<(), RestoreError> {
+        let request =
+            self.ctx
+                .fetcher
+                .request(&self.checkpoint, block, priority, self.counters.clone());
+        match request {
+            Request::Ready(data) => {
+                // Cached since the decision: deliver it at once.
+                self.fetch_done(block, Ok(Fetched { data }))
+            }
+            Request::Pending(pending) => {
+                self.lock().flights.insert(block, pending.priority.clone());
+                let this = self.clone();
+                self.ctx.runtime.spawn(async move {
+                    if attempt > 0 {
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    let result = pending.done.await;
+                    if let Err(e) = this.fetch_done(block, result) {
+                        this.failed(e);
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn fetch_done(
+        self: &Arc<Self>,
+        block: u32,
+        result: Result<Fetched, FetchError>,
+    ) -> Result<(), RestoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let (actions, data) = {
+            let mut st = self.lock();
+            st.flights.remove(&block);
+            match result {
+                Ok(f) => (st.policy.block_ready(block, now)?, Some(f.data)),
+                Err(e) => {
+                    tracing::warn!(restore = %self.name, "{e}");
+                    (st.policy.fetch_failed(block, now)?, None)
+                }
+            }
+        };
+        let r = self.execute(actions, &Vec::new(), data.as_ref().map(|d| (block, d)));
+        self.stream_kick.notify_one();
+        r
+    }
+
+    fn failed(&self, e: RestoreError) {
+        if let RestoreError::Install(i) = &e {
+            if i.vmm_gone() {
+                self.closed.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        if !self.closed.load(Ordering::SeqCst) {
+            tracing::error!(restore = %self.name, "{e}");
+        }
+    }
+
+    /// Background streaming under the bandwidth cap, until everything is
+    /// requested or the restore ends.
+    async fn stream_loop(self: Arc<Self>) {
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = Instant::now();
+            let mut pinned: Pinned = Vec::new();
+            let (actions, next, done) = {
+                let mut st = self.lock();
+                let cache = self.ctx.cache();
+                let blocks = &self.checkpoint.manifest.blocks;
+                let actions = st.policy.poll(now, &mut |b| {
+                    cache
+                        .get(&blocks[b as usize].hash)
+                        .map(|d| pinned.push((b, d)))
+                        .is_some()
+                });
+                (actions, st.policy.next_poll(now), st.policy.all_requested())
+            };
+            if let Err(e) = self.execute(actions, &pinned, None) {
+                self.failed(e);
+                return;
+            }
+            match next {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t.into()) => {}
+                        _ = self.stream_kick.notified() => {}
+                    }
+                }
+                None if done => return,
+                None => self.stream_kick.notified().await,
+            }
+        }
+    }
+}
+
+/// Wait before the `attempt`-th retry of a block no source delivered.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2))
+}

@@ -1,0 +1,128 @@
+//! Where stored block bytes come from: a [`BlockSource`] fetches one block's
+//! *stored* bytes (compressed, unverified) and a checkpoint's manifest. The
+//! agent tries its sources in order (block servers, then the object store);
+//! decoding and the hash check happen above, in [`crate::fetch`], so a bad
+//! source can never get a block installed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use storage_backend::{CheckpointId, CheckpointReader, Manifest, Store};
+
+use crate::metrics::SourceKind;
+use crate::policy::Priority;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{source_name}: {message}")]
+    Failed {
+        source_name: String,
+        message: String,
+    },
+}
+
+impl SourceError {
+    pub fn new(source_name: &str, message: impl std::fmt::Display) -> Self {
+        SourceError::Failed {
+            source_name: source_name.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A place to fetch blocks from.
+pub trait BlockSource: Send + Sync {
+    /// For logs and metrics (`object-store`, `block-server 10.0.0.1:4433`).
+    fn name(&self) -> &str;
+
+    /// The kind of source, for metrics.
+    fn kind(&self) -> SourceKind;
+
+    /// One block's stored bytes, exactly as the manifest's entry describes them.
+    fn fetch_stored<'a>(
+        &'a self,
+        checkpoint: &'a CheckpointId,
+        block: u32,
+        priority: Priority,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>>;
+
+    /// The checkpoint's manifest, decoded and validated.
+    fn manifest<'a>(
+        &'a self,
+        checkpoint: &'a CheckpointId,
+    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>>;
+}
+
+/// Reads blocks straight from the object store (one ranged GET each).
+pub struct ObjectStoreSource {
+    name: String,
+    store: Store,
+    readers: Mutex<HashMap<CheckpointId, CheckpointReader>>,
+}
+
+impl ObjectStoreSource {
+    pub fn new(store: Store) -> Self {
+        ObjectStoreSource {
+            name: format!("object store {}", store.location()),
+            store,
+            readers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn reader(&self, checkpoint: &CheckpointId) -> Result<CheckpointReader, SourceError> {
+        let known = self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(checkpoint)
+            .cloned();
+        if let Some(r) = known {
+            return Ok(r);
+        }
+        let reader = CheckpointReader::open(&self.store, checkpoint)
+            .await
+            .map_err(|e| SourceError::new(&self.name, e))?;
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(checkpoint.clone(), reader.clone());
+        Ok(reader)
+    }
+}
+
+impl BlockSource for ObjectStoreSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> SourceKind {
+        SourceKind::ObjectStore
+    }
+
+    fn fetch_stored<'a>(
+        &'a self,
+        checkpoint: &'a CheckpointId,
+        block: u32,
+        _priority: Priority,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        Box::pin(async move {
+            let reader = self.reader(checkpoint).await?;
+            reader
+                .fetch_stored(block)
+                .await
+                .map_err(|e| SourceError::new(&self.name, e))
+        })
+    }
+
+    fn manifest<'a>(
+        &'a self,
+        checkpoint: &'a CheckpointId,
+    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
+        Box::pin(async move {
+            let reader = self.reader(checkpoint).await?;
+            Ok(Arc::new(reader.manifest().clone()))
+        })
+    }
+}

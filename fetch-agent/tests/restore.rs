@@ -1,0 +1,251 @@
+//! Restores through the agent with real userfaultfd regions: memory mapped
+//! and handed off exactly as the vmm does, pages touched, every byte checked.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{checkpoint, start_agent, wait_until};
+use fetch_agent::guest::MappedGuest;
+use fetch_agent::metrics::SourceKind;
+use fetch_agent::policy::{Config, Priority};
+use fetch_agent::source::{BlockSource, ObjectStoreSource, SourceError};
+use futures::future::BoxFuture;
+use storage_backend::{CheckpointId, CheckpointReader, Manifest, Store};
+
+const PAGES: usize = 1024;
+
+fn policy(window: usize) -> Config {
+    Config {
+        prefetch_window: window,
+        ..Config::default()
+    }
+}
+
+/// Touches every page in a scattered order, then compares all of memory.
+fn touch_all_and_check(guest: &MappedGuest, expected: &[u8]) {
+    let pages = expected.len() / 4096;
+    for i in 0..pages {
+        guest.touch(((i * 389) % pages) as u64);
+    }
+    assert!(guest.bytes() == expected, "restored memory differs");
+}
+
+#[test]
+fn restore_through_the_agent_matches_the_checkpoint_and_ends_with_the_vmm() {
+    let fx = checkpoint(PAGES);
+    let traces = fx.dir.path().join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    let running = start_agent(&fx, policy(4), Vec::new(), Some(traces.clone()));
+    let guest = MappedGuest::new(fx.memory.len()).unwrap();
+    let msg = guest
+        .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
+        .encode();
+    let conn = guest.hand_off(&fx.socket(), &msg).unwrap();
+    touch_all_and_check(&guest, &fx.memory);
+
+    let m = running.agent.metrics();
+    assert_eq!(m.restores_active.load(Ordering::SeqCst), 1);
+    let c = &m.counters;
+    assert!(c.total_faults() > 0);
+    assert!(
+        c.faults_of(fetch_agent::policy::FaultSource::Zero) > 0,
+        "zero pages faulted"
+    );
+    // Each block fetched at most once.
+    assert!(c.fetched_blocks() as usize <= fx.blocks);
+    assert_eq!(c.bad_blocks.load(Ordering::SeqCst), 0);
+
+    // The vmm exits: the restore is freed and its trace written.
+    drop(conn);
+    assert!(wait_until(Duration::from_secs(5), || m
+        .restores_active
+        .load(Ordering::SeqCst)
+        == 0));
+    let trace = std::fs::read_dir(&traces)
+        .unwrap()
+        .next()
+        .expect("a trace file")
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(trace).unwrap();
+    let lines = fetch_agent::trace::parse_pages(&text).unwrap();
+    assert_eq!(lines.len() as u64, c.total_faults());
+    assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0), "sorted by time");
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(cols.len(), 4, "{l}");
+        assert!(
+            ["cache", "prefetch", "demand", "zero"].contains(&cols[3]),
+            "{l}"
+        );
+    }
+}
+
+#[test]
+fn two_vms_from_one_checkpoint_share_each_fetch() {
+    let fx = checkpoint(PAGES);
+    // No prefetch: every fetched block is one a fault needed.
+    let running = start_agent(&fx, policy(0), Vec::new(), None);
+    let guests: Vec<Arc<MappedGuest>> = (0..2)
+        .map(|_| Arc::new(MappedGuest::new(fx.memory.len()).unwrap()))
+        .collect();
+    let mut conns = Vec::new();
+    for g in &guests {
+        let msg = g
+            .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
+            .encode();
+        conns.push(g.hand_off(&fx.socket(), &msg).unwrap());
+    }
+    // Both touch everything at the same time.
+    let memory = Arc::new(fx.memory.clone());
+    let threads: Vec<_> = guests
+        .iter()
+        .map(|g| {
+            let (g, memory) = (g.clone(), memory.clone());
+            std::thread::spawn(move || touch_all_and_check(&g, &memory))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let c = &running.agent.metrics().counters;
+    assert_eq!(
+        c.fetched_blocks() as usize,
+        fx.blocks,
+        "one network fetch per block for both VMs"
+    );
+    // A third VM later is served from the host cache alone.
+    let g3 = MappedGuest::new(fx.memory.len()).unwrap();
+    let msg = g3
+        .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
+        .encode();
+    let _c3 = g3.hand_off(&fx.socket(), &msg).unwrap();
+    touch_all_and_check(&g3, &fx.memory);
+    assert_eq!(c.fetched_blocks() as usize, fx.blocks);
+    assert!(c.faults_of(fetch_agent::policy::FaultSource::Cache) >= fx.blocks as u64);
+}
+
+/// A source that serves every block with one byte flipped.
+struct Corrupting(ObjectStoreSource);
+
+impl BlockSource for Corrupting {
+    fn name(&self) -> &str {
+        "corrupting"
+    }
+    fn kind(&self) -> SourceKind {
+        SourceKind::BlockServer
+    }
+    fn fetch_stored<'a>(
+        &'a self,
+        checkpoint: &'a CheckpointId,
+        block: u32,
+        priority: Priority,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        Box::pin(async move {
+            let mut b = self
+                .0
+                .fetch_stored(checkpoint, block, priority)
+                .await?
+                .to_vec();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x40;
+            Ok(Bytes::from(b))
+        })
+    }
+    fn manifest<'a>(
+        &'a self,
+        checkpoint: &'a CheckpointId,
+    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
+        self.0.manifest(checkpoint)
+    }
+}
+
+#[test]
+fn bad_bytes_from_one_source_are_refetched_from_the_next_never_installed() {
+    let fx = checkpoint(256);
+    let bad = Corrupting(ObjectStoreSource::new(Store::open(&fx.store_spec).unwrap()));
+    let running = start_agent(&fx, policy(2), vec![Arc::new(bad)], None);
+    let guest = MappedGuest::new(fx.memory.len()).unwrap();
+    let msg = guest
+        .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
+        .encode();
+    let _conn = guest.hand_off(&fx.socket(), &msg).unwrap();
+    touch_all_and_check(&guest, &fx.memory);
+    let c = &running.agent.metrics().counters;
+    let fetched = c.fetched_blocks();
+    assert!(fetched > 0);
+    assert_eq!(c.bad_blocks.load(Ordering::SeqCst), fetched);
+    assert_eq!(
+        c.blocks[SourceKind::ObjectStore as usize]
+            .iter()
+            .map(|x| x.load(Ordering::SeqCst))
+            .sum::<u64>(),
+        fetched
+    );
+}
+
+#[test]
+fn a_corrupt_block_in_the_store_is_never_installed() {
+    let fx = checkpoint(256);
+    // Flip a byte inside block 0's stored bytes.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(&fx.store_spec).unwrap();
+    let reader = rt.block_on(CheckpointReader::open(&store, &fx.id)).unwrap();
+    let entry = reader.manifest().blocks[0].clone();
+    let victim_page = entry.pages[0].start;
+    let mut seg = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fx.segment())
+        .unwrap();
+    let mut all = Vec::new();
+    seg.read_to_end(&mut all).unwrap();
+    all[(entry.offset + entry.stored_len / 2) as usize] ^= 0x01;
+    use std::io::Seek;
+    seg.seek(std::io::SeekFrom::Start(0)).unwrap();
+    seg.write_all(&all).unwrap();
+    drop(seg);
+
+    let running = start_agent(&fx, policy(0), Vec::new(), None);
+    let guest = Arc::new(MappedGuest::new(fx.memory.len()).unwrap());
+    let msg = guest
+        .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
+        .encode();
+    let conn = guest.hand_off(&fx.socket(), &msg).unwrap();
+    // Pages of other blocks restore fine.
+    let other = reader.manifest().blocks[1].pages[0].start;
+    assert_eq!(
+        guest.touch(other),
+        fx.memory[other as usize * 4096],
+        "another block"
+    );
+    // The corrupt block's page stays missing: its toucher waits.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let g = guest.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(g.touch(victim_page));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "a page of the corrupt block was installed"
+    );
+    let c = &running.agent.metrics().counters;
+    assert!(
+        c.bad_blocks.load(Ordering::SeqCst) >= 2,
+        "refetched and refused again"
+    );
+    // The vmm gives up: the restore is freed. (The blocked toucher and its
+    // mapping are left to the end of the test process.)
+    drop(conn);
+    let m = running.agent.metrics();
+    assert!(wait_until(Duration::from_secs(5), || m
+        .restores_active
+        .load(Ordering::SeqCst)
+        == 0));
+    std::mem::forget(guest);
+}
