@@ -157,6 +157,32 @@ impl Runner {
         }
     }
 
+    /// A software KVM whose instruction emulator cannot execute INT3 in guest kernel mode reports
+    /// an emulation failure (suberror 1) with the instruction bytes (data[1], after a length
+    /// byte). INT3 only raises #BP with RIP after it, so thaw does that itself: advance RIP by one
+    /// and inject vector 3. Never reached on hardware KVM.
+    fn emulate_int3(&self, suberror: u32, data: &[u64]) -> bool {
+        const EMULATION: u32 = kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
+        if suberror != EMULATION || data.len() < 2 || (data[1] >> 8) & 0xff != 0xcc {
+            return false;
+        }
+        let (Ok(mut regs), Ok(mut events)) =
+            (self.vcpu.fd.get_regs(), self.vcpu.fd.get_vcpu_events())
+        else {
+            return false;
+        };
+        if events.exception.injected != 0 || events.exception.pending != 0 {
+            return false;
+        }
+        regs.rip += 1;
+        events.exception.injected = 1;
+        events.exception.nr = 3;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        events.flags = 0;
+        self.vcpu.fd.set_regs(&regs).is_ok() && self.vcpu.fd.set_vcpu_events(&events).is_ok()
+    }
+
     /// Completes any pending I/O instruction without running further guest code.
     fn finish_pending_io(&mut self) -> Result<()> {
         self.set_immediate_exit(1);
@@ -244,6 +270,9 @@ impl Runner {
                     // union is the one KVM filled in.
                     let internal = unsafe { self.vcpu.fd.get_kvm_run().__bindgen_anon_1.internal };
                     let n = (internal.ndata as usize).min(internal.data.len());
+                    if self.emulate_int3(internal.suberror, &internal.data[..n]) {
+                        continue;
+                    }
                     return VcpuEnd::Failed(Error::Vcpu {
                         cpu: id as usize,
                         msg: format!(
