@@ -4,13 +4,17 @@
 //! [`format`] is free of I/O; [`writer`], [`reader`] and [`catalog`] drive it
 //! against a [`Store`].
 
+pub mod block_client;
+pub mod block_server;
 pub mod catalog;
 pub mod error;
 pub mod format;
 pub mod handoff;
 pub mod memory;
+pub mod protocol;
 pub mod reader;
 pub mod store;
+pub mod tls;
 pub mod writer;
 
 pub use error::CheckpointError;

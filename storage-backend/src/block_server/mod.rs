@@ -1,0 +1,8 @@
+//! The block server: serves blocks of any checkpoint in its object store to
+//! fetch agents over QUIC, with a bounded cache and one store read per block
+//! however many agents ask for it at once.
+
+pub mod cache;
+mod service;
+
+pub use service::{BlockServer, RunningServer, ServerStats};

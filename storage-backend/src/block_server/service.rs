@@ -1,0 +1,279 @@
+//! The QUIC side of the block server: one task per connection, one per
+//! request stream; requests for blocks that are not cached are merged so
+//! that concurrent requests cause one object-store read.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use super::cache::BlockCache;
+use crate::error::CheckpointError;
+use crate::format::{self, CheckpointId, Manifest};
+use crate::protocol::{self, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
+use crate::reader::CheckpointReader;
+use crate::store::Store;
+
+/// Counters a block server keeps (all since start).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub requests: AtomicU64,
+    pub cache_hits: AtomicU64,
+    /// Object-store reads: blocks and manifests.
+    pub store_reads: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+type Flight<T> = Shared<BoxFuture<'static, Result<T, Failure>>>;
+
+/// Why a request failed, as told to the client.
+#[derive(Debug, Clone)]
+struct Failure {
+    status: Status,
+    message: String,
+}
+
+impl From<CheckpointError> for Failure {
+    fn from(e: CheckpointError) -> Self {
+        let status = match e {
+            CheckpointError::NotFound { .. } => Status::NotFound,
+            _ => Status::Unavailable,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BlockServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    stats: ServerStats,
+    cache: Mutex<BlockCache>,
+    /// Opened checkpoints with their encoded manifests (immutable once written).
+    checkpoints: Mutex<HashMap<CheckpointId, Flight<Arc<(CheckpointReader, Bytes)>>>>,
+    block_flights: Mutex<HashMap<[u8; 32], Flight<Bytes>>>,
+}
+
+/// A bound, serving block server.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"server closing");
+        self.accept_loop.abort();
+    }
+
+    /// Runs until the endpoint is closed.
+    pub async fn wait(self) {
+        let _ = self.accept_loop.await;
+    }
+}
+
+impl BlockServer {
+    pub fn new(store: Store, cache_bytes: u64) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                stats: ServerStats::default(),
+                cache: Mutex::new(BlockCache::new(cache_bytes)),
+                checkpoints: Mutex::new(HashMap::new()),
+                block_flights: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &ServerStats {
+        &self.inner.stats
+    }
+
+    /// Binds a QUIC endpoint on `addr` and serves until closed.
+    pub fn serve(
+        &self,
+        addr: SocketAddr,
+        config: quinn::ServerConfig,
+    ) -> std::io::Result<RunningServer> {
+        let endpoint = quinn::Endpoint::server(config, addr)?;
+        let local_addr = endpoint.local_addr()?;
+        let server = self.clone();
+        let ep = endpoint.clone();
+        let accept_loop = tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => server.serve_connection(conn).await,
+                        Err(e) => tracing::debug!("connection refused: {e}"),
+                    }
+                });
+            }
+        });
+        Ok(RunningServer {
+            local_addr,
+            endpoint,
+            accept_loop,
+        })
+    }
+
+    async fn serve_connection(&self, conn: quinn::Connection) {
+        let peer = conn.remote_address();
+        tracing::debug!(%peer, "client connected");
+        loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let server = self.clone();
+                    tokio::spawn(async move { server.serve_stream(send, recv).await });
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let reply = match recv.read_to_end(MAX_REQUEST_LEN).await {
+            Ok(bytes) => match protocol::decode_request(&bytes) {
+                Ok(req) => {
+                    if let Request::Block { priority, .. } = &req {
+                        let _ = send.set_priority(priority.stream_priority());
+                    }
+                    self.answer(req).await
+                }
+                Err(e) => Err(Failure {
+                    status: Status::BadRequest,
+                    message: e.to_string(),
+                }),
+            },
+            Err(e) => Err(Failure {
+                status: Status::BadRequest,
+                message: format!("reading request: {e}"),
+            }),
+        };
+        let (status, payload) = match reply {
+            Ok(bytes) => (Status::Ok, bytes),
+            Err(f) => (f.status, Bytes::from(f.message.into_bytes())),
+        };
+        let header = protocol::encode_response_header(ResponseHeader {
+            status,
+            len: payload.len() as u64,
+        });
+        let len = payload.len() as u64;
+        let sent = async {
+            send.write_all(&header).await?;
+            send.write_chunk(payload).await?;
+            send.finish()?;
+            Ok::<_, quinn::WriteError>(())
+        }
+        .await;
+        match sent {
+            Ok(()) => {
+                self.inner
+                    .stats
+                    .bytes_sent
+                    .fetch_add(len, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!("sending response: {e}"),
+        }
+    }
+
+    async fn answer(&self, req: Request) -> Result<Bytes, Failure> {
+        match req {
+            Request::Manifest { checkpoint } => Ok(self.checkpoint(&checkpoint).await?.1.clone()),
+            Request::Block {
+                checkpoint, block, ..
+            } => self.block(&checkpoint, block).await,
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        id: &CheckpointId,
+    ) -> Result<Arc<(CheckpointReader, Bytes)>, Failure> {
+        let flight = {
+            let mut map = self.inner.checkpoints.lock().expect("lock");
+            map.entry(id.clone())
+                .or_insert_with(|| {
+                    let inner = self.inner.clone();
+                    let id = id.clone();
+                    async move {
+                        inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+                        let reader = CheckpointReader::open(&inner.store, &id).await?;
+                        let encoded = Bytes::from(format::encode(reader.manifest()));
+                        Ok(Arc::new((reader, encoded)))
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = flight.await;
+        if result.is_err() {
+            // Do not remember failures: the checkpoint may appear or the store recover.
+            self.inner.checkpoints.lock().expect("lock").remove(id);
+        }
+        result
+    }
+
+    async fn block(&self, id: &CheckpointId, block: u32) -> Result<Bytes, Failure> {
+        let checkpoint = self.checkpoint(id).await?;
+        let reader = checkpoint.0.clone();
+        let m: &Manifest = reader.manifest();
+        let hash = m
+            .blocks
+            .get(block as usize)
+            .ok_or_else(|| Failure {
+                status: Status::NotFound,
+                message: format!("checkpoint {id} has no block {block}"),
+            })?
+            .hash;
+        if let Some(bytes) = self.inner.cache.lock().expect("lock").get(&hash) {
+            self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(bytes);
+        }
+        let flight = {
+            let mut flights = self.inner.block_flights.lock().expect("lock");
+            flights
+                .entry(hash)
+                .or_insert_with(|| {
+                    let inner = self.inner.clone();
+                    async move {
+                        inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+                        let stored = reader.fetch_stored(block).await?;
+                        // Verify before caching: a corrupt object is never served.
+                        reader.decode(block, &stored)?;
+                        inner
+                            .cache
+                            .lock()
+                            .expect("lock")
+                            .insert(hash, stored.clone());
+                        inner.block_flights.lock().expect("lock").remove(&hash);
+                        Ok(stored)
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = flight.await;
+        if result.is_err() {
+            self.inner.block_flights.lock().expect("lock").remove(&hash);
+        }
+        result
+    }
+}
