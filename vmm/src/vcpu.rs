@@ -157,30 +157,48 @@ impl Runner {
         }
     }
 
-    /// A software KVM whose instruction emulator cannot execute INT3 in guest kernel mode reports
-    /// an emulation failure (suberror 1) with the instruction bytes (data[1], after a length
-    /// byte). INT3 only raises #BP with RIP after it, so thaw does that itself: advance RIP by one
-    /// and inject vector 3. Never reached on hardware KVM.
-    fn emulate_int3(&self, suberror: u32, data: &[u64]) -> bool {
-        const EMULATION: u32 = kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
-        if suberror != EMULATION || data.len() < 2 || (data[1] >> 8) & 0xff != 0xcc {
+    /// A software KVM whose instruction emulator lacks some instructions in guest kernel mode
+    /// reports an emulation failure (suberror 1) with the instruction bytes (after a length byte
+    /// in data[1]). thaw carries out the few simple ones itself: INT3 (RIP past it, inject #BP),
+    /// CLAC and STAC (clear or set RFLAGS.AC). Never reached on hardware KVM.
+    fn emulate_missing_instruction(&self, suberror: u32, data: &[u64]) -> bool {
+        if suberror != kvm_bindings::KVM_INTERNAL_ERROR_EMULATION || data.len() < 2 {
             return false;
         }
-        let (Ok(mut regs), Ok(mut events)) =
-            (self.vcpu.fd.get_regs(), self.vcpu.fd.get_vcpu_events())
-        else {
+        let bytes = data[1].to_le_bytes();
+        let insn = &bytes[1..];
+        let Ok(mut regs) = self.vcpu.fd.get_regs() else {
             return false;
         };
-        if events.exception.injected != 0 || events.exception.pending != 0 {
-            return false;
+        const AC: u64 = 1 << 18;
+        match insn {
+            [0xcc, ..] => {
+                let Ok(mut events) = self.vcpu.fd.get_vcpu_events() else {
+                    return false;
+                };
+                if events.exception.injected != 0 || events.exception.pending != 0 {
+                    return false;
+                }
+                regs.rip += 1;
+                events.exception.injected = 1;
+                events.exception.nr = 3;
+                events.exception.has_error_code = 0;
+                events.exception.error_code = 0;
+                events.flags = 0;
+                self.vcpu.fd.set_regs(&regs).is_ok()
+                    && self.vcpu.fd.set_vcpu_events(&events).is_ok()
+            }
+            [0x0f, 0x01, op @ (0xca | 0xcb), ..] => {
+                regs.rip += 3;
+                if *op == 0xca {
+                    regs.rflags &= !AC;
+                } else {
+                    regs.rflags |= AC;
+                }
+                self.vcpu.fd.set_regs(&regs).is_ok()
+            }
+            _ => false,
         }
-        regs.rip += 1;
-        events.exception.injected = 1;
-        events.exception.nr = 3;
-        events.exception.has_error_code = 0;
-        events.exception.error_code = 0;
-        events.flags = 0;
-        self.vcpu.fd.set_regs(&regs).is_ok() && self.vcpu.fd.set_vcpu_events(&events).is_ok()
     }
 
     /// Completes any pending I/O instruction without running further guest code.
@@ -270,7 +288,7 @@ impl Runner {
                     // union is the one KVM filled in.
                     let internal = unsafe { self.vcpu.fd.get_kvm_run().__bindgen_anon_1.internal };
                     let n = (internal.ndata as usize).min(internal.data.len());
-                    if self.emulate_int3(internal.suberror, &internal.data[..n]) {
+                    if self.emulate_missing_instruction(internal.suberror, &internal.data[..n]) {
                         continue;
                     }
                     return VcpuEnd::Failed(Error::Vcpu {
