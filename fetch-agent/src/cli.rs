@@ -10,8 +10,10 @@ use anyhow::Context;
 use storage_backend::CheckpointId;
 
 use crate::agent::{Agent, AgentConfig};
+use crate::block_server::BlockServerSource;
 use crate::fetch::FetchConfig;
 use crate::policy::{Config, StreamConfig};
+use crate::source::BlockSource;
 use crate::units::{parse_duration, parse_size};
 
 /// Serve restored VMs' page faults from locality blocks.
@@ -27,6 +29,19 @@ pub struct Args {
     /// Checkpoint of hand-offs that name none (Firecracker's form).
     #[arg(long)]
     pub checkpoint: Option<CheckpointId>,
+    /// Block server (HOST:PORT) to fetch from over QUIC; repeat for more,
+    /// tried in order, then the object store.
+    #[arg(long = "block-server", requires = "ca")]
+    pub block_servers: Vec<String>,
+    /// CA certificate (PEM) the block servers' certificates are signed by.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with the block servers.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with the block servers.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Blocks after a faulting one (in the checkpoint's prefetch order) to prefetch.
     #[arg(long, default_value_t = 4)]
     pub prefetch_window: usize,
@@ -49,8 +64,17 @@ pub struct Args {
 }
 
 impl Args {
-    /// The agent's configuration from the flags.
+    /// The agent's configuration from the flags. Runs inside a tokio
+    /// runtime (the block servers' QUIC endpoints live on it).
     pub fn config(&self) -> anyhow::Result<AgentConfig> {
+        let mut block_servers: Vec<Arc<dyn BlockSource>> = Vec::new();
+        for spec in &self.block_servers {
+            let ca = self.ca.as_deref().context("--block-server needs --ca")?;
+            let identity = self.cert.as_deref().zip(self.key.as_deref());
+            let source = BlockServerSource::connect(spec, ca, identity)
+                .with_context(|| format!("block server {spec}"))?;
+            block_servers.push(source.into_source());
+        }
         if let Some(dir) = &self.trace_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating trace directory {}", dir.display()))?;
@@ -58,7 +82,7 @@ impl Args {
         Ok(AgentConfig {
             store: Some(self.store.clone()),
             checkpoint: self.checkpoint.clone(),
-            block_servers: Vec::new(),
+            block_servers,
             policy: Config {
                 prefetch_window: self.prefetch_window,
                 stream: self.stream_bandwidth.map(|bytes_per_sec| StreamConfig {

@@ -11,6 +11,7 @@
 //! cache with single flight), [`install`] (userfaultfd ioctls).
 
 pub mod agent;
+pub mod block_server;
 pub mod bucket;
 pub mod cache;
 pub mod cli;

@@ -82,6 +82,14 @@ pub struct Running {
     pub runtime: tokio::runtime::Runtime,
 }
 
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// An agent in this process listening on the fixture's socket.
 pub fn start_agent(
     fx: &Fixture,
@@ -89,11 +97,18 @@ pub fn start_agent(
     block_servers: Vec<Arc<dyn BlockSource>>,
     trace_dir: Option<PathBuf>,
 ) -> Running {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    start_agent_on(runtime(), fx, policy, block_servers, trace_dir)
+}
+
+/// As [`start_agent`], on a runtime made beforehand (block-server sources
+/// must be created inside it).
+pub fn start_agent_on(
+    runtime: tokio::runtime::Runtime,
+    fx: &Fixture,
+    policy: Config,
+    block_servers: Vec<Arc<dyn BlockSource>>,
+    trace_dir: Option<PathBuf>,
+) -> Running {
     let agent = Agent::new(
         AgentConfig {
             store: Some(fx.store_spec.clone()),

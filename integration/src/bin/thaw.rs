@@ -37,6 +37,8 @@ enum Command {
     },
     /// Run, checkpoint and restore KVM guests.
     Vm(vmm::cli::VmArgs),
+    /// Run the fetch agent: serve restored VMs' page faults from locality blocks.
+    Agent(fetch_agent::cli::Args),
     /// Run a benchmark: print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -62,6 +64,15 @@ enum BenchCommand {
         /// Directory under which the temporary store is created.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Fault service latency through the fetch agent (cached, network) next to the bare uffd floor.
+    FaultLatency {
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Blocks (64 KiB) touched per measurement.
+        #[arg(long, default_value_t = 2048)]
+        blocks: usize,
     },
     /// Write a synthetic memory image as a checkpoint and read it back.
     Checkpoint {
@@ -101,8 +112,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Vm(args) => std::thread::spawn(move || vmm::cli::run(args))
             .join()
             .map_err(|_| anyhow::anyhow!("vm command panicked"))?,
+        Command::Agent(args) => fetch_agent::cli::run(args).await,
         Command::Bench { bench } => match bench {
             BenchCommand::Resume { json, dir } => bench::resume::run(json, dir),
+            BenchCommand::FaultLatency { json, blocks } => {
+                bench::fault_latency::run(bench::fault_latency::FaultLatencyBench { blocks, json })
+                    .await
+                    .map(drop)
+            }
             BenchCommand::Checkpoint { json, memory, dir } => {
                 bench::checkpoint::run(bench::checkpoint::CheckpointBench {
                     memory_bytes: memory,

@@ -1,0 +1,190 @@
+//! `thaw bench fault-latency`: fault service latency as the faulting thread
+//! sees it (touch to return), p50/p99, for a block already in the agent's
+//! host cache and for a block fetched from the network source, each next to
+//! the bare userfaultfd floor (one `UFFDIO_COPY` of the same block size by a
+//! plain handler thread) measured in the same run.
+//!
+//! The network source is the object store in a local directory until the
+//! QUIC block server is wired into the agent. The agent runs in this process
+//! with prefetch off, so every touch is one fault.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fetch_agent::fetch::FetchConfig;
+use fetch_agent::floor::FloorHandler;
+use fetch_agent::guest::MappedGuest;
+use fetch_agent::policy::Config;
+use fetch_agent::{Agent, AgentConfig};
+use serde_json::json;
+use storage_backend::{write_checkpoint, MemoryRegion, Store, WriteOptions};
+
+pub struct FaultLatencyBench {
+    /// Blocks touched per measurement.
+    pub blocks: usize,
+    pub json: Option<PathBuf>,
+}
+
+const BLOCK_PAGES: usize = 16;
+const BLOCK_BYTES: usize = BLOCK_PAGES * 4096;
+
+/// Touches the first page of every block in `order`, timing each fault.
+fn touch_blocks(guest: &MappedGuest, order: &[usize]) -> Vec<Duration> {
+    order
+        .iter()
+        .map(|&b| {
+            let t = Instant::now();
+            std::hint::black_box(guest.touch((b * BLOCK_PAGES) as u64));
+            t.elapsed()
+        })
+        .collect()
+}
+
+fn percentile_us(samples: &[Duration], q: f64) -> f64 {
+    let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// Memory that compresses a little, like real guest memory: no zero pages.
+fn image(blocks: usize) -> Vec<u8> {
+    let mut m = vec![0u8; blocks * BLOCK_BYTES];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (i, chunk) in m.chunks_mut(8).enumerate() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let v = if i % 4 == 0 { i as u64 } else { x };
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    m
+}
+
+/// A scattered order of all blocks, so the kernel sees no sequential pattern.
+fn order(blocks: usize) -> Vec<usize> {
+    (0..blocks).map(|i| (i * 7919) % blocks).collect()
+}
+
+pub async fn run(
+    cfg: FaultLatencyBench,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    anyhow::ensure!(cfg.blocks >= 16, "at least 16 blocks");
+    let blocks = cfg.blocks;
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let store_spec = dir
+        .path()
+        .join("store")
+        .to_str()
+        .context("UTF-8 path")?
+        .to_owned();
+    let store = Store::open(&store_spec)?;
+    let memory = Arc::new(image(blocks));
+    let summary = write_checkpoint(
+        &store,
+        &[MemoryRegion {
+            guest_phys_addr: 0,
+            bytes: &memory,
+        }],
+        Vec::new(),
+        &WriteOptions {
+            block_pages: BLOCK_PAGES as u64,
+            ..WriteOptions::default()
+        },
+    )
+    .await?;
+    let order = order(blocks);
+
+    let socket = dir.path().join("agent.sock");
+    let agent = Agent::new(
+        AgentConfig {
+            store: Some(store_spec.clone()),
+            checkpoint: Some(summary.id.clone()),
+            block_servers: Vec::new(),
+            policy: Config {
+                prefetch_window: 0,
+                ..Config::default()
+            },
+            fetch: FetchConfig::default(),
+            cache_bytes: (blocks * BLOCK_BYTES * 2) as u64,
+            trace_dir: None,
+        },
+        tokio::runtime::Handle::current(),
+    );
+    let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+    {
+        let agent = agent.clone();
+        std::thread::spawn(move || agent.serve(listener));
+    }
+
+    let id = summary.id.to_string();
+    let (floor, network, cached) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        // Floor, twice: the first pass warms the kernel paths and is dropped.
+        let mut floor = Vec::new();
+        for _ in 0..2 {
+            let guest = MappedGuest::new(memory.len())?;
+            // SAFETY: the guest's whole mapping is registered with its uffd
+            // and stays mapped until `guest` drops, after the handler.
+            let handler = unsafe {
+                FloorHandler::start(guest.uffd(), guest.host_addr(), memory.clone(), BLOCK_BYTES)
+            };
+            floor = touch_blocks(&guest, &order);
+            anyhow::ensure!(
+                guest.bytes() == &memory[..],
+                "floor handler restored wrong bytes"
+            );
+            drop(handler);
+        }
+        // Network: the first VM fetches every block from the source.
+        let first = MappedGuest::new(memory.len())?;
+        let msg = first.handoff(Some(&store_spec), Some(&id)).encode();
+        let conn1 = first.hand_off(&socket, &msg)?;
+        let network = touch_blocks(&first, &order);
+        // Cached: a second VM of the same checkpoint finds every block in the host cache.
+        let second = MappedGuest::new(memory.len())?;
+        let msg = second.handoff(Some(&store_spec), Some(&id)).encode();
+        let conn2 = second.hand_off(&socket, &msg)?;
+        let cached = touch_blocks(&second, &order);
+        anyhow::ensure!(first.bytes() == &memory[..], "first restore differs");
+        anyhow::ensure!(second.bytes() == &memory[..], "second restore differs");
+        drop((conn1, conn2));
+        Ok((floor, network, cached))
+    })
+    .await??;
+
+    let c = &agent.metrics().counters;
+    let floor_p50 = percentile_us(&floor, 0.5);
+    let mut out = serde_json::Map::new();
+    out.insert("cached_p50_us".into(), json!(percentile_us(&cached, 0.5)));
+    out.insert("cached_p99_us".into(), json!(percentile_us(&cached, 0.99)));
+    out.insert("network_p50_us".into(), json!(percentile_us(&network, 0.5)));
+    out.insert(
+        "network_p99_us".into(),
+        json!(percentile_us(&network, 0.99)),
+    );
+    out.insert("floor_p50_us".into(), json!(floor_p50));
+    out.insert("floor_p99_us".into(), json!(percentile_us(&floor, 0.99)));
+    out.insert(
+        "cached_over_floor".into(),
+        json!(percentile_us(&cached, 0.5) / floor_p50),
+    );
+    out.insert(
+        "network_minus_floor_us".into(),
+        json!(percentile_us(&network, 0.5) - floor_p50),
+    );
+    out.insert("block_bytes".into(), json!(BLOCK_BYTES));
+    out.insert("blocks".into(), json!(blocks));
+    out.insert(
+        "network_source".into(),
+        json!("object store (local directory)"),
+    );
+    out.insert("blocks_fetched".into(), json!(c.fetched_blocks()));
+    super::report(
+        "fault latency (touch to return; goals: cached <= 1.5x floor, network <= floor + 200us)",
+        &out,
+        cfg.json.as_deref(),
+    )?;
+    Ok(out)
+}
