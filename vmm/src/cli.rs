@@ -33,6 +33,14 @@ pub enum VmCommand {
     Restore(RestoreArgs),
     /// Serve lazy restores: accept hand-offs (uffd + JSON) on a Unix socket.
     PageServer(PageServerArgs),
+    /// The resume benchmark (also `thaw bench resume`): figures as JSON on stdout or to --json.
+    #[command(hide = true)]
+    BenchResume {
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Options shared by every command that creates a VM.
@@ -425,6 +433,19 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             !a.resume,
         ),
         VmCommand::Restore(a) => restore_cmd(&a),
+        VmCommand::BenchResume { json, dir } => {
+            let fields = crate::bench::resume(&crate::bench::ResumeBench {
+                dir,
+                ..Default::default()
+            })?;
+            let text = serde_json::to_string_pretty(&fields)?;
+            match json {
+                Some(p) => std::fs::write(&p, text + "\n")
+                    .with_context(|| format!("writing {}", p.display()))?,
+                None => println!("{text}"),
+            }
+            Ok(())
+        }
         VmCommand::PageServer(a) => {
             let _ = std::fs::remove_file(&a.listen);
             let listener = std::os::unix::net::UnixListener::bind(&a.listen)

@@ -91,6 +91,28 @@ fn install_kick_handler() -> Result<()> {
     Ok(())
 }
 
+/// General register `n` (x86 encoding order) of `regs`.
+fn gpr(regs: &mut kvm_bindings::kvm_regs, n: u8) -> &mut u64 {
+    match n {
+        0 => &mut regs.rax,
+        1 => &mut regs.rcx,
+        2 => &mut regs.rdx,
+        3 => &mut regs.rbx,
+        4 => &mut regs.rsp,
+        5 => &mut regs.rbp,
+        6 => &mut regs.rsi,
+        7 => &mut regs.rdi,
+        8 => &mut regs.r8,
+        9 => &mut regs.r9,
+        10 => &mut regs.r10,
+        11 => &mut regs.r11,
+        12 => &mut regs.r12,
+        13 => &mut regs.r13,
+        14 => &mut regs.r14,
+        _ => &mut regs.r15,
+    }
+}
+
 /// Shared pause flag of a VM.
 #[derive(Default)]
 pub struct PauseFlag(AtomicBool);
@@ -160,7 +182,8 @@ impl Runner {
     /// A software KVM whose instruction emulator lacks some instructions in guest kernel mode
     /// reports an emulation failure (suberror 1) with the instruction bytes (after a length byte
     /// in data[1]). thaw carries out the few simple ones itself: INT3 (RIP past it, inject #BP),
-    /// CLAC and STAC (clear or set RFLAGS.AC). Never reached on hardware KVM.
+    /// CLAC and STAC (clear or set RFLAGS.AC), FWAIT, register-to-register POPCNT. Never reached on
+    /// hardware KVM.
     fn emulate_missing_instruction(&self, suberror: u32, data: &[u64]) -> bool {
         if suberror != kvm_bindings::KVM_INTERNAL_ERROR_EMULATION || data.len() < 2 {
             return false;
@@ -195,6 +218,36 @@ impl Runner {
                 } else {
                     regs.rflags |= AC;
                 }
+                self.vcpu.fd.set_regs(&regs).is_ok()
+            }
+            // FWAIT with no x87 exception pending: nothing to do.
+            [0x9b, ..] => {
+                regs.rip += 1;
+                self.vcpu.fd.set_regs(&regs).is_ok()
+            }
+            // POPCNT r, r (F3 [REX] 0F B8 /r with a register operand).
+            [0xf3, rest @ ..] => {
+                let (rex, op) = match rest {
+                    [r @ 0x40..=0x4f, 0x0f, 0xb8, m, ..] => (*r, *m),
+                    [0x0f, 0xb8, m, ..] => (0, *m),
+                    _ => return false,
+                };
+                if op >> 6 != 3 {
+                    return false;
+                }
+                let len = if rex != 0 { 5 } else { 4 };
+                let dst = (((rex >> 2) & 1) << 3) | ((op >> 3) & 7);
+                let src = ((rex & 1) << 3) | (op & 7);
+                let wide = rex & 8 != 0;
+                let value = *gpr(&mut regs, src);
+                let value = if wide { value } else { value & 0xffff_ffff };
+                *gpr(&mut regs, dst) = value.count_ones() as u64;
+                // ZF if the source was zero; OF, SF, AF, CF, PF cleared.
+                regs.rflags &= !0x8d5;
+                if value == 0 {
+                    regs.rflags |= 0x40;
+                }
+                regs.rip += len;
                 self.vcpu.fd.set_regs(&regs).is_ok()
             }
             _ => false,
