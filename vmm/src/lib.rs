@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cpuid;
 pub mod devices;
+pub mod emulate;
 pub mod error;
 pub mod handoff;
 pub mod linux;

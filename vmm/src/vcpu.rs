@@ -91,28 +91,6 @@ fn install_kick_handler() -> Result<()> {
     Ok(())
 }
 
-/// General register `n` (x86 encoding order) of `regs`.
-fn gpr(regs: &mut kvm_bindings::kvm_regs, n: u8) -> &mut u64 {
-    match n {
-        0 => &mut regs.rax,
-        1 => &mut regs.rcx,
-        2 => &mut regs.rdx,
-        3 => &mut regs.rbx,
-        4 => &mut regs.rsp,
-        5 => &mut regs.rbp,
-        6 => &mut regs.rsi,
-        7 => &mut regs.rdi,
-        8 => &mut regs.r8,
-        9 => &mut regs.r9,
-        10 => &mut regs.r10,
-        11 => &mut regs.r11,
-        12 => &mut regs.r12,
-        13 => &mut regs.r13,
-        14 => &mut regs.r14,
-        _ => &mut regs.r15,
-    }
-}
-
 /// Shared pause flag of a VM.
 #[derive(Default)]
 pub struct PauseFlag(AtomicBool);
@@ -189,20 +167,19 @@ impl Runner {
             return false;
         }
         let bytes = data[1].to_le_bytes();
-        let insn = &bytes[1..];
         let Ok(mut regs) = self.vcpu.fd.get_regs() else {
             return false;
         };
-        const AC: u64 = 1 << 18;
-        match insn {
-            [0xcc, ..] => {
+        match crate::emulate::emulate(&bytes[1..], &mut regs) {
+            None => false,
+            Some(crate::emulate::Outcome::Done) => self.vcpu.fd.set_regs(&regs).is_ok(),
+            Some(crate::emulate::Outcome::InjectBreakpoint) => {
                 let Ok(mut events) = self.vcpu.fd.get_vcpu_events() else {
                     return false;
                 };
                 if events.exception.injected != 0 || events.exception.pending != 0 {
                     return false;
                 }
-                regs.rip += 1;
                 events.exception.injected = 1;
                 events.exception.nr = 3;
                 events.exception.has_error_code = 0;
@@ -211,46 +188,6 @@ impl Runner {
                 self.vcpu.fd.set_regs(&regs).is_ok()
                     && self.vcpu.fd.set_vcpu_events(&events).is_ok()
             }
-            [0x0f, 0x01, op @ (0xca | 0xcb), ..] => {
-                regs.rip += 3;
-                if *op == 0xca {
-                    regs.rflags &= !AC;
-                } else {
-                    regs.rflags |= AC;
-                }
-                self.vcpu.fd.set_regs(&regs).is_ok()
-            }
-            // FWAIT with no x87 exception pending: nothing to do.
-            [0x9b, ..] => {
-                regs.rip += 1;
-                self.vcpu.fd.set_regs(&regs).is_ok()
-            }
-            // POPCNT r, r (F3 [REX] 0F B8 /r with a register operand).
-            [0xf3, rest @ ..] => {
-                let (rex, op) = match rest {
-                    [r @ 0x40..=0x4f, 0x0f, 0xb8, m, ..] => (*r, *m),
-                    [0x0f, 0xb8, m, ..] => (0, *m),
-                    _ => return false,
-                };
-                if op >> 6 != 3 {
-                    return false;
-                }
-                let len = if rex != 0 { 5 } else { 4 };
-                let dst = (((rex >> 2) & 1) << 3) | ((op >> 3) & 7);
-                let src = ((rex & 1) << 3) | (op & 7);
-                let wide = rex & 8 != 0;
-                let value = *gpr(&mut regs, src);
-                let value = if wide { value } else { value & 0xffff_ffff };
-                *gpr(&mut regs, dst) = value.count_ones() as u64;
-                // ZF if the source was zero; OF, SF, AF, CF, PF cleared.
-                regs.rflags &= !0x8d5;
-                if value == 0 {
-                    regs.rflags |= 0x40;
-                }
-                regs.rip += len;
-                self.vcpu.fd.set_regs(&regs).is_ok()
-            }
-            _ => false,
         }
     }
 
