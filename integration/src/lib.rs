@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod commands;
 pub mod s3_server;
+pub mod serve;
 pub mod synthetic;
 pub mod units;

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod fault_latency;
 pub mod resume;
+pub mod stream;
 
 use std::path::Path;
 

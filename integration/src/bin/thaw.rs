@@ -39,6 +39,8 @@ enum Command {
     Vm(vmm::cli::VmArgs),
     /// Run the fetch agent: serve restored VMs' page faults from locality blocks.
     Agent(fetch_agent::cli::Args),
+    /// Serve checkpoint blocks to fetch agents over QUIC.
+    BlockServer(integration::serve::BlockServerArgs),
     /// Run a benchmark: print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -73,6 +75,18 @@ enum BenchCommand {
         /// Blocks (64 KiB) touched per measurement.
         #[arg(long, default_value_t = 2048)]
         blocks: usize,
+    },
+    /// QUIC streaming throughput of blocks from a block server over loopback.
+    Stream {
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Size of the synthetic memory image served.
+        #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+        memory: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
     /// Write a synthetic memory image as a checkpoint and read it back.
     Checkpoint {
@@ -113,7 +127,19 @@ async fn main() -> anyhow::Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("vm command panicked"))?,
         Command::Agent(args) => fetch_agent::cli::run(args).await,
+        Command::BlockServer(args) => integration::serve::run(args).await,
         Command::Bench { bench } => match bench {
+            BenchCommand::Stream {
+                json,
+                memory,
+                concurrency,
+            } => bench::stream::run(bench::stream::StreamBench {
+                memory_bytes: memory,
+                concurrency,
+                json,
+            })
+            .await
+            .map(drop),
             BenchCommand::Resume { json, dir } => bench::resume::run(json, dir),
             BenchCommand::FaultLatency { json, blocks } => {
                 bench::fault_latency::run(bench::fault_latency::FaultLatencyBench { blocks, json })
