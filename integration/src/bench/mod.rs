@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod fault_latency;
+pub mod fleet;
 pub mod resume;
 pub mod stream;
 

@@ -76,6 +76,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2048)]
         blocks: usize,
     },
+    /// Object-store reads when a fleet of hosts restores one checkpoint through one block server.
+    Fleet {
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Guest memory of each restored VM.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        memory: u64,
+        /// Hosts (fetch agents) restoring at once.
+        #[arg(long, default_value_t = 16)]
+        hosts: usize,
+    },
     /// QUIC streaming throughput of blocks from a block server over loopback.
     Stream {
         /// Where to write the JSON results.
@@ -129,6 +141,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent(args) => fetch_agent::cli::run(args).await,
         Command::BlockServer(args) => integration::serve::run(args).await,
         Command::Bench { bench } => match bench {
+            BenchCommand::Fleet {
+                json,
+                memory,
+                hosts,
+            } => tokio::task::spawn_blocking(move || {
+                bench::fleet::run(bench::fleet::FleetBench {
+                    memory_bytes: memory,
+                    hosts,
+                    json,
+                })
+            })
+            .await?
+            .map(drop),
             BenchCommand::Stream {
                 json,
                 memory,
