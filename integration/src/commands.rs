@@ -2,14 +2,11 @@
 
 use std::time::Instant;
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 use storage_backend::catalog::list_checkpoints;
 use storage_backend::reader::DEFAULT_READ_CONCURRENCY;
-use storage_backend::{
-    write_checkpoint, CheckpointId, CheckpointReader, MemoryRegion, Store, WriteOptions,
-};
+use storage_backend::{CheckpointId, CheckpointReader, Store};
 
-use crate::synthetic;
 use crate::units::format_bytes;
 
 /// `thaw checkpoint list STORE`
@@ -55,68 +52,5 @@ pub async fn verify(store: &Store, id: &CheckpointId) -> anyhow::Result<()> {
         format_bytes(report.stored_bytes),
         started.elapsed().as_secs_f64()
     );
-    Ok(())
-}
-
-/// `thaw demo`: writes a synthetic guest-memory image as a checkpoint,
-/// verifies it and reads it back.
-pub async fn demo(store: &Store, memory_bytes: u64) -> anyhow::Result<()> {
-    ensure!(
-        memory_bytes > 0 && memory_bytes % 4096 == 0,
-        "memory size must be a positive multiple of 4 KiB"
-    );
-    let image =
-        tokio::task::spawn_blocking(move || synthetic::memory_image(memory_bytes as usize, 7))
-            .await?;
-    let regions = [MemoryRegion {
-        guest_phys_addr: 0,
-        bytes: &image,
-    }];
-    let t = Instant::now();
-    let summary = write_checkpoint(
-        store,
-        &regions,
-        b"demo state".to_vec(),
-        &WriteOptions::default(),
-    )
-    .await?;
-    let write_s = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    verify(store, &summary.id).await?;
-    let verify_s = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let reader = CheckpointReader::open(store, &summary.id).await?;
-    let mut back = vec![0u8; image.len()];
-    reader
-        .read_all_into(&mut back, DEFAULT_READ_CONCURRENCY)
-        .await?;
-    let read_s = t.elapsed().as_secs_f64();
-    ensure!(
-        back == image,
-        "memory read back differs from memory written"
-    );
-    ensure!(reader.state_blob() == b"demo state", "state blob differs");
-
-    println!();
-    println!(
-        "thaw demo: checkpoint {} in {}",
-        summary.id,
-        store.location()
-    );
-    let rows = [
-        ("guest memory", format_bytes(memory_bytes)),
-        ("zero pages (not stored)", summary.zero_pages.to_string()),
-        ("blocks", summary.blocks.to_string()),
-        ("stored", format_bytes(summary.stored_bytes)),
-        ("segments", summary.segments.to_string()),
-        ("write", format!("{write_s:.2} s")),
-        ("verify", format!("{verify_s:.2} s")),
-        ("read back", format!("{read_s:.2} s, identical")),
-    ];
-    for (k, v) in rows {
-        println!("  {k:<24} {v}");
-    }
     Ok(())
 }

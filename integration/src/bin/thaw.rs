@@ -29,6 +29,12 @@ enum Command {
         /// Guest memory size (e.g. 256MiB, 1GiB).
         #[arg(long, default_value = "256MiB", value_parser = parse_size)]
         memory: u64,
+        /// Use this block server (HOST:PORT) instead of starting one.
+        #[arg(long, requires = "pki")]
+        block_server: Option<std::net::SocketAddr>,
+        /// Development PKI directory (ca.pem, client.pem, client.key), created if absent.
+        #[arg(long)]
+        pki: Option<PathBuf>,
     },
     /// Inspect checkpoints in a store.
     Checkpoint {
@@ -127,7 +133,20 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Demo { store, memory } => commands::demo(&open_store(&store)?, memory).await,
+        Command::Demo {
+            store,
+            memory,
+            block_server,
+            pki,
+        } => {
+            let opts = integration::demo::DemoOptions {
+                store,
+                memory_bytes: memory,
+                block_server,
+                pki,
+            };
+            tokio::task::spawn_blocking(move || integration::demo::run(opts)).await?
+        }
         Command::Checkpoint { command } => match command {
             CheckpointCommand::List { store } => commands::list(&open_store(&store)?).await,
             CheckpointCommand::Verify { store, id } => {
