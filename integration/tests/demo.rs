@@ -17,9 +17,22 @@ fn demo_runs_the_whole_pipeline() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for row in ["resume time", "faults served", "blocks fetched", "bytes fetched", "time to finish"] {
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "resume time",
+        "faults served",
+        "blocks fetched",
+        "bytes fetched",
+        "time to finish",
+    ] {
         assert!(text.contains(row), "no {row:?} in\n{text}");
     }
-    assert!(text.contains("identical to the uninterrupted run"), "{text}");
+    assert!(
+        text.contains("identical to the uninterrupted run"),
+        "{text}"
+    );
 }
