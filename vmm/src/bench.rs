@@ -168,6 +168,10 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
     out.insert(format!("resume_ms_{key}"), json!(r.timings.resume_ms));
     out.insert(format!("resume_open_ms_{key}"), json!(r.timings.open_ms));
     out.insert(
+        format!("resume_check_host_ms_{key}"),
+        json!(r.timings.check_host_ms),
+    );
+    out.insert(
         format!("resume_memory_ms_{key}"),
         json!(r.timings.memory_ms),
     );

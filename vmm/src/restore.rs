@@ -29,6 +29,8 @@ pub enum Mode {
 pub struct RestoreTimings {
     /// Opening the manifest and decoding and checking the state blob.
     pub open_ms: f64,
+    /// Of open_ms: checking this host's CPU features against the checkpoint's.
+    pub check_host_ms: f64,
     /// Eager: reading all memory. Lazy: mapping, registering and handing off.
     pub memory_ms: f64,
     /// Creating the VM and writing all state into KVM.
@@ -131,6 +133,7 @@ pub fn restore(
 ) -> Result<Restored> {
     let t0 = Instant::now();
     let (reader, state) = open(rt, store, id)?;
+    let tc = Instant::now();
     vm::check_host(&config.kvm_path, &state)?;
     let t1 = Instant::now();
     let mut mem = GuestMemory::new(&state.memory)?;
@@ -166,6 +169,7 @@ pub fn restore(
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let timings = RestoreTimings {
         open_ms: ms(t0, t1),
+        check_host_ms: ms(tc, t1),
         memory_ms: ms(t1, t2),
         state_ms: ms(t2, t3),
         resume_ms: ms(t0, t4),

@@ -112,8 +112,13 @@ impl Vm {
                 config.vcpus
             )));
         }
+        let t0 = Instant::now();
         let kvm = open_kvm(&config.kvm_path)?;
         let supported = cpuid::supported(&kvm)?;
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "KVM opened, CPUID read"
+        );
         let template = cpuid::template(&supported, config.cpu_baseline);
         let fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
         fd.set_tss_address(TSS_ADDRESS)
@@ -122,6 +127,7 @@ impl Vm {
             fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
                 .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
         }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "VM created");
         fd.create_irq_chip()
             .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
         fd.create_pit2(kvm_pit_config {
@@ -129,6 +135,10 @@ impl Vm {
             ..Default::default()
         })
         .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "irqchip and PIT created"
+        );
         for (slot, r) in memory.regions().iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -142,6 +152,10 @@ impl Vm {
             unsafe { fd.set_user_memory_region(region) }
                 .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "VM, irqchip, PIT, memory slots"
+        );
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
         fd.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(Error::kvm("KVM_IRQFD"))?;
@@ -174,6 +188,10 @@ impl Vm {
                 cpuid: entries,
             });
         }
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "vCPUs created with CPUID"
+        );
         let msr_list = kvm
             .get_msr_index_list()
             .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?;
@@ -184,6 +202,7 @@ impl Vm {
             xcrs: kvm.check_extension(Cap::Xcrs),
             xsave_size: (fd.check_extension_int(Cap::Xsave2).max(0) as usize).max(4096),
         };
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "MSR list probed");
         let required = RequiredFeatures::of(&pending[0].cpuid);
         let memory = Arc::new(memory);
         let (tx, events) = channel();
