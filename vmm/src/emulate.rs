@@ -10,6 +10,10 @@ pub enum Outcome {
     Done,
     /// Write the registers back and inject #BP (vector 3): INT3 is a trap, RIP is past it.
     InjectBreakpoint,
+    /// Load MXCSR from the 4 bytes at this guest-virtual address, then write the registers back.
+    LoadMxcsr(u64),
+    /// Store MXCSR to the 4 bytes at this guest-virtual address, then write the registers back.
+    StoreMxcsr(u64),
 }
 
 const AC: u64 = 1 << 18;
@@ -39,8 +43,51 @@ fn gpr(regs: &mut kvm_regs, n: u8) -> &mut u64 {
     }
 }
 
+/// Decodes a ModRM memory operand (64-bit addressing, no RIP-relative form) starting at
+/// `bytes[0]` = ModRM; returns the effective address and the bytes ModRM, SIB and displacement
+/// took.
+fn memory_operand(bytes: &[u8], rex: u8, regs: &mut kvm_regs) -> Option<(u64, u64)> {
+    let modrm = *bytes.first()?;
+    let md = modrm >> 6;
+    let rm = modrm & 7;
+    if md == 3 || (md == 0 && rm == 5) {
+        return None;
+    }
+    let mut used = 1usize;
+    let mut addr: u64;
+    if rm == 4 {
+        let sib = *bytes.get(1)?;
+        used += 1;
+        let base = ((rex & 1) << 3) | (sib & 7);
+        let index = (((rex >> 1) & 1) << 3) | ((sib >> 3) & 7);
+        if md == 0 && sib & 7 == 5 {
+            return None;
+        }
+        addr = *gpr(regs, base);
+        if index != 4 {
+            addr = addr.wrapping_add(gpr(regs, index).wrapping_shl((sib >> 6) as u32));
+        }
+    } else {
+        addr = *gpr(regs, ((rex & 1) << 3) | rm);
+    }
+    match md {
+        1 => {
+            let d = *bytes.get(used)? as i8 as i64 as u64;
+            used += 1;
+            addr = addr.wrapping_add(d);
+        }
+        2 => {
+            let d = i32::from_le_bytes(bytes.get(used..used + 4)?.try_into().ok()?) as i64 as u64;
+            used += 4;
+            addr = addr.wrapping_add(d);
+        }
+        _ => {}
+    }
+    Some((addr, used as u64))
+}
+
 /// Carries out the instruction at the start of `insn` on `regs`: INT3, CLAC, STAC, FWAIT, or
-/// register-to-register POPCNT. None: not one of these (the registers are unchanged).
+/// register-to-register POPCNT, LDMXCSR/STMXCSR (the memory access is left to the caller). None: not one of these (the registers are unchanged).
 pub fn emulate(insn: &[u8], regs: &mut kvm_regs) -> Option<Outcome> {
     match insn {
         [0xcc, ..] => {
@@ -60,6 +107,22 @@ pub fn emulate(insn: &[u8], regs: &mut kvm_regs) -> Option<Outcome> {
         [0x9b, ..] => {
             regs.rip += 1;
             Some(Outcome::Done)
+        }
+        // LDMXCSR / STMXCSR m32: [REX] 0F AE /2 or /3 with a memory operand.
+        [0x0f, 0xae, rest @ ..] | [0x40..=0x4f, 0x0f, 0xae, rest @ ..] => {
+            let rex = if insn[0] != 0x0f { insn[0] } else { 0 };
+            let op = (rest.first()? >> 3) & 7;
+            if op != 2 && op != 3 {
+                return None;
+            }
+            let mut probe = *regs;
+            let (addr, used) = memory_operand(rest, rex, &mut probe)?;
+            regs.rip += used + if rex != 0 { 3 } else { 2 };
+            Some(if op == 2 {
+                Outcome::LoadMxcsr(addr)
+            } else {
+                Outcome::StoreMxcsr(addr)
+            })
         }
         // POPCNT r, r: F3 [REX] 0F B8 /r with mod = 11.
         [0xf3, rest @ ..] => {
@@ -147,6 +210,38 @@ mod tests {
             Some(Outcome::Done)
         );
         assert_eq!((r.rdx, r.rip), (3, 0x1004));
+    }
+
+    #[test]
+    fn mxcsr_memory_operands() {
+        // ldmxcsr 0x4(%rsp): 0f ae 54 24 04 (seen in the Debian kernel)
+        let mut r = regs();
+        r.rsp = 0x8000;
+        assert_eq!(
+            emulate(&[0x0f, 0xae, 0x54, 0x24, 0x04, 0x83], &mut r),
+            Some(Outcome::LoadMxcsr(0x8004))
+        );
+        assert_eq!(r.rip, 0x1005);
+        // stmxcsr -0x10(%rbp): 0f ae 5d f0
+        let mut r = regs();
+        r.rbp = 0x9000;
+        assert_eq!(
+            emulate(&[0x0f, 0xae, 0x5d, 0xf0], &mut r),
+            Some(Outcome::StoreMxcsr(0x8ff0))
+        );
+        assert_eq!(r.rip, 0x1004);
+        // ldmxcsr (%r8,%rcx,4): 41 0f ae 14 88
+        let mut r = regs();
+        r.r8 = 0x100;
+        r.rcx = 2;
+        assert_eq!(
+            emulate(&[0x41, 0x0f, 0xae, 0x14, 0x88], &mut r),
+            Some(Outcome::LoadMxcsr(0x108))
+        );
+        assert_eq!(r.rip, 0x1005);
+        // fxsave (/0) and a RIP-relative ldmxcsr are not handled.
+        assert_eq!(emulate(&[0x0f, 0xae, 0x07], &mut regs()), None);
+        assert_eq!(emulate(&[0x0f, 0xae, 0x15, 0, 0, 0, 0], &mut regs()), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! half-done instruction.
 
 use crate::error::{Error, Result};
+use crate::memory::GuestMemory;
 use crate::state::VcpuState;
 use crate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::kvm_cpuid_entry2;
@@ -128,6 +129,7 @@ struct Runner {
     stop: Arc<AtomicBool>,
     commands: Receiver<Command>,
     caps: Arc<VcpuCaps>,
+    memory: Arc<GuestMemory>,
 }
 
 impl Runner {
@@ -173,6 +175,27 @@ impl Runner {
         match crate::emulate::emulate(&bytes[1..], &mut regs) {
             None => false,
             Some(crate::emulate::Outcome::Done) => self.vcpu.fd.set_regs(&regs).is_ok(),
+            Some(crate::emulate::Outcome::LoadMxcsr(gva)) => {
+                let mut b = [0u8; 4];
+                let Some(gpa) = self.translate(gva) else {
+                    return false;
+                };
+                let Ok(mut fpu) = self.vcpu.fd.get_fpu() else {
+                    return false;
+                };
+                if self.memory.read(gpa, &mut b).is_err() {
+                    return false;
+                }
+                fpu.mxcsr = u32::from_le_bytes(b);
+                self.vcpu.fd.set_fpu(&fpu).is_ok() && self.vcpu.fd.set_regs(&regs).is_ok()
+            }
+            Some(crate::emulate::Outcome::StoreMxcsr(gva)) => {
+                let (Some(gpa), Ok(fpu)) = (self.translate(gva), self.vcpu.fd.get_fpu()) else {
+                    return false;
+                };
+                self.memory.write(gpa, &fpu.mxcsr.to_le_bytes()).is_ok()
+                    && self.vcpu.fd.set_regs(&regs).is_ok()
+            }
             Some(crate::emulate::Outcome::InjectBreakpoint) => {
                 let Ok(mut events) = self.vcpu.fd.get_vcpu_events() else {
                     return false;
@@ -189,6 +212,15 @@ impl Runner {
                     && self.vcpu.fd.set_vcpu_events(&events).is_ok()
             }
         }
+    }
+
+    /// Guest-physical address of a 4-byte guest-virtual operand that does not cross a page.
+    fn translate(&self, gva: u64) -> Option<u64> {
+        if gva & 0xfff > 0xffc {
+            return None;
+        }
+        let t = self.vcpu.fd.translate_gva(gva).ok()?;
+        (t.valid != 0).then_some(t.physical_address)
     }
 
     /// Completes any pending I/O instruction without running further guest code.
@@ -328,6 +360,7 @@ impl VcpuHandle {
         bus: Arc<dyn IoBus>,
         pause: Arc<PauseFlag>,
         caps: Arc<VcpuCaps>,
+        memory: Arc<GuestMemory>,
     ) -> Result<VcpuHandle> {
         install_kick_handler()?;
         let id = vcpu.id;
@@ -342,6 +375,7 @@ impl VcpuHandle {
             stop: stop.clone(),
             commands: rx,
             caps,
+            memory,
         };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))

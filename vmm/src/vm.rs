@@ -316,6 +316,7 @@ impl Vm {
                 self.devices.clone(),
                 self.pause.clone(),
                 self.caps.clone(),
+                self.memory.clone(),
             )?;
             self.running.push(h);
         }
