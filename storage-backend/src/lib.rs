@@ -7,6 +7,7 @@
 pub mod block_client;
 pub mod block_server;
 pub mod catalog;
+mod cpu;
 pub mod error;
 pub mod format;
 pub mod handoff;

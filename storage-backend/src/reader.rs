@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::{stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
+use rayon::prelude::*;
 
 use crate::error::CheckpointError;
 use crate::format::block_codec::decode_block_into;
@@ -15,6 +16,8 @@ use crate::store::{keys, Store};
 
 /// Blocks fetched at once by whole-checkpoint reads.
 pub const DEFAULT_READ_CONCURRENCY: usize = 32;
+/// Blocks decoded together on all cores by whole-checkpoint reads.
+const READ_BATCH: usize = 256;
 
 /// Fetches and validates a checkpoint's manifest.
 pub async fn load_manifest(store: &Store, id: &CheckpointId) -> Result<Manifest, CheckpointError> {
@@ -171,6 +174,8 @@ impl CheckpointReader {
     }
 
     /// Reads all of guest memory into `dest` (the regions concatenated).
+    /// Stored bytes are fetched `concurrency` at a time; each batch is then
+    /// decoded and verified on all cores straight into its place in `dest`.
     /// On error `dest` holds partial data and must not be used.
     pub async fn read_all_into(
         &self,
@@ -188,13 +193,85 @@ impl CheckpointReader {
         for run in &m.zero_pages {
             dest[run.start as usize * ps..run.end() as usize * ps].fill(0);
         }
-        let mut blocks = self.fetch_blocks(m.prefetch_order.iter().copied(), concurrency);
-        while let Some(block) = blocks.try_next().await? {
-            for (page, bytes) in block.pages() {
-                dest[page as usize * ps..(page as usize + 1) * ps].copy_from_slice(bytes);
+        let mut fetched = stream::iter(m.prefetch_order.iter().copied())
+            .map(|b| async move { self.fetch_stored(b).await.map(|s| (b, s)) })
+            .buffer_unordered(concurrency.max(1));
+        let mut batch = Vec::with_capacity(READ_BATCH);
+        loop {
+            let next = fetched.try_next().await?;
+            let done = next.is_none();
+            batch.extend(next);
+            if batch.len() == READ_BATCH || (done && !batch.is_empty()) {
+                crate::cpu::run_cpu(|| self.decode_batch_into(&batch, dest))?;
+                batch.clear();
+            }
+            if done {
+                return Ok(());
             }
         }
-        Ok(())
+    }
+
+    /// Decodes blocks in parallel into their pages of `dest`. Blocks own
+    /// disjoint pages (the manifest is validated), so `dest` is carved into
+    /// one slice per run without overlap.
+    fn decode_batch_into(
+        &self,
+        batch: &[(u32, Bytes)],
+        dest: &mut [u8],
+    ) -> Result<(), CheckpointError> {
+        let m = self.manifest();
+        let ps = m.page_size as usize;
+        let mut runs: Vec<(u64, u64, usize)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (b, _))| {
+                m.blocks[*b as usize]
+                    .pages
+                    .iter()
+                    .map(move |r| (r.start, r.len, i))
+            })
+            .collect();
+        runs.sort_unstable_by_key(|r| r.0);
+        let mut slices: Vec<Vec<(u64, &mut [u8])>> = (0..batch.len()).map(|_| Vec::new()).collect();
+        let mut rest = dest;
+        let mut offset = 0usize;
+        for (start, len, i) in runs {
+            let at = start as usize * ps - offset;
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(at);
+            let (slice, tail) = tail.split_at_mut(len as usize * ps);
+            slices[i].push((start, slice));
+            rest = tail;
+            offset = (start + len) as usize * ps;
+        }
+        batch
+            .par_iter()
+            .zip(slices.par_iter_mut())
+            .try_for_each(|((b, stored), parts)| {
+                let entry = &m.blocks[*b as usize];
+                let bad = |source| CheckpointError::BadBlock {
+                    block: *b,
+                    key: m.objects[entry.object as usize].clone(),
+                    offset: entry.offset,
+                    source,
+                };
+                if let [(_, only)] = parts.as_mut_slice() {
+                    return decode_block_into(entry, stored, only).map_err(bad);
+                }
+                let mut raw = vec![0u8; entry.raw_len as usize];
+                decode_block_into(entry, stored, &mut raw).map_err(bad)?;
+                // Runs in block order, each to its slice.
+                let mut at = 0;
+                for run in &entry.pages {
+                    let (_, slice) = parts
+                        .iter_mut()
+                        .find(|(start, _)| *start == run.start)
+                        .expect("every run was given a slice");
+                    let n = slice.len();
+                    slice.copy_from_slice(&raw[at..at + n]);
+                    at += n;
+                }
+                Ok(())
+            })
     }
 
     /// Fetches and hash-checks every block. Returns the number of blocks and

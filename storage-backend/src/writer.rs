@@ -131,7 +131,7 @@ pub async fn write_checkpoint(
     };
 
     let started = std::time::Instant::now();
-    let zero = run_cpu(|| find_zero_pages(&view));
+    let zero = crate::cpu::run_cpu(|| find_zero_pages(&view));
     let zero_scan = started.elapsed();
     let plan = plan_blocks(&opts.layout, &zero, opts.block_pages)?;
 
@@ -144,7 +144,7 @@ pub async fn write_checkpoint(
     let mut encoding = std::time::Duration::ZERO;
     for batch in plan.chunks(batch_blocks) {
         let t = std::time::Instant::now();
-        let prepared = run_cpu(|| prepare_blocks(&view, batch, &existing));
+        let prepared = crate::cpu::run_cpu(|| prepare_blocks(&view, batch, &existing));
         encoding += t.elapsed();
         for (pages, block) in batch.iter().zip(prepared) {
             blocks.push(packer.add(pages.clone(), block).await?);
@@ -206,17 +206,6 @@ pub async fn write_checkpoint(
         stored = summary.stored_bytes, segments = summary.segments, "checkpoint written"
     );
     Ok(summary)
-}
-
-/// Runs CPU-heavy work without starving the runtime's other tasks (the
-/// uploads) when the runtime has more than one worker.
-fn run_cpu<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }
 
 fn find_zero_pages(view: &MemoryView<'_>) -> Vec<bool> {
