@@ -14,7 +14,7 @@ use crate::block_server::BlockServerSource;
 use crate::fetch::FetchConfig;
 use crate::policy::{Config, StreamConfig};
 use crate::source::BlockSource;
-use crate::units::{parse_duration, parse_size};
+use storage_backend::units::{parse_duration, parse_size};
 
 /// Serve restored VMs' page faults from locality blocks.
 #[derive(Debug, Clone, clap::Args)]

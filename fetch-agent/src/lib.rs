@@ -26,6 +26,5 @@ pub mod policy;
 pub mod restore;
 pub mod source;
 pub mod trace;
-pub mod units;
 
 pub use agent::{Agent, AgentConfig};

@@ -7,7 +7,7 @@ use storage_backend::catalog::list_checkpoints;
 use storage_backend::reader::DEFAULT_READ_CONCURRENCY;
 use storage_backend::{CheckpointId, CheckpointReader, Store};
 
-use crate::units::format_bytes;
+use storage_backend::units::format_bytes;
 
 /// `thaw checkpoint list STORE`
 pub async fn list(store: &Store) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 
-use crate::units::format_bytes;
+use storage_backend::units::format_bytes;
 
 pub struct DemoOptions {
     pub store: String,

@@ -7,4 +7,3 @@ pub mod demo;
 pub mod s3_server;
 pub mod serve;
 pub mod synthetic;
-pub mod units;

@@ -8,7 +8,7 @@ use storage_backend::block_server::BlockServer;
 use storage_backend::tls::{self, DevPki, Identity};
 use storage_backend::Store;
 
-use crate::units::parse_size;
+use storage_backend::units::parse_size;
 
 #[derive(clap::Args, Debug)]
 pub struct BlockServerArgs {

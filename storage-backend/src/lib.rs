@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod reader;
 pub mod store;
 pub mod tls;
+pub mod units;
 pub mod writer;
 
 pub use error::CheckpointError;
