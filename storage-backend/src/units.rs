@@ -27,9 +27,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        other => return Err(format!("size {s:?} has unknown unit {other:?} (use KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "size {s:?} has unknown unit {other:?} (use KiB, MiB, GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -43,7 +48,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("duration {s:?} has unknown unit {other:?} (use ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {other:?} (use ms, s, m, h)"
+            ))
+        }
     })
 }
 
@@ -77,7 +86,9 @@ mod tests {
         assert!(parse_size("lots").unwrap_err().contains("number"));
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("12XB").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("99999999999TiB").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

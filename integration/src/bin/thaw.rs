@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use storage_backend::units::parse_size;
 use integration::{bench, commands};
+use storage_backend::units::parse_size;
 use storage_backend::{CheckpointId, Store};
 
 #[derive(Parser)]
