@@ -4,21 +4,29 @@
 //! the bare userfaultfd floor (one `UFFDIO_COPY` of the same block size by a
 //! plain handler thread) measured in the same run.
 //!
-//! The network source is the object store in a local directory until the
-//! QUIC block server is wired into the agent. The agent runs in this process
-//! with prefetch off, so every touch is one fault.
+//! The network source is a real block server (`storage_backend::block_server`)
+//! on loopback, reached over QUIC with mutual TLS (a development PKI made for
+//! the run); its own cache starts cold, so each network fault is one QUIC
+//! request that the server answers from the object store in a local
+//! directory. The agent runs in this process with prefetch off, so every
+//! touch is one fault; the run fails if any block bypassed the block server.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use fetch_agent::block_server::BlockServerSource;
 use fetch_agent::fetch::FetchConfig;
 use fetch_agent::floor::FloorHandler;
 use fetch_agent::guest::MappedGuest;
+use fetch_agent::metrics::SourceKind;
 use fetch_agent::policy::Config;
 use fetch_agent::{Agent, AgentConfig};
 use serde_json::json;
+use storage_backend::block_server::BlockServer;
+use storage_backend::tls::{self, DevPki};
 use storage_backend::{write_checkpoint, MemoryRegion, Store, WriteOptions};
 
 pub struct FaultLatencyBench {
@@ -97,12 +105,27 @@ pub async fn run(
     .await?;
     let order = order(blocks);
 
+    // The network source: a block server on loopback with mutual TLS.
+    let pki_dir = dir.path().join("pki");
+    let pki = DevPki::generate()?;
+    pki.write_to(&pki_dir)?;
+    let server = BlockServer::new(Store::open(&store_spec)?, (blocks * BLOCK_BYTES * 2) as u64);
+    let running = server.serve(
+        "127.0.0.1:0".parse()?,
+        tls::server_config(&pki.server, Some(pki.ca_pem.as_str()))?,
+    )?;
+    let source = BlockServerSource::connect(
+        &running.local_addr.to_string(),
+        &pki_dir.join("ca.pem"),
+        Some((&pki_dir.join("client.pem"), &pki_dir.join("client.key"))),
+    )?;
+
     let socket = dir.path().join("agent.sock");
     let agent = Agent::new(
         AgentConfig {
             store: Some(store_spec.clone()),
             checkpoint: Some(summary.id.clone()),
-            block_servers: Vec::new(),
+            block_servers: vec![source.into_source()],
             policy: Config {
                 prefetch_window: 0,
                 ..Config::default()
@@ -154,7 +177,24 @@ pub async fn run(
     })
     .await??;
 
+    running.close();
     let c = &agent.metrics().counters;
+    let sum = |kind: SourceKind| -> u64 {
+        c.blocks[kind as usize]
+            .iter()
+            .map(|x| x.load(Ordering::Relaxed))
+            .sum()
+    };
+    anyhow::ensure!(
+        sum(SourceKind::ObjectStore) == 0,
+        "{} blocks bypassed the block server",
+        sum(SourceKind::ObjectStore)
+    );
+    anyhow::ensure!(
+        sum(SourceKind::BlockServer) >= blocks as u64,
+        "only {} of {blocks} blocks came from the block server",
+        sum(SourceKind::BlockServer)
+    );
     let floor_p50 = percentile_us(&floor, 0.5);
     let mut out = serde_json::Map::new();
     out.insert("cached_p50_us".into(), json!(percentile_us(&cached, 0.5)));
@@ -178,7 +218,7 @@ pub async fn run(
     out.insert("blocks".into(), json!(blocks));
     out.insert(
         "network_source".into(),
-        json!("object store (local directory)"),
+        json!("block server over QUIC on loopback (mutual TLS, server cache cold)"),
     );
     out.insert("blocks_fetched".into(), json!(c.fetched_blocks()));
     super::report(
