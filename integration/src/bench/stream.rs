@@ -79,9 +79,9 @@ pub async fn run(cfg: StreamBench) -> anyhow::Result<serde_json::Map<String, ser
     // The first pass reads the store and fills the server's cache; the
     // second measures the protocol alone.
     let (_, cold_s) = pass(&client, &id, blocks, cfg.concurrency).await?;
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = super::process_cpu_seconds();
     let (wire_bytes, warm_s) = pass(&client, &id, blocks, cfg.concurrency).await?;
-    let cpu_s = process_cpu_seconds() - cpu_before;
+    let cpu_s = super::process_cpu_seconds() - cpu_before;
     let path = client.connection().await?.stats().path;
     let (path_mtu, lost) = (path.current_mtu, path.lost_packets);
     running.close();
@@ -113,20 +113,4 @@ pub async fn run(cfg: StreamBench) -> anyhow::Result<serde_json::Map<String, ser
         cfg.json.as_deref(),
     )?;
     Ok(out)
-}
-
-/// User plus system CPU time of this process so far (from /proc, in clock
-/// ticks of 10 ms).
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
