@@ -50,6 +50,8 @@ pub enum Error {
     Uffd(String),
     #[error("hand-off to page server: {0}")]
     Handoff(String),
+    #[error("fetch agent at {} exited; guest memory can no longer be served", .0.display())]
+    AgentGone(std::path::PathBuf),
     #[error("checkpoint store: {0}")]
     Store(String),
 }

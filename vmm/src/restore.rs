@@ -6,12 +6,17 @@ use crate::handoff;
 use crate::memory::GuestMemory;
 use crate::pageserver::InProcessServer;
 use crate::state::VmState;
-use crate::vm::{self, Vm, VmConfig};
+use crate::vm::{self, AbortHandle, Vm, VmConfig};
 use futures::TryStreamExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 use storage_backend::{CheckpointId, CheckpointReader, Store};
+use userfaultfd::Uffd;
 
 /// How guest memory comes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +51,81 @@ pub struct Restored {
     pub timings: RestoreTimings,
     /// The in-process page server (lazy mode).
     pub page_server: Option<InProcessServer>,
-    /// The socket to an external page server (agent mode); closing it ends the session.
-    pub agent: Option<UnixStream>,
+    /// The socket to the page server (lazy and agent mode); dropping it ends the session.
+    pub agent: Option<AgentLink>,
+}
+
+/// The hand-off connection to a page server. In agent mode a watcher thread notices the agent
+/// exiting (the socket hangs up) and aborts the VM with [`Error::AgentGone`] instead of letting
+/// it hang or run on with memory nobody serves. Dropping the link stops the watcher and closes
+/// the connection.
+pub struct AgentLink {
+    stream: UnixStream,
+    stop: Arc<AtomicBool>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl AgentLink {
+    fn plain(stream: UnixStream) -> Self {
+        AgentLink {
+            stream,
+            stop: Arc::new(AtomicBool::new(false)),
+            watcher: None,
+        }
+    }
+
+    /// Watches `stream` for the agent at `path` hanging up. The watcher keeps the vmm's copy of
+    /// `uffd` open until then, so a fault arriving after the agent died waits (instead of
+    /// reading zeros) until the VM is aborted; on hang-up it records the error first and then
+    /// closes the uffd, which releases the waiting faults so the vCPU threads can be stopped.
+    fn watched(stream: UnixStream, path: &Path, uffd: Uffd, abort: AbortHandle) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fd = stream.as_raw_fd();
+        let path = path.to_path_buf();
+        let flag = stop.clone();
+        let watcher = std::thread::Builder::new()
+            .name("agent-watch".into())
+            .spawn(move || {
+                let _uffd = uffd;
+                while !flag.load(Ordering::Acquire) {
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLRDHUP,
+                        revents: 0,
+                    };
+                    // SAFETY: `p` is one valid pollfd for the duration of the call; `fd` stays
+                    // open while this thread runs because `AgentLink::drop` joins it before
+                    // the stream closes.
+                    let n = unsafe { libc::poll(&mut p, 1, 100) };
+                    if n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                        let e = Error::AgentGone(path);
+                        tracing::error!("{e}");
+                        abort.abort(e);
+                        return;
+                    }
+                }
+            })
+            .map_err(Error::io("spawn the agent watcher thread"))?;
+        Ok(AgentLink {
+            stream,
+            stop,
+            watcher: Some(watcher),
+        })
+    }
+
+    /// The connection to the page server.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+impl Drop for AgentLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 /// Opens a checkpoint's manifest and decodes its state blob.
@@ -139,6 +217,7 @@ pub fn restore(
     let mut mem = GuestMemory::new(&state.memory)?;
     let mut page_server = None;
     let mut agent = None;
+    let mut kept_uffd = None;
     match mode {
         Mode::Eager => fill_memory(rt, &reader, &mut mem)?,
         Mode::Lazy | Mode::Agent(_) => {
@@ -156,13 +235,24 @@ pub fn restore(
                 }
             };
             handoff::send(&sock, &msg, &uffd)?;
-            // The page server holds its own copy of the uffd now; ours may close.
-            drop(uffd);
+            if matches!(mode, Mode::Agent(_)) {
+                // Kept until the agent hangs up (see `AgentLink::watched`).
+                kept_uffd = Some(uffd);
+            } else {
+                // The page server holds its own copy of the uffd now; ours may close.
+                drop(uffd);
+            }
             agent = Some(sock);
         }
     }
     let t2 = Instant::now();
     let mut vm = Vm::restore(config, &state, mem)?;
+    let agent = match (mode, agent, kept_uffd) {
+        (Mode::Agent(path), Some(sock), Some(uffd)) => {
+            Some(AgentLink::watched(sock, path, uffd, vm.abort_handle())?)
+        }
+        (_, sock, _) => sock.map(AgentLink::plain),
+    };
     let t3 = Instant::now();
     vm.start()?;
     let t4 = Instant::now();

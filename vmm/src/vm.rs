@@ -15,7 +15,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -93,7 +93,27 @@ pub struct Vm {
     guest: GuestKind,
     baseline: CpuBaseline,
     required: RequiredFeatures,
+    abort: AbortHandle,
     _serial_irq: EventFd,
+}
+
+/// Lets another thread end a running VM with an error (e.g. its page server went away): the
+/// next [`Vm::next_event`] returns that error instead of waiting on.
+#[derive(Clone, Default)]
+pub struct AbortHandle(Arc<Mutex<Option<Error>>>);
+
+impl AbortHandle {
+    /// Records `why`; the first error recorded wins.
+    pub fn abort(&self, why: Error) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(why);
+        }
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 impl Vm {
@@ -220,6 +240,7 @@ impl Vm {
             guest,
             baseline: config.cpu_baseline,
             required,
+            abort: AbortHandle::default(),
             _serial_irq: serial_irq,
         })
     }
@@ -380,10 +401,19 @@ impl Vm {
         })
     }
 
-    /// Waits for the next guest event; fails if a vCPU thread died.
+    /// A handle that makes [`Vm::next_event`] fail from another thread.
+    pub fn abort_handle(&self) -> AbortHandle {
+        self.abort.clone()
+    }
+
+    /// Waits for the next guest event; fails if a vCPU thread died or the VM was aborted
+    /// through its [`AbortHandle`].
     pub fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
         let deadline = Instant::now() + timeout;
         loop {
+            if let Some(e) = self.abort.take() {
+                return Err(e);
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
