@@ -17,6 +17,7 @@ pub mod reader;
 pub mod store;
 pub mod tls;
 pub mod units;
+pub mod workload;
 pub mod writer;
 
 pub use error::CheckpointError;
