@@ -7,6 +7,7 @@ pub mod error;
 pub mod layout;
 pub mod manifest;
 pub mod page_map;
+pub mod profile;
 mod wire;
 
 pub use block_codec::{decode_block, encode_block, is_zero_page, BlockCodecError, EncodedBlock};
@@ -15,3 +16,4 @@ pub use error::{FormatError, PageOwner};
 pub use layout::{plan_blocks, LayoutError};
 pub use manifest::{BlockEntry, CheckpointId, Codec, Manifest, PageRun, Region, StateBlob};
 pub use page_map::PageMap;
+pub use profile::layout_from_traces;
