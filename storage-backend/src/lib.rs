@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod memory;
 pub mod protocol;
 pub mod reader;
+pub mod relayout;
 pub mod store;
 pub mod tls;
 pub mod units;
