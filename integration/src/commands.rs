@@ -1,10 +1,13 @@
 //! What the `thaw` subcommands do, apart from parsing their arguments.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use storage_backend::catalog::list_checkpoints;
-use storage_backend::reader::DEFAULT_READ_CONCURRENCY;
+use storage_backend::format::layout_from_traces;
+use storage_backend::reader::{load_manifest, DEFAULT_READ_CONCURRENCY};
+use storage_backend::workload::parse_trace;
 use storage_backend::{CheckpointId, CheckpointReader, Store};
 
 use storage_backend::units::format_bytes;
@@ -50,6 +53,44 @@ pub async fn verify(store: &Store, id: &CheckpointId) -> anyhow::Result<()> {
         "checkpoint {id}: OK, {} blocks, {} stored, verified in {:.2} s",
         report.blocks,
         format_bytes(report.stored_bytes),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `thaw checkpoint relayout STORE ID --trace FILE [--trace FILE ...] [--id NEW]`
+pub async fn relayout(
+    store: &Store,
+    id: &CheckpointId,
+    traces: &[PathBuf],
+    new_id: Option<CheckpointId>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let total_pages = load_manifest(store, id).await?.total_pages();
+    let mut profiles = Vec::with_capacity(traces.len());
+    for path in traces {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading trace {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let trace = parse_trace(&path.display().to_string(), &name, &text, total_pages)?;
+        profiles.push(trace.pages());
+    }
+    let layout = layout_from_traces(&profiles);
+    let layout_pages = layout.len();
+    let summary = storage_backend::relayout::relayout(store, id, layout, new_id)
+        .await
+        .with_context(|| format!("relayout of checkpoint {id}"))?;
+    println!(
+        "checkpoint {} written from {id}: layout of {layout_pages} pages from {} trace(s), \
+         {} blocks ({} reused from {id}), {} uploaded, in {:.2} s",
+        summary.id,
+        traces.len(),
+        summary.blocks,
+        summary.reused_blocks,
+        format_bytes(summary.uploaded_bytes),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -60,6 +60,17 @@ enum CheckpointCommand {
     List { store: String },
     /// Fetch and hash-check every block of a checkpoint.
     Verify { store: String, id: CheckpointId },
+    /// Rewrite a checkpoint with a layout learned from restore traces (the old one stays as it is).
+    Relayout {
+        store: String,
+        id: CheckpointId,
+        /// A fault trace in the workload format; repeat to merge several restores.
+        #[arg(long = "trace", required = true)]
+        traces: Vec<PathBuf>,
+        /// Id of the new checkpoint (generated when absent).
+        #[arg(long = "id")]
+        new_id: Option<CheckpointId>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +163,12 @@ async fn main() -> anyhow::Result<()> {
             CheckpointCommand::Verify { store, id } => {
                 commands::verify(&open_store(&store)?, &id).await
             }
+            CheckpointCommand::Relayout {
+                store,
+                id,
+                traces,
+                new_id,
+            } => commands::relayout(&open_store(&store)?, &id, &traces, new_id).await,
         },
         // The vmm is synchronous and makes its own runtime: run it on a plain thread.
         Command::Vm(args) => std::thread::spawn(move || vmm::cli::run(args))
