@@ -55,8 +55,8 @@ pub enum WorkloadError {
         expected: u64,
         got: u64,
     },
-    #[error("{file}: memory image missing{hint}")]
-    MissingMemory { file: String, hint: &'static str },
+    #[error("{file}: memory image missing (neither memory.raw nor memory.raw.zst)")]
+    MissingMemory { file: String },
     #[error("{dir}: traces directory missing")]
     MissingTraces { dir: String },
     #[error("{file}: {source}")]
@@ -251,27 +251,7 @@ impl Workload {
         let spec_path = dir.join("workload.json");
         let spec = parse_spec(&shown(&spec_path), &read_text(&spec_path)?)?;
 
-        let memory_path = dir.join("memory.raw");
-        let memory = match std::fs::read(&memory_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let hint = if dir.join("memory.raw.zst").exists() {
-                    " (memory.raw.zst is there: unpack it with `zstd -d`)"
-                } else {
-                    ""
-                };
-                return Err(WorkloadError::MissingMemory {
-                    file: shown(&memory_path),
-                    hint,
-                });
-            }
-            Err(source) => {
-                return Err(WorkloadError::Io {
-                    file: shown(&memory_path),
-                    source,
-                })
-            }
-        };
+        let (memory_path, memory) = read_memory(dir)?;
         if memory.len() as u64 != spec.memory_bytes {
             return Err(WorkloadError::MemorySize {
                 file: shown(&memory_path),
@@ -325,6 +305,45 @@ impl Workload {
             traces,
         })
     }
+}
+
+/// `memory.raw`, or `memory.raw.zst` decompressed when only that is there
+/// (recordings ship compressed: mostly zero pages).
+fn read_memory(dir: &Path) -> Result<(PathBuf, Vec<u8>), WorkloadError> {
+    let raw = dir.join("memory.raw");
+    match std::fs::read(&raw) {
+        Ok(bytes) => return Ok((raw, bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(WorkloadError::Io {
+                file: shown(&raw),
+                source,
+            })
+        }
+    }
+    let zst = dir.join("memory.raw.zst");
+    let file = match std::fs::File::open(&zst) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(WorkloadError::MissingMemory { file: shown(&raw) })
+        }
+        Err(source) => {
+            return Err(WorkloadError::Io {
+                file: shown(&zst),
+                source,
+            })
+        }
+    };
+    let corrupt = |reason: String| WorkloadError::Io {
+        file: shown(&zst),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+    };
+    let mut decoder = ruzstd::decoding::StreamingDecoder::new(std::io::BufReader::new(file))
+        .map_err(|e| corrupt(format!("not a zstd stream: {e}")))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut decoder, &mut bytes)
+        .map_err(|e| corrupt(format!("decompressing: {e}")))?;
+    Ok((zst, bytes))
 }
 
 fn shown(path: &Path) -> String {
@@ -524,7 +543,8 @@ mod tests {
             counts.push(trace.events.len());
         }
         assert_eq!(counts, [3938, 3923, 3260]);
-        let err = Workload::load(&dir).unwrap_err();
-        assert!(err.to_string().contains("zstd -d"), "{err}");
+        let workload = Workload::load(&dir).unwrap();
+        assert_eq!(workload.memory.len() as u64, spec.memory_bytes);
+        assert_eq!(workload.traces.len(), 3);
     }
 }
