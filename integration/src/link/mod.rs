@@ -1,0 +1,14 @@
+//! Emulated network links for the restore benchmark: a UDP relay that adds
+//! delay and a rate limit between fetch agent and block server, and an
+//! object-store wrapper that adds first-byte latency and a per-request rate.
+
+pub mod model;
+pub mod relay;
+pub mod slow_store;
+pub mod spec;
+mod sys;
+
+pub use model::{LinkModel, LinkParams, Verdict};
+pub use relay::{RelayError, RelayHandle, RelayStats, UdpRelay};
+pub use slow_store::SlowStore;
+pub use spec::{LinkSpec, LinkSpecError, LINK_NAMES};
