@@ -101,6 +101,26 @@ impl Agent {
         self.ctx.cache()
     }
 
+    /// Connects to every block server now, so the first restore does not
+    /// wait for QUIC and TLS handshakes. A server that cannot be reached is
+    /// reported and tried again by the first fetch.
+    pub async fn connect(&self) {
+        for source in &self.block_servers {
+            if let Err(e) = source.connect().await {
+                tracing::warn!("connecting ahead: {e}");
+            }
+        }
+    }
+
+    /// Serves hand-offs naming `spec` from `store` instead of opening the
+    /// spec: for stores that cannot be named by a string (an in-memory
+    /// store, or one wrapped to emulate a link).
+    pub fn register_store(&self, spec: &str, store: Store) {
+        let source = Arc::new(ObjectStoreSource::new(store));
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        stores.insert(spec.to_owned(), source);
+    }
+
     /// Prometheus text of the agent's metrics.
     pub fn render_metrics(&self) -> String {
         self.ctx.metrics.render(self.ctx.cache())
@@ -142,7 +162,9 @@ impl Agent {
                 .clone()
                 .ok_or(AgentError::Missing("checkpoint"))?,
         };
+        let opening = std::time::Instant::now();
         let checkpoint = self.checkpoint(&spec, &id)?;
+        tracing::debug!(checkpoint = %id, "opened in {:?}", opening.elapsed());
         let m = &checkpoint.manifest;
         let handed_page = handoff.mappings[0].page_size;
         let pages_agree = handoff.mappings.iter().all(|r| r.page_size == m.page_size);

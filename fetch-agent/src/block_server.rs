@@ -117,4 +117,14 @@ impl BlockSource for BlockServerSource {
                 .map_err(|e| SourceError::new(&self.name, e))
         })
     }
+
+    fn connect(&self) -> BoxFuture<'_, Result<(), SourceError>> {
+        Box::pin(async move {
+            self.client
+                .connection()
+                .await
+                .map(drop)
+                .map_err(|e| SourceError::new(&self.name, e))
+        })
+    }
 }

@@ -42,13 +42,24 @@ pub struct Args {
     /// Client key (PEM) for mutual TLS with the block servers.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
-    /// Blocks after a faulting one (in the checkpoint's prefetch order) to prefetch.
-    #[arg(long, default_value_t = 4)]
-    pub prefetch_window: usize,
-    /// Stream all remaining blocks in the background at up to this many
-    /// stored bytes per second (e.g. 100MiB); off when absent.
-    #[arg(long, value_parser = parse_size)]
+    /// Blocks after a faulting one (in the checkpoint's prefetch order) to
+    /// prefetch [default: the policy's, 4].
+    #[arg(long)]
+    pub prefetch_window: Option<usize>,
+    /// Cap background streaming at this many stored bytes per second
+    /// (e.g. 100MiB); uncapped by default (demand fetches still go first).
+    #[arg(long, value_parser = parse_size, conflicts_with = "no_stream")]
     pub stream_bandwidth: Option<u64>,
+    /// Most streaming fetches in flight per restore [default: 64; the
+    /// window adapts below it to the latency fetches see].
+    #[arg(long, conflicts_with = "no_stream")]
+    pub stream_in_flight: Option<usize>,
+    /// Fetch only on faults and prefetches: no background streaming.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Leave zero pages to faults instead of installing them ahead.
+    #[arg(long)]
+    pub no_zero_ahead: bool,
     /// Bound of the host cache of decoded blocks, shared by all restores.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub cache_size: u64,
@@ -83,16 +94,12 @@ impl Args {
             store: Some(self.store.clone()),
             checkpoint: self.checkpoint.clone(),
             block_servers,
-            policy: Config {
-                prefetch_window: self.prefetch_window,
-                stream: self.stream_bandwidth.map(|bytes_per_sec| StreamConfig {
-                    bytes_per_sec,
-                    max_in_flight: 4,
-                }),
-                ..Config::default()
-            },
+            policy: self.policy(),
             fetch: FetchConfig {
                 source_timeout: self.source_timeout,
+                stream_slots: self
+                    .stream_in_flight
+                    .unwrap_or(FetchConfig::default().stream_slots),
                 ..FetchConfig::default()
             },
             cache_bytes: self.cache_size,
@@ -101,9 +108,35 @@ impl Args {
     }
 }
 
+impl Args {
+    /// The restore policy: the defaults, changed only where a flag says so.
+    pub fn policy(&self) -> Config {
+        let defaults = Config::default();
+        let stream = if self.no_stream {
+            None
+        } else {
+            let base = defaults.stream.unwrap_or(StreamConfig {
+                bytes_per_sec: None,
+                max_in_flight: crate::policy::DEFAULT_STREAM_IN_FLIGHT,
+            });
+            Some(StreamConfig {
+                bytes_per_sec: self.stream_bandwidth.or(base.bytes_per_sec),
+                max_in_flight: self.stream_in_flight.unwrap_or(base.max_in_flight),
+            })
+        };
+        Config {
+            prefetch_window: self.prefetch_window.unwrap_or(defaults.prefetch_window),
+            stream,
+            zero_fill_ahead: defaults.zero_fill_ahead && !self.no_zero_ahead,
+            ..defaults
+        }
+    }
+}
+
 /// Runs the agent until the accept loop fails or the process is interrupted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let agent = Agent::new(args.config()?, tokio::runtime::Handle::current());
+    agent.connect().await;
     if let Some(addr) = args.metrics {
         let bound = crate::http::serve_metrics(addr, agent.clone())
             .await
@@ -140,4 +173,54 @@ fn bind(path: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListen
     }
     std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(extra: &[&str]) -> Args {
+        let mut argv = vec!["thaw-agent", "--socket", "/tmp/s", "--store", "memory://"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn no_flags_give_exactly_the_policy_defaults() {
+        // `thaw bench restore`'s `thaw` strategy is Config::default(): the
+        // agent a user starts must be the same.
+        assert_eq!(parse(&[]).policy(), Config::default());
+    }
+
+    #[test]
+    fn flags_change_only_what_they_name() {
+        let p = parse(&["--prefetch-window", "9", "--stream-bandwidth", "10MiB"]).policy();
+        assert_eq!(p.prefetch_window, 9);
+        let s = p.stream.unwrap();
+        assert_eq!(s.bytes_per_sec, Some(10 << 20));
+        assert_eq!(
+            s.max_in_flight,
+            Config::default().stream.unwrap().max_in_flight
+        );
+        let p = parse(&["--no-stream", "--no-zero-ahead"]).policy();
+        assert_eq!((p.stream, p.zero_fill_ahead), (None, false));
+        assert!(Cli::try_parse_from([
+            "a",
+            "--socket",
+            "s",
+            "--store",
+            "x",
+            "--no-stream",
+            "--stream-bandwidth",
+            "1MiB"
+        ])
+        .is_err());
+    }
 }

@@ -43,7 +43,7 @@ impl Default for FetchConfig {
         FetchConfig {
             source_timeout: Duration::from_secs(2),
             prefetch_slots: 16,
-            stream_slots: 4,
+            stream_slots: crate::policy::DEFAULT_STREAM_IN_FLIGHT,
         }
     }
 }
@@ -63,6 +63,10 @@ pub enum FetchError {
 /// A fetched block, as a restore's driver sees it.
 pub struct Fetched {
     pub data: Bytes,
+    /// How long the source took, when this request went to one (not when
+    /// it joined another's fetch or found the block cached): the signal the
+    /// streaming window adapts to.
+    pub source_latency: Option<Duration>,
 }
 
 /// A fetch in progress: await `done`; raise `priority` on an upgrade.
@@ -121,7 +125,10 @@ impl Fetcher {
                         follow
                             .wait()
                             .await
-                            .map(|data| Fetched { data })
+                            .map(|data| Fetched {
+                                data,
+                                source_latency: None,
+                            })
                             .map_err(|e| FetchError::Flight(e, block))
                     }),
                 })
@@ -134,14 +141,19 @@ impl Fetcher {
                     priority: fp.clone(),
                     done: Box::pin(async move {
                         let permit = this.admit(&fp).await;
+                        let started = std::time::Instant::now();
                         let result = this
                             .fetch_verified(&checkpoint, block, fp.get(), &restore)
                             .await;
+                        let source_latency = Some(started.elapsed());
                         drop(permit);
                         match result {
                             Ok(data) => {
                                 lead.complete(Ok(data.clone()));
-                                Ok(Fetched { data })
+                                Ok(Fetched {
+                                    data,
+                                    source_latency,
+                                })
                             }
                             Err(e) => {
                                 lead.complete(Err(FlightError(e.to_string())));

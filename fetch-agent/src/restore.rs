@@ -59,7 +59,10 @@ pub struct RestoreReport {
     pub name: String,
     pub faults: u64,
     pub fetched_blocks: u64,
+    pub fetched_bytes: u64,
     pub summary: String,
+    /// Everything counted for this restore (faults by source, latencies).
+    pub counters: Arc<Counters>,
 }
 
 struct State {
@@ -119,7 +122,7 @@ impl RestoreDriver {
     /// Serves faults until the VMM closes `conn` (or the uffd fails), then
     /// frees the restore: writes the trace and logs the summary.
     pub fn serve(self: &Arc<Self>, conn: &UnixStream) -> Result<RestoreReport, RestoreError> {
-        if self.ctx.policy.stream.is_some() {
+        if self.ctx.policy.stream.is_some() || self.ctx.policy.zero_fill_ahead {
             let this = self.clone();
             self.ctx
                 .runtime
@@ -158,7 +161,9 @@ impl RestoreDriver {
             name: self.name.clone(),
             faults: self.counters.total_faults(),
             fetched_blocks: self.counters.fetched_blocks(),
+            fetched_bytes: self.counters.fetched_bytes(),
             summary: self.counters.summary(),
+            counters: self.counters.clone(),
         }
     }
 
@@ -297,6 +302,11 @@ impl RestoreDriver {
                     }
                     self.served(&[waiter]);
                 }
+                Action::ZeroFillAhead { runs } => {
+                    for r in &runs {
+                        self.installer.zero(r.start, r.len)?;
+                    }
+                }
                 Action::Wake { waiter } => {
                     self.installer.wake(waiter.page)?;
                     self.served(&[waiter]);
@@ -334,7 +344,13 @@ impl RestoreDriver {
         match request {
             Request::Ready(data) => {
                 // Cached since the decision: deliver it at once.
-                self.fetch_done(block, Ok(Fetched { data }))
+                self.fetch_done(
+                    block,
+                    Ok(Fetched {
+                        data,
+                        source_latency: None,
+                    }),
+                )
             }
             Request::Pending(pending) => {
                 self.lock().flights.insert(block, pending.priority.clone());
@@ -366,7 +382,10 @@ impl RestoreDriver {
             let mut st = self.lock();
             st.flights.remove(&block);
             match result {
-                Ok(f) => (st.policy.block_ready(block, now)?, Some(f.data)),
+                Ok(f) => (
+                    st.policy.block_ready(block, now, f.source_latency)?,
+                    Some(f.data),
+                ),
                 Err(e) => {
                     tracing::warn!(restore = %self.name, "{e}");
                     (st.policy.fetch_failed(block, now)?, None)

@@ -53,6 +53,12 @@ pub trait BlockSource: Send + Sync {
         &'a self,
         checkpoint: &'a CheckpointId,
     ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>>;
+
+    /// Opens what the source needs (a connection) ahead of the first
+    /// restore, so no guest waits for a handshake. Nothing by default.
+    fn connect(&self) -> BoxFuture<'_, Result<(), SourceError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Reads blocks straight from the object store (one ranged GET each).

@@ -19,9 +19,13 @@ use storage_backend::{CheckpointId, CheckpointReader, Manifest, Store};
 
 const PAGES: usize = 1024;
 
+/// Fetches on faults (and prefetches) only, so faults and fetches can be
+/// counted exactly.
 fn policy(window: usize) -> Config {
     Config {
         prefetch_window: window,
+        stream: None,
+        zero_fill_ahead: false,
         ..Config::default()
     }
 }
@@ -33,6 +37,31 @@ fn touch_all_and_check(guest: &MappedGuest, expected: &[u8]) {
         guest.touch(((i * 389) % pages) as u64);
     }
     assert!(guest.bytes() == expected, "restored memory differs");
+}
+
+#[test]
+fn by_default_everything_arrives_without_a_single_fault() {
+    let fx = checkpoint(PAGES);
+    let running = start_agent(&fx, Config::default(), Vec::new(), None);
+    let guest = MappedGuest::new(fx.memory.len()).unwrap();
+    let msg = guest
+        .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
+        .encode();
+    let _conn = guest.hand_off(&fx.socket(), &msg).unwrap();
+    // The guest does nothing: streaming fetches every block, zero pages are
+    // installed ahead.
+    let c = &running.agent.metrics().counters;
+    assert!(
+        wait_until(Duration::from_secs(20), || c.fetched_blocks() as usize
+            == fx.blocks),
+        "{} of {} blocks streamed",
+        c.fetched_blocks(),
+        fx.blocks
+    );
+    // Installs follow the fetch at once; give the last one a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    touch_all_and_check(&guest, &fx.memory);
+    assert_eq!(c.total_faults(), 0, "every page was there before its touch");
 }
 
 #[test]

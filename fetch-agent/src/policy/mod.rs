@@ -10,13 +10,16 @@
 //! not, so an install never covers a page twice.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use storage_backend::format::page_map::PageSource;
 use storage_backend::format::{PageMap, PageRun};
 use storage_backend::Manifest;
 
 use crate::bucket::TokenBucket;
+
+mod window;
+pub use window::StreamWindow;
 
 /// How urgent a fetch is. Ordered: a higher priority is served first, and a
 /// demand fetch never waits behind a lower one.
@@ -43,6 +46,10 @@ impl Priority {
 /// Streaming installs at most this many cached blocks per poll, so one poll
 /// stays short even when the whole checkpoint is in the host cache.
 const MAX_CACHE_INSTALLS_PER_POLL: usize = 64;
+
+/// Zero pages installed ahead per poll (one poll's ioctls stay around a
+/// millisecond).
+const ZERO_AHEAD_PAGES_PER_POLL: u64 = 4096;
 
 /// Where the page of a fault came from (the fault trace's `source` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +134,9 @@ pub enum Action {
     Upgrade { block: u32, priority: Priority },
     /// Install zero pages (`UFFDIO_ZEROPAGE`), then the waiter is served.
     ZeroFill { runs: Vec<PageRun>, waiter: Waiter },
+    /// Install zero pages no fault asked for yet (background), so the guest
+    /// never faults on them.
+    ZeroFillAhead { runs: Vec<PageRun> },
     /// The page is already present or on its way in an install decided
     /// earlier: make sure the faulting thread is awake.
     Wake { waiter: Waiter },
@@ -135,9 +145,11 @@ pub enum Action {
 /// Background streaming of the blocks no fault asked for yet.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StreamConfig {
-    /// Stored bytes per second.
-    pub bytes_per_sec: u64,
-    /// Streaming fetches in flight at once.
+    /// Stored bytes per second; `None`: as fast as `max_in_flight` fetches
+    /// at a time go (they still never hold back a demand fetch).
+    pub bytes_per_sec: Option<u64>,
+    /// Most streaming fetches in flight at once; within it, the window
+    /// adapts to the latency fetches see ([`StreamWindow`]).
     pub max_in_flight: usize,
 }
 
@@ -149,17 +161,34 @@ pub struct Config {
     /// a faulting zero page, so a run of zero pages costs one fault.
     pub zero_window: u64,
     pub stream: Option<StreamConfig>,
+    /// Install every zero page in the background from the start. Each
+    /// costs the kernel a page-table entry pointing at the shared zero page,
+    /// versus a userfaultfd round trip through the agent when the guest
+    /// touches it first (a later write is an ordinary in-kernel copy).
+    pub zero_fill_ahead: bool,
 }
 
+/// What a restore does unless told otherwise (`thaw agent` flags start from
+/// here): prefetch a few blocks after each fault, stream every other block
+/// in prefetch order as fast as a bounded number of fetches in flight
+/// allows (demand fetches always go first), and install the zero pages
+/// ahead. Why, with measurements: `docs/evaluation.md`.
 impl Default for Config {
     fn default() -> Self {
         Config {
             prefetch_window: 4,
             zero_window: 64,
-            stream: None,
+            stream: Some(StreamConfig {
+                bytes_per_sec: None,
+                max_in_flight: DEFAULT_STREAM_IN_FLIGHT,
+            }),
+            zero_fill_ahead: true,
         }
     }
 }
+
+/// Streaming fetches in flight per restore by default.
+pub const DEFAULT_STREAM_IN_FLIGHT: usize = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
@@ -204,6 +233,9 @@ pub struct Restore {
     /// Next position in the prefetch order the stream looks at.
     stream_cursor: usize,
     stream_in_flight: usize,
+    stream_window: StreamWindow,
+    /// Next zero run (index, pages into it) to install ahead.
+    zero_cursor: (usize, u64),
     bucket: Option<TokenBucket>,
     stats: PolicyStats,
 }
@@ -224,7 +256,9 @@ impl Restore {
             .unwrap_or(0);
         let bucket = config
             .stream
-            .map(|s| TokenBucket::new(s.bytes_per_sec, largest, now));
+            .and_then(|s| s.bytes_per_sec)
+            .map(|rate| TokenBucket::new(rate, largest, now));
+        let stream_window = StreamWindow::new(config.stream.map_or(1, |s| s.max_in_flight));
         Restore {
             blocks: vec![BlockState::Absent; manifest.blocks.len()],
             failures: vec![0; manifest.blocks.len()],
@@ -234,6 +268,8 @@ impl Restore {
             config,
             stream_cursor: 0,
             stream_in_flight: 0,
+            stream_window,
+            zero_cursor: (0, 0),
             bucket,
             stats: PolicyStats::default(),
             manifest,
@@ -487,7 +523,15 @@ impl Restore {
     /// A block's verified bytes are available (and in the host cache):
     /// install its pages not yet present and wake its waiters. A block that
     /// is not in flight (already installed) yields nothing.
-    pub fn block_ready(&mut self, block: u32, _now: Instant) -> Result<Vec<Action>, PolicyError> {
+    ///
+    /// `source_latency` is how long the source took when this fetch went to
+    /// one; the streaming window adapts to it.
+    pub fn block_ready(
+        &mut self,
+        block: u32,
+        now: Instant,
+        source_latency: Option<Duration>,
+    ) -> Result<Vec<Action>, PolicyError> {
         let state = self
             .blocks
             .get_mut(block as usize)
@@ -503,6 +547,10 @@ impl Restore {
         };
         if priority == Priority::Stream {
             self.stream_in_flight -= 1;
+        }
+        if let Some(latency) = source_latency {
+            self.stream_window
+                .completed(latency, priority == Priority::Stream, now);
         }
         Ok(vec![self.install(
             block,
@@ -539,18 +587,58 @@ impl Restore {
         Ok(vec![self.start_fetch(block, Priority::Demand, waiters)])
     }
 
+    /// Whether zero pages are still to be installed ahead.
+    fn zero_ahead_left(&self) -> bool {
+        self.config.zero_fill_ahead && self.zero_cursor.0 < self.manifest.zero_pages.len()
+    }
+
+    /// The next zero pages not yet present, up to a poll's share.
+    fn zero_ahead(&mut self) -> Option<Action> {
+        if !self.config.zero_fill_ahead {
+            return None;
+        }
+        let mut runs: Vec<PageRun> = Vec::new();
+        let mut budget = ZERO_AHEAD_PAGES_PER_POLL;
+        while budget > 0 && self.zero_cursor.0 < self.manifest.zero_pages.len() {
+            let run = self.manifest.zero_pages[self.zero_cursor.0];
+            let page = run.start + self.zero_cursor.1;
+            if self.zero_cursor.1 + 1 >= run.len {
+                self.zero_cursor = (self.zero_cursor.0 + 1, 0);
+            } else {
+                self.zero_cursor.1 += 1;
+            }
+            budget -= 1;
+            if self.is_present(page) {
+                continue;
+            }
+            self.mark_present(page);
+            self.stats.zero_pages += 1;
+            match runs.last_mut() {
+                Some(r) if r.end() == page => r.len += 1,
+                _ => runs.push(PageRun {
+                    start: page,
+                    len: 1,
+                }),
+            }
+        }
+        (!runs.is_empty()).then_some(Action::ZeroFillAhead { runs })
+    }
+
     /// Background streaming: fetches (or installs from cache) the next
     /// absent blocks in prefetch order while the token bucket and the
     /// in-flight limit allow.
     pub fn poll(&mut self, now: Instant, cached: &mut dyn FnMut(u32) -> bool) -> Vec<Action> {
-        let Some(stream) = self.config.stream else {
-            return Vec::new();
-        };
         let mut actions = Vec::new();
+        if let Some(zero) = self.zero_ahead() {
+            actions.push(zero);
+        }
+        let Some(stream) = self.config.stream else {
+            return actions;
+        };
         let mut cache_installs = 0;
         let order_len = self.manifest.prefetch_order.len();
         while self.stream_cursor < order_len
-            && self.stream_in_flight < stream.max_in_flight
+            && self.stream_in_flight < self.stream_window.allowed().min(stream.max_in_flight)
             && cache_installs < MAX_CACHE_INSTALLS_PER_POLL
         {
             let block = self.manifest.prefetch_order[self.stream_cursor];
@@ -566,9 +654,10 @@ impl Restore {
                 continue;
             }
             let cost = self.manifest.blocks[block as usize].stored_len;
-            let bucket = self.bucket.as_mut().expect("stream has a bucket");
-            if !bucket.try_take(cost, now) {
-                break;
+            if let Some(bucket) = self.bucket.as_mut() {
+                if !bucket.try_take(cost, now) {
+                    break;
+                }
             }
             self.stream_cursor += 1;
             let fetch = self.start_fetch(block, Priority::Stream, Vec::new());
@@ -581,16 +670,21 @@ impl Restore {
     /// when streaming is off or done, or when it waits for in-flight
     /// streaming fetches to complete (poll again after `block_ready`).
     pub fn next_poll(&self, now: Instant) -> Option<Instant> {
+        if self.zero_ahead_left() {
+            return Some(now);
+        }
         let stream = self.config.stream?;
         let next = self.manifest.prefetch_order[self.stream_cursor..]
             .iter()
             .find(|&&b| matches!(self.blocks[b as usize], BlockState::Absent))?;
-        if self.stream_in_flight >= stream.max_in_flight {
+        if self.stream_in_flight >= self.stream_window.allowed().min(stream.max_in_flight) {
             return None;
         }
         let cost = self.manifest.blocks[*next as usize].stored_len;
-        let bucket = self.bucket.as_ref().expect("stream has a bucket");
-        Some(now + bucket.wait_for(cost, now))
+        match &self.bucket {
+            Some(bucket) => Some(now + bucket.wait_for(cost, now)),
+            None => Some(now),
+        }
     }
 }
 

@@ -78,6 +78,7 @@ fn config(window: usize) -> Config {
         prefetch_window: window,
         zero_window: 16,
         stream: None,
+        zero_fill_ahead: false,
     }
 }
 
@@ -111,7 +112,9 @@ fn demand_fault_fetches_its_block_then_prefetches_the_window() {
         ]
     );
     // The block arrives: all four pages installed, the waiter woken.
-    let actions = r.block_ready(1, t0 + Duration::from_millis(1)).unwrap();
+    let actions = r
+        .block_ready(1, t0 + Duration::from_millis(1), None)
+        .unwrap();
     let [Action::Install {
         block: 1,
         runs,
@@ -133,7 +136,7 @@ fn demand_fault_fetches_its_block_then_prefetches_the_window() {
     assert_eq!(waiters[0].page, 5);
     assert_eq!(waiters[0].source, FaultSource::Demand);
     // A second delivery of the same block installs nothing.
-    assert!(r.block_ready(1, t0).unwrap().is_empty());
+    assert!(r.block_ready(1, t0, None).unwrap().is_empty());
 }
 
 #[test]
@@ -159,7 +162,7 @@ fn fault_on_a_prefetching_block_upgrades_it_to_demand() {
         ]
     );
     assert_eq!(r.in_flight(1), Some(Priority::Demand));
-    let actions = r.block_ready(1, t0).unwrap();
+    let actions = r.block_ready(1, t0, None).unwrap();
     let [Action::Install { waiters, .. }] = actions.as_slice() else {
         panic!("{actions:?}")
     };
@@ -268,7 +271,7 @@ fn scattered_block_installs_in_block_order_offsets() {
     );
     let mut r = Restore::new(m, config(0), t0);
     r.fault(3, t0, &mut never).unwrap();
-    let actions = r.block_ready(0, t0).unwrap();
+    let actions = r.block_ready(0, t0, None).unwrap();
     let [Action::Install { runs, .. }] = actions.as_slice() else {
         panic!()
     };
@@ -338,9 +341,10 @@ fn streaming_follows_the_order_under_the_bandwidth_cap() {
         zero_window: 16,
         // 10 blocks of 1000 bytes a second; 2 in flight at most.
         stream: Some(StreamConfig {
-            bytes_per_sec: 10_000,
+            bytes_per_sec: Some(10_000),
             max_in_flight: 2,
         }),
+        zero_fill_ahead: false,
     };
     let mut r = Restore::new(manifest(20, &blocks, order), cfg, t0);
     // The burst is one block (10 ms of rate is less than a block).
@@ -363,7 +367,7 @@ fn streaming_follows_the_order_under_the_bandwidth_cap() {
     let t2 = t0 + Duration::from_secs(5);
     assert!(r.poll(t2, &mut never).is_empty());
     assert_eq!(r.next_poll(t2), None);
-    r.block_ready(19, t2).unwrap();
+    r.block_ready(19, t2, None).unwrap();
     assert_eq!(r.poll(t2, &mut never).len(), 1);
     // A fault on a streaming block raises it to demand.
     let actions = r.fault(17, t2, &mut never).unwrap();
@@ -519,10 +523,56 @@ impl Model {
                     assert!(self.installed_pages.contains(&waiter.page));
                     self.woken.push(waiter.page);
                 }
+                Action::ZeroFillAhead { runs } => {
+                    for r in runs {
+                        for p in r.start..r.end() {
+                            assert!(self.installed_pages.insert(p), "zero page {p} twice");
+                        }
+                    }
+                }
                 Action::Wake { waiter } => self.woken.push(waiter.page),
             }
         }
     }
+}
+
+#[test]
+fn zero_pages_are_installed_ahead_once_and_then_only_woken() {
+    let t0 = Instant::now();
+    // 40 pages: blocks hold 0..4 and 20..24, the rest is zero.
+    let m = manifest(
+        40,
+        &[
+            vec![PageRun { start: 0, len: 4 }],
+            vec![PageRun { start: 20, len: 4 }],
+        ],
+        vec![0, 1],
+    );
+    let cfg = Config {
+        zero_fill_ahead: true,
+        ..config(0)
+    };
+    let mut r = Restore::new(m, cfg, t0);
+    // A fault on a zero page first: its window is installed at once.
+    let a = r.fault(9, t0, &mut never).unwrap();
+    assert!(
+        matches!(&a[0], Action::ZeroFill { runs, .. } if runs == &vec![PageRun { start: 4, len: 12 }])
+    );
+    assert_eq!(r.next_poll(t0), Some(t0));
+    let a = r.poll(t0, &mut never);
+    assert_eq!(
+        a,
+        vec![Action::ZeroFillAhead {
+            runs: vec![
+                PageRun { start: 16, len: 4 },
+                PageRun { start: 24, len: 16 }
+            ]
+        }]
+    );
+    assert_eq!(r.next_poll(t0), None, "nothing left: no stream, zeros done");
+    assert!(r.poll(t0, &mut never).is_empty());
+    let a = r.fault(30, t0, &mut never).unwrap();
+    assert!(matches!(&a[0], Action::Wake { .. }), "{a:?}");
 }
 
 proptest! {
@@ -535,12 +585,14 @@ proptest! {
         window in 0usize..4,
         cached_mask in any::<u16>(),
         stream in any::<bool>(),
+        zero_ahead in any::<bool>(),
     ) {
         let t0 = Instant::now();
         let cfg = Config {
             prefetch_window: window,
             zero_window: 4,
-            stream: stream.then_some(StreamConfig { bytes_per_sec: 20_000, max_in_flight: 2 }),
+            stream: stream.then_some(StreamConfig { bytes_per_sec: Some(20_000), max_in_flight: 2 }),
+            zero_fill_ahead: zero_ahead,
         };
         let mut r = Restore::new(m.clone(), cfg, t0);
         let mut model = Model::default();
@@ -570,7 +622,7 @@ proptest! {
                     let block = keys[i % keys.len()];
                     model.outstanding.remove(&block);
                     let actions = if matches!(op, Op::Ready(_)) {
-                        r.block_ready(block, now).unwrap()
+                        r.block_ready(block, now, None).unwrap()
                     } else {
                         r.fetch_failed(block, now).unwrap()
                     };
@@ -587,7 +639,7 @@ proptest! {
         // Deliver everything still in flight.
         while let Some(&block) = model.outstanding.keys().min() {
             model.outstanding.remove(&block);
-            let actions = r.block_ready(block, now).unwrap();
+            let actions = r.block_ready(block, now, None).unwrap();
             model.apply(&m, actions);
         }
         let mut faults = model.faults.clone();
@@ -606,7 +658,8 @@ proptest! {
         let cfg = Config {
             prefetch_window: 2,
             zero_window: 4,
-            stream: Some(StreamConfig { bytes_per_sec: 50_000, max_in_flight: 3 }),
+            stream: Some(StreamConfig { bytes_per_sec: Some(50_000), max_in_flight: 3 }),
+            zero_fill_ahead: true,
         };
         let mut r = Restore::new(m.clone(), cfg, t0);
         let mut model = Model::default();
@@ -623,7 +676,7 @@ proptest! {
             let blocks: Vec<u32> = model.outstanding.keys().copied().collect();
             for b in blocks {
                 model.outstanding.remove(&b);
-                let actions = r.block_ready(b, now).unwrap();
+                let actions = r.block_ready(b, now, None).unwrap();
                 model.apply(&m, actions);
             }
         }
@@ -636,13 +689,13 @@ proptest! {
             let blocks: Vec<u32> = model.outstanding.keys().copied().collect();
             for b in blocks {
                 model.outstanding.remove(&b);
-                let actions = r.block_ready(b, now).unwrap();
+                let actions = r.block_ready(b, now, None).unwrap();
                 model.apply(&m, actions);
             }
         }
         prop_assert_eq!(r.installed_blocks(), m.blocks.len());
-        let block_pages: u64 = m.blocks.iter().map(|b| b.page_count()).sum();
-        prop_assert_eq!(model.installed_pages.len() as u64, block_pages);
+        // Zero pages were installed ahead too: every page, each once.
+        prop_assert_eq!(model.installed_pages.len() as u64, m.total_pages());
         prop_assert_eq!(r.next_poll(now), None);
     }
 }
