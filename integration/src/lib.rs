@@ -5,6 +5,7 @@ pub mod commands;
 pub mod counting_store;
 pub mod demo;
 pub mod link;
+pub mod replay;
 pub mod s3_server;
 pub mod serve;
 pub mod synthetic;

@@ -128,6 +128,8 @@ pub async fn run(
             block_servers: vec![source.into_source()],
             policy: Config {
                 prefetch_window: 0,
+                stream: None,
+                zero_fill_ahead: false,
                 ..Config::default()
             },
             fetch: FetchConfig::default(),

@@ -3,6 +3,8 @@
 pub mod checkpoint;
 pub mod fault_latency;
 pub mod fleet;
+pub mod latency;
+pub mod restore;
 pub mod resume;
 pub mod stream;
 

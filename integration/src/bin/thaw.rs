@@ -117,6 +117,10 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Restore strategies side by side: replay workload traces through the fetch agent over emulated links.
+    Restore(RestoreArgs),
+    /// The trace replayer process (started by `bench restore`): map memory as the vmm does, replay a trace.
+    Replay(integration::replay::ReplayArgs),
     /// Write a synthetic memory image as a checkpoint and read it back.
     Checkpoint {
         /// Where to write the JSON results.
@@ -129,6 +133,27 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// A workload directory (workload.json, memory.raw[.zst], traces/); repeat for more.
+    /// Without it, the generated set runs.
+    #[arg(long = "workload")]
+    workloads: Vec<PathBuf>,
+    /// Links to run over: rack, region, object-store (all when absent).
+    #[arg(long = "link")]
+    links: Vec<String>,
+    /// Strategies to run (all when absent): eager, lazy-4k, fixed-blocks, locality,
+    /// locality+prefetch, locality+prefetch+stream, oracle, thaw.
+    #[arg(long = "strategy")]
+    strategies: Vec<bench::restore::strategy::Strategy>,
+    /// Where to write the rows as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A replay taking longer than this fails.
+    #[arg(long, default_value = "10min", value_parser = storage_backend::units::parse_duration)]
+    replay_timeout: std::time::Duration,
 }
 
 fn open_store(spec: &str) -> anyhow::Result<Store> {
@@ -216,6 +241,33 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map(drop)
             }
+            BenchCommand::Restore(args) => {
+                let links = if args.links.is_empty() {
+                    integration::link::LinkSpec::presets()
+                } else {
+                    args.links
+                        .iter()
+                        .map(|l| l.parse())
+                        .collect::<Result<Vec<_>, _>>()?
+                };
+                let strategies = if args.strategies.is_empty() {
+                    bench::restore::strategy::Strategy::ALL.to_vec()
+                } else {
+                    args.strategies
+                };
+                let cfg = bench::restore::RestoreBench {
+                    workloads: args.workloads,
+                    links,
+                    strategies,
+                    thaw: bench::restore::locate_thaw()?,
+                    json: args.json,
+                    replay_timeout: args.replay_timeout,
+                };
+                tokio::task::spawn_blocking(move || bench::restore::run(cfg))
+                    .await?
+                    .map(drop)
+            }
+            BenchCommand::Replay(args) => integration::replay::child::run(args),
         },
     }
 }

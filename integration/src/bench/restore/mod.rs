@@ -1,0 +1,393 @@
+//! `thaw bench restore`: every strategy of restoring a checkpoint, side by
+//! side on the same workload trace and the same emulated link.
+//!
+//! Per workload (a directory in the workload format): a layout is learned
+//! from every trace but the last and the last is measured. The memory is
+//! written as one checkpoint per layout the strategies need, the trace is
+//! replayed once with all memory present (the baseline), then once per
+//! link × strategy by a replayer process whose memory a fresh fetch agent
+//! (cold cache) restores through the link. Restore overhead = time to
+//! finish − baseline.
+
+pub mod checkpoints;
+pub mod eager;
+pub mod env;
+pub mod strategy;
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use fetch_agent::metrics::SourceKind;
+use fetch_agent::{Agent, AgentConfig};
+use serde::Serialize;
+use storage_backend::workload::Workload;
+use storage_backend::Store;
+
+use super::latency::{self, Percentiles};
+use crate::link::LinkSpec;
+use crate::replay::spawn::Memory;
+use crate::replay::{replay, ReplayPlan};
+use env::{LinkEnv, Pki};
+use strategy::{Layout, Plan, Strategy};
+
+/// The store name hand-offs carry; each agent maps it to the link's store.
+const STORE_SPEC: &str = "bench://checkpoints";
+/// Touches that took longer than this waited for memory (a touch of a
+/// present page takes well under a microsecond).
+const STALL_NS: u64 = 1_000;
+/// Host cache of each (fresh) agent: large enough to keep everything.
+const AGENT_CACHE_BYTES: u64 = 4 << 30;
+/// Points of the fault-latency CDF kept per row.
+const CDF_POINTS: usize = 50;
+
+pub struct RestoreBench {
+    pub workloads: Vec<PathBuf>,
+    pub links: Vec<LinkSpec>,
+    pub strategies: Vec<Strategy>,
+    /// The `thaw` binary, whose `bench replay` is the replayer process.
+    pub thaw: PathBuf,
+    pub json: Option<PathBuf>,
+    /// A replay taking longer than this fails.
+    pub replay_timeout: Duration,
+}
+
+/// One workload × link × strategy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub link: String,
+    pub strategy: String,
+    pub time_to_finish_s: f64,
+    pub restore_overhead_s: f64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub faults: u64,
+    /// Time to finish with all memory present (same for every strategy).
+    pub baseline_s: f64,
+    /// 1 − overhead / overhead of `lazy-4k` on the same workload and link.
+    pub overhead_cut_vs_lazy_4k: Option<f64>,
+    /// Time to finish / that of `oracle` on the same workload and link.
+    pub time_vs_oracle: Option<f64>,
+    /// Guest-visible stalls of touches that waited for memory, µs.
+    pub fault_latency_us: Option<Percentiles>,
+    pub fault_latency_cdf: Vec<(f64, f64)>,
+}
+
+pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
+    ensure!(!cfg.workloads.is_empty(), "no workload to run");
+    ensure!(!cfg.links.is_empty(), "no link to run");
+    ensure!(!cfg.strategies.is_empty(), "no strategy to run");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let tmp = tempfile::tempdir().context("benchmark directory")?;
+    let pki = Pki::create(&tmp.path().join("pki"))?;
+    let mut rows = Vec::new();
+    for dir in &cfg.workloads {
+        let workload =
+            Workload::load(dir).with_context(|| format!("workload {}", dir.display()))?;
+        let name = workload.spec.name.clone();
+        let rows_before = rows.len();
+        let (measured, learn) = workload
+            .traces
+            .split_last()
+            .filter(|(_, learn)| !learn.is_empty())
+            .with_context(|| {
+                format!(
+                    "workload {name} ({}) needs at least two traces: one to learn from, the last to measure",
+                    dir.display()
+                )
+            })?;
+        let learn: Vec<_> = learn.iter().collect();
+        println!(
+            "{name}: learn from {} trace(s), measure {} ({} touches)",
+            learn.len(),
+            measured.name,
+            measured.events.len()
+        );
+
+        let store = Store::open("memory://")?;
+        let layouts: Vec<Layout> = cfg
+            .strategies
+            .iter()
+            .map(|s| match s.plan() {
+                Plan::Eager { layout } | Plan::Lazy { layout, .. } => layout,
+            })
+            .collect();
+        let checkpoints = rt.block_on(checkpoints::write(
+            &store, &workload, &learn, measured, &layouts,
+        ))?;
+
+        let image = tmp.path().join(format!("{name}.raw"));
+        std::fs::write(&image, &workload.memory)
+            .with_context(|| format!("writing {}", image.display()))?;
+        let plan = ReplayPlan {
+            thaw: cfg.thaw.clone(),
+            image,
+            regions: crate::replay::child::Regions(
+                workload
+                    .spec
+                    .regions
+                    .iter()
+                    .map(|r| (r.guest_phys_addr, r.size))
+                    .collect(),
+            ),
+            page_size: workload.spec.page_size,
+            trace: dir.join("traces").join(format!("{}.trace", measured.name)),
+            timeout: cfg.replay_timeout,
+        };
+        ensure!(
+            plan.trace.exists(),
+            "the measured trace {} is missing",
+            plan.trace.display()
+        );
+        // The best of two: the baseline is the floor every strategy is
+        // measured against.
+        let baseline = (0..2)
+            .map(|_| replay(&plan, Memory::Present).map(|r| r.time_to_finish_s))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .fold(f64::INFINITY, f64::min);
+        println!("{name}: baseline (all memory present) {baseline:.3} s");
+
+        for link in &cfg.links {
+            for &strategy in &cfg.strategies {
+                let run = Run {
+                    rt: &rt,
+                    pki: &pki,
+                    store: &store,
+                    link,
+                    strategy,
+                    workload: &workload,
+                    checkpoints: &checkpoints,
+                    plan: &plan,
+                    socket: tmp.path().join("agent.sock"),
+                };
+                let m = run
+                    .measure()
+                    .with_context(|| format!("{name} over {} with {strategy}", link.name()))?;
+                let row = m.into_row(&name, link.name(), strategy, baseline);
+                print_row(&row);
+                rows.push(row);
+            }
+        }
+        compare(&mut rows[rows_before..]);
+    }
+    print_table(&rows);
+    if let Some(path) = &cfg.json {
+        let text = serde_json::to_string_pretty(&rows)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(rows)
+}
+
+/// Fills in each row's cut versus lazy-4k and ratio to the oracle.
+fn compare(rows: &mut [Row]) {
+    let find = |rows: &[Row], link: &str, strategy: Strategy| {
+        rows.iter()
+            .find(|r| r.link == link && r.strategy == strategy.name())
+            .map(|r| (r.restore_overhead_s, r.time_to_finish_s))
+    };
+    let snapshot = rows.to_vec();
+    for row in rows.iter_mut() {
+        if let Some((lazy_overhead, _)) = find(&snapshot, &row.link, Strategy::Lazy4k) {
+            if lazy_overhead > 0.0 {
+                row.overhead_cut_vs_lazy_4k = Some(1.0 - row.restore_overhead_s / lazy_overhead);
+            }
+        }
+        if let Some((_, oracle_time)) = find(&snapshot, &row.link, Strategy::Oracle) {
+            row.time_vs_oracle = Some(row.time_to_finish_s / oracle_time);
+        }
+    }
+}
+
+/// What one strategy measured.
+struct Measured {
+    time_to_finish_s: f64,
+    requests: u64,
+    bytes: u64,
+    faults: u64,
+    stalls_us: Vec<f64>,
+}
+
+impl Measured {
+    fn into_row(self, workload: &str, link: &str, strategy: Strategy, baseline: f64) -> Row {
+        Row {
+            workload: workload.to_owned(),
+            link: link.to_owned(),
+            strategy: strategy.name().to_owned(),
+            time_to_finish_s: self.time_to_finish_s,
+            restore_overhead_s: self.time_to_finish_s - baseline,
+            requests: self.requests,
+            bytes: self.bytes,
+            faults: self.faults,
+            baseline_s: baseline,
+            overhead_cut_vs_lazy_4k: None,
+            time_vs_oracle: None,
+            fault_latency_us: latency::percentiles(&self.stalls_us),
+            fault_latency_cdf: latency::cdf(&self.stalls_us, CDF_POINTS),
+        }
+    }
+}
+
+struct Run<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    pki: &'a Pki,
+    store: &'a Store,
+    link: &'a LinkSpec,
+    strategy: Strategy,
+    workload: &'a Workload,
+    checkpoints: &'a checkpoints::Checkpoints,
+    plan: &'a ReplayPlan,
+    socket: PathBuf,
+}
+
+impl Run<'_> {
+    fn measure(&self) -> anyhow::Result<Measured> {
+        let _guard = self.rt.enter();
+        let env = LinkEnv::start(self.link, self.store, self.pki)?;
+        match self.strategy.plan() {
+            Plan::Eager { layout } => self.eager(&env, layout),
+            Plan::Lazy {
+                layout,
+                policy,
+                fetch,
+            } => {
+                let config = AgentConfig {
+                    store: None,
+                    checkpoint: None,
+                    block_servers: env.block_servers()?,
+                    policy,
+                    fetch,
+                    cache_bytes: AGENT_CACHE_BYTES,
+                    trace_dir: None,
+                };
+                self.lazy(&env, layout, config)
+            }
+        }
+    }
+
+    /// Fetch everything, then run: the fetch time plus the baseline run
+    /// (the replay of a guest whose memory is all present).
+    fn eager(&self, env: &LinkEnv, layout: Layout) -> anyhow::Result<Measured> {
+        let id = self.checkpoints.id(layout);
+        let fetched = self.rt.block_on(eager::fetch_all(
+            env.eager_source()?,
+            id,
+            &self.workload.memory,
+        ))?;
+        let run = replay(self.plan, Memory::Present)?;
+        Ok(Measured {
+            time_to_finish_s: fetched.elapsed.as_secs_f64() + run.time_to_finish_s,
+            requests: fetched.requests,
+            bytes: fetched.bytes,
+            faults: 0,
+            stalls_us: Vec::new(),
+        })
+    }
+
+    fn lazy(&self, env: &LinkEnv, layout: Layout, config: AgentConfig) -> anyhow::Result<Measured> {
+        let agent = Agent::new(config, self.rt.handle().clone());
+        agent.register_store(STORE_SPEC, env.agent_store.clone());
+        // A running agent keeps its block-server connections open.
+        self.rt.block_on(agent.connect());
+        let _ = std::fs::remove_file(&self.socket);
+        let listener = UnixListener::bind(&self.socket)
+            .with_context(|| format!("binding {}", self.socket.display()))?;
+        let serving = {
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                let (conn, _) = listener.accept()?;
+                anyhow::Ok(agent.handle(conn)?)
+            })
+        };
+        let id = self.checkpoints.id(layout).to_string();
+        let replayed = replay(
+            self.plan,
+            Memory::Agent {
+                socket: &self.socket,
+                store: STORE_SPEC,
+                checkpoint: &id,
+            },
+        );
+        if replayed.is_err() {
+            // A replayer that died before connecting leaves accept waiting.
+            let _ = std::os::unix::net::UnixStream::connect(&self.socket);
+        }
+        let report = match serving.join() {
+            Ok(r) => r,
+            Err(_) => bail!("the agent's restore thread panicked"),
+        };
+        let replayed = replayed?;
+        let report = report.context("the agent's restore")?;
+        if env.has_block_server() {
+            let direct: u64 = report.counters.blocks[SourceKind::ObjectStore as usize]
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum();
+            ensure!(
+                direct == 0,
+                "{direct} blocks bypassed the block server (and so the link)"
+            );
+        }
+        Ok(Measured {
+            time_to_finish_s: replayed.time_to_finish_s,
+            requests: report.fetched_blocks,
+            bytes: report.fetched_bytes,
+            faults: report.faults,
+            stalls_us: replayed
+                .touch_ns
+                .iter()
+                .filter(|&&ns| ns > STALL_NS)
+                .map(|&ns| ns as f64 / 1000.0)
+                .collect(),
+        })
+    }
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "  {:<13} {:<25} finish {:>8.3} s  overhead {:>8.3} s  requests {:>6}  bytes {:>10}  faults {:>6}",
+        r.link, r.strategy, r.time_to_finish_s, r.restore_overhead_s, r.requests, r.bytes, r.faults
+    );
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<12} {:<13} {:<25} {:>9} {:>9} {:>9} {:>8}",
+        "workload", "link", "strategy", "finish s", "overhd s", "cut", "×oracle"
+    );
+    for r in rows {
+        let cut = r
+            .overhead_cut_vs_lazy_4k
+            .map_or("-".to_owned(), |c| format!("{:.1}%", c * 100.0));
+        let vs = r
+            .time_vs_oracle
+            .map_or("-".to_owned(), |v| format!("{v:.3}"));
+        println!(
+            "{:<12} {:<13} {:<25} {:>9.3} {:>9.3} {:>9} {:>8}",
+            r.workload, r.link, r.strategy, r.time_to_finish_s, r.restore_overhead_s, cut, vs
+        );
+    }
+}
+
+/// The `thaw` binary next to the running executable (tests run from
+/// `target/*/deps`, the binary lives one level up).
+pub fn locate_thaw() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == "thaw") {
+        return Ok(exe);
+    }
+    let dir = exe.parent().context("executable without a directory")?;
+    for candidate in [dir.join("thaw"), dir.join("../thaw")] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no thaw binary next to {}", exe.display())
+}

@@ -1,0 +1,124 @@
+//! `thaw bench restore` as users run it, at a size CI affords: a small
+//! workload directory with three traces of one program (the pages it
+//! touches are scattered over memory, in an order that repeats from run to
+//! run), replayed by the real replayer process through real fetch agents
+//! over the emulated rack link.
+
+use std::path::Path;
+use std::process::Command;
+
+const PAGE: usize = 4096;
+const PAGES: u64 = 4096; // 16 MiB
+
+/// Writes a workload: memory with zero and non-zero pages, and `runs`
+/// traces touching a shuffled working set in a mostly repeatable order.
+fn write_workload(dir: &Path, runs: u64) {
+    std::fs::create_dir_all(dir.join("traces")).unwrap();
+    let mut memory = vec![0u8; PAGES as usize * PAGE];
+    for (i, page) in memory.chunks_mut(PAGE).enumerate() {
+        if i % 3 != 0 {
+            for (j, b) in page.iter_mut().enumerate() {
+                *b = (i * 31 + j / 64) as u8;
+            }
+        }
+    }
+    std::fs::write(dir.join("memory.raw"), &memory).unwrap();
+    std::fs::write(
+        dir.join("workload.json"),
+        format!(
+            r#"{{"name": "scatter", "page_size": 4096, "memory_bytes": {}, "regions": [{{"guest_phys_addr": 0, "size": {}}}]}}"#,
+            memory.len(),
+            memory.len()
+        ),
+    )
+    .unwrap();
+    // The working set: 600 pages spread over memory by a fixed permutation.
+    let working: Vec<u64> = (0..600u64).map(|i| (i * 2654435761) % PAGES).collect();
+    let mut seen = std::collections::HashSet::new();
+    let working: Vec<u64> = working.into_iter().filter(|p| seen.insert(*p)).collect();
+    for run in 0..runs {
+        let mut text = String::from("# t_us page\n");
+        let mut t = 0;
+        for (i, &page) in working.iter().enumerate() {
+            // Each run skips a different tenth of the working set.
+            if (i as u64 + run).is_multiple_of(10) {
+                continue;
+            }
+            t += 150 + (i as u64 * 7 + run * 13) % 100;
+            text.push_str(&format!("{t} {page}\n"));
+        }
+        std::fs::write(dir.join(format!("traces/{:02}.trace", run + 1)), text).unwrap();
+    }
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct Row {
+    workload: String,
+    link: String,
+    strategy: String,
+    time_to_finish_s: f64,
+    restore_overhead_s: f64,
+    requests: u64,
+    bytes: u64,
+    faults: u64,
+}
+
+#[test]
+fn strategies_side_by_side_on_a_small_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("scatter");
+    write_workload(&workload, 3);
+    let json = dir.path().join("rows.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["bench", "restore", "--workload"])
+        .arg(&workload)
+        .args(["--link", "rack"])
+        .args(["--strategy", "eager", "--strategy", "lazy-4k"])
+        .args(["--strategy", "locality+prefetch", "--strategy", "thaw"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let rows: Vec<Row> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r.strategy.as_str()).collect();
+    assert_eq!(names, ["eager", "lazy-4k", "locality+prefetch", "thaw"]);
+    let row = |s: &str| rows.iter().find(|r| r.strategy == s).unwrap();
+    for r in &rows {
+        assert_eq!((r.workload.as_str(), r.link.as_str()), ("scatter", "rack"));
+        // The measured trace lasts at least its last t_us (0.1 s and more).
+        assert!(r.time_to_finish_s > 0.1, "{r:?}");
+        assert!(r.time_to_finish_s.is_finite() && r.restore_overhead_s.is_finite());
+        assert!(r.bytes > 0 && r.requests > 0, "{r:?}");
+    }
+    // Lazy 4 KiB restore faults on every page the run touches (540) and
+    // fetches one page per request.
+    let lazy = row("lazy-4k");
+    assert!(lazy.faults >= 540, "{lazy:?}");
+    assert!(lazy.bytes <= lazy.requests * PAGE as u64, "{lazy:?}");
+    // Eager fetches everything and never faults.
+    assert_eq!(row("eager").faults, 0);
+    // Locality blocks learned from runs 1 and 2 serve run 3 with far fewer faults.
+    let locality = row("locality+prefetch");
+    assert!(
+        locality.faults * 4 < lazy.faults,
+        "{locality:?} vs {lazy:?}"
+    );
+}
+
+#[test]
+fn a_workload_with_one_trace_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("single");
+    write_workload(&workload, 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["bench", "restore", "--link", "rack", "--workload"])
+        .arg(&workload)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least two traces"), "{stderr}");
+}
