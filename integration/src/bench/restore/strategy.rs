@@ -25,8 +25,9 @@ pub enum Strategy {
     /// Knows the measured run's pages in order and streams exactly those
     /// ahead at the link's full speed.
     Oracle,
-    /// Exactly what a default `thaw vm restore --agent` does: the agent's
-    /// default configuration on the profiled checkpoint.
+    /// Exactly what a default `thaw vm restore --agent` does with a
+    /// checkpoint relaid out from profiles (`thaw checkpoint relayout`):
+    /// the agent's default configuration on the profiled checkpoint.
     Thaw,
 }
 
@@ -94,7 +95,7 @@ impl Strategy {
                 policy::Config {
                     stream: Some(StreamConfig {
                         bytes_per_sec: Some(BACKGROUND_STREAM_BYTES_PER_SEC),
-                        max_in_flight: 4,
+                        max_in_flight: policy::DEFAULT_STREAM_IN_FLIGHT,
                     }),
                     zero_fill_ahead: true,
                     ..prefetch
