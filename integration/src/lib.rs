@@ -4,6 +4,7 @@ pub mod bench;
 pub mod commands;
 pub mod counting_store;
 pub mod demo;
+pub mod report;
 pub mod s3_server;
 pub mod serve;
 pub mod synthetic;
