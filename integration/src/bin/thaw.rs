@@ -129,6 +129,8 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Render the evaluation page (markdown and SVG charts) from `bench restore` rows.
+    Report(integration::report::cli::ReportArgs),
 }
 
 fn open_store(spec: &str) -> anyhow::Result<Store> {
@@ -216,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map(drop)
             }
+            BenchCommand::Report(args) => integration::report::cli::run(args),
         },
     }
 }
