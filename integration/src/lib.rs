@@ -6,6 +6,7 @@ pub mod counting_store;
 pub mod demo;
 pub mod link;
 pub mod replay;
+pub mod report;
 pub mod s3_server;
 pub mod serve;
 pub mod synthetic;

@@ -77,6 +77,8 @@ fn strategies_side_by_side_on_a_small_workload() {
         .args(["--strategy", "locality+prefetch", "--strategy", "thaw"])
         .arg("--json")
         .arg(&json)
+        .arg("--report")
+        .arg(dir.path().join("docs/evaluation.md"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -101,6 +103,10 @@ fn strategies_side_by_side_on_a_small_workload() {
     // Eager fetches everything and never faults.
     assert_eq!(row("eager").faults, 0);
     // Locality blocks learned from runs 1 and 2 serve run 3 with far fewer faults.
+    // The evaluation page and its charts come from the same rows.
+    let page = std::fs::read_to_string(dir.path().join("docs/evaluation.md")).unwrap();
+    assert!(page.contains("scatter") && page.contains("rack"), "{page}");
+    assert!(dir.path().join("docs/evaluation").is_dir());
     let locality = row("locality+prefetch");
     assert!(
         locality.faults * 4 < lazy.faults,

@@ -133,6 +133,8 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Render the evaluation page (markdown and SVG charts) from `bench restore` rows.
+    Report(integration::report::cli::ReportArgs),
 }
 
 #[derive(clap::Args)]
@@ -154,6 +156,9 @@ struct RestoreArgs {
     /// A replay taking longer than this fails.
     #[arg(long, default_value = "10min", value_parser = storage_backend::units::parse_duration)]
     replay_timeout: std::time::Duration,
+    /// Also write the evaluation page (e.g. docs/evaluation.md) and its charts from the rows.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 fn open_store(spec: &str) -> anyhow::Result<Store> {
@@ -263,11 +268,26 @@ async fn main() -> anyhow::Result<()> {
                     json: args.json,
                     replay_timeout: args.replay_timeout,
                 };
-                tokio::task::spawn_blocking(move || bench::restore::run(cfg))
-                    .await?
-                    .map(drop)
+                let rows = tokio::task::spawn_blocking(move || bench::restore::run(cfg)).await??;
+                if let Some(out) = args.report {
+                    let measured: Vec<_> = rows.into_iter().map(|r| r.measured).collect();
+                    let meta = integration::report::ReportMeta {
+                        commands: vec![integration::report::format::shell_line(
+                            &std::iter::once("thaw".to_string())
+                                .chain(std::env::args().skip(1))
+                                .collect::<Vec<_>>(),
+                        )],
+                        date: integration::report::host::today_utc(),
+                        machine: integration::report::host::this_machine(),
+                        cdf_workload: None,
+                    };
+                    integration::report::write_report(&measured, &out, &meta)?;
+                    println!("wrote {}", out.display());
+                }
+                Ok(())
             }
             BenchCommand::Replay(args) => integration::replay::child::run(args),
+            BenchCommand::Report(args) => integration::report::cli::run(args),
         },
     }
 }

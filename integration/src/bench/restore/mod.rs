@@ -26,10 +26,11 @@ use serde::Serialize;
 use storage_backend::workload::Workload;
 use storage_backend::Store;
 
-use super::latency::{self, Percentiles};
+use super::latency;
 use crate::link::LinkSpec;
 use crate::replay::spawn::Memory;
 use crate::replay::{replay, ReplayPlan};
+use crate::report::rows::{Link, Row as MeasuredRow};
 use env::{LinkEnv, Pki};
 use strategy::{Layout, Plan, Strategy};
 
@@ -54,26 +55,16 @@ pub struct RestoreBench {
     pub replay_timeout: Duration,
 }
 
-/// One workload × link × strategy.
+/// One workload × link × strategy: what the report reads, plus the
+/// comparisons the benchmark prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    pub workload: String,
-    pub link: String,
-    pub strategy: String,
-    pub time_to_finish_s: f64,
-    pub restore_overhead_s: f64,
-    pub requests: u64,
-    pub bytes: u64,
-    pub faults: u64,
-    /// Time to finish with all memory present (same for every strategy).
-    pub baseline_s: f64,
+    #[serde(flatten)]
+    pub measured: MeasuredRow,
     /// 1 − overhead / overhead of `lazy-4k` on the same workload and link.
     pub overhead_cut_vs_lazy_4k: Option<f64>,
     /// Time to finish / that of `oracle` on the same workload and link.
     pub time_vs_oracle: Option<f64>,
-    /// Guest-visible stalls of touches that waited for memory, µs.
-    pub fault_latency_us: Option<Percentiles>,
-    pub fault_latency_cdf: Vec<(f64, f64)>,
 }
 
 pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
@@ -170,7 +161,7 @@ pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
                 let m = run
                     .measure()
                     .with_context(|| format!("{name} over {} with {strategy}", link.name()))?;
-                let row = m.into_row(&name, link.name(), strategy, baseline);
+                let row = m.into_row(&name, link_of(link)?, strategy, baseline);
                 print_row(&row);
                 rows.push(row);
             }
@@ -188,20 +179,23 @@ pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
 
 /// Fills in each row's cut versus lazy-4k and ratio to the oracle.
 fn compare(rows: &mut [Row]) {
-    let find = |rows: &[Row], link: &str, strategy: Strategy| {
+    let find = |rows: &[Row], link: Link, strategy: Strategy| {
         rows.iter()
-            .find(|r| r.link == link && r.strategy == strategy.name())
+            .map(|r| &r.measured)
+            .find(|r| r.link == link && r.strategy == strategy)
             .map(|r| (r.restore_overhead_s, r.time_to_finish_s))
     };
     let snapshot = rows.to_vec();
     for row in rows.iter_mut() {
-        if let Some((lazy_overhead, _)) = find(&snapshot, &row.link, Strategy::Lazy4k) {
+        let link = row.measured.link;
+        if let Some((lazy_overhead, _)) = find(&snapshot, link, Strategy::Lazy4k) {
             if lazy_overhead > 0.0 {
-                row.overhead_cut_vs_lazy_4k = Some(1.0 - row.restore_overhead_s / lazy_overhead);
+                row.overhead_cut_vs_lazy_4k =
+                    Some(1.0 - row.measured.restore_overhead_s / lazy_overhead);
             }
         }
-        if let Some((_, oracle_time)) = find(&snapshot, &row.link, Strategy::Oracle) {
-            row.time_vs_oracle = Some(row.time_to_finish_s / oracle_time);
+        if let Some((_, oracle_time)) = find(&snapshot, link, Strategy::Oracle) {
+            row.time_vs_oracle = Some(row.measured.time_to_finish_s / oracle_time);
         }
     }
 }
@@ -216,21 +210,23 @@ struct Measured {
 }
 
 impl Measured {
-    fn into_row(self, workload: &str, link: &str, strategy: Strategy, baseline: f64) -> Row {
+    fn into_row(self, workload: &str, link: Link, strategy: Strategy, baseline: f64) -> Row {
         Row {
-            workload: workload.to_owned(),
-            link: link.to_owned(),
-            strategy: strategy.name().to_owned(),
-            time_to_finish_s: self.time_to_finish_s,
-            restore_overhead_s: self.time_to_finish_s - baseline,
-            requests: self.requests,
-            bytes: self.bytes,
-            faults: self.faults,
-            baseline_s: baseline,
+            measured: MeasuredRow {
+                workload: workload.to_owned(),
+                link,
+                strategy,
+                time_to_finish_s: self.time_to_finish_s,
+                restore_overhead_s: self.time_to_finish_s - baseline,
+                requests: self.requests,
+                bytes: self.bytes,
+                faults: self.faults,
+                baseline_s: baseline,
+                fault_latency_us: latency::percentiles(&self.stalls_us),
+                fault_latency_cdf: latency::cdf(&self.stalls_us, CDF_POINTS),
+            },
             overhead_cut_vs_lazy_4k: None,
             time_vs_oracle: None,
-            fault_latency_us: latency::percentiles(&self.stalls_us),
-            fault_latency_cdf: latency::cdf(&self.stalls_us, CDF_POINTS),
         }
     }
 }
@@ -350,10 +346,23 @@ impl Run<'_> {
     }
 }
 
+/// The report's name for a link.
+fn link_of(link: &LinkSpec) -> anyhow::Result<Link> {
+    serde_json::from_value(serde_json::Value::from(link.name()))
+        .with_context(|| format!("link {:?} has no place in the report", link.name()))
+}
+
 fn print_row(r: &Row) {
+    let m = &r.measured;
     println!(
         "  {:<13} {:<25} finish {:>8.3} s  overhead {:>8.3} s  requests {:>6}  bytes {:>10}  faults {:>6}",
-        r.link, r.strategy, r.time_to_finish_s, r.restore_overhead_s, r.requests, r.bytes, r.faults
+        m.link.name(),
+        m.strategy.name(),
+        m.time_to_finish_s,
+        m.restore_overhead_s,
+        m.requests,
+        m.bytes,
+        m.faults
     );
 }
 
@@ -363,6 +372,7 @@ fn print_table(rows: &[Row]) {
         "workload", "link", "strategy", "finish s", "overhd s", "cut", "×oracle"
     );
     for r in rows {
+        let m = &r.measured;
         let cut = r
             .overhead_cut_vs_lazy_4k
             .map_or("-".to_owned(), |c| format!("{:.1}%", c * 100.0));
@@ -371,7 +381,13 @@ fn print_table(rows: &[Row]) {
             .map_or("-".to_owned(), |v| format!("{v:.3}"));
         println!(
             "{:<12} {:<13} {:<25} {:>9.3} {:>9.3} {:>9} {:>8}",
-            r.workload, r.link, r.strategy, r.time_to_finish_s, r.restore_overhead_s, cut, vs
+            m.workload,
+            m.link.name(),
+            m.strategy.name(),
+            m.time_to_finish_s,
+            m.restore_overhead_s,
+            cut,
+            vs
         );
     }
 }

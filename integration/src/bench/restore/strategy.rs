@@ -8,31 +8,43 @@ use std::str::FromStr;
 use fetch_agent::fetch::FetchConfig;
 use fetch_agent::policy::{self, StreamConfig};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Strategy {
     /// Fetch every block, then run.
+    #[serde(rename = "eager")]
     Eager,
     /// 4 KiB pages on demand: the baseline.
+    #[serde(rename = "lazy-4k")]
     Lazy4k,
     /// Blocks of neighbouring pages in physical order, on demand.
+    #[serde(rename = "fixed-blocks")]
     FixedBlocks,
     /// Locality blocks (layout learned from earlier restores), on demand.
+    #[serde(rename = "locality")]
     Locality,
     /// Locality blocks, and the next ones in layout order after each fault.
+    #[serde(rename = "locality+prefetch")]
     LocalityPrefetch,
     /// As above, plus the rest streamed in layout order in the background.
+    #[serde(rename = "locality+prefetch+stream")]
     LocalityPrefetchStream,
     /// Knows the measured run's pages in order and streams exactly those
     /// ahead at the link's full speed.
+    #[serde(rename = "oracle")]
     Oracle,
     /// Exactly what a default `thaw vm restore --agent` does with a
     /// checkpoint relaid out from profiles (`thaw checkpoint relayout`):
     /// the agent's default configuration on the profiled checkpoint.
+    #[serde(rename = "thaw")]
     Thaw,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 8] = [
+    pub const COUNT: usize = 8;
+    /// Every strategy, simplest first (the order of tables and charts).
+    pub const ALL: [Strategy; Strategy::COUNT] = [
         Strategy::Eager,
         Strategy::Lazy4k,
         Strategy::FixedBlocks,
@@ -42,6 +54,11 @@ impl Strategy {
         Strategy::Oracle,
         Strategy::Thaw,
     ];
+
+    /// Position in [`Strategy::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn name(self) -> &'static str {
         match self {
