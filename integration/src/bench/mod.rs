@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod fault_latency;
 pub mod fleet;
+pub mod link;
 pub mod resume;
 pub mod stream;
 
