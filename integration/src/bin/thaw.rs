@@ -121,6 +121,21 @@ enum BenchCommand {
     Restore(RestoreArgs),
     /// The trace replayer process (started by `bench restore`): map memory as the vmm does, replay a trace.
     Replay(integration::replay::ReplayArgs),
+    /// What an emulated link delivers: round trips, QUIC fetches and throughput through it.
+    Link {
+        /// rack, region or object-store.
+        #[arg(long)]
+        link: integration::link::LinkSpec,
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Bytes streamed (memory image, or object read by ranges).
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        memory: u64,
+        /// Requests in flight when measuring throughput.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Write a synthetic memory image as a checkpoint and read it back.
     Checkpoint {
         /// Where to write the JSON results.
@@ -225,6 +240,19 @@ async fn main() -> anyhow::Result<()> {
                 memory,
                 concurrency,
             } => bench::stream::run(bench::stream::StreamBench {
+                memory_bytes: memory,
+                concurrency,
+                json,
+            })
+            .await
+            .map(drop),
+            BenchCommand::Link {
+                link,
+                json,
+                memory,
+                concurrency,
+            } => bench::link::run(bench::link::LinkBench {
+                link,
                 memory_bytes: memory,
                 concurrency,
                 json,
