@@ -7,3 +7,4 @@ pub mod demo;
 pub mod s3_server;
 pub mod serve;
 pub mod synthetic;
+pub mod workloads;
