@@ -10,3 +10,4 @@ pub mod report;
 pub mod s3_server;
 pub mod serve;
 pub mod synthetic;
+pub mod workloads;

@@ -47,6 +47,11 @@ enum Command {
     Agent(fetch_agent::cli::Args),
     /// Serve checkpoint blocks to fetch agents over QUIC.
     BlockServer(integration::serve::BlockServerArgs),
+    /// Generate the restore benchmark's workloads (memory image and traces).
+    Workload {
+        #[command(subcommand)]
+        command: WorkloadCommand,
+    },
     /// Run a benchmark: print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -70,6 +75,22 @@ enum CheckpointCommand {
         /// Id of the new checkpoint (generated when absent).
         #[arg(long = "id")]
         new_id: Option<CheckpointId>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkloadCommand {
+    /// Write DIR/NAME/ (workload.json, memory.raw, traces/) for each generated workload.
+    Generate {
+        /// Directory to write the workloads into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this workload (repeatable); all of them when absent.
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// Seed of every random choice: the same seed gives the same bytes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -158,6 +179,15 @@ struct RestoreArgs {
     /// Without it, the generated set runs.
     #[arg(long = "workload")]
     workloads: Vec<PathBuf>,
+    /// Also run the generated set (generated into --generated-dir unless already there).
+    #[arg(long)]
+    generated: bool,
+    /// Where the generated workloads live.
+    #[arg(long, default_value = "target/workloads")]
+    generated_dir: PathBuf,
+    /// Seed of the generated workloads.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Links to run over: rack, region, object-store (all when absent).
     #[arg(long = "link")]
     links: Vec<String>,
@@ -221,6 +251,14 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("vm command panicked"))?,
         Command::Agent(args) => fetch_agent::cli::run(args).await,
         Command::BlockServer(args) => integration::serve::run(args).await,
+        Command::Workload {
+            command: WorkloadCommand::Generate { out, only, seed },
+        } => {
+            tokio::task::spawn_blocking(move || {
+                integration::workloads::cli::generate(&out, seed, &only)
+            })
+            .await?
+        }
         Command::Bench { bench } => match bench {
             BenchCommand::Fleet {
                 json,
@@ -288,8 +326,17 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     args.strategies
                 };
+                let mut workloads = args.workloads;
+                if workloads.is_empty() || args.generated {
+                    let (dir, seed) = (args.generated_dir.clone(), args.seed);
+                    let generated = tokio::task::spawn_blocking(move || {
+                        integration::workloads::generate_all(&dir, seed, &[])
+                    })
+                    .await??;
+                    workloads.extend(generated);
+                }
                 let cfg = bench::restore::RestoreBench {
-                    workloads: args.workloads,
+                    workloads,
                     links,
                     strategies,
                     thaw: bench::restore::locate_thaw()?,
