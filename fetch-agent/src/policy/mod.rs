@@ -181,6 +181,7 @@ pub struct Config {
     /// versus a userfaultfd round trip through the agent when the guest
     /// touches it first (a later write is an ordinary in-kernel copy).
     pub zero_fill_ahead: bool,
+    /// Whole blocks per install, or only the faulting pages (profiling).
     pub install: InstallScope,
 }
 
