@@ -60,6 +60,15 @@ pub struct Args {
     /// Leave zero pages to faults instead of installing them ahead.
     #[arg(long)]
     pub no_zero_ahead: bool,
+    /// Profiling restore: nothing is installed ahead of a fault and a fault
+    /// installs only its own page (its block is still fetched once and kept
+    /// in the host cache), so every first touch faults and `--trace-dir`
+    /// records a complete profile for `thaw checkpoint relayout`.
+    #[arg(
+        long,
+        conflicts_with_all = ["prefetch_window", "stream_bandwidth", "stream_in_flight"]
+    )]
+    pub profile: bool,
     /// Bound of the host cache of decoded blocks, shared by all restores.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub cache_size: u64,
@@ -109,8 +118,12 @@ impl Args {
 }
 
 impl Args {
-    /// The restore policy: the defaults, changed only where a flag says so.
+    /// The restore policy: the defaults, changed only where a flag says so
+    /// (`--profile`: the profiling policy).
     pub fn policy(&self) -> Config {
+        if self.profile {
+            return Config::profiling();
+        }
         let defaults = Config::default();
         let stream = if self.no_stream {
             None
@@ -222,5 +235,26 @@ mod tests {
             "1MiB"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn profile_gives_the_profiling_policy_and_refuses_prefetch_and_stream_flags() {
+        let p = parse(&["--profile", "--trace-dir", "/tmp/traces"]).policy();
+        assert_eq!(p, Config::profiling());
+        assert_eq!(p.install, crate::policy::InstallScope::Page);
+        // Flags that agree with it are fine.
+        assert_eq!(
+            parse(&["--profile", "--no-stream", "--no-zero-ahead"]).policy(),
+            Config::profiling()
+        );
+        for flag in [
+            ["--prefetch-window", "2"],
+            ["--stream-bandwidth", "1MiB"],
+            ["--stream-in-flight", "8"],
+        ] {
+            let mut argv = vec!["a", "--socket", "s", "--store", "x", "--profile"];
+            argv.extend_from_slice(&flag);
+            assert!(Cli::try_parse_from(argv).is_err(), "{flag:?}");
+        }
     }
 }

@@ -85,20 +85,32 @@ impl Histogram {
         Some(bucket_bound_us(BUCKETS - 1))
     }
 
-    fn render(&self, out: &mut String, name: &str) {
+    /// The histogram's samples; `labels` (e.g. `source="cache"`) go on each.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let (sep, set) = if labels.is_empty() {
+            ("", String::new())
+        } else {
+            (",", format!("{{{labels}}}"))
+        };
         let mut cumulative = 0;
         for (i, c) in self.counts.iter().enumerate() {
             cumulative += c.load(Ordering::Relaxed);
             if i == BUCKETS - 1 {
-                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+                );
             } else {
                 let le = bucket_bound_us(i) / 1e6;
-                let _ = writeln!(out, "{name}_bucket{{le=\"{le:.9}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels}{sep}le=\"{le:.9}\"}} {cumulative}"
+                );
             }
         }
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum:.9}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(out, "{name}_sum{set} {sum:.9}");
+        let _ = writeln!(out, "{name}_count{set} {cumulative}");
     }
 }
 
@@ -109,7 +121,8 @@ pub struct Counters {
     /// Blocks and stored bytes fetched, by source kind and priority.
     pub blocks: [[AtomicU64; 3]; 2],
     pub bytes: [[AtomicU64; 3]; 2],
-    /// Blocks installed straight from the host cache, and their raw bytes.
+    /// Installs straight from the host cache (a block's missing pages, or in
+    /// a profiling restore the faulting page), and the bytes they copied.
     pub cache_blocks: AtomicU64,
     pub cache_bytes: AtomicU64,
     /// Fetches that failed on one source (error, timeout) and moved on.
@@ -117,6 +130,10 @@ pub struct Counters {
     /// Blocks whose bytes did not match the manifest's hash.
     pub bad_blocks: AtomicU64,
     pub latency: Histogram,
+    /// The same latencies split by where the page came from (in
+    /// [`FaultSource::ALL`] order): a cache-served page and a network fetch
+    /// differ by orders of magnitude.
+    pub latency_by_source: [Histogram; 4],
 }
 
 fn priority_index(p: Priority) -> usize {
@@ -131,6 +148,16 @@ impl Counters {
             .expect("listed");
         self.faults[i].fetch_add(1, Ordering::Relaxed);
         self.latency.record(latency);
+        self.latency_by_source[i].record(latency);
+    }
+
+    /// Latencies of the faults served from `source`.
+    pub fn latency_of(&self, source: FaultSource) -> &Histogram {
+        let i = FaultSource::ALL
+            .iter()
+            .position(|s| *s == source)
+            .expect("listed");
+        &self.latency_by_source[i]
     }
 
     pub fn fetched(&self, kind: SourceKind, priority: Priority, stored_bytes: u64) {
@@ -147,9 +174,9 @@ impl Counters {
         self.bad_blocks.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn cache_install(&self, raw_bytes: u64) {
+    pub fn cache_install(&self, copied_bytes: u64) {
         self.cache_blocks.fetch_add(1, Ordering::Relaxed);
-        self.cache_bytes.fetch_add(raw_bytes, Ordering::Relaxed);
+        self.cache_bytes.fetch_add(copied_bytes, Ordering::Relaxed);
     }
 
     pub fn faults_of(&self, source: FaultSource) -> u64 {
@@ -262,7 +289,7 @@ impl Metrics {
         let simple = [
             (
                 "thaw_agent_cache_install_blocks_total",
-                "Blocks installed from the host cache.",
+                "Installs from the host cache (a block's missing pages, or one page when profiling).",
                 c.cache_blocks.load(Ordering::Relaxed),
             ),
             (
@@ -337,7 +364,17 @@ impl Metrics {
             "# HELP {name} Fault service latency, fault read to wake."
         );
         let _ = writeln!(out, "# TYPE {name} histogram");
-        c.latency.render(&mut out, name);
+        c.latency.render(&mut out, name, "");
+        let name = "thaw_agent_fault_latency_by_source_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Fault service latency, fault read to wake, by where the page came from."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (i, s) in FaultSource::ALL.iter().enumerate() {
+            let labels = format!("source=\"{}\"", s.as_str());
+            c.latency_by_source[i].render(&mut out, name, &labels);
+        }
         out
     }
 }
@@ -381,6 +418,20 @@ mod tests {
             "thaw_agent_bytes_fetched_total{source=\"object_store\",priority=\"demand\"} 4096"
         ));
         assert!(text.contains("thaw_agent_fault_latency_seconds_count 2"));
+        assert!(
+            text.contains("thaw_agent_fault_latency_by_source_seconds_count{source=\"cache\"} 1")
+        );
+        assert!(text.contains(
+            "thaw_agent_fault_latency_by_source_seconds_bucket{source=\"demand\",le=\"+Inf\"} 1"
+        ));
+        assert_eq!(
+            m.counters
+                .latency_of(FaultSource::Cache)
+                .quantile_us(0.5)
+                .unwrap(),
+            8.0,
+            "7 us falls in the bucket up to 2^3 us"
+        );
         assert!(text.contains("le=\"+Inf\"} 2"));
         assert!(text.contains("thaw_agent_cache_hit_ratio 0"));
         // Every sample line is `name{labels} value` or `name value`.

@@ -274,14 +274,18 @@ impl RestoreDriver {
                         Origin::Fetched(_) => fetched.filter(|(b, _)| *b == block).map(|(_, d)| d),
                     }
                     .expect("the policy installs only blocks whose bytes it was shown");
+                    let mut copied = 0u64;
                     for r in &runs {
                         let from = (r.block_offset * ps) as usize;
                         let to = ((r.block_offset + r.len) * ps) as usize;
                         self.installer.copy(r.page, &data[from..to])?;
+                        copied += r.len * ps;
                     }
                     if origin == Origin::Cache {
+                        // What was copied: a profiling restore installs one
+                        // page of a cached block at a time.
                         for c in [&self.ctx.metrics.counters, &*self.counters] {
-                            c.cache_install(data.len() as u64);
+                            c.cache_install(copied);
                         }
                     }
                     self.served(&waiters);

@@ -7,7 +7,12 @@
 //! guest spent waiting for the agent (the sum of earlier faults' service
 //! times), so a trace recorded during a slow restore still describes the
 //! workload. With several vCPUs faulting at once this over-subtracts; the
-//! order of pages, what profiling uses, stays right.
+//! order of pages, what profiling uses, stays right: records are ordered by
+//! when their fault was read, not by when they were recorded (a fault served
+//! from the cache on the fault thread can be recorded before an earlier one
+//! whose fetch completes on another thread), and `t_us` never goes back (a
+//! service time is measured a little after the wake-up, so the guest may
+//! already fault again within it).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -28,16 +33,24 @@ pub struct TraceRecord {
 #[derive(Debug)]
 pub struct TraceRecorder {
     start: Instant,
-    stalled: Duration,
-    records: Vec<TraceRecord>,
+    faults: Vec<Served>,
+}
+
+/// A fault as recorded: read at `at`, served `latency` later.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    at: Instant,
+    latency: Duration,
+    page: u64,
+    block: Option<u32>,
+    source: FaultSource,
 }
 
 impl TraceRecorder {
     pub fn new(start: Instant) -> Self {
         TraceRecorder {
             start,
-            stalled: Duration::ZERO,
-            records: Vec::new(),
+            faults: Vec::new(),
         }
     }
 
@@ -50,12 +63,9 @@ impl TraceRecorder {
         block: Option<u32>,
         source: FaultSource,
     ) {
-        let progress = at
-            .saturating_duration_since(self.start)
-            .saturating_sub(self.stalled);
-        self.stalled += latency;
-        self.records.push(TraceRecord {
-            t_us: progress.as_micros() as u64,
+        self.faults.push(Served {
+            at,
+            latency,
             page,
             block,
             source,
@@ -63,19 +73,38 @@ impl TraceRecorder {
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.faults.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.faults.is_empty()
     }
 
-    /// The records sorted by time, each page once (its first fault).
+    /// The records in the order their faults were read, each page once (its
+    /// first fault), with guest progress that never goes back.
     pub fn finish(&self) -> Vec<TraceRecord> {
-        let mut out = self.records.clone();
-        out.sort_by_key(|r| r.t_us);
+        let mut faults = self.faults.clone();
+        faults.sort_by_key(|f| f.at);
+        let mut stalled = Duration::ZERO;
+        let mut last = Duration::ZERO;
         let mut seen = HashSet::new();
-        out.retain(|r| seen.insert(r.page));
+        let mut out = Vec::with_capacity(faults.len());
+        for f in faults {
+            let progress =
+                f.at.saturating_duration_since(self.start)
+                    .saturating_sub(stalled)
+                    .max(last);
+            stalled += f.latency;
+            last = progress;
+            if seen.insert(f.page) {
+                out.push(TraceRecord {
+                    t_us: progress.as_micros() as u64,
+                    page: f.page,
+                    block: f.block,
+                    source: f.source,
+                });
+            }
+        }
         out
     }
 
@@ -139,5 +168,25 @@ mod tests {
         );
         assert_eq!(parse_pages(&text).unwrap(), vec![(10_000, 7), (15_000, 3)]);
         assert!(parse_pages("1 x").is_err());
+    }
+
+    #[test]
+    fn order_is_the_order_faults_were_read_whoever_records_first() {
+        let t0 = Instant::now();
+        let mut r = TraceRecorder::new(t0);
+        let us = Duration::from_micros;
+        // A demand fault read at 100 us, woken at 400 us, but its service
+        // time measured at 420 us by the thread that fetched it, after the
+        // fault thread already read (405 us) and served the next fault from
+        // the cache and recorded it.
+        r.record(t0 + us(405), us(10), 9, Some(2), FaultSource::Cache);
+        r.record(t0 + us(100), us(320), 8, Some(2), FaultSource::Demand);
+        r.record(t0 + us(500), us(10), 10, Some(2), FaultSource::Cache);
+        let recs = r.finish();
+        let pages: Vec<u64> = recs.iter().map(|r| r.page).collect();
+        assert_eq!(pages, vec![8, 9, 10]);
+        let t: Vec<u64> = recs.iter().map(|r| r.t_us).collect();
+        // 405 - 320 would be 85 < 100: held at 100. Then 500 - 330 = 170.
+        assert_eq!(t, vec![100, 100, 170]);
     }
 }

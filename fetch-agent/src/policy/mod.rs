@@ -6,8 +6,9 @@
 //! the way quinn-proto is to quinn.
 //!
 //! Per block the state is absent, in flight (with its priority and the faults
-//! waiting for it) or installed. Pages are tracked one by one as present or
-//! not, so an install never covers a page twice.
+//! waiting for it), delivered (its bytes arrived but only some of its pages
+//! were installed: a profiling restore) or installed. Pages are tracked one
+//! by one as present or not, so an install never covers a page twice.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,6 +154,20 @@ pub struct StreamConfig {
     pub max_in_flight: usize,
 }
 
+/// Which pages of a block an install covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstallScope {
+    /// Every page of the block not yet present: one fault brings in the
+    /// block's pages the guest is about to need.
+    #[default]
+    Block,
+    /// Only the pages faults wait for. The block is still fetched whole (one
+    /// fetch) and kept in the host cache, but its other pages stay absent,
+    /// so their first touch faults too and is served from the cache: every
+    /// first touch is seen, which a profile needs.
+    Page,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Blocks after a faulting block in the prefetch order to prefetch.
@@ -166,6 +181,8 @@ pub struct Config {
     /// versus a userfaultfd round trip through the agent when the guest
     /// touches it first (a later write is an ordinary in-kernel copy).
     pub zero_fill_ahead: bool,
+    /// Whole blocks per install, or only the faulting pages (profiling).
+    pub install: InstallScope,
 }
 
 /// What a restore does unless told otherwise (`thaw agent` flags start from
@@ -183,6 +200,25 @@ impl Default for Config {
                 max_in_flight: DEFAULT_STREAM_IN_FLIGHT,
             }),
             zero_fill_ahead: true,
+            install: InstallScope::Block,
+        }
+    }
+}
+
+impl Config {
+    /// A profiling restore (`thaw agent --profile`): every first touch of a
+    /// page faults, so the fault trace is a complete profile. Nothing is
+    /// installed ahead of a fault (no prefetch, no streaming, no zero pages
+    /// ahead, one zero page per fault) and a fault installs only its own
+    /// page; the rest of its block waits in the host cache for its own
+    /// fault, a local copy of one page.
+    pub fn profiling() -> Self {
+        Config {
+            prefetch_window: 0,
+            zero_window: 1,
+            stream: None,
+            zero_fill_ahead: false,
+            install: InstallScope::Page,
         }
     }
 }
@@ -205,6 +241,12 @@ enum BlockState {
         priority: Priority,
         waiters: Vec<Waiter>,
     },
+    /// The block's bytes arrived (and went to the host cache) but only some
+    /// of its pages were installed ([`InstallScope::Page`]). A fault on one
+    /// of the others installs it from the cache, or fetches the block again
+    /// if the cache dropped it.
+    Delivered,
+    /// Every page of the block is present.
     Installed,
 }
 
@@ -388,10 +430,10 @@ impl Restore {
                     }
                     self.count(FaultSource::Prefetch);
                 }
-                BlockState::Absent => {
+                BlockState::Absent | BlockState::Delivered => {
                     if cached(block) {
                         waiter.source = FaultSource::Cache;
-                        actions.push(self.install(block, vec![waiter], Origin::Cache));
+                        actions.extend(self.install(block, vec![waiter], Origin::Cache));
                     } else {
                         let fetch = self.start_fetch(block, Priority::Demand, vec![waiter]);
                         actions.push(fetch);
@@ -450,7 +492,7 @@ impl Restore {
             match &mut self.blocks[next as usize] {
                 BlockState::Absent => {
                     if cached(next) {
-                        actions.push(self.install(next, Vec::new(), Origin::Cache));
+                        actions.extend(self.install(next, Vec::new(), Origin::Cache));
                     } else {
                         let fetch = self.start_fetch(next, Priority::Prefetch, Vec::new());
                         actions.push(fetch);
@@ -464,7 +506,7 @@ impl Restore {
                         priority: Priority::Prefetch,
                     });
                 }
-                BlockState::InFlight { .. } | BlockState::Installed => {}
+                BlockState::InFlight { .. } | BlockState::Delivered | BlockState::Installed => {}
             }
         }
     }
@@ -483,41 +525,50 @@ impl Restore {
         }
     }
 
-    /// Marks the block's pages that are not yet present as present and
-    /// returns the install of exactly those.
-    fn install(&mut self, block: u32, waiters: Vec<Waiter>, origin: Origin) -> Action {
+    /// Marks the block's pages the install scope covers that are not yet
+    /// present as present and returns the install of exactly those (`None`
+    /// when there is nothing to copy and nobody to wake). The block ends
+    /// installed when all its pages are present, delivered otherwise.
+    fn install(&mut self, block: u32, waiters: Vec<Waiter>, origin: Origin) -> Option<Action> {
+        let whole = self.config.install == InstallScope::Block;
+        let manifest = self.manifest.clone();
+        let mut runs: Vec<InstallRun> = Vec::new();
+        let mut all_present = true;
+        for (offset, page) in manifest.blocks[block as usize].page_iter().enumerate() {
+            let offset = offset as u64;
+            let wanted = whole || waiters.iter().any(|w| w.page == page);
+            if wanted && !self.is_present(page) {
+                self.mark_present(page);
+                match runs.last_mut() {
+                    Some(r) if r.page + r.len == page && r.block_offset + r.len == offset => {
+                        r.len += 1
+                    }
+                    _ => runs.push(InstallRun {
+                        page,
+                        len: 1,
+                        block_offset: offset,
+                    }),
+                }
+            }
+            all_present &= self.is_present(page);
+        }
+        self.blocks[block as usize] = if all_present {
+            BlockState::Installed
+        } else {
+            BlockState::Delivered
+        };
+        if runs.is_empty() && waiters.is_empty() {
+            return None;
+        }
         if origin == Origin::Cache {
             self.stats.cache_installs += 1;
         }
-        let entry = &self.manifest.blocks[block as usize];
-        let mut runs: Vec<InstallRun> = Vec::new();
-        let mut offset = 0u64;
-        let pages: Vec<PageRun> = entry.pages.clone();
-        for run in pages {
-            for page in run.start..run.end() {
-                if !self.is_present(page) {
-                    self.mark_present(page);
-                    match runs.last_mut() {
-                        Some(r) if r.page + r.len == page && r.block_offset + r.len == offset => {
-                            r.len += 1
-                        }
-                        _ => runs.push(InstallRun {
-                            page,
-                            len: 1,
-                            block_offset: offset,
-                        }),
-                    }
-                }
-                offset += 1;
-            }
-        }
-        self.blocks[block as usize] = BlockState::Installed;
-        Action::Install {
+        Some(Action::Install {
             block,
             runs,
             waiters,
             origin,
-        }
+        })
     }
 
     /// A block's verified bytes are available (and in the host cache):
@@ -552,11 +603,10 @@ impl Restore {
             self.stream_window
                 .completed(latency, priority == Priority::Stream, now);
         }
-        Ok(vec![self.install(
-            block,
-            waiters,
-            Origin::Fetched(priority),
-        )])
+        Ok(self
+            .install(block, waiters, Origin::Fetched(priority))
+            .into_iter()
+            .collect())
     }
 
     /// Every source failed to deliver the block. With faults waiting, it is
@@ -650,7 +700,7 @@ impl Restore {
             if cached(block) {
                 self.stream_cursor += 1;
                 cache_installs += 1;
-                actions.push(self.install(block, Vec::new(), Origin::Cache));
+                actions.extend(self.install(block, Vec::new(), Origin::Cache));
                 continue;
             }
             let cost = self.manifest.blocks[block as usize].stored_len;

@@ -79,6 +79,7 @@ fn config(window: usize) -> Config {
         zero_window: 16,
         stream: None,
         zero_fill_ahead: false,
+        install: InstallScope::Block,
     }
 }
 
@@ -345,6 +346,7 @@ fn streaming_follows_the_order_under_the_bandwidth_cap() {
             max_in_flight: 2,
         }),
         zero_fill_ahead: false,
+        install: InstallScope::Block,
     };
     let mut r = Restore::new(manifest(20, &blocks, order), cfg, t0);
     // The burst is one block (10 ms of rate is less than a block).
@@ -399,6 +401,177 @@ fn streaming_follows_the_order_under_the_bandwidth_cap() {
     ));
 }
 
+#[test]
+fn profiling_defaults_change_nothing_else() {
+    // The tuned defaults install whole blocks; profiling is its own policy.
+    assert_eq!(Config::default().install, InstallScope::Block);
+    let p = Config::profiling();
+    assert_eq!(
+        (
+            p.prefetch_window,
+            p.zero_window,
+            p.stream,
+            p.zero_fill_ahead
+        ),
+        (0, 1, None, false)
+    );
+    assert_eq!(p.install, InstallScope::Page);
+}
+
+#[test]
+fn profiling_installs_the_faulting_page_and_serves_the_block_s_others_from_the_cache() {
+    let t0 = Instant::now();
+    let mut r = Restore::new(simple(), Config::profiling(), t0);
+    // Block 1 holds pages 4..8. One fetch, nothing prefetched.
+    assert_eq!(
+        r.fault(5, t0, &mut never).unwrap(),
+        vec![Action::Fetch {
+            block: 1,
+            priority: Priority::Demand,
+            attempt: 0
+        }]
+    );
+    // The block arrives: only page 5 (its second page) is installed.
+    let actions = r.block_ready(1, t0, None).unwrap();
+    let [Action::Install {
+        block: 1,
+        runs,
+        waiters,
+        origin: Origin::Fetched(Priority::Demand),
+    }] = actions.as_slice()
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(
+        runs,
+        &vec![InstallRun {
+            page: 5,
+            len: 1,
+            block_offset: 1
+        }]
+    );
+    assert_eq!(waiters[0].page, 5);
+    assert!(r.is_present(5));
+    assert!(!r.is_present(4) && !r.is_present(6) && !r.is_present(7));
+    assert_eq!(r.installed_blocks(), 0, "delivered, not installed");
+    assert_eq!(r.in_flight(1), None);
+
+    // The block's next page faults too and is served from the host cache,
+    // without a second fetch.
+    let in_cache = |b: u32| b == 1;
+    let actions = r.fault(7, t0, &mut { in_cache }).unwrap();
+    assert_eq!(
+        actions,
+        vec![Action::Install {
+            block: 1,
+            runs: vec![InstallRun {
+                page: 7,
+                len: 1,
+                block_offset: 3
+            }],
+            waiters: vec![Waiter {
+                page: 7,
+                at: t0,
+                source: FaultSource::Cache,
+                block: Some(1)
+            }],
+            origin: Origin::Cache,
+        }]
+    );
+    r.fault(4, t0, &mut { in_cache }).unwrap();
+    assert_eq!(r.installed_blocks(), 0);
+    r.fault(6, t0, &mut { in_cache }).unwrap();
+    assert_eq!(r.installed_blocks(), 1, "every page present: installed");
+    // A racing second fault on a present page only wakes.
+    assert!(matches!(
+        r.fault(6, t0, &mut { in_cache }).unwrap()[..],
+        [Action::Wake { .. }]
+    ));
+    let stats = r.stats();
+    assert_eq!(stats.fetches, 1, "one fetch for the whole block");
+    assert_eq!(stats.cache_installs, 3);
+    assert_eq!(
+        stats.faults_by_source,
+        [3, 1, 1, 0],
+        "cache, prefetch (the racing wake), demand, zero"
+    );
+}
+
+#[test]
+fn profiling_fetches_a_delivered_block_again_only_when_the_cache_dropped_it() {
+    let t0 = Instant::now();
+    let mut r = Restore::new(simple(), Config::profiling(), t0);
+    r.fault(0, t0, &mut never).unwrap();
+    r.block_ready(0, t0, None).unwrap();
+    // Evicted from the host cache: the next page's fault fetches the block
+    // again, at demand priority, and installs only that page.
+    let actions = r.fault(2, t0, &mut never).unwrap();
+    assert_eq!(
+        actions,
+        vec![Action::Fetch {
+            block: 0,
+            priority: Priority::Demand,
+            attempt: 0
+        }]
+    );
+    let actions = r.block_ready(0, t0, None).unwrap();
+    assert!(
+        matches!(&actions[..], [Action::Install { runs, waiters, .. }]
+            if runs == &vec![InstallRun { page: 2, len: 1, block_offset: 2 }]
+                && waiters.len() == 1 && waiters[0].source == FaultSource::Demand),
+        "{actions:?}"
+    );
+    assert!(!r.is_present(1) && !r.is_present(3));
+}
+
+#[test]
+fn profiling_faults_on_every_zero_page() {
+    let t0 = Instant::now();
+    let mut r = Restore::new(simple(), Config::profiling(), t0);
+    assert_eq!(r.next_poll(t0), None, "nothing ahead of faults");
+    assert!(r.poll(t0, &mut never).is_empty());
+    // Pages 32..64 are zero: one page per fault.
+    for page in [40, 41, 33] {
+        let actions = r.fault(page, t0, &mut never).unwrap();
+        assert!(
+            matches!(&actions[..], [Action::ZeroFill { runs, .. }]
+                if runs == &vec![PageRun { start: page, len: 1 }]),
+            "{actions:?}"
+        );
+    }
+}
+
+#[test]
+fn page_scope_with_streaming_fills_the_cache_and_installs_nothing_ahead() {
+    let t0 = Instant::now();
+    let cfg = Config {
+        stream: Some(StreamConfig {
+            bytes_per_sec: None,
+            max_in_flight: 8,
+        }),
+        ..Config::profiling()
+    };
+    let mut r = Restore::new(simple(), cfg, t0);
+    let mut streamed = 0;
+    while !r.all_requested() {
+        for a in r.poll(t0, &mut never) {
+            let Action::Fetch { block, .. } = a else {
+                panic!("{a:?}")
+            };
+            streamed += 1;
+            assert!(r.block_ready(block, t0, None).unwrap().is_empty());
+        }
+    }
+    assert_eq!(streamed, 8, "delivered blocks are not streamed again");
+    assert!(r.poll(t0, &mut never).is_empty());
+    assert!((0..32).all(|p| !r.is_present(p)));
+    let actions = r.fault(9, t0, &mut |_| true).unwrap();
+    assert!(
+        matches!(&actions[..], [Action::Install { origin: Origin::Cache, runs, .. }] if runs.len() == 1 && runs[0].len == 1),
+        "{actions:?}"
+    );
+}
+
 // ---- Property tests: a model driver over random events. ----
 
 #[derive(Debug, Clone)]
@@ -407,6 +580,8 @@ enum Op {
     Ready(usize),
     Fail(usize),
     Tick(u64),
+    /// The host cache drops a block it holds.
+    Evict(usize),
 }
 
 fn ops(pages: u64) -> impl Strategy<Value = Vec<Op>> {
@@ -416,6 +591,7 @@ fn ops(pages: u64) -> impl Strategy<Value = Vec<Op>> {
             3 => any::<usize>().prop_map(Op::Ready),
             1 => any::<usize>().prop_map(Op::Fail),
             1 => (0u64..200).prop_map(Op::Tick),
+            1 => any::<usize>().prop_map(Op::Evict),
         ],
         1..120,
     )
@@ -464,12 +640,26 @@ struct Model {
     /// Blocks with a fetch outstanding, and its current priority.
     outstanding: HashMap<u32, Priority>,
     fetched: HashSet<(u32, u32)>,
+    /// Blocks the host cache holds: delivered ones until evicted.
+    in_cache: HashSet<u32>,
     installed_pages: HashSet<u64>,
     faults: Vec<u64>,
     woken: Vec<u64>,
+    /// Install only the pages waiters wait for (a profiling restore).
+    page_scope: bool,
 }
 
 impl Model {
+    fn cached(&self, mask: u16) -> impl FnMut(u32) -> bool + '_ {
+        move |b| mask & (1 << (b % 16)) != 0 || self.in_cache.contains(&b)
+    }
+
+    /// The cache drops `block`: a later fetch of it is a fresh one.
+    fn evict(&mut self, block: u32) {
+        self.in_cache.remove(&block);
+        self.fetched.retain(|(b, _)| *b != block);
+    }
+
     fn apply(&mut self, m: &Manifest, actions: Vec<Action>) {
         for a in actions {
             match a {
@@ -507,6 +697,12 @@ impl Model {
                             let page = r.page + i;
                             assert_eq!(order[(r.block_offset + i) as usize], page);
                             assert!(self.installed_pages.insert(page), "page {page} twice");
+                            if self.page_scope {
+                                assert!(
+                                    waiters.iter().any(|w| w.page == page),
+                                    "page {page} installed though no fault waits for it"
+                                );
+                            }
                         }
                     }
                     for w in waiters {
@@ -586,6 +782,7 @@ proptest! {
         cached_mask in any::<u16>(),
         stream in any::<bool>(),
         zero_ahead in any::<bool>(),
+        page_scope in any::<bool>(),
     ) {
         let t0 = Instant::now();
         let cfg = Config {
@@ -593,12 +790,12 @@ proptest! {
             zero_window: 4,
             stream: stream.then_some(StreamConfig { bytes_per_sec: Some(20_000), max_in_flight: 2 }),
             zero_fill_ahead: zero_ahead,
+            install: if page_scope { InstallScope::Page } else { InstallScope::Block },
         };
         let mut r = Restore::new(m.clone(), cfg, t0);
-        let mut model = Model::default();
+        let mut model = Model { page_scope, ..Model::default() };
         let mut now = t0;
         let total = m.total_pages();
-        let mut cached = |b: u32| cached_mask & (1 << (b % 16)) != 0;
         for op in ops {
             match op {
                 Op::Fault(page) => {
@@ -606,7 +803,7 @@ proptest! {
                     // Faults on present pages happen too (a fault read after a racing
                     // install): they must be woken like any other.
                     model.faults.push(page);
-                    let actions = r.fault(page, now, &mut cached).unwrap();
+                    let actions = r.fault(page, now, &mut model.cached(cached_mask)).unwrap();
                     model.apply(&m, actions);
                     // Demand never waits behind prefetch: the faulting page is
                     // present, or its block is in flight at demand priority.
@@ -622,6 +819,8 @@ proptest! {
                     let block = keys[i % keys.len()];
                     model.outstanding.remove(&block);
                     let actions = if matches!(op, Op::Ready(_)) {
+                        // Delivered bytes go to the host cache.
+                        model.in_cache.insert(block);
                         r.block_ready(block, now, None).unwrap()
                     } else {
                         r.fetch_failed(block, now).unwrap()
@@ -631,14 +830,19 @@ proptest! {
                 Op::Ready(_) | Op::Fail(_) => {}
                 Op::Tick(ms) => {
                     now += Duration::from_millis(ms);
-                    let actions = r.poll(now, &mut cached);
+                    let actions = r.poll(now, &mut model.cached(cached_mask));
                     model.apply(&m, actions);
+                }
+                Op::Evict(i) => {
+                    let block = (i % m.blocks.len()) as u32;
+                    model.evict(block);
                 }
             }
         }
         // Deliver everything still in flight.
         while let Some(&block) = model.outstanding.keys().min() {
             model.outstanding.remove(&block);
+            model.in_cache.insert(block);
             let actions = r.block_ready(block, now, None).unwrap();
             model.apply(&m, actions);
         }
@@ -660,6 +864,7 @@ proptest! {
             zero_window: 4,
             stream: Some(StreamConfig { bytes_per_sec: Some(50_000), max_in_flight: 3 }),
             zero_fill_ahead: true,
+            install: InstallScope::Block,
         };
         let mut r = Restore::new(m.clone(), cfg, t0);
         let mut model = Model::default();
@@ -697,5 +902,99 @@ proptest! {
         // Zero pages were installed ahead too: every page, each once.
         prop_assert_eq!(model.installed_pages.len() as u64, m.total_pages());
         prop_assert_eq!(r.next_poll(now), None);
+    }
+
+    /// A profiling restore sees every first touch: no page is present before
+    /// a fault asked for it, a block is fetched once however many of its
+    /// pages fault (while the cache keeps it), and the block's later pages
+    /// come from the cache.
+    #[test]
+    fn profiling_installs_only_faulted_pages_and_fetches_each_block_once(
+        m in random_manifest(),
+        ops in ops(64),
+        cached_mask in any::<u16>(),
+    ) {
+        let t0 = Instant::now();
+        let mut r = Restore::new(m.clone(), Config::profiling(), t0);
+        let mut model = Model { page_scope: true, ..Model::default() };
+        let mut now = t0;
+        let total = m.total_pages();
+        let mut fetches = 0u64;
+        // Blocks whose bytes the restore needed from a source: faulted, not
+        // in the cache at the time.
+        let mut needed: HashSet<u32> = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Fault(page) => {
+                    let page = page % total;
+                    model.faults.push(page);
+                    let block = r.block_of(page).unwrap();
+                    let was_cached = block.is_some_and(|b| model.cached(cached_mask)(b));
+                    let actions = r.fault(page, now, &mut model.cached(cached_mask)).unwrap();
+                    for a in &actions {
+                        match a {
+                            Action::Fetch { block, .. } => {
+                                prop_assert!(!was_cached, "fetched block {} the cache holds", block);
+                                prop_assert!(needed.insert(*block), "block {} fetched twice", block);
+                                fetches += 1;
+                            }
+                            Action::Install { origin, waiters, .. } => {
+                                prop_assert_eq!(*origin, Origin::Cache);
+                                prop_assert_eq!(waiters[0].source, FaultSource::Cache);
+                            }
+                            Action::ZeroFill { runs, .. } => {
+                                prop_assert_eq!(runs, &vec![PageRun { start: page, len: 1 }]);
+                            }
+                            Action::Wake { .. } => {}
+                            other => prop_assert!(false, "{:?} in a profiling restore", other),
+                        }
+                    }
+                    model.apply(&m, actions);
+                }
+                Op::Ready(i) | Op::Fail(i) if !model.outstanding.is_empty() => {
+                    let mut keys: Vec<u32> = model.outstanding.keys().copied().collect();
+                    keys.sort();
+                    let block = keys[i % keys.len()];
+                    model.outstanding.remove(&block);
+                    let actions = if matches!(op, Op::Ready(_)) {
+                        model.in_cache.insert(block);
+                        r.block_ready(block, now, None).unwrap()
+                    } else {
+                        let a = r.fetch_failed(block, now).unwrap();
+                        fetches += a.len() as u64;
+                        a
+                    };
+                    model.apply(&m, actions);
+                }
+                Op::Ready(_) | Op::Fail(_) => {}
+                Op::Tick(ms) => {
+                    now += Duration::from_millis(ms);
+                    prop_assert!(r.poll(now, &mut model.cached(cached_mask)).is_empty());
+                    prop_assert_eq!(r.next_poll(now), None);
+                }
+                Op::Evict(i) => {
+                    let block = (i % m.blocks.len()) as u32;
+                    model.evict(block);
+                    // Fetching it again later is right.
+                    needed.remove(&block);
+                }
+            }
+            // Every installed page is one a fault asked for.
+            let faulted: HashSet<u64> = model.faults.iter().copied().collect();
+            prop_assert!(model.installed_pages.is_subset(&faulted));
+        }
+        while let Some(&block) = model.outstanding.keys().min() {
+            model.outstanding.remove(&block);
+            let actions = r.block_ready(block, now, None).unwrap();
+            model.apply(&m, actions);
+        }
+        let faulted: HashSet<u64> = model.faults.iter().copied().collect();
+        prop_assert_eq!(&model.installed_pages, &faulted, "every faulted page installed");
+        prop_assert_eq!(r.stats().fetches, fetches);
+        let mut faults = model.faults.clone();
+        let mut woken = model.woken.clone();
+        faults.sort();
+        woken.sort();
+        prop_assert_eq!(faults, woken, "every fault is woken exactly once");
     }
 }
