@@ -50,7 +50,7 @@ pub struct Args {
     /// (e.g. 100MiB); uncapped by default (demand fetches still go first).
     #[arg(long, value_parser = parse_size, conflicts_with = "no_stream")]
     pub stream_bandwidth: Option<u64>,
-    /// Most streaming fetches in flight per restore [default: 64; the
+    /// Most streaming fetches in flight per restore [default: 128; the
     /// window adapts below it to the latency fetches see].
     #[arg(long, conflicts_with = "no_stream")]
     pub stream_in_flight: Option<usize>,

@@ -224,7 +224,7 @@ impl Config {
 }
 
 /// Streaming fetches in flight per restore by default.
-pub const DEFAULT_STREAM_IN_FLIGHT: usize = 64;
+pub const DEFAULT_STREAM_IN_FLIGHT: usize = 128;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {

@@ -16,7 +16,7 @@ const INITIAL: f64 = 4.0;
 /// Latency above `CONGESTED_FACTOR` × the fastest seen, plus this slack
 /// (timer and scheduling noise), counts as queueing.
 const SLACK: Duration = Duration::from_micros(250);
-const CONGESTED_FACTOR: u32 = 2;
+const CONGESTED_FACTOR: f64 = 2.0;
 /// A cut keeps this share of the window.
 const CUT: f64 = 0.75;
 
@@ -56,7 +56,7 @@ impl StreamWindow {
         if !streaming {
             return;
         }
-        let congested = latency > fastest * CONGESTED_FACTOR + SLACK;
+        let congested = latency > fastest.mul_f64(CONGESTED_FACTOR) + SLACK;
         if !congested {
             let step = if self.probing { 1.0 } else { 1.0 / self.window };
             self.window = (self.window + step).min(self.ceiling as f64);
