@@ -42,7 +42,10 @@ impl DirtyConfig {
 
     /// The whole span the kept windows cover.
     pub fn span(&self) -> Duration {
-        self.window * self.windows as u32
+        u32::try_from(self.windows)
+            .ok()
+            .and_then(|n| self.window.checked_mul(n))
+            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -262,6 +265,11 @@ mod tests {
         let c = DirtyConfig::default();
         assert!(c.enabled());
         assert_eq!(c.span(), Duration::from_secs(1));
+        let huge = DirtyConfig {
+            windows: usize::MAX,
+            ..c
+        };
+        assert_eq!(huge.span(), Duration::MAX);
         assert!(!DirtyConfig { windows: 0, ..c }.enabled());
     }
 }
