@@ -1,6 +1,6 @@
 //! Errors of reading and writing checkpoints in a store.
 
-use crate::format::{BlockCodecError, CheckpointId, FormatError, LayoutError};
+use crate::format::{BlockCodecError, CheckpointId, DirtyLogError, FormatError, LayoutError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -13,6 +13,12 @@ pub enum CheckpointError {
         id: CheckpointId,
         #[source]
         source: FormatError,
+    },
+    #[error("dirty log of checkpoint {id} is invalid: {source}")]
+    BadDirtyLog {
+        id: CheckpointId,
+        #[source]
+        source: DirtyLogError,
     },
     #[error("object {key} is missing from the store")]
     MissingObject { key: String },

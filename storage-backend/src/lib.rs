@@ -8,6 +8,7 @@ pub mod block_client;
 pub mod block_server;
 pub mod catalog;
 mod cpu;
+pub mod dirty_log;
 pub mod error;
 pub mod format;
 pub mod handoff;

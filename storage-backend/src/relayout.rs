@@ -6,8 +6,10 @@
 //! the same (same pages, same bytes: same hash) points into the old
 //! checkpoint's segments instead of being uploaded again. Nothing of the old
 //! checkpoint is touched, and the new one does not exist for readers until
-//! its manifest, written last, is in place.
+//! its manifest, written last, is in place. A dirty log recorded before the
+//! old checkpoint is copied to the new one (it describes the same moment).
 
+use crate::dirty_log::{load_dirty_log, write_dirty_log};
 use crate::error::CheckpointError;
 use crate::format::CheckpointId;
 use crate::memory::MemoryRegion;
@@ -41,8 +43,18 @@ pub async fn relayout(
         });
         rest = tail;
     }
+    let new_id = new_id.unwrap_or_else(|| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        CheckpointId::generate(now_ms)
+    });
+    if let Some(log) = load_dirty_log(store, old_id).await? {
+        write_dirty_log(store, &new_id, &log).await?;
+    }
     let opts = WriteOptions {
-        id: new_id,
+        id: Some(new_id),
         parent: Some(old_id.clone()),
         page_size: manifest.page_size,
         layout,
@@ -123,6 +135,12 @@ mod tests {
         assert_eq!(old_mem, mem);
         assert_eq!(new_reader.state_blob(), b"vm state");
         assert_eq!(new_reader.manifest().parent.as_ref(), Some(&old));
+        assert_eq!(
+            crate::dirty_log::load_dirty_log(&store, &new)
+                .await
+                .unwrap(),
+            None
+        );
         old_reader.verify(8).await.unwrap();
         new_reader.verify(8).await.unwrap();
 
@@ -131,6 +149,47 @@ mod tests {
         let pages: Vec<u64> = first.pages.iter().flat_map(|r| r.start..r.end()).collect();
         let expected: Vec<u64> = trace.into_iter().filter(|p| p % 4 != 3).collect();
         assert_eq!(pages, expected);
+    }
+
+    #[tokio::test]
+    async fn the_dirty_log_goes_with_the_relayout() {
+        use crate::format::{DirtyLog, DirtyWindow};
+        let store = Store::open("memory://").unwrap();
+        let mem = memory();
+        let regions = [MemoryRegion {
+            guest_phys_addr: 0,
+            bytes: &mem,
+        }];
+        let log = DirtyLog {
+            page_size: PS as u64,
+            total_pages: 256,
+            windows: vec![DirtyWindow {
+                started_us_before: 250_000,
+                ended_us_before: 0,
+                pages: vec![100, 101],
+            }],
+        };
+        let old = crate::dirty_log::write_checkpoint_with_dirty_log(
+            &store,
+            &regions,
+            vec![],
+            &WriteOptions::default(),
+            &log,
+        )
+        .await
+        .unwrap()
+        .id;
+        let new = relayout(&store, &old, vec![6, 5], None).await.unwrap().id;
+        assert_ne!(new, old);
+        let loaded = crate::dirty_log::load_dirty_log(&store, &new)
+            .await
+            .unwrap();
+        assert_eq!(loaded, Some(log));
+        // The given layout, not the log's, orders the new checkpoint.
+        let (_, reader) = read_all(&store, &new).await;
+        let first = &reader.manifest().blocks[0];
+        let pages: Vec<u64> = first.pages.iter().flat_map(|r| r.start..r.end()).collect();
+        assert_eq!(pages, vec![6, 5]);
     }
 
     #[tokio::test]

@@ -139,8 +139,9 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore
     }
 }
 
-/// Where checkpoints live inside a store: `checkpoints/ID/manifest` and
-/// `checkpoints/ID/segment-NNNNNN`.
+/// Where checkpoints live inside a store: `checkpoints/ID/manifest`,
+/// `checkpoints/ID/segment-NNNNNN` and, when recorded,
+/// `checkpoints/ID/dirty-log`.
 pub mod keys {
     use super::*;
 
@@ -148,6 +149,10 @@ pub mod keys {
 
     pub fn manifest(id: &CheckpointId) -> Path {
         Path::from(format!("{CHECKPOINTS}/{id}/manifest"))
+    }
+
+    pub fn dirty_log(id: &CheckpointId) -> Path {
+        Path::from(format!("{CHECKPOINTS}/{id}/dirty-log"))
     }
 
     pub fn segment(id: &CheckpointId, index: usize) -> String {

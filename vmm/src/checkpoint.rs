@@ -1,6 +1,8 @@
 //! Taking a checkpoint: pause, save the complete VM state, write memory and state through the
-//! storage-backend writer.
+//! storage-backend writer; with dirty tracking, also the dirty log, which lays the checkpoint out
+//! unless a layout is given.
 
+use crate::dirty_tracker::{DirtyStats, DirtyTracker};
 use crate::error::{Error, Result};
 use crate::vm::Vm;
 use std::time::Instant;
@@ -21,6 +23,8 @@ pub struct CheckpointOutcome {
     pub zero_pages: u64,
     pub stored_bytes: u64,
     pub blocks: usize,
+    /// Dirty tracking before the checkpoint, when it ran.
+    pub dirty: Option<DirtyStats>,
 }
 
 /// A tokio runtime for driving the async store from the synchronous vmm.
@@ -45,8 +49,32 @@ pub fn checkpoint(
     store: &Store,
     opts: &WriteOptions,
 ) -> Result<CheckpointOutcome> {
+    checkpoint_inner(vm, rt, store, opts, None)
+}
+
+/// As [`checkpoint`], closing `tracker`'s last window at the pause: the dirty log is stored with
+/// the checkpoint (`checkpoints/ID/dirty-log`) and gives its layout when `opts.layout` is empty.
+pub fn checkpoint_with_dirty_log(
+    vm: &Vm,
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    opts: &WriteOptions,
+    tracker: DirtyTracker,
+) -> Result<CheckpointOutcome> {
+    checkpoint_inner(vm, rt, store, opts, Some(tracker))
+}
+
+fn checkpoint_inner(
+    vm: &Vm,
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    opts: &WriteOptions,
+    tracker: Option<DirtyTracker>,
+) -> Result<CheckpointOutcome> {
     let t0 = Instant::now();
     vm.pause()?;
+    let paused = Instant::now();
+    let dirty = tracker.map(|t| t.finish(vm, paused)).transpose()?;
     let t1 = Instant::now();
     let state = vm.save_state()?;
     let blob = state.encode()?;
@@ -59,16 +87,20 @@ pub fn checkpoint(
         })
         .collect();
     let blob_len = blob.len();
-    let summary = rt
-        .block_on(storage_backend::write_checkpoint(
+    let written = match &dirty {
+        Some((log, _)) => rt.block_on(storage_backend::dirty_log::write_checkpoint_with_dirty_log(
+            store, &regions, blob, opts, log,
+        )),
+        None => rt.block_on(storage_backend::write_checkpoint(
             store, &regions, blob, opts,
-        ))
-        .map_err(|e| Error::Store(e.to_string()))?;
+        )),
+    };
+    let summary = written.map_err(|e| Error::Store(e.to_string()))?;
     let t3 = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     Ok(CheckpointOutcome {
         id: summary.id.to_string(),
-        pause_ms: ms(t0, t1),
+        pause_ms: ms(t0, paused),
         save_state_ms: ms(t1, t2),
         write_ms: ms(t2, t3),
         state_blob_bytes: blob_len,
@@ -76,5 +108,6 @@ pub fn checkpoint(
         zero_pages: summary.zero_pages,
         stored_bytes: summary.stored_bytes,
         blocks: summary.blocks,
+        dirty: dirty.map(|(_, stats)| stats),
     })
 }

@@ -3,8 +3,10 @@
 //! Machine-readable results go to standard output as JSON lines when `--json` is given (the guest's
 //! console then goes to standard error unless `--serial` says otherwise).
 
-use crate::checkpoint::{checkpoint, open_store, runtime};
+use crate::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
 use crate::cpuid::CpuBaseline;
+use crate::dirty::DirtyConfig;
+use crate::dirty_tracker::DirtyTracker;
 use crate::restore::{restore, Mode};
 use crate::runner::{boot_test_guest, wait_done};
 use crate::serial::SerialOutput;
@@ -97,12 +99,35 @@ pub struct GuestArgs {
     pub cmdline: String,
 }
 
+/// Dirty-page tracking before a checkpoint: its windows are stored with the checkpoint and lay
+/// it out (pages written in the last window first) unless another layout is given.
+#[derive(Debug, Clone, Args)]
+pub struct DirtyArgs {
+    /// Dirty-log windows kept before a checkpoint (0: no dirty logging).
+    #[arg(long, default_value_t = DirtyConfig::default().windows)]
+    pub dirty_windows: usize,
+    /// Length of one dirty-log window (e.g. 250ms).
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub dirty_window: Duration,
+}
+
+impl DirtyArgs {
+    fn config(&self) -> DirtyConfig {
+        DirtyConfig {
+            windows: self.dirty_windows,
+            window: self.dirty_window,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub machine: MachineArgs,
     #[command(flatten)]
     pub guest: GuestArgs,
+    #[command(flatten)]
+    pub dirty: DirtyArgs,
     /// Checkpoint into this store (directory, file://, s3://) after --checkpoint-after.
     #[arg(long, requires = "checkpoint_after")]
     pub store: Option<String>,
@@ -120,6 +145,8 @@ pub struct CheckpointArgs {
     pub machine: MachineArgs,
     #[command(flatten)]
     pub guest: GuestArgs,
+    #[command(flatten)]
+    pub dirty: DirtyArgs,
     #[arg(long)]
     pub store: String,
     /// How long the guest runs before the checkpoint.
@@ -228,7 +255,7 @@ fn finish(
 ) -> anyhow::Result<()> {
     let json = m.json;
     if linux {
-        let seen = wait_serial(vm, watch, m.until_serial.as_deref(), limit)?;
+        let seen = wait_serial(vm, watch, m.until_serial.as_deref(), limit, None)?;
         vm.pause()?;
         emit(
             json,
@@ -255,22 +282,32 @@ fn finish(
     Ok(())
 }
 
-/// Runs until the console shows `marker` (true) or `limit` passes (false).
+/// Runs until the console shows `marker` (true) or `limit` passes (false), closing dirty-log
+/// windows on time meanwhile.
 fn wait_serial(
     vm: &mut Vm,
     watch: &Watch,
     marker: Option<&str>,
     limit: Duration,
+    mut tracker: Option<&mut DirtyTracker>,
 ) -> anyhow::Result<bool> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
+        if let Some(t) = tracker.as_deref_mut() {
+            t.poll(vm)?;
+        }
         if let (Some(buf), Some(marker)) = (watch, marker) {
             let text = buf.lock().unwrap_or_else(|p| p.into_inner());
             if text.windows(marker.len()).any(|w| w == marker.as_bytes()) {
                 return Ok(true);
             }
         }
-        let step = (deadline - Instant::now()).min(Duration::from_millis(100));
+        let mut step = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        if let Some(t) = tracker.as_deref() {
+            step = step.min(t.next_boundary().saturating_duration_since(Instant::now()));
+        }
         if let Some(ev) = vm.next_event(step)? {
             tracing::debug!("guest event {ev:?}");
         }
@@ -284,6 +321,7 @@ fn run_and_maybe_checkpoint(
     ck: Option<(&str, Duration)>,
     on_serial: Option<&str>,
     stop_after: bool,
+    dirty: DirtyConfig,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = ck.map(|(spec, _)| open_store(spec)).transpose()?;
@@ -294,9 +332,15 @@ fn run_and_maybe_checkpoint(
     vm.start()?;
     let linux = g.kernel.is_some();
     if let (Some(store), Some((_, after))) = (&store, ck) {
+        let dirty = dirty.enabled().then_some(dirty);
+        let mut tracker = None;
         // Progress events are drained while waiting so a failing guest is reported at once.
         if let Some(marker) = on_serial {
-            if !wait_serial(&mut vm, &watch, Some(marker), m.timeout)? {
+            // The moment is not known in advance: track from the start.
+            if let Some(config) = dirty {
+                tracker = Some(DirtyTracker::start(&vm, config)?);
+            }
+            if !wait_serial(&mut vm, &watch, Some(marker), m.timeout, tracker.as_mut())? {
                 anyhow::bail!(
                     "the guest console did not print {marker:?} within {:?}",
                     m.timeout
@@ -312,19 +356,40 @@ fn run_and_maybe_checkpoint(
         } else {
             t0 + after
         };
+        // A known moment: track only the windows that will be kept, so the guest runs
+        // without dirty logging's write faults before them.
+        let track_from = dirty
+            .map(|c| deadline.checked_sub(c.span()).unwrap_or(t0).max(t0))
+            .unwrap_or(deadline);
         while Instant::now() < deadline {
-            if let Some(ev) = vm.next_event(deadline - Instant::now())? {
-                if let crate::devices::GuestEvent::Report {
-                    code: testguest::CODE_DONE,
-                    cpu,
-                    ..
-                } = ev
-                {
-                    anyhow::bail!("vCPU {cpu} finished before the checkpoint time; checkpoint earlier or give it more work");
+            if let (None, Some(config)) = (&tracker, dirty) {
+                if Instant::now() >= track_from {
+                    tracker = Some(DirtyTracker::start(&vm, config)?);
+                }
+            }
+            let wake = match &tracker {
+                Some(t) => t.next_boundary().min(deadline),
+                None => track_from.min(deadline),
+            };
+            if let Some(crate::devices::GuestEvent::Report {
+                code: testguest::CODE_DONE,
+                cpu,
+                ..
+            }) = vm.next_event(wake.saturating_duration_since(Instant::now()))?
+            {
+                anyhow::bail!("vCPU {cpu} finished before the checkpoint time; checkpoint earlier or give it more work");
+            }
+            // The window open at the deadline is closed by the checkpoint, at its pause.
+            if let Some(t) = &mut tracker {
+                if Instant::now() < deadline {
+                    t.poll(&vm)?;
                 }
             }
         }
-        let outcome = checkpoint(&vm, &rt, store, &Default::default())?;
+        let outcome = match tracker {
+            Some(t) => checkpoint_with_dirty_log(&vm, &rt, store, &Default::default(), t)?,
+            None => checkpoint(&vm, &rt, store, &Default::default())?,
+        };
         emit(
             m.json,
             serde_json::json!({"event": "checkpoint", "checkpoint": outcome}),
@@ -393,6 +458,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             a.store.as_deref().zip(a.checkpoint_after),
             None,
             a.stop_after_checkpoint,
+            a.dirty.config(),
         ),
         VmCommand::Checkpoint(a) => run_and_maybe_checkpoint(
             &a.machine,
@@ -400,6 +466,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             Some((&a.store, a.at.unwrap_or_default())),
             a.on_serial.as_deref(),
             !a.resume,
+            a.dirty.config(),
         ),
         VmCommand::Restore(a) => restore_cmd(&a),
         VmCommand::BenchResume { json, dir } => {

@@ -7,6 +7,8 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cpuid;
 pub mod devices;
+pub mod dirty;
+pub mod dirty_tracker;
 pub mod emulate;
 pub mod error;
 pub mod handoff;

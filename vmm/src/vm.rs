@@ -10,7 +10,8 @@ use crate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle};
 use crate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SREGS2,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::path::PathBuf;
@@ -399,6 +400,47 @@ impl Vm {
             clock: self.fd.get_clock().map_err(Error::kvm("KVM_GET_CLOCK"))?,
             serial: self.devices.uart.state(),
         })
+    }
+
+    /// Turns KVM dirty logging on or off for every memory slot (`KVM_MEM_LOG_DIRTY_PAGES`, a
+    /// flags-only change of the slots). While on, KVM write-protects guest pages and records the
+    /// first write to each in a bitmap per slot, read by [`Vm::harvest_dirty_pages`].
+    pub fn set_dirty_log(&self, on: bool) -> Result<()> {
+        for (slot, r) in self.memory.regions().iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                guest_phys_addr: r.guest_phys_addr,
+                memory_size: r.size,
+                userspace_addr: r.host_addr(),
+            };
+            // SAFETY: the same live mapping the slot already has (see create()); only the flags
+            // change, and `memory` outlives the VM fd.
+            unsafe { self.fd.set_user_memory_region(region) }.map_err(Error::kvm(
+                "KVM_SET_USER_MEMORY_REGION (dirty logging flag)",
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// The pages the guest wrote since dirty logging was enabled or since the previous call
+    /// (`KVM_GET_DIRTY_LOG` per slot, which also clears the bitmap and re-arms tracking), as
+    /// ascending page indices into the regions concatenated.
+    pub fn harvest_dirty_pages(&self) -> Result<Vec<u64>> {
+        let mut pages = Vec::new();
+        let mut first_page = 0u64;
+        for (slot, r) in self.memory.regions().iter().enumerate() {
+            let bitmap = self
+                .fd
+                .get_dirty_log(slot as u32, r.size as usize)
+                .map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
+            let slot_pages = r.size / crate::dirty::PAGE_SIZE;
+            pages.extend(crate::dirty::pages_in_bitmap(
+                &bitmap, first_page, slot_pages,
+            ));
+            first_page += slot_pages;
+        }
+        Ok(pages)
     }
 
     /// A handle that makes [`Vm::next_event`] fail from another thread.

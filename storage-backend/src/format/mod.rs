@@ -2,6 +2,8 @@
 //! how blocks are planned from a layout, and how block bytes are encoded.
 
 pub mod block_codec;
+pub mod dirty_log;
+pub mod dirty_profile;
 pub mod encoding;
 pub mod error;
 pub mod layout;
@@ -11,6 +13,8 @@ pub mod profile;
 mod wire;
 
 pub use block_codec::{decode_block, encode_block, is_zero_page, BlockCodecError, EncodedBlock};
+pub use dirty_log::{DirtyLog, DirtyLogError, DirtyWindow};
+pub use dirty_profile::layout_from_dirty_windows;
 pub use encoding::{decode, decode_body, encode, MAX_MANIFEST_BYTES, VERSION};
 pub use error::{FormatError, PageOwner};
 pub use layout::{plan_blocks, LayoutError};
