@@ -29,8 +29,6 @@ pub const VERSION: u16 = 1;
 /// A dirty log larger than this is refused before it is parsed.
 pub const MAX_DIRTY_LOG_BYTES: u64 = 256 << 20;
 
-const HEADER_LEN: usize = 8 + 2 + 2 + 8;
-const TRAILER_LEN: usize = 32;
 /// Smallest encoding of a window: three 1-byte varints.
 const MIN_WINDOW_BYTES: usize = 3;
 /// Smallest encoding of a run: two 1-byte varints.
@@ -92,6 +90,8 @@ pub enum DirtyLogError {
     #[error("dirty log window {window} ends before it starts or overlaps the window before it")]
     WindowsOutOfOrder { window: usize },
 }
+
+crate::format::envelope::impl_from_envelope!(DirtyLogError);
 
 /// The wire decoder's errors, reworded for this object.
 impl From<FormatError> for DirtyLogError {
@@ -179,62 +179,15 @@ impl DirtyLog {
                 next_free = start + len;
             }
         }
-        let body = e.buf;
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        let sum = blake3::hash(&out);
-        out.extend_from_slice(sum.as_bytes());
-        out
+        super::envelope::seal(MAGIC, VERSION, &e.buf)
     }
 
     /// Parses and validates a log made by [`DirtyLog::encode`]. Bounded: the
     /// length and checksum are checked before any field is read, and every
     /// count against the bytes left.
     pub fn decode(input: &[u8]) -> Result<DirtyLog, DirtyLogError> {
-        let min = HEADER_LEN + TRAILER_LEN;
-        if input.len() < 8 {
-            return Err(DirtyLogError::TooShort {
-                len: input.len(),
-                min,
-            });
-        }
-        let magic: [u8; 8] = input[..8].try_into().expect("8 bytes");
-        if magic != MAGIC {
-            return Err(DirtyLogError::BadMagic { found: magic });
-        }
-        if input.len() < min {
-            return Err(DirtyLogError::TooShort {
-                len: input.len(),
-                min,
-            });
-        }
-        let version = u16::from_le_bytes([input[8], input[9]]);
-        if version != VERSION {
-            return Err(DirtyLogError::UnsupportedVersion {
-                found: version,
-                supported: VERSION,
-            });
-        }
-        let declared = u64::from_le_bytes(input[12..20].try_into().expect("8 bytes"));
-        if declared > MAX_DIRTY_LOG_BYTES {
-            return Err(DirtyLogError::TooLarge {
-                len: declared,
-                max: MAX_DIRTY_LOG_BYTES,
-            });
-        }
-        let actual = (input.len() - min) as u64;
-        if declared != actual {
-            return Err(DirtyLogError::LengthMismatch { declared, actual });
-        }
-        let (signed, trailer) = input.split_at(input.len() - TRAILER_LEN);
-        if blake3::hash(signed).as_bytes() != trailer {
-            return Err(DirtyLogError::ChecksumMismatch);
-        }
-        let log = decode_body(&signed[HEADER_LEN..])?;
+        let body = super::envelope::open(input, MAGIC, VERSION, MAX_DIRTY_LOG_BYTES)?;
+        let log = decode_body(body)?;
         log.validate()?;
         Ok(log)
     }

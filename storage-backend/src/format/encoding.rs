@@ -21,8 +21,6 @@ pub const VERSION: u16 = 1;
 /// A manifest larger than this is refused before it is parsed.
 pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
-const HEADER_LEN: usize = 8 + 2 + 2 + 8;
-const TRAILER_LEN: usize = 32;
 /// Smallest encoding of a block entry: 1-byte run count, one 2-byte run, four
 /// 1-byte varints, the codec byte and the hash.
 const MIN_BLOCK_BYTES: usize = 1 + 2 + 4 + 1 + 32;
@@ -66,60 +64,13 @@ pub fn encode(m: &Manifest) -> Vec<u8> {
     e.bytes(&m.state.bytes);
     e.fixed(&m.state.hash);
 
-    let body = e.buf;
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
-    let sum = blake3::hash(&out);
-    out.extend_from_slice(sum.as_bytes());
-    out
+    super::envelope::seal(MAGIC, VERSION, &e.buf)
 }
 
 /// Parses and validates a manifest.
 pub fn decode(input: &[u8]) -> Result<Manifest, FormatError> {
-    let min = HEADER_LEN + TRAILER_LEN;
-    if input.len() < 8 {
-        return Err(FormatError::TooShort {
-            len: input.len(),
-            min,
-        });
-    }
-    let magic: [u8; 8] = input[..8].try_into().expect("8 bytes");
-    if magic != MAGIC {
-        return Err(FormatError::BadMagic { found: magic });
-    }
-    if input.len() < min {
-        return Err(FormatError::TooShort {
-            len: input.len(),
-            min,
-        });
-    }
-    let version = u16::from_le_bytes([input[8], input[9]]);
-    if version != VERSION {
-        return Err(FormatError::UnsupportedVersion {
-            found: version,
-            supported: VERSION,
-        });
-    }
-    let declared = u64::from_le_bytes(input[12..20].try_into().expect("8 bytes"));
-    if declared > MAX_MANIFEST_BYTES {
-        return Err(FormatError::TooLarge {
-            len: declared,
-            max: MAX_MANIFEST_BYTES,
-        });
-    }
-    let actual = (input.len() - min) as u64;
-    if declared != actual {
-        return Err(FormatError::LengthMismatch { declared, actual });
-    }
-    let (signed, trailer) = input.split_at(input.len() - TRAILER_LEN);
-    if blake3::hash(signed).as_bytes() != trailer {
-        return Err(FormatError::ChecksumMismatch);
-    }
-    let manifest = decode_body(&signed[HEADER_LEN..])?;
+    let body = super::envelope::open(input, MAGIC, VERSION, MAX_MANIFEST_BYTES)?;
+    let manifest = decode_body(body)?;
     manifest.validate()?;
     Ok(manifest)
 }

@@ -109,3 +109,5 @@ pub enum FormatError {
     #[error("VM state blob does not match its hash")]
     StateHashMismatch,
 }
+
+crate::format::envelope::impl_from_envelope!(FormatError);

@@ -5,6 +5,7 @@ pub mod block_codec;
 pub mod dirty_log;
 pub mod dirty_profile;
 pub mod encoding;
+pub mod envelope;
 pub mod error;
 pub mod layout;
 pub mod manifest;
