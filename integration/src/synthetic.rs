@@ -125,6 +125,26 @@ pub fn memory_image(bytes: usize, seed: u64) -> Vec<u8> {
     memory
 }
 
+/// Writes a fresh image of `bytes` bytes as a checkpoint (default options)
+/// into `store` and returns its id; the image is built off the async threads.
+pub async fn write_image_checkpoint(
+    store: &storage_backend::Store,
+    bytes: usize,
+    seed: u64,
+) -> anyhow::Result<storage_backend::CheckpointId> {
+    let memory = tokio::task::spawn_blocking(move || memory_image(bytes, seed)).await?;
+    let regions = [storage_backend::MemoryRegion {
+        guest_phys_addr: 0,
+        bytes: &memory,
+    }];
+    let options = storage_backend::WriteOptions::default();
+    Ok(
+        storage_backend::write_checkpoint(store, &regions, vec![], &options)
+            .await?
+            .id,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use storage_backend::block_client::BlockClient;
 use storage_backend::block_server::BlockServer;
 use storage_backend::protocol::Priority;
 use storage_backend::tls::{self, DevPki, SERVER_NAME};
-use storage_backend::{write_checkpoint, CheckpointId, MemoryRegion, Store, WriteOptions};
+use storage_backend::{CheckpointId, Store};
 
 use crate::synthetic;
 
@@ -52,16 +52,7 @@ async fn pass(
 pub async fn run(cfg: StreamBench) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let dir = tempfile::tempdir().context("store directory")?;
     let store = Store::open(dir.path().to_str().context("UTF-8 path")?)?;
-    let bytes = cfg.memory_bytes as usize;
-    let memory = tokio::task::spawn_blocking(move || synthetic::memory_image(bytes, 5)).await?;
-    let regions = [MemoryRegion {
-        guest_phys_addr: 0,
-        bytes: &memory,
-    }];
-    let id = write_checkpoint(&store, &regions, vec![], &WriteOptions::default())
-        .await?
-        .id;
-    drop(memory);
+    let id = synthetic::write_image_checkpoint(&store, cfg.memory_bytes as usize, 5).await?;
 
     let pki = DevPki::generate()?;
     let server = BlockServer::new(store, 4 << 30);
