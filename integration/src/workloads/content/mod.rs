@@ -6,6 +6,12 @@
 
 use super::rng::{mix, Rng};
 
+mod code;
+mod text;
+
+use code::fill_code;
+use text::{fill_text, word};
+
 pub const PAGE: usize = 4096;
 
 /// The kind of bytes on one page.
@@ -79,43 +85,43 @@ pub fn page_seed(seed: u64, index: u64) -> u64 {
     mix(seed, index)
 }
 
-struct Cursor<'a> {
+pub(super) struct Cursor<'a> {
     page: &'a mut [u8],
     at: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(page: &'a mut [u8]) -> Self {
+    pub(super) fn new(page: &'a mut [u8]) -> Self {
         Self { page, at: 0 }
     }
 
-    fn full(&self) -> bool {
+    pub(super) fn full(&self) -> bool {
         self.at >= self.page.len()
     }
 
-    fn put(&mut self, bytes: &[u8]) {
+    pub(super) fn put(&mut self, bytes: &[u8]) {
         let n = bytes.len().min(self.page.len() - self.at);
         self.page[self.at..self.at + n].copy_from_slice(&bytes[..n]);
         self.at += n;
     }
 
-    fn u64(&mut self, v: u64) {
+    pub(super) fn u64(&mut self, v: u64) {
         self.put(&v.to_le_bytes());
     }
 
-    fn u32(&mut self, v: u32) {
+    pub(super) fn u32(&mut self, v: u32) {
         self.put(&v.to_le_bytes());
     }
 
     /// Pads with zeros to a multiple of `to` (a power of two).
-    fn align(&mut self, to: usize) {
+    pub(super) fn align(&mut self, to: usize) {
         while self.at & (to - 1) != 0 && !self.full() {
             self.put(&[0]);
         }
     }
 
     /// Decimal digits of `v`.
-    fn number(&mut self, mut v: u64) {
+    pub(super) fn number(&mut self, mut v: u64) {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
         loop {
@@ -127,369 +133,6 @@ impl<'a> Cursor<'a> {
             }
         }
         self.put(&digits[i..]);
-    }
-}
-
-// ---- machine code ----
-
-/// Instruction templates as in compiled x86-64 code; `0xAA` bytes are
-/// operands (displacements, immediates, call targets) drawn per use.
-const INSTRUCTIONS: &[&[u8]] = &[
-    &[0x48, 0x8b, 0x47, 0xAA],                         // mov rax, [rdi+d8]
-    &[0x48, 0x8b, 0x43, 0xAA],                         // mov rax, [rbx+d8]
-    &[0x8b, 0x46, 0xAA],                               // mov eax, [rsi+d8]
-    &[0x48, 0x89, 0x43, 0xAA],                         // mov [rbx+d8], rax
-    &[0x48, 0x89, 0xdf],                               // mov rdi, rbx
-    &[0x48, 0x89, 0xc7],                               // mov rdi, rax
-    &[0x4c, 0x89, 0xe6],                               // mov rsi, r12
-    &[0x48, 0x85, 0xc0],                               // test rax, rax
-    &[0x85, 0xc0],                                     // test eax, eax
-    &[0x48, 0x39, 0xc3],                               // cmp rbx, rax
-    &[0x83, 0xf8, 0xAA],                               // cmp eax, imm8
-    &[0x74, 0xAA],                                     // je rel8
-    &[0x75, 0xAA],                                     // jne rel8
-    &[0x0f, 0x84, 0xAA, 0xAA, 0x00, 0x00],             // je rel32
-    &[0xe8, 0xAA, 0xAA, 0xAA, 0xff],                   // call rel32 (backwards)
-    &[0xe8, 0xAA, 0xAA, 0x0A, 0x00],                   // call rel32 (forwards)
-    &[0x48, 0x8d, 0x05, 0xAA, 0xAA, 0xAA, 0x00],       // lea rax, [rip+d32]
-    &[0x31, 0xc0],                                     // xor eax, eax
-    &[0xb8, 0xAA, 0x00, 0x00, 0x00],                   // mov eax, imm32
-    &[0x48, 0x83, 0xc4, 0xAA],                         // add rsp, imm8
-    &[0x41, 0x89, 0xc4],                               // mov r12d, eax
-    &[0x48, 0x8b, 0x05, 0xAA, 0xAA, 0xAA, 0x00],       // mov rax, [rip+d32]
-    &[0xeb, 0xAA],                                     // jmp rel8
-    &[0x0f, 0xb6, 0x47, 0xAA],                         // movzx eax, byte [rdi+d8]
-    &[0x48, 0xc7, 0x43, 0xAA, 0x00, 0x00, 0x00, 0x00], // mov qword [rbx+d8], 0
-];
-/// Common multi-instruction sequences (argument set-up and call, error
-/// checks, loads of a field of a field).
-const IDIOMS: &[&[u8]] = &[
-    &[
-        0x48, 0x89, 0xdf, 0xe8, 0x10, 0xfe, 0xff, 0xff, 0x48, 0x85, 0xc0, 0x74, 0x18,
-    ],
-    &[0x85, 0xc0, 0x0f, 0x88, 0x40, 0x01, 0x00, 0x00],
-    &[0x48, 0x8b, 0x43, 0x08, 0x48, 0x8b, 0x40, 0x10],
-    &[0x31, 0xc0, 0x5b, 0x5d, 0xc3],
-    &[0x48, 0x8b, 0x7d, 0xe8, 0x48, 0x8b, 0x75, 0xf0],
-    &[0xb8, 0xf4, 0xff, 0xff, 0xff, 0xeb, 0x0a],
-    &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
-    &[0x4c, 0x89, 0xe7, 0xe8, 0x00, 0x00, 0x00, 0x00],
-];
-const PROLOGUE: &[u8] = &[0x55, 0x48, 0x89, 0xe5, 0x41, 0x57, 0x41, 0x56, 0x53];
-const EPILOGUE: &[u8] = &[0x5b, 0x41, 0x5e, 0x41, 0x5f, 0x5d, 0xc3];
-
-fn fill_code(page: &mut [u8], rng: &mut Rng) {
-    let mut c = Cursor::new(page);
-    let mut buf = [0u8; 8];
-    while !c.full() {
-        c.put(PROLOGUE);
-        let body = rng.lognormal(30.0, 0.7) as usize;
-        for _ in 0..body {
-            if rng.chance(0.25) {
-                // Compilers emit the same idioms over and over.
-                c.put(IDIOMS[rng.index(IDIOMS.len()).min(rng.index(IDIOMS.len()))]);
-                continue;
-            }
-            // Hot instruction forms dominate compiled code.
-            let i = if rng.chance(0.5) {
-                rng.index(8)
-            } else {
-                rng.index(INSTRUCTIONS.len())
-            };
-            let template = INSTRUCTIONS[i];
-            buf[..template.len()].copy_from_slice(template);
-            for b in &mut buf[..template.len()] {
-                if *b == 0xAA {
-                    // Field offsets and small constants are multiples of 8.
-                    *b = if rng.chance(0.75) {
-                        (rng.below(16) * 8) as u8
-                    } else {
-                        rng.u64() as u8
-                    };
-                }
-            }
-            c.put(&buf[..template.len()]);
-        }
-        c.put(EPILOGUE);
-        // Functions are 16-byte aligned with int3 or multi-byte nop padding.
-        let pad = if rng.chance(0.5) { 0xcc } else { 0x90 };
-        while c.at & 15 != 0 && !c.full() {
-            c.put(&[pad]);
-        }
-    }
-}
-
-// ---- text ----
-
-const WORDS: &[&str] = &[
-    "the",
-    "of",
-    "and",
-    "to",
-    "a",
-    "in",
-    "is",
-    "that",
-    "for",
-    "it",
-    "as",
-    "with",
-    "be",
-    "on",
-    "not",
-    "this",
-    "by",
-    "are",
-    "or",
-    "from",
-    "at",
-    "which",
-    "an",
-    "but",
-    "have",
-    "all",
-    "can",
-    "will",
-    "if",
-    "one",
-    "their",
-    "when",
-    "there",
-    "use",
-    "each",
-    "other",
-    "more",
-    "these",
-    "some",
-    "would",
-    "into",
-    "time",
-    "only",
-    "new",
-    "also",
-    "file",
-    "data",
-    "value",
-    "return",
-    "system",
-    "function",
-    "user",
-    "server",
-    "request",
-    "memory",
-    "page",
-    "process",
-    "thread",
-    "error",
-    "result",
-    "object",
-    "string",
-    "number",
-    "list",
-    "table",
-    "index",
-    "query",
-    "cache",
-    "buffer",
-    "network",
-    "connection",
-    "client",
-    "session",
-    "service",
-    "module",
-    "package",
-    "version",
-    "option",
-    "default",
-    "config",
-    "path",
-    "directory",
-    "kernel",
-    "device",
-    "driver",
-    "interface",
-    "method",
-    "class",
-    "type",
-    "field",
-    "record",
-    "update",
-    "delete",
-    "insert",
-    "select",
-    "order",
-    "account",
-    "customer",
-    "product",
-    "price",
-    "status",
-    "event",
-    "message",
-    "handler",
-    "callback",
-    "timeout",
-    "retry",
-    "limit",
-    "offset",
-    "length",
-    "size",
-    "count",
-    "start",
-    "stop",
-    "read",
-    "write",
-    "open",
-    "close",
-    "send",
-    "receive",
-    "parse",
-    "format",
-    "example",
-    "following",
-    "described",
-    "section",
-    "information",
-    "available",
-    "however",
-    "because",
-    "between",
-    "without",
-    "through",
-    "should",
-    "different",
-    "important",
-    "number",
-];
-const LEVELS: &[&str] = &["INFO", "INFO", "INFO", "DEBUG", "WARN", "ERROR", "NOTICE"];
-const MODULES: &[&str] = &[
-    "http",
-    "db.pool",
-    "worker",
-    "scheduler",
-    "auth",
-    "cache",
-    "api.v2",
-    "storage",
-    "metrics",
-    "kernel",
-    "systemd[1]",
-    "sshd[812]",
-    "cron[433]",
-    "nginx",
-    "app.orders",
-];
-const LOG_MESSAGES: &[&str] = &[
-    "request completed status=200 method=GET path=/api/v2/",
-    "connection accepted from 10.0.3.",
-    "cache miss for key session:",
-    "slow query detected duration exceeded threshold table=",
-    "worker finished job queue=default job=",
-    "Started Session of user ",
-    "authentication succeeded for user ",
-    "retrying after timeout attempt=",
-    "flushing dirty buffers to disk count=",
-    "GET /static/css/main.css HTTP/1.1\" 200 ",
-];
-const TAGS: &[&str] = &[
-    "<div class=\"",
-    "<span class=\"",
-    "<a href=\"/",
-    "<li>",
-    "</li>\n",
-    "</div>\n",
-    "<p>",
-    "</p>\n",
-    "<img src=\"/static/img/",
-    "function ",
-    "var ",
-    "return ",
-    "const ",
-    "  color: #",
-    "  margin: ",
-    "px;\n",
-    "}\n",
-    ".card-",
-    "{\n",
-    "=> {",
-    "document.",
-    "this.",
-    "\">",
-];
-
-fn word(rng: &mut Rng) -> &'static str {
-    // Frequent words dominate text (roughly Zipf): favour the head.
-    let n = WORDS.len() as u64;
-    let k = rng.below(n).min(rng.below(n));
-    WORDS[k as usize]
-}
-
-fn fill_text(page: &mut [u8], style: TextStyle, rng: &mut Rng) {
-    let mut c = Cursor::new(page);
-    let mut clock = 1_700_000_000 + rng.below(10_000_000);
-    while !c.full() {
-        match style {
-            TextStyle::Log => {
-                clock += rng.below(3);
-                c.number(clock);
-                c.put(b".");
-                c.number(rng.range(100_000, 999_999));
-                c.put(b" ");
-                c.put(rng.pick(LEVELS).as_bytes());
-                c.put(b" ");
-                c.put(rng.pick(MODULES).as_bytes());
-                c.put(b": ");
-                // Messages come from a few templates with variable parts.
-                let template = rng
-                    .index(LOG_MESSAGES.len())
-                    .min(rng.index(LOG_MESSAGES.len()));
-                c.put(LOG_MESSAGES[template].as_bytes());
-                c.put(word(rng).as_bytes());
-                c.put(b" ");
-                if rng.chance(0.6) {
-                    c.put(b"id=");
-                    c.number(rng.below(1 << 32));
-                    c.put(b" ms=");
-                    c.number(rng.below(2000));
-                }
-                c.put(b"\n");
-            }
-            TextStyle::Markup => {
-                if rng.chance(0.15) {
-                    c.put(b"\n<div class=\"product-card\"><a class=\"product-link\" href=\"/products/");
-                }
-                c.put(rng.pick(TAGS).as_bytes());
-                for _ in 0..rng.range(1, 4) {
-                    c.put(word(rng).as_bytes());
-                    c.put(if rng.chance(0.3) { b"-" } else { b" " });
-                }
-                if rng.chance(0.3) {
-                    c.number(rng.below(1000));
-                }
-            }
-            TextStyle::Prose => {
-                for _ in 0..rng.range(6, 20) {
-                    c.put(word(rng).as_bytes());
-                    c.put(b" ");
-                }
-                c.put(if rng.chance(0.2) { b".\n\n" } else { b". " });
-            }
-            TextStyle::Config => {
-                let indent = rng.below(4) as usize * 4;
-                c.put(&b"                "[..indent]);
-                c.put(word(rng).as_bytes());
-                c.put(b"_");
-                c.put(word(rng).as_bytes());
-                c.put(if rng.chance(0.5) { b" = " } else { b"(" });
-                if rng.chance(0.5) {
-                    c.number(rng.below(65536));
-                } else {
-                    c.put(b"\"");
-                    c.put(word(rng).as_bytes());
-                    c.put(b"\"");
-                }
-                c.put(b"\n");
-            }
-        }
     }
 }
 
