@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use storage_backend::catalog::list_checkpoints;
-use storage_backend::format::layout_from_traces;
+use storage_backend::format::{layout_from_traces, with_neighbours};
 use storage_backend::reader::{load_manifest, DEFAULT_READ_CONCURRENCY};
 use storage_backend::workload::parse_trace;
 use storage_backend::{CheckpointId, CheckpointReader, Store};
@@ -78,7 +78,7 @@ pub async fn relayout(
         let trace = parse_trace(&path.display().to_string(), &name, &text, total_pages)?;
         profiles.push(trace.pages());
     }
-    let layout = layout_from_traces(&profiles);
+    let layout = with_neighbours(layout_from_traces(&profiles), total_pages);
     let layout_pages = layout.len();
     let summary = storage_backend::relayout::relayout(store, id, layout, new_id)
         .await

@@ -21,4 +21,4 @@ pub use error::{FormatError, PageOwner};
 pub use layout::{plan_blocks, LayoutError};
 pub use manifest::{BlockEntry, CheckpointId, Codec, Manifest, PageRun, Region, StateBlob};
 pub use page_map::PageMap;
-pub use profile::layout_from_traces;
+pub use profile::{layout_from_traces, with_neighbours};

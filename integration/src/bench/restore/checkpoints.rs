@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use storage_backend::format::profile::layout_from_traces;
+use storage_backend::format::profile::{layout_from_traces, with_neighbours};
 use storage_backend::workload::{Trace, Workload};
 use storage_backend::{write_checkpoint, CheckpointId, MemoryRegion, Store, WriteOptions};
 
@@ -55,7 +55,8 @@ pub async fn write(
             Layout::Physical => (defaults.block_pages, Vec::new()),
             Layout::Profiled => {
                 let pages: Vec<Vec<u64>> = learn.iter().map(|t| t.pages()).collect();
-                (defaults.block_pages, layout_from_traces(&pages))
+                let order = with_neighbours(layout_from_traces(&pages), spec.total_pages());
+                (defaults.block_pages, order)
             }
             Layout::Oracle => (defaults.block_pages, measured.pages()),
         };
