@@ -82,4 +82,4 @@ impl Config {
 }
 
 /// Streaming fetches in flight per restore by default.
-pub const DEFAULT_STREAM_IN_FLIGHT: usize = 128;
+pub const DEFAULT_STREAM_IN_FLIGHT: usize = 512;

@@ -143,9 +143,9 @@ pub const PREFETCH_WINDOW: usize = 4;
 /// A fixed background budget for `locality+prefetch+stream` (a modest
 /// share of any of the links).
 pub const BACKGROUND_STREAM_BYTES_PER_SEC: u64 = 100 << 20;
-/// Streaming fetches the oracle keeps in flight: enough to fill the
-/// slowest link's bandwidth-delay product with 64 KiB blocks.
-pub const ORACLE_IN_FLIGHT: usize = 64;
+/// Streaming fetches the oracle keeps in flight: the default ceiling, so
+/// the oracle streams at least as fast as `thaw` can.
+pub const ORACLE_IN_FLIGHT: usize = policy::DEFAULT_STREAM_IN_FLIGHT;
 
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
