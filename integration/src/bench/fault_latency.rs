@@ -6,10 +6,13 @@
 //!
 //! The network source is a real block server (`storage_backend::block_server`)
 //! on loopback, reached over QUIC with mutual TLS (a development PKI made for
-//! the run); its own cache starts cold, so each network fault is one QUIC
-//! request that the server answers from the object store in a local
-//! directory. The agent runs in this process with prefetch off, so every
-//! touch is one fault; the run fails if any block bypassed the block server.
+//! the run). Two network figures: `network_cold_*` with the server's cache
+//! cold, so each fault is one QUIC request the server answers from the object
+//! store in a local directory; `network_*` from a second agent with an empty
+//! host cache while the server's cache is warm, the case a block server in
+//! front of a fleet is for, and the network path alone. Agents run in this
+//! process with prefetch off, so every touch is one fault; the run fails if
+//! any block bypassed the block server.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -128,92 +131,113 @@ pub async fn run(
         "127.0.0.1:0".parse()?,
         tls::server_config(&pki.server, Some(pki.ca_pem.as_str()))?,
     )?;
-    let source = BlockServerSource::connect(
-        &running.local_addr.to_string(),
-        &pki_dir.join("ca.pem"),
-        Some((&pki_dir.join("client.pem"), &pki_dir.join("client.key"))),
-    )?;
 
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::new(
-        AgentConfig {
-            store: Some(store_spec.clone()),
-            checkpoint: Some(summary.id.clone()),
-            block_servers: vec![source.into_source()],
-            policy: Config {
-                prefetch_window: 0,
-                stream: None,
-                zero_fill_ahead: false,
-                ..Config::default()
+    // Two agents, each with its own host cache: the first meets the server's
+    // cache cold, the second finds it warm.
+    let mut agents = Vec::new();
+    for name in ["agent-cold.sock", "agent-warm.sock"] {
+        let source = BlockServerSource::connect(
+            &running.local_addr.to_string(),
+            &pki_dir.join("ca.pem"),
+            Some((&pki_dir.join("client.pem"), &pki_dir.join("client.key"))),
+        )?;
+        let agent = Agent::new(
+            AgentConfig {
+                store: Some(store_spec.clone()),
+                checkpoint: Some(summary.id.clone()),
+                block_servers: vec![source.into_source()],
+                policy: Config {
+                    prefetch_window: 0,
+                    stream: None,
+                    zero_fill_ahead: false,
+                    ..Config::default()
+                },
+                fetch: FetchConfig::default(),
+                cache_bytes: (blocks * BLOCK_BYTES * 2) as u64,
+                trace_dir: None,
             },
-            fetch: FetchConfig::default(),
-            cache_bytes: (blocks * BLOCK_BYTES * 2) as u64,
-            trace_dir: None,
-        },
-        tokio::runtime::Handle::current(),
-    );
-    let listener = std::os::unix::net::UnixListener::bind(&socket)?;
-    {
-        let agent = agent.clone();
-        std::thread::spawn(move || agent.serve(listener));
+            tokio::runtime::Handle::current(),
+        );
+        let socket = dir.path().join(name);
+        let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+        {
+            let agent = agent.clone();
+            std::thread::spawn(move || agent.serve(listener));
+        }
+        agents.push((agent, socket));
     }
+    let (cold_socket, warm_socket) = (agents[0].1.clone(), agents[1].1.clone());
 
     let id = summary.id.to_string();
-    let (floor, network, cached) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        // Floor, twice: the first pass warms the kernel paths and is dropped.
-        let mut floor = Vec::new();
-        for _ in 0..2 {
-            warm_host_memory(2 * memory.len());
-            let guest = MappedGuest::new(memory.len())?;
-            // SAFETY: the guest's whole mapping is registered with its uffd
-            // and stays mapped until `guest` drops, after the handler.
-            let handler = unsafe {
-                FloorHandler::start(guest.uffd(), guest.host_addr(), memory.clone(), BLOCK_BYTES)
+    let (floor, network_cold, network, cached) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            // Floor, twice: the first pass warms the kernel paths and is dropped.
+            let mut floor = Vec::new();
+            for _ in 0..2 {
+                warm_host_memory(2 * memory.len());
+                let guest = MappedGuest::new(memory.len())?;
+                // SAFETY: the guest's whole mapping is registered with its uffd
+                // and stays mapped until `guest` drops, after the handler.
+                let handler = unsafe {
+                    FloorHandler::start(
+                        guest.uffd(),
+                        guest.host_addr(),
+                        memory.clone(),
+                        BLOCK_BYTES,
+                    )
+                };
+                floor = touch_blocks(&guest, &order);
+                anyhow::ensure!(
+                    guest.bytes() == &memory[..],
+                    "floor handler restored wrong bytes"
+                );
+                drop(handler);
+            }
+            // One restore: a fresh mapping handed to the agent behind `socket`,
+            // every block touched once.
+            let restore = |socket: &std::path::Path| -> anyhow::Result<_> {
+                warm_host_memory(2 * memory.len());
+                let guest = MappedGuest::new(memory.len())?;
+                let msg = guest.handoff(Some(&store_spec), Some(&id)).encode();
+                let conn = guest.hand_off(socket, &msg)?;
+                let latencies = touch_blocks(&guest, &order);
+                anyhow::ensure!(
+                    guest.bytes() == &memory[..],
+                    "a restore differs from the image"
+                );
+                drop(conn);
+                Ok(latencies)
             };
-            floor = touch_blocks(&guest, &order);
-            anyhow::ensure!(
-                guest.bytes() == &memory[..],
-                "floor handler restored wrong bytes"
-            );
-            drop(handler);
-        }
-        // Network: the first VM fetches every block from the source.
-        warm_host_memory(2 * memory.len());
-        let first = MappedGuest::new(memory.len())?;
-        let msg = first.handoff(Some(&store_spec), Some(&id)).encode();
-        let conn1 = first.hand_off(&socket, &msg)?;
-        let network = touch_blocks(&first, &order);
-        // Cached: a second VM of the same checkpoint finds every block in the host cache.
-        warm_host_memory(2 * memory.len());
-        let second = MappedGuest::new(memory.len())?;
-        let msg = second.handoff(Some(&store_spec), Some(&id)).encode();
-        let conn2 = second.hand_off(&socket, &msg)?;
-        let cached = touch_blocks(&second, &order);
-        anyhow::ensure!(first.bytes() == &memory[..], "first restore differs");
-        anyhow::ensure!(second.bytes() == &memory[..], "second restore differs");
-        drop((conn1, conn2));
-        Ok((floor, network, cached))
-    })
-    .await??;
+            // Network, server cold: the first agent fetches every block.
+            let network_cold = restore(&cold_socket)?;
+            // Network, server warm: the second agent fetches every block again.
+            let network = restore(&warm_socket)?;
+            // Cached: another VM of the same checkpoint finds every block in the host cache.
+            let cached = restore(&cold_socket)?;
+            Ok((floor, network_cold, network, cached))
+        })
+        .await??;
 
     running.close();
-    let c = &agent.metrics().counters;
-    let sum = |kind: SourceKind| -> u64 {
-        c.blocks[kind as usize]
-            .iter()
-            .map(|x| x.load(Ordering::Relaxed))
-            .sum()
-    };
-    anyhow::ensure!(
-        sum(SourceKind::ObjectStore) == 0,
-        "{} blocks bypassed the block server",
-        sum(SourceKind::ObjectStore)
-    );
-    anyhow::ensure!(
-        sum(SourceKind::BlockServer) >= blocks as u64,
-        "only {} of {blocks} blocks came from the block server",
-        sum(SourceKind::BlockServer)
-    );
+    for (agent, _) in &agents {
+        let c = &agent.metrics().counters;
+        let sum = |kind: SourceKind| -> u64 {
+            c.blocks[kind as usize]
+                .iter()
+                .map(|x| x.load(Ordering::Relaxed))
+                .sum()
+        };
+        anyhow::ensure!(
+            sum(SourceKind::ObjectStore) == 0,
+            "{} blocks bypassed the block server",
+            sum(SourceKind::ObjectStore)
+        );
+        anyhow::ensure!(
+            sum(SourceKind::BlockServer) >= blocks as u64,
+            "only {} of {blocks} blocks came from the block server",
+            sum(SourceKind::BlockServer)
+        );
+    }
     let floor_p50 = percentile_us(&floor, 0.5);
     let mut out = serde_json::Map::new();
     out.insert("cached_p50_us".into(), json!(percentile_us(&cached, 0.5)));
@@ -222,6 +246,14 @@ pub async fn run(
     out.insert(
         "network_p99_us".into(),
         json!(percentile_us(&network, 0.99)),
+    );
+    out.insert(
+        "network_cold_p50_us".into(),
+        json!(percentile_us(&network_cold, 0.5)),
+    );
+    out.insert(
+        "network_cold_p99_us".into(),
+        json!(percentile_us(&network_cold, 0.99)),
     );
     out.insert("floor_p50_us".into(), json!(floor_p50));
     out.insert("floor_p99_us".into(), json!(percentile_us(&floor, 0.99)));
@@ -237,9 +269,15 @@ pub async fn run(
     out.insert("blocks".into(), json!(blocks));
     out.insert(
         "network_source".into(),
-        json!("block server over QUIC on loopback (mutual TLS, server cache cold)"),
+        json!("block server over QUIC on loopback (mutual TLS); network_*: its cache warm, network_cold_*: cold"),
     );
-    out.insert("blocks_fetched".into(), json!(c.fetched_blocks()));
+    out.insert(
+        "blocks_fetched".into(),
+        json!(agents
+            .iter()
+            .map(|(a, _)| a.metrics().counters.fetched_blocks())
+            .sum::<u64>()),
+    );
     super::report(
         "fault latency (touch to return; goals: cached <= 1.5x floor, network <= floor + 200us)",
         &out,
