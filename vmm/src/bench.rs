@@ -125,6 +125,8 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         out.insert(key.into(), json!(finish));
         if mode == Mode::Lazy {
             out.insert("resume_ms_256mib".into(), json!(r.timings.resume_ms));
+            out.insert("resume_open_ms_256mib".into(), json!(r.timings.open_ms));
+            out.insert("resume_state_ms_256mib".into(), json!(r.timings.state_ms));
             if let Some(ps) = r.page_server.take() {
                 let stats = ps.finish()?;
                 out.insert("lazy_faults_256mib".into(), json!(stats.faults));

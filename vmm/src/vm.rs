@@ -127,6 +127,20 @@ impl Vm {
         cpuids: Option<&[Vec<kvm_cpuid_entry2>]>,
         uart_state: Option<&UartState>,
     ) -> Result<Vm> {
+        Self::create_checked(config, memory, guest, cpuids, uart_state, None)
+    }
+
+    /// [`Vm::create`], failing first if the host lacks a feature `required` names: the
+    /// check uses the CPUID that creation reads anyway (opening KVM and reading it again
+    /// would cost ~0.7 ms of every restore here).
+    fn create_checked(
+        config: &VmConfig,
+        memory: GuestMemory,
+        guest: GuestKind,
+        cpuids: Option<&[Vec<kvm_cpuid_entry2>]>,
+        uart_state: Option<&UartState>,
+        required: Option<&RequiredFeatures>,
+    ) -> Result<Vm> {
         if config.vcpus == 0 || config.vcpus > 64 {
             return Err(Error::Config(format!(
                 "{} vCPUs (1 to 64 supported)",
@@ -136,6 +150,9 @@ impl Vm {
         let t0 = Instant::now();
         let kvm = open_kvm(&config.kvm_path)?;
         let supported = cpuid::supported(&kvm)?;
+        if let Some(required) = required {
+            required.check(&supported)?;
+        }
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
             "KVM opened, CPUID read"
@@ -260,7 +277,6 @@ impl Vm {
                 state.memory
             )));
         }
-        check_host(&config.kvm_path, state)?;
         let cfg = VmConfig {
             vcpus: state.vcpus.len() as u32,
             memory_bytes: state.memory_bytes(),
@@ -269,12 +285,13 @@ impl Vm {
         };
         let cpuids: Vec<Vec<kvm_cpuid_entry2>> =
             state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
-        let mut vm = Vm::create(
+        let mut vm = Vm::create_checked(
             &cfg,
             memory,
             state.guest.clone(),
             Some(&cpuids),
             Some(&state.serial),
+            Some(&state.required_features),
         )?;
         vm.required = state.required_features.clone();
         // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
