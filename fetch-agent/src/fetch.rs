@@ -5,12 +5,20 @@
 //! Priorities: a demand fetch starts at once; prefetch and streaming fetches
 //! each wait for a slot of their own bounded pool, so they never hold back a
 //! demand fetch, and a fetch raised to demand while it waits starts at once.
+//!
+//! Runs: streaming asks for blocks in prefetch order, which is the order
+//! they are stored in. From a source that pays per request (an object store:
+//! ~20 ms to first byte, and a request-rate limit per prefix), neighbouring
+//! streamed blocks are read in one request of up to [`STREAM_RUN_BLOCKS`]
+//! blocks ([`Fetcher::request_run`]); each block is still decoded and
+//! hash-checked on its own.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use storage_backend::format::block_codec::decode_block_into;
 use storage_backend::{CheckpointId, Manifest};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -19,6 +27,27 @@ use crate::cache::{BlockCache, FlightError, FlightPriority, Join};
 use crate::metrics::{Counters, Metrics};
 use crate::policy::Priority;
 use crate::source::BlockSource;
+
+/// Most blocks one run reads in one request: 1 MiB of 64 KiB blocks, the
+/// size object stores serve at full rate (and object_store's own limit for
+/// merging neighbouring ranges). Larger runs would also delay the first
+/// block of a run behind the transfer of the rest.
+pub const STREAM_RUN_BLOCKS: usize = 16;
+
+/// Cuts `blocks` (in the order streaming asks for them) into runs of
+/// consecutive block indices, at most `max` long, keeping the order.
+pub fn runs_of_blocks(blocks: &[u32], max: usize) -> Vec<Vec<u32>> {
+    let mut runs: Vec<Vec<u32>> = Vec::new();
+    for &b in blocks {
+        match runs.last_mut() {
+            Some(run) if run.len() < max.max(1) && run.last().map(|&l| l + 1) == Some(b) => {
+                run.push(b)
+            }
+            _ => runs.push(vec![b]),
+        }
+    }
+    runs
+}
 
 /// A checkpoint being served: its manifest and where its blocks come from.
 pub struct Checkpoint {
@@ -117,51 +146,269 @@ impl Fetcher {
         let hash = checkpoint.manifest.blocks[block as usize].hash;
         match self.cache.join(&hash, priority) {
             Join::Ready(data) => Request::Ready(data),
-            Join::Follow(follow) => {
-                let fp = follow.priority().clone();
-                Request::Pending(PendingFetch {
-                    priority: fp,
-                    done: Box::pin(async move {
-                        follow
-                            .wait()
-                            .await
-                            .map(|data| Fetched {
-                                data,
-                                source_latency: None,
-                            })
-                            .map_err(|e| FetchError::Flight(e, block))
-                    }),
-                })
+            Join::Follow(follow) => Self::follow(follow, block),
+            Join::Lead(lead) => self.lead(checkpoint, block, lead, restore),
+        }
+    }
+
+    /// Whether streaming should read neighbouring blocks of `checkpoint` in
+    /// runs: when its first source pays per request.
+    pub fn runs_pay_off(checkpoint: &Checkpoint) -> bool {
+        checkpoint.sources.first().is_some_and(|s| s.prefers_runs())
+    }
+
+    /// Streaming requests for `blocks` (consecutive, see [`runs_of_blocks`]):
+    /// those cached or already in flight are answered as by
+    /// [`Fetcher::request`]; the rest are read together, one source call for
+    /// all of them, and each completes when the run does.
+    pub fn request_run(
+        self: &Arc<Self>,
+        checkpoint: &Arc<Checkpoint>,
+        blocks: &[u32],
+        restore: Arc<Counters>,
+    ) -> Vec<(u32, Request)> {
+        let mut out = Vec::with_capacity(blocks.len());
+        let mut leads = Vec::new();
+        for &block in blocks {
+            let hash = checkpoint.manifest.blocks[block as usize].hash;
+            match self.cache.join(&hash, Priority::Stream) {
+                Join::Ready(data) => out.push((block, Request::Ready(data))),
+                Join::Follow(follow) => out.push((block, Self::follow(follow, block))),
+                Join::Lead(lead) => leads.push((block, lead)),
             }
-            Join::Lead(lead) => {
-                let fp = lead.priority().clone();
-                let this = self.clone();
-                let checkpoint = checkpoint.clone();
+        }
+        if leads.len() <= 1 {
+            for (block, lead) in leads {
+                out.push((block, self.lead(checkpoint, block, lead, restore.clone())));
+            }
+            return out;
+        }
+        let run_blocks: Vec<u32> = leads.iter().map(|(b, _)| *b).collect();
+        let priorities: Vec<Arc<FlightPriority>> =
+            leads.iter().map(|(_, l)| l.priority().clone()).collect();
+        let run = {
+            let this = self.clone();
+            let checkpoint = checkpoint.clone();
+            let priorities = priorities.clone();
+            let run_blocks = run_blocks.clone();
+            async move {
+                let permit = this.admit_run(&priorities).await;
+                let started = Instant::now();
+                let results = this
+                    .fetch_verified_run(&checkpoint, &run_blocks, &restore)
+                    .await;
+                let latency = started.elapsed();
+                drop(permit);
+                let mut shared = Vec::with_capacity(results.len());
+                for ((_, lead), result) in leads.into_iter().zip(results) {
+                    lead.complete(result.clone().map_err(FlightError));
+                    shared.push(result);
+                }
+                Arc::new((shared, latency))
+            }
+            .boxed()
+            .shared()
+        };
+        for (i, (block, priority)) in run_blocks.into_iter().zip(priorities).enumerate() {
+            let run = run.clone();
+            let id = checkpoint.id.clone();
+            out.push((
+                block,
                 Request::Pending(PendingFetch {
-                    priority: fp.clone(),
+                    priority,
                     done: Box::pin(async move {
-                        let permit = this.admit(&fp).await;
-                        let started = std::time::Instant::now();
-                        let result = this
-                            .fetch_verified(&checkpoint, block, fp.get(), &restore)
-                            .await;
-                        let source_latency = Some(started.elapsed());
-                        drop(permit);
-                        match result {
-                            Ok(data) => {
-                                lead.complete(Ok(data.clone()));
-                                Ok(Fetched {
-                                    data,
-                                    source_latency,
-                                })
-                            }
-                            Err(e) => {
-                                lead.complete(Err(FlightError(e.to_string())));
-                                Err(e)
-                            }
+                        let done = run.await;
+                        match &done.0[i] {
+                            Ok(data) => Ok(Fetched {
+                                data: data.clone(),
+                                source_latency: Some(done.1),
+                            }),
+                            Err(errors) => Err(FetchError::AllSourcesFailed {
+                                checkpoint: id,
+                                block,
+                                errors: errors.clone(),
+                            }),
                         }
                     }),
-                })
+                }),
+            ));
+        }
+        out
+    }
+
+    fn follow(follow: crate::cache::Follow, block: u32) -> Request {
+        let fp = follow.priority().clone();
+        Request::Pending(PendingFetch {
+            priority: fp,
+            done: Box::pin(async move {
+                follow
+                    .wait()
+                    .await
+                    .map(|data| Fetched {
+                        data,
+                        source_latency: None,
+                    })
+                    .map_err(|e| FetchError::Flight(e, block))
+            }),
+        })
+    }
+
+    fn lead(
+        self: &Arc<Self>,
+        checkpoint: &Arc<Checkpoint>,
+        block: u32,
+        lead: crate::cache::Lead,
+        restore: Arc<Counters>,
+    ) -> Request {
+        let fp = lead.priority().clone();
+        let this = self.clone();
+        let checkpoint = checkpoint.clone();
+        Request::Pending(PendingFetch {
+            priority: fp.clone(),
+            done: Box::pin(async move {
+                let permit = this.admit(&fp).await;
+                let started = Instant::now();
+                let result = this
+                    .fetch_verified(&checkpoint, block, fp.get(), &restore)
+                    .await;
+                let source_latency = Some(started.elapsed());
+                drop(permit);
+                match result {
+                    Ok(data) => {
+                        lead.complete(Ok(data.clone()));
+                        Ok(Fetched {
+                            data,
+                            source_latency,
+                        })
+                    }
+                    Err(e) => {
+                        lead.complete(Err(FlightError(e.to_string())));
+                        Err(e)
+                    }
+                }
+            }),
+        })
+    }
+
+    /// Slots for a run of streaming fetches, one per block; none once any of
+    /// them is raised (a fault now waits for it).
+    async fn admit_run(&self, priorities: &[Arc<FlightPriority>]) -> Option<SemaphorePermit<'_>> {
+        let wanted = priorities.len().min(self.config.stream_slots.max(1)) as u32;
+        loop {
+            let mut raised: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> =
+                priorities.iter().map(|p| Box::pin(p.raised())).collect();
+            for r in &mut raised {
+                r.as_mut().enable();
+            }
+            if priorities.iter().any(|p| p.get() != Priority::Stream) {
+                return None;
+            }
+            tokio::select! {
+                permit = self.stream.acquire_many(wanted) => return permit.ok(),
+                _ = futures::future::select_all(raised) => continue,
+            }
+        }
+    }
+
+    /// [`Fetcher::fetch_verified`] for a run: each source is asked for the
+    /// blocks no earlier source delivered good bytes for, in one call.
+    /// Returns, per block, its bytes or every source's reason.
+    async fn fetch_verified_run(
+        &self,
+        checkpoint: &Checkpoint,
+        blocks: &[u32],
+        restore: &Counters,
+    ) -> Vec<Result<Bytes, String>> {
+        let mut results: Vec<Option<Bytes>> = vec![None; blocks.len()];
+        let mut errors: Vec<Vec<String>> = vec![Vec::new(); blocks.len()];
+        let mut todo: Vec<usize> = (0..blocks.len()).collect();
+        for source in &checkpoint.sources {
+            if todo.is_empty() {
+                break;
+            }
+            let asked: Vec<u32> = todo.iter().map(|&i| blocks[i]).collect();
+            let fetched = tokio::time::timeout(
+                self.config.source_timeout,
+                source.fetch_stored_run(&checkpoint.id, &asked, Priority::Stream),
+            )
+            .await;
+            let failure = match fetched {
+                Ok(Ok(stored)) if stored.len() == asked.len() => {
+                    let mut left = Vec::new();
+                    for (&i, bytes) in todo.iter().zip(stored) {
+                        match self.accept(
+                            checkpoint,
+                            blocks[i],
+                            &**source,
+                            &bytes,
+                            Priority::Stream,
+                            restore,
+                        ) {
+                            Ok(data) => results[i] = Some(data),
+                            Err(e) => {
+                                errors[i].push(e);
+                                left.push(i);
+                            }
+                        }
+                    }
+                    todo = left;
+                    continue;
+                }
+                Ok(Ok(stored)) => format!(
+                    "{}: {} blocks asked, {} returned",
+                    source.name(),
+                    asked.len(),
+                    stored.len()
+                ),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("{}: timed out", source.name()),
+            };
+            tracing::warn!(
+                blocks = asked.len(),
+                "run fetch failed, trying the next source: {failure}"
+            );
+            self.metrics.counters.count_source_error();
+            restore.count_source_error();
+            for &i in &todo {
+                errors[i].push(failure.clone());
+            }
+        }
+        results
+            .into_iter()
+            .zip(errors)
+            .map(|(r, e)| r.ok_or_else(|| e.join("; ")))
+            .collect()
+    }
+
+    /// Decodes a source's stored bytes and checks them against the
+    /// manifest's hash; counts them. The reason if they are refused.
+    fn accept(
+        &self,
+        checkpoint: &Checkpoint,
+        block: u32,
+        source: &dyn BlockSource,
+        stored: &Bytes,
+        priority: Priority,
+        restore: &Counters,
+    ) -> Result<Bytes, String> {
+        let entry = &checkpoint.manifest.blocks[block as usize];
+        let mut data = vec![0u8; entry.raw_len as usize];
+        match decode_block_into(entry, stored, &mut data) {
+            Ok(()) => {
+                for c in [&self.metrics.counters, restore] {
+                    c.fetched(source.kind(), priority, stored.len() as u64);
+                }
+                Ok(Bytes::from(data))
+            }
+            Err(e) => {
+                tracing::error!(
+                    block,
+                    source = source.name(),
+                    "block refused, trying the next source: {e}"
+                );
+                self.metrics.counters.count_bad_block();
+                restore.count_bad_block();
+                Err(format!("{}: {e}", source.name()))
             }
         }
     }
@@ -194,7 +441,6 @@ impl Fetcher {
         priority: Priority,
         restore: &Counters,
     ) -> Result<Bytes, FetchError> {
-        let entry = &checkpoint.manifest.blocks[block as usize];
         let mut errors = Vec::new();
         for source in &checkpoint.sources {
             let fetched = tokio::time::timeout(
@@ -224,24 +470,9 @@ impl Fetcher {
                     continue;
                 }
             };
-            let mut data = vec![0u8; entry.raw_len as usize];
-            match decode_block_into(entry, &stored, &mut data) {
-                Ok(()) => {
-                    for c in [&self.metrics.counters, restore] {
-                        c.fetched(source.kind(), priority, stored.len() as u64);
-                    }
-                    return Ok(Bytes::from(data));
-                }
-                Err(e) => {
-                    tracing::error!(
-                        block,
-                        source = source.name(),
-                        "block refused, trying the next source: {e}"
-                    );
-                    self.metrics.counters.count_bad_block();
-                    restore.count_bad_block();
-                    errors.push(format!("{}: {e}", source.name()));
-                }
+            match self.accept(checkpoint, block, &**source, &stored, priority, restore) {
+                Ok(data) => return Ok(data),
+                Err(e) => errors.push(e),
             }
         }
         Err(FetchError::AllSourcesFailed {
@@ -249,5 +480,25 @@ impl Fetcher {
             block,
             errors: errors.join("; "),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_of_blocks;
+
+    #[test]
+    fn runs_are_consecutive_blocks_in_order_and_bounded() {
+        assert_eq!(
+            runs_of_blocks(&[4, 5, 6, 9, 10, 3, 4, 5, 6, 7], 3),
+            vec![vec![4, 5, 6], vec![9, 10], vec![3, 4, 5], vec![6, 7]]
+        );
+        assert_eq!(runs_of_blocks(&[], 16), Vec::<Vec<u32>>::new());
+        assert_eq!(
+            runs_of_blocks(&[2, 1, 0], 16),
+            vec![vec![2], vec![1], vec![0]]
+        );
+        // A bound of 0 means single blocks, never an empty run.
+        assert_eq!(runs_of_blocks(&[1, 2], 0), vec![vec![1], vec![2]]);
     }
 }

@@ -18,7 +18,9 @@ use tokio::sync::Notify;
 use userfaultfd::{Event, EventBuffer};
 
 use crate::cache::{BlockCache, FlightPriority};
-use crate::fetch::{Checkpoint, FetchError, Fetched, Fetcher, Request};
+use crate::fetch::{
+    runs_of_blocks, Checkpoint, FetchError, Fetched, Fetcher, Request, STREAM_RUN_BLOCKS,
+};
 use crate::install::{InstallError, Installer};
 use crate::metrics::{Counters, Metrics};
 use crate::policy::{self, Action, Origin, Restore, Waiter};
@@ -94,7 +96,10 @@ impl RestoreDriver {
         ctx: Arc<AgentContext>,
     ) -> Arc<Self> {
         let now = Instant::now();
-        let policy = Restore::new(checkpoint.manifest.clone(), ctx.policy.clone(), now);
+        let mut policy = Restore::new(checkpoint.manifest.clone(), ctx.policy.clone(), now);
+        if Fetcher::runs_pay_off(&checkpoint) {
+            policy.set_stream_batch(STREAM_RUN_BLOCKS);
+        }
         Arc::new(RestoreDriver {
             name,
             checkpoint,
@@ -261,6 +266,18 @@ impl RestoreDriver {
         fetched: Option<(u32, &Bytes)>,
     ) -> Result<(), RestoreError> {
         let ps = self.installer.layout().page_size();
+        // First streaming fetches, grouped into runs when the source pays per
+        // request; everything else in order below.
+        let (actions, streamed) = split_streaming(actions, Fetcher::runs_pay_off(&self.checkpoint));
+        for run in runs_of_blocks(&streamed, STREAM_RUN_BLOCKS) {
+            let requests =
+                self.ctx
+                    .fetcher
+                    .request_run(&self.checkpoint, &run, self.counters.clone());
+            for (block, request) in requests {
+                self.await_request(block, request, 0)?;
+            }
+        }
         for action in actions {
             match action {
                 Action::Install {
@@ -345,6 +362,16 @@ impl RestoreDriver {
             self.ctx
                 .fetcher
                 .request(&self.checkpoint, block, priority, self.counters.clone());
+        self.await_request(block, request, attempt)
+    }
+
+    /// Delivers a cached block at once, or waits for its fetch in a task.
+    fn await_request(
+        self: &Arc<Self>,
+        block: u32,
+        request: Request,
+        attempt: u32,
+    ) -> Result<(), RestoreError> {
         match request {
             Request::Ready(data) => {
                 // Cached since the decision: deliver it at once.
@@ -450,6 +477,27 @@ impl RestoreDriver {
             }
         }
     }
+}
+
+/// Takes first-attempt streaming fetches out of `actions` (their blocks, in
+/// order) when `runs` is on; the other actions keep their order.
+fn split_streaming(actions: Vec<Action>, runs: bool) -> (Vec<Action>, Vec<u32>) {
+    if !runs {
+        return (actions, Vec::new());
+    }
+    let mut rest = Vec::with_capacity(actions.len());
+    let mut streamed = Vec::new();
+    for action in actions {
+        match action {
+            Action::Fetch {
+                block,
+                priority: policy::Priority::Stream,
+                attempt: 0,
+            } => streamed.push(block),
+            other => rest.push(other),
+        }
+    }
+    (rest, streamed)
 }
 
 /// Wait before the `attempt`-th retry of a block no source delivered.

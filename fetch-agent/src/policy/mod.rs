@@ -195,6 +195,9 @@ pub struct Restore {
     stream_cursor: usize,
     stream_in_flight: usize,
     stream_window: StreamWindow,
+    /// Streaming fetches are started this many at a time (or as many as the
+    /// window allows, if fewer), so neighbouring blocks can share a request.
+    stream_batch: usize,
     /// Next zero run (index, pages into it) to install ahead.
     zero_cursor: (usize, u64),
     bucket: Option<TokenBucket>,
@@ -230,6 +233,7 @@ impl Restore {
             stream_cursor: 0,
             stream_in_flight: 0,
             stream_window,
+            stream_batch: 1,
             zero_cursor: (0, 0),
             bucket,
             stats: PolicyStats::default(),
@@ -239,6 +243,22 @@ impl Restore {
 
     pub fn manifest(&self) -> &Arc<Manifest> {
         &self.manifest
+    }
+
+    /// Start streaming fetches `blocks` at a time: for a source where
+    /// neighbouring blocks cost one request together (1, the default: each
+    /// as soon as the window has room). The window then starts with as many
+    /// requests in flight as it would with one block per request.
+    pub fn set_stream_batch(&mut self, blocks: usize) {
+        self.stream_batch = blocks.max(1);
+        self.stream_window.start_with_runs(self.stream_batch);
+    }
+
+    /// Whether the window has room for the next batch of streaming fetches.
+    fn stream_has_room(&self, max_in_flight: usize) -> bool {
+        let allowed = self.stream_window.allowed().min(max_in_flight);
+        let batch = self.stream_batch.min(allowed).max(1);
+        self.stream_in_flight + batch <= allowed
     }
 
     pub fn stats(&self) -> &PolicyStats {
@@ -606,6 +626,9 @@ impl Restore {
         };
         let mut cache_installs = 0;
         let order_len = self.manifest.prefetch_order.len();
+        if !self.stream_has_room(stream.max_in_flight) {
+            return actions;
+        }
         while self.stream_cursor < order_len
             && self.stream_in_flight < self.stream_window.allowed().min(stream.max_in_flight)
             && cache_installs < MAX_CACHE_INSTALLS_PER_POLL
@@ -646,7 +669,7 @@ impl Restore {
         let next = self.manifest.prefetch_order[self.stream_cursor..]
             .iter()
             .find(|&&b| matches!(self.blocks[b as usize], BlockState::Absent))?;
-        if self.stream_in_flight >= self.stream_window.allowed().min(stream.max_in_flight) {
+        if !self.stream_has_room(stream.max_in_flight) {
             return None;
         }
         let cost = self.manifest.blocks[*next as usize].stored_len;

@@ -43,6 +43,14 @@ impl StreamWindow {
         }
     }
 
+    /// Starts from `requests` requests of `blocks_per_request` blocks each
+    /// instead of [`INITIAL`] blocks: the same number of requests in flight
+    /// at first when each carries a run of blocks.
+    pub fn start_with_runs(&mut self, blocks_per_request: usize) {
+        let initial = INITIAL * blocks_per_request.max(1) as f64;
+        self.window = self.window.max(initial.min(self.ceiling as f64));
+    }
+
     /// Streaming fetches allowed in flight now.
     pub fn allowed(&self) -> usize {
         (self.window as usize).clamp(1, self.ceiling)
@@ -82,6 +90,16 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn runs_start_with_as_many_requests_in_flight() {
+        let mut w = StreamWindow::new(512);
+        w.start_with_runs(16);
+        assert_eq!(w.allowed(), 64);
+        let mut small = StreamWindow::new(32);
+        small.start_with_runs(16);
+        assert_eq!(small.allowed(), 32);
     }
 
     #[test]

@@ -112,7 +112,9 @@ fn intro(page: &mut String, meta: &ReportMeta, cdf_source: CdfSource) {
         page,
         "- **Figures.** Time to finish is the replay's run time after restore; restore \
          overhead is that minus the baseline, the run time with all memory already present; \
-         requests and bytes are what the fetch agent read from storage; faults are the page \
+         requests and bytes are what the fetch agent read from storage (requests: blocks asked \
+         of the block server; over the object-store link, GETs, one per run of neighbouring \
+         blocks when streaming); faults are the page \
          faults it served, and fault latency is how long each waited."
     );
     let _ = writeln!(

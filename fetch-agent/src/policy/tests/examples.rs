@@ -529,3 +529,48 @@ fn zero_pages_are_installed_ahead_once_and_then_only_woken() {
     let a = r.fault(30, t0, &mut never).unwrap();
     assert!(matches!(&a[0], Action::Wake { .. }), "{a:?}");
 }
+
+#[test]
+fn batched_streaming_starts_fetches_a_batch_at_a_time() {
+    let t0 = Instant::now();
+    let blocks: Vec<Vec<PageRun>> = (0..40)
+        .map(|b| vec![PageRun { start: b, len: 1 }])
+        .collect();
+    let cfg = Config {
+        prefetch_window: 0,
+        zero_window: 16,
+        stream: Some(StreamConfig {
+            bytes_per_sec: None,
+            max_in_flight: 16,
+        }),
+        zero_fill_ahead: false,
+        install: InstallScope::Block,
+    };
+    let fetched = |actions: &[Action]| -> Vec<u32> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Fetch { block, .. } => Some(*block),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut r = Restore::new(manifest(40, &blocks, (0..40).collect()), cfg, t0);
+    r.set_stream_batch(4);
+    // The window starts with 4 requests of 4 blocks: 16 blocks (the ceiling).
+    assert_eq!(
+        fetched(&r.poll(t0, &mut never)),
+        (0..16).collect::<Vec<_>>()
+    );
+    // Three blocks back: no room for a batch of four yet.
+    for b in 0..3 {
+        r.block_ready(b, t0, Some(Duration::from_millis(20)))
+            .unwrap();
+    }
+    assert!(fetched(&r.poll(t0, &mut never)).is_empty());
+    assert_eq!(r.next_poll(t0), None);
+    // The fourth makes room: the next four, in order.
+    r.block_ready(3, t0, Some(Duration::from_millis(20)))
+        .unwrap();
+    assert_eq!(fetched(&r.poll(t0, &mut never)), vec![16, 17, 18, 19]);
+}

@@ -37,6 +37,8 @@ pub struct LinkEnv {
     /// object-store link, its only one).
     pub agent_store: Store,
     relayed: Option<Relayed>,
+    /// The object-store link's store, which counts the requests it answers.
+    slow: Option<Arc<SlowStore>>,
 }
 
 struct Relayed {
@@ -72,19 +74,27 @@ impl LinkEnv {
                         ca: pki.dir.join("ca.pem"),
                         client: (pki.dir.join("client.pem"), pki.dir.join("client.key")),
                     }),
+                    slow: None,
                 })
             }
             LinkSpec::ObjectStore { .. } => {
-                let slow = SlowStore::for_link(store.object_store().clone(), link)?;
+                let slow = Arc::new(SlowStore::for_link(store.object_store().clone(), link)?);
                 Ok(LinkEnv {
                     agent_store: Store::from_object_store(
-                        Arc::new(slow),
+                        slow.clone(),
                         format!("{} over the {} link", store.location(), link.name()),
                     ),
                     relayed: None,
+                    slow: Some(slow),
                 })
             }
         }
+    }
+
+    /// Requests the object store of an object-store link has answered so
+    /// far (GETs and ranged GETs); `None` for links with a block server.
+    pub fn store_requests(&self) -> Option<u64> {
+        self.slow.as_ref().map(|s| s.requests())
     }
 
     /// Whether blocks should come from a block server (and never straight

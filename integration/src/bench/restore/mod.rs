@@ -303,6 +303,7 @@ impl Run<'_> {
             })
         };
         let id = self.checkpoints.id(layout).to_string();
+        let store_requests_before = env.store_requests();
         let replayed = replay(
             self.plan,
             Memory::Agent {
@@ -333,7 +334,12 @@ impl Run<'_> {
         }
         Ok(Measured {
             time_to_finish_s: replayed.time_to_finish_s,
-            requests: report.fetched_blocks,
+            // Over the object-store link, what the store answered: a run of
+            // neighbouring blocks is one request.
+            requests: match (store_requests_before, env.store_requests()) {
+                (Some(before), Some(after)) => after - before,
+                _ => report.fetched_blocks,
+            },
             bytes: report.fetched_bytes,
             faults: report.faults,
             stalls_us: replayed
