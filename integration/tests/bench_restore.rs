@@ -79,6 +79,8 @@ fn strategies_side_by_side_on_a_small_workload() {
         .arg(&json)
         .arg("--report")
         .arg(dir.path().join("docs/evaluation.md"))
+        .arg("--agent-traces")
+        .arg(dir.path().join("traces"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -112,6 +114,23 @@ fn strategies_side_by_side_on_a_small_workload() {
         locality.faults * 4 < lazy.faults,
         "{locality:?} vs {lazy:?}"
     );
+    // Each lazy run's agent kept its fault trace: one line per fault it served.
+    let trace_lines = |strategy: &str| -> u64 {
+        let run = dir
+            .path()
+            .join("traces")
+            .join(format!("scatter-rack-{strategy}"));
+        let files: Vec<_> = std::fs::read_dir(&run)
+            .unwrap_or_else(|e| panic!("{}: {e}", run.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        text.lines().filter(|l| !l.starts_with('#')).count() as u64
+    };
+    assert_eq!(trace_lines("lazy-4k"), lazy.faults);
+    assert_eq!(trace_lines("locality+prefetch"), locality.faults);
+    assert!(!dir.path().join("traces/scatter-rack-eager").exists());
 }
 
 #[test]

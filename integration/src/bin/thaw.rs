@@ -204,6 +204,10 @@ struct RestoreArgs {
     /// Also write the evaluation page (e.g. docs/evaluation.md) and its charts from the rows.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Keep the fetch agent's fault trace of every lazy run, in
+    /// DIR/WORKLOAD-LINK-STRATEGY/ (trace format plus block and source columns).
+    #[arg(long, value_name = "DIR")]
+    agent_traces: Option<PathBuf>,
 }
 
 fn open_store(spec: &str) -> anyhow::Result<Store> {
@@ -342,6 +346,7 @@ async fn main() -> anyhow::Result<()> {
                     thaw: bench::restore::locate_thaw()?,
                     json: args.json,
                     replay_timeout: args.replay_timeout,
+                    agent_traces: args.agent_traces,
                 };
                 let rows = tokio::task::spawn_blocking(move || bench::restore::run(cfg)).await??;
                 if let Some(out) = args.report {

@@ -53,6 +53,10 @@ pub struct RestoreBench {
     pub json: Option<PathBuf>,
     /// A replay taking longer than this fails.
     pub replay_timeout: Duration,
+    /// Where each lazy run's fetch agent writes its fault trace (one
+    /// directory per workload × link × strategy), to see which faults a
+    /// strategy left and where their pages came from.
+    pub agent_traces: Option<PathBuf>,
 }
 
 /// One workload × link × strategy: what the report reads, plus the
@@ -157,6 +161,10 @@ pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
                     checkpoints: &checkpoints,
                     plan: &plan,
                     socket: tmp.path().join("agent.sock"),
+                    trace_dir: cfg
+                        .agent_traces
+                        .as_ref()
+                        .map(|d| d.join(format!("{name}-{}-{strategy}", link.name()))),
                 };
                 let m = run
                     .measure()
@@ -241,6 +249,7 @@ struct Run<'a> {
     checkpoints: &'a checkpoints::Checkpoints,
     plan: &'a ReplayPlan,
     socket: PathBuf,
+    trace_dir: Option<PathBuf>,
 }
 
 impl Run<'_> {
@@ -254,6 +263,10 @@ impl Run<'_> {
                 policy,
                 fetch,
             } => {
+                if let Some(dir) = &self.trace_dir {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
                 let config = AgentConfig {
                     store: None,
                     checkpoint: None,
@@ -261,7 +274,7 @@ impl Run<'_> {
                     policy,
                     fetch,
                     cache_bytes: AGENT_CACHE_BYTES,
-                    trace_dir: None,
+                    trace_dir: self.trace_dir.clone(),
                 };
                 self.lazy(&env, layout, config)
             }
