@@ -227,6 +227,27 @@ fn bad_bytes_from_one_source_are_refetched_from_the_next_never_installed() {
 }
 
 #[test]
+fn bad_streamed_bytes_are_refetched_from_the_next_source_never_installed() {
+    // The default restore streams every block (one block per request from a
+    // source that does not prefer runs); a refused one goes to the next source.
+    let fx = checkpoint(256);
+    let bad = Corrupting(ObjectStoreSource::new(Store::open(&fx.store_spec).unwrap()));
+    let running = start_agent(&fx, Config::default(), vec![Arc::new(bad)], None);
+    let guest = MappedGuest::new(fx.memory.len()).unwrap();
+    let msg = guest
+        .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
+        .encode();
+    let _conn = guest.hand_off(&fx.socket(), &msg).unwrap();
+    touch_all_and_check(&guest, &fx.memory);
+    let c = &running.agent.metrics().counters;
+    let fetched = c.fetched_blocks();
+    let streamed = c.blocks[SourceKind::ObjectStore as usize][Priority::Stream as usize]
+        .load(Ordering::SeqCst);
+    assert!(streamed > 0, "no block was streamed");
+    assert_eq!(c.bad_blocks.load(Ordering::SeqCst), fetched);
+}
+
+#[test]
 fn a_corrupt_block_in_the_store_is_never_installed() {
     let fx = checkpoint(256);
     // Flip a byte inside block 0's stored bytes.
