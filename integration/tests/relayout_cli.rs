@@ -74,7 +74,17 @@ async fn relayout_from_traces() {
         .iter()
         .flat_map(|r| r.start..r.end())
         .collect();
-    assert_eq!(first, vec![121, 3, 64, 7]);
+    // The traced pages first, in trace order; the rest of the block holds
+    // unseen pages near them (`format::profile::with_neighbours`).
+    let traced = [121u64, 3, 64, 7];
+    assert_eq!(first[..4], traced, "{first:?}");
+    for &p in &first[4..] {
+        assert!(!traced.contains(&p), "{first:?}");
+        assert!(
+            traced.iter().any(|&t| t.abs_diff(p) <= 16),
+            "page {p} is no neighbour of a traced page: {first:?}"
+        );
+    }
 
     // A trace naming a page outside the memory is refused with file and line.
     std::fs::write(&t2, "0 1\n1 128\n").unwrap();
