@@ -202,17 +202,25 @@ impl BlockSource for Corrupting {
     }
 }
 
-#[test]
-fn bad_bytes_from_one_source_are_refetched_from_the_next_never_installed() {
-    let fx = checkpoint(256);
+/// Restores a checkpoint whose first source corrupts every block it
+/// delivers (the store of the hand-off comes next), touches every page and
+/// checks all of memory.
+fn restore_behind_a_corrupting_source(fx: &common::Fixture, policy: Config) -> common::Running {
     let bad = Corrupting(ObjectStoreSource::new(Store::open(&fx.store_spec).unwrap()));
-    let running = start_agent(&fx, policy(2), vec![Arc::new(bad)], None);
+    let running = start_agent(fx, policy, vec![Arc::new(bad)], None);
     let guest = MappedGuest::new(fx.memory.len()).unwrap();
     let msg = guest
         .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
         .encode();
     let _conn = guest.hand_off(&fx.socket(), &msg).unwrap();
     touch_all_and_check(&guest, &fx.memory);
+    running
+}
+
+#[test]
+fn bad_bytes_from_one_source_are_refetched_from_the_next_never_installed() {
+    let fx = checkpoint(256);
+    let running = restore_behind_a_corrupting_source(&fx, policy(2));
     let c = &running.agent.metrics().counters;
     let fetched = c.fetched_blocks();
     assert!(fetched > 0);
@@ -231,20 +239,12 @@ fn bad_streamed_bytes_are_refetched_from_the_next_source_never_installed() {
     // The default restore streams every block (one block per request from a
     // source that does not prefer runs); a refused one goes to the next source.
     let fx = checkpoint(256);
-    let bad = Corrupting(ObjectStoreSource::new(Store::open(&fx.store_spec).unwrap()));
-    let running = start_agent(&fx, Config::default(), vec![Arc::new(bad)], None);
-    let guest = MappedGuest::new(fx.memory.len()).unwrap();
-    let msg = guest
-        .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
-        .encode();
-    let _conn = guest.hand_off(&fx.socket(), &msg).unwrap();
-    touch_all_and_check(&guest, &fx.memory);
+    let running = restore_behind_a_corrupting_source(&fx, Config::default());
     let c = &running.agent.metrics().counters;
-    let fetched = c.fetched_blocks();
     let streamed = c.blocks[SourceKind::ObjectStore as usize][Priority::Stream as usize]
         .load(Ordering::SeqCst);
     assert!(streamed > 0, "no block was streamed");
-    assert_eq!(c.bad_blocks.load(Ordering::SeqCst), fetched);
+    assert_eq!(c.bad_blocks.load(Ordering::SeqCst), c.fetched_blocks());
 }
 
 #[test]
