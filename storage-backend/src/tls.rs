@@ -104,15 +104,24 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Transport tuned for bulk block traffic: large flow-control windows so one
-/// connection can fill a fast link, many concurrent request streams, and
-/// path MTU discovery up to what loopback and jumbo-frame networks carry.
+/// connection can fill a fast link, many concurrent request streams, path
+/// MTU discovery up to what loopback and jumbo-frame networks carry, and
+/// streams of one priority sent in order.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(4096u32.into())
         .stream_receive_window((8u32 << 20).into())
         .receive_window((64u32 << 20).into())
         .send_window(64 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(5)));
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        // Responses of one priority go out in the order they were written,
+        // not round-robin: each block completes as early as it can (a
+        // streamed block is useful only whole), and frames are fewer and
+        // larger. Higher priorities still go first. Measured here: `thaw
+        // bench stream` 0.46-0.49 GB/s at 3.3-3.4 CPU-s/GB against
+        // 0.43 at 3.9 round-robin; `thaw bench restore` (thaw, 4 workloads
+        // over rack and region) 7-11% less overhead in sum.
+        .send_fairness(false);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(16_384);
     t.mtu_discovery_config(Some(mtu));
