@@ -4,13 +4,15 @@
 //! agent on loopback; restore lazily through them; check that the restored
 //! guest finishes with the reference checksum; print what it took.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+
+use crate::daemon::{start_block_server, thaw, Daemon};
 
 use storage_backend::units::format_bytes;
 
@@ -21,22 +23,6 @@ pub struct DemoOptions {
     pub block_server: Option<SocketAddr>,
     /// Development PKI directory (ca.pem, client.pem, client.key; created if absent).
     pub pki: Option<PathBuf>,
-}
-
-/// A child process killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn thaw() -> anyhow::Result<Command> {
-    Ok(Command::new(
-        std::env::current_exe().context("locating the thaw binary")?,
-    ))
 }
 
 /// Runs `thaw vm …` and returns its JSON events.
@@ -92,30 +78,6 @@ fn free_tcp_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn start_block_server(store: &str, pki: &Path) -> anyhow::Result<(Daemon, SocketAddr)> {
-    let mut child = thaw()?
-        .args([
-            "block-server",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            store,
-            "--dev-pki",
-        ])
-        .arg(pki)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("block server stdout")?).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("block server said {line:?}"))?;
-    Ok((Daemon(child), addr))
-}
-
 /// Runs the demo; blocking (it drives processes), so call it off the async runtime.
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
@@ -154,7 +116,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let (_server, server_addr) = match opts.block_server {
         Some(addr) => (None, addr),
         None => {
-            let (d, a) = start_block_server(&opts.store, &pki)?;
+            let (d, a) = start_block_server(&opts.store, &pki, 1 << 30)?;
             (Some(d), a)
         }
     };

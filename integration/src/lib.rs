@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod commands;
 pub mod counting_store;
+pub mod daemon;
 pub mod demo;
 pub mod link;
 pub mod replay;

@@ -42,7 +42,16 @@ pub fn report(
 /// User plus system CPU time of this process so far (from /proc, in clock
 /// ticks of 10 ms).
 pub fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_from("/proc/self/stat")
+}
+
+/// CPU seconds (user and system) another process has used so far; 0 once it is gone.
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    cpu_seconds_from(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_from(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();

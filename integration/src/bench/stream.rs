@@ -1,5 +1,5 @@
 //! `thaw bench stream`: QUIC streaming throughput of blocks over loopback,
-//! from a block server (mutual TLS, as deployed) to one client.
+//! from a block server process (mutual TLS, as deployed) to one client.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,9 +9,8 @@ use anyhow::Context;
 use futures::{stream, StreamExt, TryStreamExt};
 use serde_json::json;
 use storage_backend::block_client::BlockClient;
-use storage_backend::block_server::BlockServer;
 use storage_backend::protocol::Priority;
-use storage_backend::tls::{self, DevPki, SERVER_NAME};
+use storage_backend::tls::{self, SERVER_NAME};
 use storage_backend::{CheckpointId, Store};
 
 use crate::synthetic;
@@ -50,18 +49,21 @@ async fn pass(
 }
 
 pub async fn run(cfg: StreamBench) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
-    let dir = tempfile::tempdir().context("store directory")?;
-    let store = Store::open(dir.path().to_str().context("UTF-8 path")?)?;
+    let dir = tempfile::tempdir().context("work directory")?;
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir(&store_dir)?;
+    let store_spec = store_dir.to_str().context("UTF-8 path")?;
+    let store = Store::open(store_spec)?;
     let id = synthetic::write_image_checkpoint(&store, cfg.memory_bytes as usize, 5).await?;
 
-    let pki = DevPki::generate()?;
-    let server = BlockServer::new(store, 4 << 30);
-    let running = server.serve(
-        "127.0.0.1:0".parse()?,
-        tls::server_config(&pki.server, Some(&pki.ca_pem))?,
-    )?;
+    // The block server runs as deployed: its own process, in front of the
+    // store, with mutual TLS. Its cache holds every block.
+    let pki_dir = dir.path().join("pki");
+    let pki = crate::serve::dev_pki(&pki_dir)?;
+    let cache_bytes = cfg.memory_bytes + (64 << 20);
+    let (server, addr) = crate::daemon::start_block_server(store_spec, &pki_dir, cache_bytes)?;
     let client = Arc::new(BlockClient::new(
-        running.local_addr,
+        addr,
         SERVER_NAME,
         tls::client_config(&pki.ca_pem, Some(&pki.client))?,
     )?);
@@ -70,12 +72,13 @@ pub async fn run(cfg: StreamBench) -> anyhow::Result<serde_json::Map<String, ser
     // The first pass reads the store and fills the server's cache; the
     // second measures the protocol alone.
     let (_, cold_s) = pass(&client, &id, blocks, cfg.concurrency).await?;
-    let cpu_before = super::process_cpu_seconds();
+    let cpu = || super::process_cpu_seconds() + super::cpu_seconds_of(server.pid());
+    let cpu_before = cpu();
     let (wire_bytes, warm_s) = pass(&client, &id, blocks, cfg.concurrency).await?;
-    let cpu_s = super::process_cpu_seconds() - cpu_before;
+    let cpu_s = cpu() - cpu_before;
     let path = client.connection().await?.stats().path;
     let (path_mtu, lost) = (path.current_mtu, path.lost_packets);
-    running.close();
+    drop(server);
 
     let mut out = serde_json::Map::new();
     out.insert(
