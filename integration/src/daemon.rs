@@ -33,16 +33,23 @@ pub fn thaw() -> anyhow::Result<Command> {
 
 /// Starts `thaw block-server` on a free loopback port in front of `store`,
 /// with the development PKI in `pki`, and returns it with its address.
+/// `threads` is its runtime's worker count (default: one per CPU).
 pub fn start_block_server(
     store: &str,
     pki: &Path,
     cache_bytes: u64,
+    threads: Option<u16>,
 ) -> anyhow::Result<(Daemon, SocketAddr)> {
-    let mut child = thaw()?
+    let mut command = thaw()?;
+    command
         .args(["block-server", "--listen", "127.0.0.1:0", "--store", store])
         .arg(format!("--cache-size={cache_bytes}"))
         .arg("--dev-pki")
-        .arg(pki)
+        .arg(pki);
+    if let Some(threads) = threads {
+        command.arg(format!("--threads={threads}"));
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .spawn()
         .context("starting thaw block-server")?;

@@ -116,7 +116,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let (_server, server_addr) = match opts.block_server {
         Some(addr) => (None, addr),
         None => {
-            let (d, a) = start_block_server(&opts.store, &pki, 1 << 30)?;
+            let (d, a) = start_block_server(&opts.store, &pki, 1 << 30, None)?;
             (Some(d), a)
         }
     };

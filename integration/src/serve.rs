@@ -18,6 +18,10 @@ pub struct BlockServerArgs {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:4433")]
     pub listen: SocketAddr,
+    /// Threads serving connections (default: one per CPU). One connection is
+    /// served by one thread at a time, so more threads help many clients, not one.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// Memory cache of stored blocks.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub cache_size: u64,

@@ -214,15 +214,29 @@ fn open_store(spec: &str) -> anyhow::Result<Store> {
     Store::open(spec).with_context(|| format!("opening store {spec}"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Command::BlockServer(args) = &cli.command {
+        if let Some(threads) = args.threads {
+            runtime.worker_threads(threads.into());
+        }
+    }
+    runtime
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Demo {
             store,
             memory,
