@@ -99,8 +99,15 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// ring's provider with AES-128-GCM preferred: every packet is sealed and
+/// opened, and AES-128 (10 rounds) costs less per byte than AES-256 (14)
+/// while staying a TLS 1.3 mandatory suite. The other suites stay allowed.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// Transport tuned for bulk block traffic: large flow-control windows so one
