@@ -7,6 +7,7 @@ pub mod relay;
 pub mod slow_store;
 pub mod spec;
 mod sys;
+mod udp_batch;
 
 pub use model::{LinkModel, LinkParams, Verdict};
 pub use relay::{RelayError, RelayHandle, RelayStats, UdpRelay};
