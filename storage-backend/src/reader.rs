@@ -10,7 +10,7 @@ use object_store::ObjectStoreExt;
 use rayon::prelude::*;
 
 use crate::error::CheckpointError;
-use crate::format::block_codec::decode_block_into;
+use crate::format::block_codec::{decode_block_into, verify_stored};
 use crate::format::{self, CheckpointId, Manifest, PageRun};
 use crate::store::{keys, Store};
 
@@ -183,6 +183,22 @@ impl CheckpointReader {
             pages: entry.pages.clone(),
             page_size: m.page_size,
             data: data.into(),
+        })
+    }
+
+    /// Checks one block's stored bytes against the manifest without decoding
+    /// them when the manifest allows (see [`verify_stored`]).
+    pub fn verify_stored(&self, block: u32, stored: &[u8]) -> Result<(), CheckpointError> {
+        let m = &self.inner.manifest;
+        let entry = m
+            .blocks
+            .get(block as usize)
+            .ok_or(CheckpointError::NoSuchBlock(block))?;
+        verify_stored(entry, stored).map_err(|source| CheckpointError::BadBlock {
+            block,
+            key: m.objects[entry.object as usize].clone(),
+            offset: entry.offset,
+            source,
         })
     }
 

@@ -95,6 +95,7 @@ struct ExistingBlock {
     offset: u64,
     stored_len: u64,
     codec: Codec,
+    stored_hash: Option<[u8; 32]>,
 }
 
 enum PreparedBlock {
@@ -254,6 +255,7 @@ async fn existing_blocks(
                 offset: b.offset,
                 stored_len: b.stored_len,
                 codec: b.codec,
+                stored_hash: b.stored_hash,
             };
             (b.hash, found)
         })
@@ -329,6 +331,7 @@ impl SegmentPacker {
                     stored_len: found.stored_len,
                     codec: found.codec,
                     hash,
+                    stored_hash: found.stored_hash,
                 })
             }
             PreparedBlock::New(enc) => {
@@ -350,6 +353,7 @@ impl SegmentPacker {
                     raw_len: enc.raw_len,
                     codec: enc.codec,
                     hash: enc.hash,
+                    stored_hash: Some(enc.stored_hash),
                 };
                 self.current_len += enc.stored.len() as u64;
                 self.current.push(Bytes::from(enc.stored));

@@ -21,6 +21,7 @@ fn block(pages: Vec<PageRun>, offset: u64) -> BlockEntry {
         raw_len: n * 4096,
         codec: Codec::Lz4,
         hash: [7; 32],
+        stored_hash: Some([8; 32]),
     }
 }
 

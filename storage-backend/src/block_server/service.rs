@@ -256,7 +256,7 @@ impl BlockServer {
                         inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
                         let stored = reader.fetch_stored(block).await?;
                         // Verify before caching: a corrupt object is never served.
-                        reader.decode(block, &stored)?;
+                        reader.verify_stored(block, &stored)?;
                         inner
                             .cache
                             .lock()

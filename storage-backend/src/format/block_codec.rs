@@ -9,6 +9,8 @@ pub struct EncodedBlock {
     pub stored: Vec<u8>,
     pub raw_len: u64,
     pub hash: [u8; 32],
+    /// BLAKE3 of `stored`.
+    pub stored_hash: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub enum BlockCodecError {
     Decompress { raw_len: u64, reason: String },
     #[error("BLAKE3 hash of the decoded bytes does not match the manifest")]
     HashMismatch,
+    #[error("BLAKE3 hash of the stored bytes does not match the manifest")]
+    StoredHashMismatch,
 }
 
 /// Compression is kept only when it saves at least 1/16 of the bytes: below
@@ -41,11 +45,36 @@ pub fn encode_block_with_hash(raw: &[u8], hash: [u8; 32]) -> EncodedBlock {
     } else {
         (Codec::Raw, raw.to_vec())
     };
+    let stored_hash = *blake3::hash(&stored).as_bytes();
     EncodedBlock {
         codec,
         stored,
         raw_len: raw.len() as u64,
         hash,
+        stored_hash,
+    }
+}
+
+/// Checks stored bytes against the manifest without using them: against the
+/// stored-bytes hash when the manifest has one (a hash of the stored bytes,
+/// several times cheaper than decoding), else by decoding and checking the
+/// raw hash. Either way, bytes that pass decode to the manifest's raw hash
+/// as the writer checked when it wrote them.
+pub fn verify_stored(entry: &BlockEntry, stored: &[u8]) -> Result<(), BlockCodecError> {
+    match entry.stored_hash {
+        Some(expected) => {
+            if stored.len() as u64 != entry.stored_len {
+                return Err(BlockCodecError::StoredLenMismatch {
+                    expected: entry.stored_len,
+                    got: stored.len() as u64,
+                });
+            }
+            if *blake3::hash(stored).as_bytes() != expected {
+                return Err(BlockCodecError::StoredHashMismatch);
+            }
+            Ok(())
+        }
+        None => decode_block_into(entry, stored, &mut vec![0u8; entry.raw_len as usize]),
     }
 }
 
@@ -126,6 +155,7 @@ mod tests {
             raw_len: e.raw_len,
             codec: e.codec,
             hash: e.hash,
+            stored_hash: Some(e.stored_hash),
         }
     }
 
@@ -175,6 +205,33 @@ mod tests {
                 expected: e.stored.len() as u64,
                 got: e.stored.len() as u64 - 1
             })
+        );
+    }
+
+    #[test]
+    fn stored_bytes_are_verified_by_their_hash_or_else_by_decoding() {
+        let text: Vec<u8> = b"abcdefgh".iter().cycle().take(8192).copied().collect();
+        let e = encode_block(&text);
+        let with = entry_for(&e);
+        let without = BlockEntry {
+            stored_hash: None,
+            ..with.clone()
+        };
+        for entry in [&with, &without] {
+            assert_eq!(verify_stored(entry, &e.stored), Ok(()));
+            let mut bad = e.stored.clone();
+            bad[e.stored.len() / 2] ^= 0x10;
+            assert!(verify_stored(entry, &bad).is_err());
+            assert!(matches!(
+                verify_stored(entry, &e.stored[1..]),
+                Err(BlockCodecError::StoredLenMismatch { .. })
+            ));
+        }
+        let mut bad = e.stored.clone();
+        bad[0] ^= 1;
+        assert_eq!(
+            verify_stored(&with, &bad),
+            Err(BlockCodecError::StoredHashMismatch)
         );
     }
 

@@ -5,6 +5,9 @@
 //! body     fields in a fixed order, integers as LEB128 varints
 //! trailer  BLAKE3 of header and body (32 bytes)
 //! ```
+//! Version 2 adds to each block entry, after its hash, a flag byte and (when
+//! 1) the BLAKE3 of its stored bytes. Version 1 manifests still decode, their
+//! blocks without a stored-bytes hash.
 //! A versioned binary encoding rather than JSON: a 4 GiB VM has tens of
 //! thousands of blocks, and the manifest sits on the restore path. Parsing is
 //! bounded: the header's length is checked against the input and a limit,
@@ -17,7 +20,9 @@ use super::manifest::{BlockEntry, CheckpointId, Codec, Manifest, PageRun, Region
 use super::wire::{Decoder, Encoder};
 
 pub const MAGIC: [u8; 8] = *b"THAWMNFS";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+/// The oldest version [`decode`] reads.
+pub const OLDEST_VERSION: u16 = 1;
 /// A manifest larger than this is refused before it is parsed.
 pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
@@ -26,6 +31,11 @@ pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 const MIN_BLOCK_BYTES: usize = 1 + 2 + 4 + 1 + 32;
 
 pub fn encode(m: &Manifest) -> Vec<u8> {
+    encode_as(m, VERSION)
+}
+
+/// Encodes in `version` (1 drops the stored-bytes hashes).
+fn encode_as(m: &Manifest, version: u16) -> Vec<u8> {
     let mut e = Encoder::default();
     e.bytes(m.id.as_str().as_bytes());
     e.varint(m.created_unix_ms);
@@ -55,6 +65,15 @@ pub fn encode(m: &Manifest) -> Vec<u8> {
         e.varint(b.raw_len);
         e.u8(b.codec as u8);
         e.fixed(&b.hash);
+        if version >= 2 {
+            match &b.stored_hash {
+                Some(h) => {
+                    e.u8(1);
+                    e.fixed(h);
+                }
+                None => e.u8(0),
+            }
+        }
     }
     encode_runs(&mut e, &m.zero_pages);
     e.varint(m.prefetch_order.len() as u64);
@@ -64,13 +83,14 @@ pub fn encode(m: &Manifest) -> Vec<u8> {
     e.bytes(&m.state.bytes);
     e.fixed(&m.state.hash);
 
-    super::envelope::seal(MAGIC, VERSION, &e.buf)
+    super::envelope::seal(MAGIC, version, &e.buf)
 }
 
 /// Parses and validates a manifest.
 pub fn decode(input: &[u8]) -> Result<Manifest, FormatError> {
-    let body = super::envelope::open(input, MAGIC, VERSION, MAX_MANIFEST_BYTES)?;
-    let manifest = decode_body(body)?;
+    let (version, body) =
+        super::envelope::open_versions(input, MAGIC, OLDEST_VERSION..=VERSION, MAX_MANIFEST_BYTES)?;
+    let manifest = decode_body_of(version, body)?;
     manifest.validate()?;
     Ok(manifest)
 }
@@ -78,6 +98,10 @@ pub fn decode(input: &[u8]) -> Result<Manifest, FormatError> {
 /// Parses the body alone (no checksum, no validation): the part a fuzzer
 /// should reach without having to forge a checksum.
 pub fn decode_body(body: &[u8]) -> Result<Manifest, FormatError> {
+    decode_body_of(VERSION, body)
+}
+
+fn decode_body_of(version: u16, body: &[u8]) -> Result<Manifest, FormatError> {
     let mut d = Decoder::new(body);
     let id = CheckpointId::new(d.string("id")?)?;
     let created_unix_ms = d.varint("created time")?;
@@ -119,6 +143,19 @@ pub fn decode_body(body: &[u8]) -> Result<Manifest, FormatError> {
             codec: codec_byte,
         })?;
         let hash = d.hash("block hash")?;
+        let stored_hash = match version {
+            1 => None,
+            _ => match d.u8("stored hash flag")? {
+                0 => None,
+                1 => Some(d.hash("stored hash")?),
+                v => {
+                    return Err(FormatError::ValueTooLarge {
+                        field: "stored hash flag",
+                        value: u64::from(v),
+                    })
+                }
+            },
+        };
         blocks.push(BlockEntry {
             pages,
             object,
@@ -127,6 +164,7 @@ pub fn decode_body(body: &[u8]) -> Result<Manifest, FormatError> {
             raw_len,
             codec,
             hash,
+            stored_hash,
         });
     }
     let zero_pages = decode_runs(&mut d, "zero pages")?;
@@ -175,4 +213,53 @@ fn decode_runs(d: &mut Decoder<'_>, field: &'static str) -> Result<Vec<PageRun>,
         });
     }
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::block_codec::encode_block;
+
+    fn one_block_manifest() -> Manifest {
+        let e = encode_block(&[7u8; 4096]);
+        Manifest {
+            id: CheckpointId::new("ck-v").unwrap(),
+            created_unix_ms: 1,
+            parent: None,
+            page_size: 4096,
+            regions: vec![Region {
+                guest_phys_addr: 0,
+                size: 4096,
+            }],
+            objects: vec!["seg-0".into()],
+            blocks: vec![BlockEntry {
+                pages: vec![PageRun { start: 0, len: 1 }],
+                object: 0,
+                offset: 0,
+                stored_len: e.stored.len() as u64,
+                raw_len: e.raw_len,
+                codec: e.codec,
+                hash: e.hash,
+                stored_hash: Some(e.stored_hash),
+            }],
+            zero_pages: vec![],
+            prefetch_order: vec![0],
+            state: StateBlob {
+                bytes: vec![1, 2],
+                hash: *blake3::hash(&[1, 2]).as_bytes(),
+            },
+        }
+    }
+
+    #[test]
+    fn stored_hashes_round_trip_and_version_1_still_decodes_without_them() {
+        let m = one_block_manifest();
+        assert_eq!(decode(&encode(&m)).unwrap(), m);
+        let mut none = m.clone();
+        none.blocks[0].stored_hash = None;
+        assert_eq!(decode(&encode(&none)).unwrap(), none);
+        // A version 1 manifest (written before stored hashes) reads as one
+        // whose blocks have none.
+        assert_eq!(decode(&encode_as(&m, 1)).unwrap(), none);
+    }
 }

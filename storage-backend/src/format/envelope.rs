@@ -41,6 +41,17 @@ pub fn open(
     version: u16,
     max_body: u64,
 ) -> Result<&[u8], EnvelopeError> {
+    open_versions(input, magic, version..=version, max_body).map(|(_, body)| body)
+}
+
+/// As [`open`] for any version in `versions`; returns the frame's version
+/// with its body. A version outside is refused naming the newest.
+pub fn open_versions(
+    input: &[u8],
+    magic: [u8; 8],
+    versions: std::ops::RangeInclusive<u16>,
+    max_body: u64,
+) -> Result<(u16, &[u8]), EnvelopeError> {
     let min = HEADER_LEN + TRAILER_LEN;
     if input.len() < 8 {
         return Err(EnvelopeError::TooShort {
@@ -59,12 +70,13 @@ pub fn open(
         });
     }
     let found = u16::from_le_bytes([input[8], input[9]]);
-    if found != version {
+    if !versions.contains(&found) {
         return Err(EnvelopeError::UnsupportedVersion {
             found,
-            supported: version,
+            supported: *versions.end(),
         });
     }
+    let version = found;
     let declared = u64::from_le_bytes(input[12..20].try_into().expect("8 bytes"));
     if declared > max_body {
         return Err(EnvelopeError::TooLarge {
@@ -80,7 +92,7 @@ pub fn open(
     if blake3::hash(signed).as_bytes() != trailer {
         return Err(EnvelopeError::ChecksumMismatch);
     }
-    Ok(&signed[HEADER_LEN..])
+    Ok((version, &signed[HEADER_LEN..]))
 }
 
 /// Maps a frame error onto an error type with variants of the same names.

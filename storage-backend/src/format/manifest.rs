@@ -121,6 +121,9 @@ pub struct BlockEntry {
     pub codec: Codec,
     /// BLAKE3 of the raw (decoded) bytes.
     pub hash: [u8; 32],
+    /// BLAKE3 of the stored bytes, so a block server can check them without
+    /// decoding. `None` in manifests of format version 1.
+    pub stored_hash: Option<[u8; 32]>,
 }
 
 impl BlockEntry {

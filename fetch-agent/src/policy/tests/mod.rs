@@ -33,6 +33,7 @@ fn manifest(total: u64, blocks: &[Vec<PageRun>], order: Vec<u32>) -> Arc<Manifes
                 raw_len: pages * 4096,
                 codec: Codec::Raw,
                 hash: [0; 32],
+                stored_hash: None,
             }
         })
         .collect();
