@@ -122,10 +122,14 @@ async fn concurrent_clients_cause_one_store_read_per_block() {
         }
     });
     join_all(fetches).await;
-    // One read for the manifest, one per block.
-    assert_eq!(
-        server.stats().store_reads.load(Ordering::Relaxed),
-        1 + u64::from(blocks)
+    // Every block read from the store once, in runs of neighbours (prefetch
+    // reads ahead): fewer reads than blocks, plus one for the manifest.
+    let stats = server.stats();
+    assert_eq!(stats.blocks_read.load(Ordering::Relaxed), u64::from(blocks));
+    let reads = stats.store_reads.load(Ordering::Relaxed);
+    assert!(
+        blocks > 1 && reads < 1 + u64::from(blocks),
+        "{reads} reads for {blocks} blocks"
     );
     assert_eq!(
         server.stats().requests.load(Ordering::Relaxed),
@@ -187,4 +191,27 @@ async fn corrupt_stored_block_is_never_served() {
         other => panic!("expected a refusal, got {other}"),
     }
     c.fetch_stored(&f.id, 1, Priority::Demand).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demand_reads_its_block_alone_and_streaming_reads_ahead() {
+    let f = fixture().await;
+    let (server, running) = start(&f, false);
+    let c = client(&f, &running, false);
+    let blocks = c.manifest(&f.id).await.unwrap().blocks.len() as u64;
+    assert!(blocks > 3, "the fixture has {blocks} blocks");
+    let stats = server.stats();
+    c.fetch_stored(&f.id, 0, Priority::Demand).await.unwrap();
+    assert_eq!(stats.blocks_read.load(Ordering::Relaxed), 1);
+    c.fetch_stored(&f.id, 1, Priority::Background)
+        .await
+        .unwrap();
+    let read = stats.blocks_read.load(Ordering::Relaxed);
+    assert!(read > 2, "streaming block 1 read {} blocks", read - 1);
+    // The blocks read ahead are served from the cache.
+    let reads = stats.store_reads.load(Ordering::Relaxed);
+    c.fetch_stored(&f.id, 2, Priority::Background)
+        .await
+        .unwrap();
+    assert_eq!(stats.store_reads.load(Ordering::Relaxed), reads);
 }

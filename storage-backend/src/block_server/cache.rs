@@ -57,6 +57,11 @@ impl BlockCache {
         self.used += len;
     }
 
+    /// Whether `hash` is cached (without counting as a use).
+    pub fn contains(&self, hash: &[u8; 32]) -> bool {
+        self.entries.contains_key(hash)
+    }
+
     pub fn used_bytes(&self) -> u64 {
         self.used
     }

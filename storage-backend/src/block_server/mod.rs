@@ -3,6 +3,7 @@
 //! however many agents ask for it at once.
 
 pub mod cache;
+mod read_ahead;
 mod service;
 
 pub use service::{BlockServer, RunningServer, ServerStats};

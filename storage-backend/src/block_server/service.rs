@@ -11,9 +11,10 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::cache::BlockCache;
+use super::read_ahead::{read_ahead_run, READ_AHEAD_BLOCKS};
 use crate::error::CheckpointError;
 use crate::format::{self, CheckpointId, Manifest};
-use crate::protocol::{self, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
+use crate::protocol::{self, Priority, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
 use crate::reader::CheckpointReader;
 use crate::store::Store;
 
@@ -22,8 +23,10 @@ use crate::store::Store;
 pub struct ServerStats {
     pub requests: AtomicU64,
     pub cache_hits: AtomicU64,
-    /// Object-store reads: blocks and manifests.
+    /// Object-store reads: runs of blocks (see `read_ahead`) and manifests.
     pub store_reads: AtomicU64,
+    /// Blocks those reads brought in.
+    pub blocks_read: AtomicU64,
     pub bytes_sent: AtomicU64,
 }
 
@@ -196,8 +199,10 @@ impl BlockServer {
         match req {
             Request::Manifest { checkpoint } => Ok(self.checkpoint(&checkpoint).await?.1.clone()),
             Request::Block {
-                checkpoint, block, ..
-            } => self.block(&checkpoint, block).await,
+                checkpoint,
+                block,
+                priority,
+            } => self.block(&checkpoint, block, priority).await,
         }
     }
 
@@ -230,7 +235,12 @@ impl BlockServer {
         result
     }
 
-    async fn block(&self, id: &CheckpointId, block: u32) -> Result<Bytes, Failure> {
+    async fn block(
+        &self,
+        id: &CheckpointId,
+        block: u32,
+        priority: Priority,
+    ) -> Result<Bytes, Failure> {
         let checkpoint = self.checkpoint(id).await?;
         let reader = checkpoint.0.clone();
         let m: &Manifest = reader.manifest();
@@ -248,32 +258,80 @@ impl BlockServer {
         }
         let flight = {
             let mut flights = self.inner.block_flights.lock().expect("lock");
-            flights
-                .entry(hash)
-                .or_insert_with(|| {
-                    let inner = self.inner.clone();
-                    async move {
-                        inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-                        let stored = reader.fetch_stored(block).await?;
-                        // Verify before caching: a corrupt object is never served.
-                        reader.verify_stored(block, &stored)?;
-                        inner
-                            .cache
-                            .lock()
-                            .expect("lock")
-                            .insert(hash, stored.clone());
-                        inner.block_flights.lock().expect("lock").remove(&hash);
-                        Ok(stored)
+            match flights.get(&hash) {
+                Some(f) => f.clone(),
+                None => {
+                    let run = if priority == Priority::Demand {
+                        vec![block]
+                    } else {
+                        let cache = self.inner.cache.lock().expect("lock");
+                        read_ahead_run(m, block, READ_AHEAD_BLOCKS, |b| {
+                            let h = &m.blocks[b as usize].hash;
+                            !flights.contains_key(h) && !cache.contains(h)
+                        })
+                    };
+                    let read = self.read_run(reader.clone(), run.clone());
+                    let mut mine = None;
+                    for (i, &b) in run.iter().enumerate() {
+                        let f = read
+                            .clone()
+                            .map(move |r| r.and_then(|blocks| blocks[i].clone()))
+                            .boxed()
+                            .shared();
+                        flights.insert(m.blocks[b as usize].hash, f.clone());
+                        if b == block {
+                            mine = Some(f);
+                        }
                     }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+                    mine.expect("a run starts with its block")
+                }
+            }
         };
-        let result = flight.await;
-        if result.is_err() {
-            self.inner.block_flights.lock().expect("lock").remove(&hash);
+        flight.await
+    }
+
+    /// Reads `run` (consecutive stored blocks) from the store in one request,
+    /// verifies each block before caching it (a corrupt object is never
+    /// served), and ends the blocks' flights.
+    fn read_run(
+        &self,
+        reader: CheckpointReader,
+        run: Vec<u32>,
+    ) -> Shared<BoxFuture<'static, Result<Vec<Result<Bytes, Failure>>, Failure>>> {
+        let inner = self.inner.clone();
+        async move {
+            inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+            inner
+                .stats
+                .blocks_read
+                .fetch_add(run.len() as u64, Ordering::Relaxed);
+            let m = reader.manifest();
+            let read = reader.fetch_stored_many(&run).await;
+            let mut flights = inner.block_flights.lock().expect("lock");
+            let stored = match read {
+                Ok(stored) => stored,
+                Err(e) => {
+                    // Forget the failure: the store may recover.
+                    for &b in &run {
+                        flights.remove(&m.blocks[b as usize].hash);
+                    }
+                    return Err(Failure::from(e));
+                }
+            };
+            let mut cache = inner.cache.lock().expect("lock");
+            let mut out = Vec::with_capacity(run.len());
+            for (&b, bytes) in run.iter().zip(stored) {
+                let hash = m.blocks[b as usize].hash;
+                let checked = reader.verify_stored(b, &bytes).map(|()| {
+                    cache.insert(hash, bytes.clone());
+                    bytes
+                });
+                flights.remove(&hash);
+                out.push(checked.map_err(Failure::from));
+            }
+            Ok(out)
         }
-        result
+        .boxed()
+        .shared()
     }
 }
