@@ -114,7 +114,10 @@ fn strategies_side_by_side_on_a_small_workload() {
         locality.faults * 4 < lazy.faults,
         "{locality:?} vs {lazy:?}"
     );
-    // Each lazy run's agent kept its fault trace: one line per fault it served.
+    // Each lazy run's agent kept its fault trace: one line per faulting page.
+    // lazy-4k installs only the page that faulted, so each page faults once;
+    // with prefetch, a fault woken while its block's install is still
+    // copying faults again, so pages may be fewer than faults.
     let trace_lines = |strategy: &str| -> u64 {
         let run = dir
             .path()
@@ -129,7 +132,11 @@ fn strategies_side_by_side_on_a_small_workload() {
         text.lines().filter(|l| !l.starts_with('#')).count() as u64
     };
     assert_eq!(trace_lines("lazy-4k"), lazy.faults);
-    assert_eq!(trace_lines("locality+prefetch"), locality.faults);
+    let lines = trace_lines("locality+prefetch");
+    assert!(
+        lines > 0 && lines <= locality.faults,
+        "{lines} lines, {locality:?}"
+    );
     assert!(!dir.path().join("traces/scatter-rack-eager").exists());
 }
 
