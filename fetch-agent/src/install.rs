@@ -207,14 +207,6 @@ impl Installer {
         Ok(())
     }
 
-    /// Wakes threads faulting on `page`.
-    pub fn wake(&self, page: u64) -> Result<(), InstallError> {
-        for (host, _, n) in self.layout.host_ranges(page, 1)? {
-            self.wake_range(host, n * self.layout.page_size)?;
-        }
-        Ok(())
-    }
-
     fn wake_range(&self, addr: u64, len: u64) -> Result<(), InstallError> {
         self.uffd
             .wake(addr as *mut libc::c_void, len as usize)

@@ -328,10 +328,7 @@ impl RestoreDriver {
                         self.installer.zero(r.start, r.len)?;
                     }
                 }
-                Action::Wake { waiter } => {
-                    self.installer.wake(waiter.page)?;
-                    self.served(&[waiter]);
-                }
+                Action::Joined { waiter } => self.served(&[waiter]),
             }
         }
         Ok(())

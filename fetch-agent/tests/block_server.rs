@@ -22,8 +22,19 @@ fn from(c: &Counters, kind: SourceKind) -> u64 {
         .sum()
 }
 
-/// A block server over the fixture's store and an agent using it first.
+/// A block server over the fixture's store and an agent using it first,
+/// with `policy` (prefetch window 2) or, by default, streaming too.
 fn setup(fx: &Fixture) -> (common::Running, RunningServer) {
+    setup_with(
+        fx,
+        Config {
+            prefetch_window: 2,
+            ..Config::default()
+        },
+    )
+}
+
+fn setup_with(fx: &Fixture, policy: Config) -> (common::Running, RunningServer) {
     let rt = runtime();
     let pki_dir = fx.dir.path().join("pki");
     let pki = DevPki::generate().unwrap();
@@ -42,10 +53,6 @@ fn setup(fx: &Fixture) -> (common::Running, RunningServer) {
         .unwrap();
         (running, source)
     });
-    let policy = Config {
-        prefetch_window: 2,
-        ..Config::default()
-    };
     let agent = start_agent_on(rt, fx, policy, vec![source.into_source()], None);
     (agent, running)
 }
@@ -69,7 +76,16 @@ fn blocks_come_from_the_block_server_over_quic() {
 #[test]
 fn a_block_server_dying_mid_restore_costs_only_latency() {
     let fx = checkpoint(512);
-    let (agent, server) = setup(&fx);
+    // No streaming: the second half of memory must still be fetched when
+    // the server dies (streaming could have brought it all in already).
+    let (agent, server) = setup_with(
+        &fx,
+        Config {
+            prefetch_window: 2,
+            stream: None,
+            ..Config::default()
+        },
+    );
     let guest = Arc::new(MappedGuest::new(fx.memory.len()).unwrap());
     let msg = guest
         .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))

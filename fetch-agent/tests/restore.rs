@@ -103,9 +103,9 @@ fn restore_through_the_agent_matches_the_checkpoint_and_ends_with_the_vmm() {
         .path();
     let text = std::fs::read_to_string(trace).unwrap();
     let lines = fetch_agent::trace::parse_pages(&text).unwrap();
-    // One line per faulting page, at its first fault: a page can fault again
-    // when a fault on it is woken while its install is still copying (the
-    // guest retries and faults once more), so there may be more faults.
+    // One line per faulting page, at its first fault. A page still faults
+    // twice now and then (1 run in 30 here: 36 faults, 35 pages), so the
+    // faults are at least the lines.
     assert!(!lines.is_empty() && lines.len() as u64 <= c.total_faults());
     let pages: std::collections::HashSet<u64> = lines.iter().map(|l| l.1).collect();
     assert_eq!(pages.len(), lines.len(), "each page once");
@@ -243,7 +243,9 @@ fn bad_bytes_from_one_source_are_refetched_from_the_next_never_installed() {
 fn bad_streamed_bytes_are_refetched_from_the_next_source_never_installed() {
     // The default restore streams every block (one block per request from a
     // source that does not prefer runs); a refused one goes to the next source.
-    let fx = checkpoint(256);
+    // 128 blocks: enough that streaming reaches some before the guest's own
+    // faults and their prefetch do (with 16, faults sometimes took them all).
+    let fx = checkpoint(2048);
     let running = restore_behind_a_corrupting_source(&fx, Config::default());
     let c = &running.agent.metrics().counters;
     let streamed = c.blocks[SourceKind::ObjectStore as usize][Priority::Stream as usize]

@@ -116,8 +116,8 @@ fn strategies_side_by_side_on_a_small_workload() {
     );
     // Each lazy run's agent kept its fault trace: one line per faulting page.
     // lazy-4k installs only the page that faulted, so each page faults once;
-    // with prefetch, a fault woken while its block's install is still
-    // copying faults again, so pages may be fewer than faults.
+    // with prefetch a page still faults twice now and then (see the
+    // fetch-agent restore test), so pages may be fewer than faults.
     let trace_lines = |strategy: &str| -> u64 {
         let run = dir
             .path()

@@ -140,9 +140,13 @@ pub enum Action {
     /// Install zero pages no fault asked for yet (background), so the guest
     /// never faults on them.
     ZeroFillAhead { runs: Vec<PageRun> },
-    /// The page is already present or on its way in an install decided
-    /// earlier: make sure the faulting thread is awake.
-    Wake { waiter: Waiter },
+    /// The page is already present, or its install was decided earlier and
+    /// may still be copying: nothing to do but record the fault. The install
+    /// wakes the faulting thread when its copy lands (UFFDIO_COPY and
+    /// UFFDIO_ZEROPAGE wake the range they fill; the kernel re-checks the
+    /// page before a faulting thread sleeps, so no wake is lost). Waking it
+    /// here could only let it fault again before the copy lands.
+    Joined { waiter: Waiter },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -329,7 +333,7 @@ impl Restore {
             };
             self.count(FaultSource::Zero);
             if self.is_present(page) {
-                actions.push(Action::Wake { waiter });
+                actions.push(Action::Joined { waiter });
             } else {
                 let runs = self.zero_window(page);
                 actions.push(Action::ZeroFill { runs, waiter });
@@ -345,7 +349,7 @@ impl Restore {
         if self.is_present(page) {
             waiter.source = FaultSource::Prefetch;
             self.count(waiter.source);
-            actions.push(Action::Wake { waiter });
+            actions.push(Action::Joined { waiter });
         } else {
             match &mut self.blocks[block as usize] {
                 BlockState::Installed => {

@@ -113,7 +113,7 @@ fn cached_block_is_installed_without_a_fetch() {
     ));
     // Its pages are present: a racing fault on them only wakes.
     let actions = r.fault(17, t0, &mut cached).unwrap();
-    assert!(matches!(actions[0], Action::Wake { .. }), "{actions:?}");
+    assert!(matches!(actions[0], Action::Joined { .. }), "{actions:?}");
     assert_eq!(r.stats().cache_installs, 2);
 }
 
@@ -160,7 +160,7 @@ fn zero_pages_are_filled_a_window_at_a_time() {
     // A fault on a zero page already filled only wakes.
     assert!(matches!(
         r.fault(10, t0, &mut never).unwrap()[..],
-        [Action::Wake { .. }]
+        [Action::Joined { .. }]
     ));
     // Past the end of memory (window clipped at 40 pages).
     let actions = r.fault(39, t0, &mut never).unwrap();
@@ -404,7 +404,7 @@ fn profiling_installs_the_faulting_page_and_serves_the_block_s_others_from_the_c
     // A racing second fault on a present page only wakes.
     assert!(matches!(
         r.fault(6, t0, &mut { in_cache }).unwrap()[..],
-        [Action::Wake { .. }]
+        [Action::Joined { .. }]
     ));
     let stats = r.stats();
     assert_eq!(stats.fetches, 1, "one fetch for the whole block");
@@ -527,7 +527,7 @@ fn zero_pages_are_installed_ahead_once_and_then_only_woken() {
     assert_eq!(r.next_poll(t0), None, "nothing left: no stream, zeros done");
     assert!(r.poll(t0, &mut never).is_empty());
     let a = r.fault(30, t0, &mut never).unwrap();
-    assert!(matches!(&a[0], Action::Wake { .. }), "{a:?}");
+    assert!(matches!(&a[0], Action::Joined { .. }), "{a:?}");
 }
 
 #[test]

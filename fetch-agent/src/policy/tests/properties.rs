@@ -163,7 +163,7 @@ impl Model {
                         }
                     }
                 }
-                Action::Wake { waiter } => self.woken.push(waiter.page),
+                Action::Joined { waiter } => self.woken.push(waiter.page),
             }
         }
     }
@@ -343,7 +343,7 @@ proptest! {
                             Action::ZeroFill { runs, .. } => {
                                 prop_assert_eq!(runs, &vec![PageRun { start: page, len: 1 }]);
                             }
-                            Action::Wake { .. } => {}
+                            Action::Joined { .. } => {}
                             other => prop_assert!(false, "{:?} in a profiling restore", other),
                         }
                     }
