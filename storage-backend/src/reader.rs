@@ -10,8 +10,8 @@ use object_store::ObjectStoreExt;
 use rayon::prelude::*;
 
 use crate::error::CheckpointError;
-use crate::format::block_codec::{decode_block_into, verify_stored};
-use crate::format::{self, CheckpointId, Manifest, PageRun};
+use crate::format::block_codec::{decode_block_into, verify_stored, BlockCodecError};
+use crate::format::{self, BlockEntry, CheckpointId, Manifest, PageRun};
 use crate::store::{keys, Store};
 
 /// Blocks fetched at once by whole-checkpoint reads.
@@ -164,37 +164,37 @@ impl CheckpointReader {
 
     /// Checks stored bytes against the manifest and decodes them.
     pub fn decode(&self, block: u32, stored: &[u8]) -> Result<Block, CheckpointError> {
-        let m = &self.inner.manifest;
-        let entry = m
-            .blocks
-            .get(block as usize)
-            .ok_or(CheckpointError::NoSuchBlock(block))?;
-        let mut data = vec![0u8; entry.raw_len as usize];
-        decode_block_into(entry, stored, &mut data).map_err(|source| {
-            CheckpointError::BadBlock {
-                block,
-                key: m.objects[entry.object as usize].clone(),
-                offset: entry.offset,
-                source,
-            }
-        })?;
-        Ok(Block {
-            index: block,
-            pages: entry.pages.clone(),
-            page_size: m.page_size,
-            data: data.into(),
+        self.check_block(block, |entry| {
+            let mut data = vec![0u8; entry.raw_len as usize];
+            decode_block_into(entry, stored, &mut data)?;
+            Ok(Block {
+                index: block,
+                pages: entry.pages.clone(),
+                page_size: self.inner.manifest.page_size,
+                data: data.into(),
+            })
         })
     }
 
     /// Checks one block's stored bytes against the manifest without decoding
     /// them when the manifest allows (see [`verify_stored`]).
     pub fn verify_stored(&self, block: u32, stored: &[u8]) -> Result<(), CheckpointError> {
+        self.check_block(block, |entry| verify_stored(entry, stored))
+    }
+
+    /// Runs `check` on the block's manifest entry; a refusal becomes a
+    /// `BadBlock` naming where the block is stored.
+    fn check_block<T>(
+        &self,
+        block: u32,
+        check: impl FnOnce(&BlockEntry) -> Result<T, BlockCodecError>,
+    ) -> Result<T, CheckpointError> {
         let m = &self.inner.manifest;
         let entry = m
             .blocks
             .get(block as usize)
             .ok_or(CheckpointError::NoSuchBlock(block))?;
-        verify_stored(entry, stored).map_err(|source| CheckpointError::BadBlock {
+        check(entry).map_err(|source| CheckpointError::BadBlock {
             block,
             key: m.objects[entry.object as usize].clone(),
             offset: entry.offset,

@@ -140,20 +140,27 @@ pub fn set_socket_buffers(fd: RawFd, bytes: usize) {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        for opt in [forced, plain] {
-            // SAFETY: passes a live c_int of the stated size.
-            let ret = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&value as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if ret == 0 {
-                break;
-            }
-        }
+        let _ = set_int_option(fd, libc::SOL_SOCKET, forced, value)
+            || set_int_option(fd, libc::SOL_SOCKET, plain, value);
     }
+}
+
+/// Sets an integer socket option; whether the kernel took it.
+pub(super) fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> bool {
+    // SAFETY: passes a live c_int of the stated size.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ret == 0
 }

@@ -15,7 +15,7 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
-use super::sys::check;
+use super::sys::{check, set_int_option};
 
 /// Receive slot size: the largest UDP payload, and the largest GRO run.
 pub const MAX_DATAGRAM: usize = 65_536;
@@ -31,30 +31,16 @@ const CONTROL_BYTES: usize = 32;
 #[repr(C, align(8))]
 struct Control([u8; CONTROL_BYTES]);
 
-fn set_udp_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> bool {
-    // SAFETY: passes a live c_int of the stated size.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            option,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    ret == 0
-}
-
 /// Asks the kernel to hand `fd` runs of datagrams as one message (UDP_GRO).
 /// False when the kernel cannot; receiving still works, a datagram at a time.
 pub fn enable_gro(fd: RawFd) -> bool {
-    set_udp_option(fd, libc::UDP_GRO, 1)
+    set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
 /// Whether the kernel segments UDP sends on `fd` (UDP_SEGMENT), asked by
 /// setting the socket's default segment size to 0 (that is, none).
 pub fn gso_supported(fd: RawFd) -> bool {
-    set_udp_option(fd, libc::UDP_SEGMENT, 0)
+    set_int_option(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0)
 }
 
 /// How many of the leading datagrams (destination, length) can leave as one

@@ -55,6 +55,16 @@ pub fn encode_block_with_hash(raw: &[u8], hash: [u8; 32]) -> EncodedBlock {
     }
 }
 
+fn check_stored_len(entry: &BlockEntry, stored: &[u8]) -> Result<(), BlockCodecError> {
+    if stored.len() as u64 != entry.stored_len {
+        return Err(BlockCodecError::StoredLenMismatch {
+            expected: entry.stored_len,
+            got: stored.len() as u64,
+        });
+    }
+    Ok(())
+}
+
 /// Checks stored bytes against the manifest without using them: against the
 /// stored-bytes hash when the manifest has one (a hash of the stored bytes,
 /// several times cheaper than decoding), else by decoding and checking the
@@ -63,12 +73,7 @@ pub fn encode_block_with_hash(raw: &[u8], hash: [u8; 32]) -> EncodedBlock {
 pub fn verify_stored(entry: &BlockEntry, stored: &[u8]) -> Result<(), BlockCodecError> {
     match entry.stored_hash {
         Some(expected) => {
-            if stored.len() as u64 != entry.stored_len {
-                return Err(BlockCodecError::StoredLenMismatch {
-                    expected: entry.stored_len,
-                    got: stored.len() as u64,
-                });
-            }
+            check_stored_len(entry, stored)?;
             if *blake3::hash(stored).as_bytes() != expected {
                 return Err(BlockCodecError::StoredHashMismatch);
             }
@@ -85,12 +90,7 @@ pub fn decode_block_into(
     stored: &[u8],
     out: &mut [u8],
 ) -> Result<(), BlockCodecError> {
-    if stored.len() as u64 != entry.stored_len {
-        return Err(BlockCodecError::StoredLenMismatch {
-            expected: entry.stored_len,
-            got: stored.len() as u64,
-        });
-    }
+    check_stored_len(entry, stored)?;
     debug_assert_eq!(out.len() as u64, entry.raw_len);
     match entry.codec {
         Codec::Raw => out.copy_from_slice(stored),
