@@ -321,6 +321,17 @@ async fn quic_block_fetches_through_the_relay_pay_the_round_trip() {
             percentile(&took, 0.99)
         );
         assert!(relay.stats().to_clients.bytes > 0);
+        // MTU discovery keeps datagrams within what the link carries.
+        let path = client.connection().await.unwrap().stats().path;
+        let &LinkSpec::Relayed { mtu_bytes, .. } = &link else {
+            unreachable!("rack and region are relayed")
+        };
+        assert!(
+            usize::from(path.current_mtu) <= mtu_bytes - 28,
+            "{}: path MTU {} over a {mtu_bytes}-byte link",
+            link.name(),
+            path.current_mtu
+        );
     }
     running.close();
 }

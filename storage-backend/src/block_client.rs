@@ -60,7 +60,7 @@ impl BlockClient {
         } else {
             "[::]:0".parse().expect("literal")
         };
-        let mut endpoint = quinn::Endpoint::client(bind)?;
+        let mut endpoint = crate::quic_endpoint::bind(bind, None)?;
         endpoint.set_default_client_config(config);
         Ok(Self {
             addr,

@@ -14,6 +14,7 @@ pub mod format;
 pub mod handoff;
 pub mod memory;
 pub mod protocol;
+pub mod quic_endpoint;
 pub mod reader;
 pub mod relayout;
 pub mod store;

@@ -114,11 +114,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// connection can fill a fast link, many concurrent request streams, and
 /// streams of one priority sent in order.
 ///
-/// MTU discovery may probe up to 16 KiB, but the endpoints keep quinn's
-/// default `max_udp_payload_size` of 1472 bytes, so paths stay at Ethernet
-/// size (`thaw bench stream` reports path_mtu 1472). Raising that cap to
-/// 8972 was measured: no gain on loopback (0.47 GB/s) and 3-5x more restore
-/// overhead over the emulated rack link, so it stays.
+/// MTU discovery probes up to the endpoints' datagram ceiling
+/// ([`crate::quic_endpoint::MAX_UDP_PAYLOAD`]), so a path takes the
+/// largest datagrams it carries.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(4096u32.into())
@@ -135,7 +133,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
         // over rack and region) 7-11% less overhead in sum.
         .send_fairness(false);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(16_384);
+    mtu.upper_bound(crate::quic_endpoint::MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }

@@ -109,7 +109,7 @@ impl BlockServer {
         addr: SocketAddr,
         config: quinn::ServerConfig,
     ) -> std::io::Result<RunningServer> {
-        let endpoint = quinn::Endpoint::server(config, addr)?;
+        let endpoint = crate::quic_endpoint::bind(addr, Some(config))?;
         let local_addr = endpoint.local_addr()?;
         let server = self.clone();
         let ep = endpoint.clone();
