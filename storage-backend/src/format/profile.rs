@@ -41,13 +41,35 @@
 //! neighbouring pages, and the allocator hands out pages beside the ones it
 //! handed out before. [`with_neighbours`] therefore puts, after the seen
 //! pages and before the rest, the unseen pages within [`NEIGHBOUR_RADIUS`]
-//! pages of a seen one: nearest first (distance 1, then 2, ...), and among
-//! equally near ones, the one whose seen neighbour comes first in the
-//! layout. Measured on the generated workloads (learn from all traces but
-//! the last; which unseen pages does the last touch?): the pages at
-//! distance 1 hold 3-11% of them per page, those at distance 9-16 about 1%,
-//! the pages beyond 16 (left in physical order) 0.1-0.2%. On kv-store the
-//! 17,694 neighbours hold 976 of the 988 unseen pages the last run touched.
+//! pages of a seen one, in two tiers:
+//! 1. the pages right next to a seen page (distance 1), in the layout order
+//!    of that seen page: the likeliest of all;
+//! 2. the other neighbours, grouped by the seen page nearest to them (the
+//!    earliest in the layout among equally near ones), the groups in the
+//!    layout order of their seen page and each group in physical order.
+//!
+//! Measured on the generated workloads (learn from all traces but the last;
+//! which unseen pages does the last touch?): the pages at distance 1 hold
+//! 3-11% of them per page, those at distance 9-16 about 1%, the pages
+//! beyond 16 (left in physical order) 0.1-0.2%. On kv-store the 17,694
+//! neighbours hold 976 of the 988 unseen pages the last run touched.
+//!
+//! Why groups in physical order past distance 1: an unseen page is usually
+//! touched with the unseen pages beside it (the rest of a new file read, of
+//! a fresh allocation), so one block should hold that run. Ordered by
+//! distance alone, pages 2, 3 and 4 after one seen page went into three
+//! blocks each shared with pages from fifteen other places, and each page
+//! of such a run cost a fault of its own. Measured with `thaw bench restore
+//! --strategy locality` (blocks on demand only, so a fault is a block first
+//! touched), rack link, tiers against distance order, two rounds each:
+//! shell (a real recording) 229-231 faults against 256, web-server 577-585
+//! against 720-731, idle-os 179-182 against 202-203, database 721-723
+//! against 746-752, gc-sweep 362-370 against 380-385, kv-store 983 against
+//! 988-989. The same runs, `thaw` over rack and region on all six: overhead
+//! sums 1.21 and 1.16 s against 1.29 and 1.24 s. Grouping distance 1 with
+//! the rest was worse in an offline count of the blocks kv-store's last
+//! trace touches (982 against 969): it spends the likeliest pages' early
+//! place in the stream.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -108,14 +130,16 @@ pub fn layout_from_traces<T: AsRef<[u64]>>(traces: &[T]) -> Vec<u64> {
 pub const NEIGHBOUR_RADIUS: u64 = 16;
 
 /// `layout` (pages seen by restores, in order) followed by the unseen pages
-/// within [`NEIGHBOUR_RADIUS`] of a seen page, nearest first, then by the
-/// layout position of that seen page, then by page index. Pages at or past
+/// within [`NEIGHBOUR_RADIUS`] of a seen page, in the two tiers above: first
+/// those at distance 1, by the layout position of their seen page (then page
+/// index), then the others by the layout position of their nearest seen page
+/// (the earliest of equally near ones), then page index. Pages at or past
 /// `total_pages` are never added. Every page appears at most once; the
 /// result depends only on the arguments.
 pub fn with_neighbours(layout: Vec<u64>, total_pages: u64) -> Vec<u64> {
     let position: HashMap<u64, usize> = layout.iter().enumerate().map(|(i, &p)| (p, i)).collect();
-    // For each unseen neighbour, its best (distance, position of the seen page).
-    let mut best: HashMap<u64, (u64, usize)> = HashMap::new();
+    // For each unseen neighbour, its nearest seen page: (distance, position).
+    let mut nearest: HashMap<u64, (u64, usize)> = HashMap::new();
     for (i, &page) in layout.iter().enumerate() {
         for d in 1..=NEIGHBOUR_RADIUS {
             let below = page.checked_sub(d);
@@ -125,13 +149,17 @@ pub fn with_neighbours(layout: Vec<u64>, total_pages: u64) -> Vec<u64> {
                     continue;
                 }
                 let key = (d, i);
-                best.entry(q)
+                nearest
+                    .entry(q)
                     .and_modify(|k| *k = (*k).min(key))
                     .or_insert(key);
             }
         }
     }
-    let mut neighbours: Vec<((u64, usize), u64)> = best.into_iter().map(|(q, k)| (k, q)).collect();
+    let mut neighbours: Vec<((bool, usize), u64)> = nearest
+        .into_iter()
+        .map(|(q, (d, i))| ((d > 1, i), q))
+        .collect();
     neighbours.sort_unstable();
     let mut out = layout;
     out.extend(neighbours.into_iter().map(|(_, q)| q));
@@ -228,11 +256,17 @@ mod tests {
     }
 
     #[test]
-    fn neighbours_follow_nearest_first_then_by_their_seen_page() {
-        // Seen: 40 then 10. Distance 1 of both (40's first), then distance 2.
+    fn neighbours_follow_adjacent_first_then_in_runs_by_their_seen_page() {
+        // Seen: 40 then 10. Distance 1 of both (40's first), then the rest
+        // of 40's neighbours in physical order, then 10's.
         let out = with_neighbours(vec![40, 10], 42);
         assert_eq!(&out[..6], &[40, 10, 39, 41, 9, 11]);
-        assert_eq!(&out[6..9], &[38, 8, 12]);
+        // 40 owns 25..=38: 25 is 15 from both, and the earlier seen page
+        // wins the tie; 24 is nearer 10.
+        let owned_by_40: Vec<u64> = (25..=38).collect();
+        assert_eq!(&out[6..20], &owned_by_40[..]);
+        let owned_by_10: Vec<u64> = (0..=8).chain(12..=24).collect();
+        assert_eq!(&out[20..], &owned_by_10[..]);
         // Never past the memory, never below page 0, each page once.
         assert!(out.iter().all(|&p| p < 42));
         let unique: std::collections::HashSet<_> = out.iter().collect();
