@@ -134,8 +134,9 @@ enum BenchCommand {
         /// Size of the synthetic memory image served.
         #[arg(long, default_value = "512MiB", value_parser = parse_size)]
         memory: u64,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 64)]
+        /// Requests in flight at once; by default as many as a fetch agent
+        /// keeps in flight when it streams a restore.
+        #[arg(long, default_value_t = fetch_agent::policy::DEFAULT_STREAM_IN_FLIGHT)]
         concurrency: usize,
     },
     /// Restore strategies side by side: replay workload traces through the fetch agent over emulated links.
