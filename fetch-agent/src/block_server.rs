@@ -105,6 +105,10 @@ impl BlockSource for BlockServerSource {
         })
     }
 
+    fn orders_by_priority(&self) -> bool {
+        true
+    }
+
     fn manifest<'a>(
         &'a self,
         checkpoint: &'a CheckpointId,

@@ -12,6 +12,14 @@
 //! streamed blocks are read in one request of up to [`STREAM_RUN_BLOCKS`]
 //! blocks ([`Fetcher::request_run`]); each block is still decoded and
 //! hash-checked on its own.
+//!
+//! Raised while under way: a fault that joins a prefetch or streaming fetch
+//! raises its flight to demand. A block server sends the answers queued at
+//! one priority in the order they were queued, and quinn keeps a queued
+//! answer's place when its priority changes, so the fetch would wait behind
+//! every lower-priority answer queued before it. The fetcher therefore asks
+//! such a source for the block again at demand priority and takes whichever
+//! answer comes first; dropping the other stops its stream.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,6 +55,43 @@ pub fn runs_of_blocks(blocks: &[u32], max: usize) -> Vec<Vec<u32>> {
         }
     }
     runs
+}
+
+/// `source`'s stored bytes for `block`, asked at the flight's priority; if
+/// the flight is raised to demand meanwhile and the source orders answers
+/// by priority, asked again at demand and the first answer taken (see the
+/// module's "Raised while under way").
+async fn fetch_hedged(
+    source: &dyn BlockSource,
+    checkpoint: &CheckpointId,
+    block: u32,
+    fp: &FlightPriority,
+) -> Result<Bytes, crate::source::SourceError> {
+    let asked = fp.get();
+    let first = source.fetch_stored(checkpoint, block, asked);
+    if asked == Priority::Demand || !source.orders_by_priority() {
+        return first.await;
+    }
+    tokio::pin!(first);
+    loop {
+        let raised = fp.raised();
+        tokio::pin!(raised);
+        raised.as_mut().enable();
+        if fp.get() == Priority::Demand {
+            break;
+        }
+        tokio::select! {
+            answer = &mut first => return answer,
+            _ = &mut raised => {}
+        }
+    }
+    tracing::debug!(block, "raised to demand while under way: asking again");
+    let again = source.fetch_stored(checkpoint, block, Priority::Demand);
+    tokio::pin!(again);
+    tokio::select! {
+        answer = &mut first => answer,
+        answer = &mut again => answer,
+    }
 }
 
 /// A checkpoint being served: its manifest and where its blocks come from.
@@ -268,9 +313,7 @@ impl Fetcher {
             done: Box::pin(async move {
                 let permit = this.admit(&fp).await;
                 let started = Instant::now();
-                let result = this
-                    .fetch_verified(&checkpoint, block, fp.get(), &restore)
-                    .await;
+                let result = this.fetch_verified(&checkpoint, block, &fp, &restore).await;
                 let source_latency = Some(started.elapsed());
                 drop(permit);
                 match result {
@@ -438,14 +481,15 @@ impl Fetcher {
         &self,
         checkpoint: &Checkpoint,
         block: u32,
-        priority: Priority,
+        fp: &FlightPriority,
         restore: &Counters,
     ) -> Result<Bytes, FetchError> {
         let mut errors = Vec::new();
         for source in &checkpoint.sources {
+            let priority = fp.get();
             let fetched = tokio::time::timeout(
                 self.config.source_timeout,
-                source.fetch_stored(&checkpoint.id, block, priority),
+                fetch_hedged(&**source, &checkpoint.id, block, fp),
             )
             .await;
             let stored = match fetched {

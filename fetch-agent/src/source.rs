@@ -73,6 +73,13 @@ pub trait BlockSource: Send + Sync {
         false
     }
 
+    /// Whether this source sends answers in priority order, so a fetch
+    /// raised to demand while under way is better asked again at demand
+    /// priority (see [`crate::fetch`]). No by default.
+    fn orders_by_priority(&self) -> bool {
+        false
+    }
+
     /// The checkpoint's manifest, decoded and validated.
     fn manifest<'a>(
         &'a self,

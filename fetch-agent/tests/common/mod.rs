@@ -50,12 +50,30 @@ impl Fixture {
     }
 }
 
+/// `bytes` of pseudo-random memory: incompressible, so every block is
+/// stored at its full size.
+pub fn incompressible(bytes: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..bytes / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
 pub fn checkpoint(pages: usize) -> Fixture {
+    checkpoint_of(memory(pages))
+}
+
+/// A checkpoint of `memory` in a local-directory store.
+pub fn checkpoint_of(memory: Vec<u8>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let store_spec = store_dir.to_str().unwrap().to_owned();
     let store = Store::open(&store_spec).unwrap();
-    let memory = memory(pages);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let summary = rt
         .block_on(write_checkpoint(
