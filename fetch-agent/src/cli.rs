@@ -50,7 +50,7 @@ pub struct Args {
     /// (e.g. 100MiB); uncapped by default (demand fetches still go first).
     #[arg(long, value_parser = parse_size, conflicts_with = "no_stream")]
     pub stream_bandwidth: Option<u64>,
-    /// Most streaming fetches in flight per restore [default: 128; the
+    /// Most streaming fetches in flight per restore [default: 512; the
     /// window adapts below it to the latency fetches see].
     #[arg(long, conflicts_with = "no_stream")]
     pub stream_in_flight: Option<usize>,
@@ -81,7 +81,22 @@ pub struct Args {
     /// How long one source may take for one block before the next is tried.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub source_timeout: Duration,
+    /// Threads of the agent's async runtime (QUIC, fetches, installs of
+    /// fetched blocks); see [`DEFAULT_RUNTIME_THREADS`].
+    #[arg(long, default_value_t = DEFAULT_RUNTIME_THREADS)]
+    pub threads: usize,
 }
+
+/// The agent's runtime threads unless told otherwise: one. A demand fetch
+/// passes between several tasks (the fetch, both QUIC connection drivers,
+/// the endpoint); on one thread each hand-over is a local wake-up, across
+/// threads it is a futex wake of a parked thread. Measured with `thaw bench
+/// fault-latency` (which runs its agents on this setting), three rounds
+/// alternating: network p50 minus the floor 130-135 µs with one thread,
+/// 188-210 µs with two; `thaw bench restore` (thaw, 4 workloads over rack
+/// and region) overhead sum 1.08 s with one, 1.14 s with two. A host
+/// restoring many VMs at once may want more (`--threads`).
+pub const DEFAULT_RUNTIME_THREADS: usize = 1;
 
 impl Args {
     /// The agent's configuration from the flags. Runs inside a tokio

@@ -1,5 +1,6 @@
 //! `thaw-fetch-agent`: the fetch agent on its own (the same flags as `thaw agent`).
 
+use anyhow::Context;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -9,13 +10,18 @@ struct Cli {
     args: fetch_agent::cli::Args,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    fetch_agent::cli::run(Cli::parse().args).await
+    let args = Cli::parse().args;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(fetch_agent::cli::run(args))
 }

@@ -225,10 +225,23 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    if let Command::BlockServer(args) = &cli.command {
-        if let Some(threads) = args.threads {
-            runtime.worker_threads(threads.into());
+    match &cli.command {
+        Command::BlockServer(args) => {
+            if let Some(threads) = args.threads {
+                runtime.worker_threads(threads.into());
+            }
         }
+        Command::Agent(args) => {
+            runtime.worker_threads(args.threads.max(1));
+        }
+        // Its agents (and their block server) live in this process: it
+        // runs them on the agent's default runtime.
+        Command::Bench {
+            bench: BenchCommand::FaultLatency { .. },
+        } => {
+            runtime.worker_threads(fetch_agent::cli::DEFAULT_RUNTIME_THREADS);
+        }
+        _ => {}
     }
     runtime
         .build()
