@@ -345,16 +345,7 @@ impl SegmentPacker {
                         o
                     }
                 };
-                let entry = BlockEntry {
-                    pages,
-                    object,
-                    offset: self.current_len,
-                    stored_len: enc.stored.len() as u64,
-                    raw_len: enc.raw_len,
-                    codec: enc.codec,
-                    hash: enc.hash,
-                    stored_hash: Some(enc.stored_hash),
-                };
+                let entry = enc.entry(pages, object, self.current_len);
                 self.current_len += enc.stored.len() as u64;
                 self.current.push(Bytes::from(enc.stored));
                 if self.current_len >= self.segment_bytes as u64 {

@@ -1,6 +1,6 @@
 //! Turning a block's raw page bytes into stored bytes and back.
 
-use super::manifest::{BlockEntry, Codec};
+use super::manifest::{BlockEntry, Codec, PageRun};
 
 /// A block ready to store: its codec, stored bytes and raw-bytes hash.
 #[derive(Debug, Clone)]
@@ -11,6 +11,22 @@ pub struct EncodedBlock {
     pub hash: [u8; 32],
     /// BLAKE3 of `stored`.
     pub stored_hash: [u8; 32],
+}
+
+impl EncodedBlock {
+    /// Its manifest entry, once stored at `offset` of object `object`.
+    pub fn entry(&self, pages: Vec<PageRun>, object: u32, offset: u64) -> BlockEntry {
+        BlockEntry {
+            pages,
+            object,
+            offset,
+            stored_len: self.stored.len() as u64,
+            raw_len: self.raw_len,
+            codec: self.codec,
+            hash: self.hash,
+            stored_hash: Some(self.stored_hash),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -141,22 +157,13 @@ pub fn is_zero_page(page: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::PageRun;
 
     fn entry_for(e: &EncodedBlock) -> BlockEntry {
-        BlockEntry {
-            pages: vec![PageRun {
-                start: 0,
-                len: e.raw_len / 4096,
-            }],
-            object: 0,
-            offset: 0,
-            stored_len: e.stored.len() as u64,
-            raw_len: e.raw_len,
-            codec: e.codec,
-            hash: e.hash,
-            stored_hash: Some(e.stored_hash),
-        }
+        let pages = vec![PageRun {
+            start: 0,
+            len: e.raw_len / 4096,
+        }];
+        e.entry(pages, 0, 0)
     }
 
     #[test]

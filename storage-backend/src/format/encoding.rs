@@ -232,16 +232,7 @@ mod tests {
                 size: 4096,
             }],
             objects: vec!["seg-0".into()],
-            blocks: vec![BlockEntry {
-                pages: vec![PageRun { start: 0, len: 1 }],
-                object: 0,
-                offset: 0,
-                stored_len: e.stored.len() as u64,
-                raw_len: e.raw_len,
-                codec: e.codec,
-                hash: e.hash,
-                stored_hash: Some(e.stored_hash),
-            }],
+            blocks: vec![e.entry(vec![PageRun { start: 0, len: 1 }], 0, 0)],
             zero_pages: vec![],
             prefetch_order: vec![0],
             state: StateBlob {
