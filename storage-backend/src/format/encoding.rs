@@ -5,9 +5,10 @@
 //! body     fields in a fixed order, integers as LEB128 varints
 //! trailer  BLAKE3 of header and body (32 bytes)
 //! ```
-//! Version 2 adds to each block entry, after its hash, a flag byte and (when
-//! 1) the BLAKE3 of its stored bytes. Version 1 manifests still decode, their
-//! blocks without a stored-bytes hash.
+//! Version 2 adds to each block entry, after its hash, a flag byte and, when
+//! the flag is 1, the BLAKE3 of its stored bytes. Version 1 manifests still
+//! decode, their blocks without a stored-bytes hash.
+//!
 //! A versioned binary encoding rather than JSON: a 4 GiB VM has tens of
 //! thousands of blocks, and the manifest sits on the restore path. Parsing is
 //! bounded: the header's length is checked against the input and a limit,
