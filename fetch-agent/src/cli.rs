@@ -82,9 +82,11 @@ pub struct Args {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub source_timeout: Duration,
     /// Threads of the agent's async runtime (QUIC, fetches, installs of
-    /// fetched blocks); see [`DEFAULT_RUNTIME_THREADS`].
-    #[arg(long, default_value_t = DEFAULT_RUNTIME_THREADS)]
-    pub threads: usize,
+    /// fetched blocks). One keeps the hand-overs of a demand fetch on one
+    /// thread; more suit a host restoring many VMs at once.
+    #[arg(long, default_value_t = DEFAULT_RUNTIME_THREADS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
 }
 
 /// The agent's runtime threads unless told otherwise: one. A demand fetch
@@ -96,7 +98,7 @@ pub struct Args {
 /// 188-210 µs with two; `thaw bench restore` (thaw, 4 workloads over rack
 /// and region) overhead sum 1.08 s with one, 1.14 s with two. A host
 /// restoring many VMs at once may want more (`--threads`).
-pub const DEFAULT_RUNTIME_THREADS: usize = 1;
+pub const DEFAULT_RUNTIME_THREADS: u16 = 1;
 
 impl Args {
     /// The agent's configuration from the flags. Runs inside a tokio
@@ -250,6 +252,14 @@ mod tests {
             "1MiB"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn runtime_threads_default_to_one_and_zero_is_refused() {
+        assert_eq!(parse(&[]).threads, DEFAULT_RUNTIME_THREADS);
+        assert_eq!(parse(&["--threads", "3"]).threads, 3);
+        let argv = ["a", "--socket", "s", "--store", "x", "--threads", "0"];
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 
     #[test]

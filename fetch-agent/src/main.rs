@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Cli::parse().args;
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
+        .worker_threads(args.threads.into())
         .enable_all()
         .build()
         .context("starting the async runtime")?

@@ -232,14 +232,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Agent(args) => {
-            runtime.worker_threads(args.threads.max(1));
+            runtime.worker_threads(args.threads.into());
         }
         // Its agents (and their block server) live in this process: it
         // runs them on the agent's default runtime.
         Command::Bench {
             bench: BenchCommand::FaultLatency { .. },
         } => {
-            runtime.worker_threads(fetch_agent::cli::DEFAULT_RUNTIME_THREADS);
+            runtime.worker_threads(fetch_agent::cli::DEFAULT_RUNTIME_THREADS.into());
         }
         _ => {}
     }
