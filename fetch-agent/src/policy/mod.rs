@@ -380,6 +380,15 @@ impl Restore {
         if runs.is_empty() && waiters.is_empty() {
             return None;
         }
+        // Runs with a waiting page go first, the rest keep block order:
+        // UFFDIO_COPY wakes the threads faulting in the range it fills, so
+        // the vCPU resumes after its own run instead of the whole block
+        // (a scattered 64 KiB block is about a dozen copies, ~50 µs here).
+        runs.sort_by_key(|r| {
+            !waiters
+                .iter()
+                .any(|w| (r.page..r.page + r.len).contains(&w.page))
+        });
         if origin == Origin::Cache {
             self.stats.cache_installs += 1;
         }

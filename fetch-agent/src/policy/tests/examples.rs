@@ -177,7 +177,7 @@ fn zero_pages_are_filled_a_window_at_a_time() {
 }
 
 #[test]
-fn scattered_block_installs_in_block_order_offsets() {
+fn scattered_block_installs_the_faulting_run_first_then_block_order() {
     let t0 = Instant::now();
     // Block 0 holds pages 10, 11, 2, 3, 30 in that order.
     let m = manifest(
@@ -199,14 +199,14 @@ fn scattered_block_installs_in_block_order_offsets() {
         runs,
         &vec![
             InstallRun {
-                page: 10,
-                len: 2,
-                block_offset: 0
-            },
-            InstallRun {
                 page: 2,
                 len: 2,
                 block_offset: 2
+            },
+            InstallRun {
+                page: 10,
+                len: 2,
+                block_offset: 0
             },
             InstallRun {
                 page: 30,
