@@ -215,3 +215,52 @@ async fn demand_reads_its_block_alone_and_streaming_reads_ahead() {
         .unwrap();
     assert_eq!(stats.store_reads.load(Ordering::Relaxed), reads);
 }
+
+/// Both ends mark each block request's way (`protocol::hop`), so the bench
+/// can time the legs of demand fetches: three demand fetches give three
+/// complete sequences in order; the streaming fetch is left out.
+#[tokio::test(flavor = "current_thread")]
+async fn hop_marks_time_each_demand_fetch() {
+    use integration::bench::restore::hops::{split, Hop, HopLog};
+    use tracing_subscriber::layer::SubscriberExt;
+    let log = HopLog::default();
+    // Current-thread runtime: every task (server, QUIC drivers) runs on
+    // this thread, under this default subscriber.
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(log.layer()));
+    let f = fixture().await;
+    let (_server, running) = start(&f, false);
+    let c = client(&f, &running, false);
+    c.manifest(&f.id).await.unwrap();
+    for block in [0, 1, 2] {
+        c.fetch_stored(&f.id, block, Priority::Demand)
+            .await
+            .unwrap();
+    }
+    c.fetch_stored(&f.id, 3, Priority::Background)
+        .await
+        .unwrap();
+    let events = log.take();
+    // Four marks per block request, none for the manifest.
+    assert_eq!(events.len(), 16, "{events:?}");
+    for block in 0..3 {
+        let hops: Vec<Hop> = events
+            .iter()
+            .filter(|e| e.block == block)
+            .map(|e| e.hop)
+            .collect();
+        assert_eq!(
+            hops,
+            [
+                Hop::RequestSent,
+                Hop::RequestReceived,
+                Hop::ResponseSent,
+                Hop::ResponseReceived
+            ]
+        );
+    }
+    let s = split(&events).unwrap();
+    assert_eq!(s.fetches, 3);
+    let sum = s.to_server_us.mean + s.at_server_us.mean + s.back_us.mean;
+    assert!((sum - s.total_us.mean).abs() < 1.0, "{s:?}");
+    assert!(s.to_server_us.mean > 0.0 && s.back_us.mean > 0.0, "{s:?}");
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::format::{self, CheckpointId, FormatError, Manifest};
-use crate::protocol::{self, Priority, ProtocolError, Request, Status, RESPONSE_HEADER_LEN};
+use crate::protocol::{self, hop, Priority, ProtocolError, Request, Status, RESPONSE_HEADER_LEN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -146,6 +146,13 @@ impl BlockClient {
             .await
             .map_err(|e| stream_err(e.to_string()))?;
         send.finish().map_err(|e| stream_err(e.to_string()))?;
+        let block = match req {
+            Request::Block { block, .. } => Some(*block),
+            Request::Manifest { .. } => None,
+        };
+        if let Some(block) = block {
+            tracing::trace!(target: hop::TARGET, hop = hop::REQUEST_SENT, block, priority = priority as u8);
+        }
         let mut header = [0u8; RESPONSE_HEADER_LEN];
         recv.read_exact(&mut header)
             .await
@@ -159,6 +166,9 @@ impl BlockClient {
         recv.read_exact(&mut payload)
             .await
             .map_err(|e| stream_err(e.to_string()))?;
+        if let Some(block) = block {
+            tracing::trace!(target: hop::TARGET, hop = hop::RESPONSE_RECEIVED, block, priority = priority as u8);
+        }
         if header.status != Status::Ok {
             return Err(ClientError::Refused {
                 addr: self.addr,

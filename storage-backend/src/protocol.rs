@@ -28,6 +28,23 @@ pub const RESPONSE_HEADER_LEN: usize = 10;
 /// Largest payload a client accepts (a manifest at its size limit).
 pub const MAX_PAYLOAD_LEN: u64 = MAX_MANIFEST_BYTES;
 
+/// Trace events marking where a block request is on its way, for timing the
+/// legs of a fetch (`thaw bench restore --hop-timings`). Both ends emit them
+/// at TRACE level under [`hop::TARGET`], with the fields `hop` (one of the
+/// names below), `block` and `priority` (the wire value); off, they cost a
+/// disabled-callsite check.
+pub mod hop {
+    pub const TARGET: &str = "thaw::hop";
+    /// The client finished writing the request.
+    pub const REQUEST_SENT: &str = "request_sent";
+    /// The server read and decoded the whole request.
+    pub const REQUEST_RECEIVED: &str = "request_received";
+    /// The server handed the whole answer to its QUIC stream.
+    pub const RESPONSE_SENT: &str = "response_sent";
+    /// The client read the whole answer.
+    pub const RESPONSE_RECEIVED: &str = "response_received";
+}
+
 /// Who is waiting for a fetch: a faulting vCPU, a prefetch, or background
 /// streaming. Maps to QUIC stream priorities (higher is sent first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

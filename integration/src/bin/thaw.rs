@@ -209,6 +209,10 @@ struct RestoreArgs {
     /// DIR/WORKLOAD-LINK-STRATEGY/ (trace format plus block and source columns).
     #[arg(long, value_name = "DIR")]
     agent_traces: Option<PathBuf>,
+    /// Time the legs of every demand fetch to the block server (to it, at
+    /// it, back) and add their summary to each row (`demand_fetch_us`).
+    #[arg(long)]
+    hop_timings: bool,
 }
 
 fn open_store(spec: &str) -> anyhow::Result<Store> {
@@ -216,13 +220,14 @@ fn open_store(spec: &str) -> anyhow::Result<Store> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let hop_log = match &cli.command {
+        Command::Bench {
+            bench: BenchCommand::Restore(args),
+        } if args.hop_timings => Some(bench::restore::hops::HopLog::default()),
+        _ => None,
+    };
+    init_tracing(hop_log.as_ref());
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     match &cli.command {
@@ -246,10 +251,28 @@ fn main() -> anyhow::Result<()> {
     runtime
         .build()
         .context("starting the async runtime")?
-        .block_on(run(cli))
+        .block_on(run(cli, hop_log))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Logs to stderr as `RUST_LOG` says (warnings by default), plus the hop
+/// events of block requests into `hop_log` when given.
+fn init_tracing(hop_log: Option<&bench::restore::hops::HopLog>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(hop_log.map(|log| log.layer()))
+        .init();
+}
+
+async fn run(cli: Cli, hop_log: Option<bench::restore::hops::HopLog>) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo {
             store,
@@ -375,6 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json: args.json,
                     replay_timeout: args.replay_timeout,
                     agent_traces: args.agent_traces,
+                    hop_log,
                 };
                 let rows = tokio::task::spawn_blocking(move || bench::restore::run(cfg)).await??;
                 if let Some(out) = args.report {

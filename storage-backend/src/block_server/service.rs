@@ -14,7 +14,7 @@ use super::cache::BlockCache;
 use super::read_ahead::{read_ahead_run, READ_AHEAD_BLOCKS};
 use crate::error::CheckpointError;
 use crate::format::{self, CheckpointId, Manifest};
-use crate::protocol::{self, Priority, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
+use crate::protocol::{self, hop, Priority, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
 use crate::reader::CheckpointReader;
 use crate::store::Store;
 
@@ -150,11 +150,18 @@ impl BlockServer {
 
     async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        // The block and priority of a block request, for hop events.
+        let mut timed: Option<(u32, u8)> = None;
         let reply = match recv.read_to_end(MAX_REQUEST_LEN).await {
             Ok(bytes) => match protocol::decode_request(&bytes) {
                 Ok(req) => {
-                    if let Request::Block { priority, .. } = &req {
+                    if let Request::Block {
+                        priority, block, ..
+                    } = &req
+                    {
                         let _ = send.set_priority(priority.stream_priority());
+                        timed = Some((*block, *priority as u8));
+                        tracing::trace!(target: hop::TARGET, hop = hop::REQUEST_RECEIVED, block, priority = *priority as u8);
                     }
                     self.answer(req).await
                 }
@@ -184,6 +191,9 @@ impl BlockServer {
             Ok::<_, quinn::WriteError>(())
         }
         .await;
+        if let (Some((block, priority)), Ok(())) = (timed, &sent) {
+            tracing::trace!(target: hop::TARGET, hop = hop::RESPONSE_SENT, block, priority);
+        }
         match sent {
             Ok(()) => {
                 self.inner

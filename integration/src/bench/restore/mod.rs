@@ -12,6 +12,7 @@
 pub mod checkpoints;
 pub mod eager;
 pub mod env;
+pub mod hops;
 pub mod strategy;
 
 use std::os::unix::net::UnixListener;
@@ -57,6 +58,9 @@ pub struct RestoreBench {
     /// directory per workload × link × strategy), to see which faults a
     /// strategy left and where their pages came from.
     pub agent_traces: Option<PathBuf>,
+    /// Where the hop events of block requests are recorded (its layer
+    /// installed), to time the legs of each run's demand fetches.
+    pub hop_log: Option<hops::HopLog>,
 }
 
 /// One workload × link × strategy: what the report reads, plus the
@@ -69,6 +73,9 @@ pub struct Row {
     pub overhead_cut_vs_lazy_4k: Option<f64>,
     /// Time to finish / that of `oracle` on the same workload and link.
     pub time_vs_oracle: Option<f64>,
+    /// The legs of the demand fetches to the block server, when timed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demand_fetch_us: Option<hops::DemandFetchSplit>,
 }
 
 pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
@@ -166,10 +173,14 @@ pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
                         .as_ref()
                         .map(|d| d.join(format!("{name}-{}-{strategy}", link.name()))),
                 };
+                if let Some(log) = &cfg.hop_log {
+                    log.take();
+                }
                 let m = run
                     .measure()
                     .with_context(|| format!("{name} over {} with {strategy}", link.name()))?;
-                let row = m.into_row(&name, link_of(link)?, strategy, baseline);
+                let mut row = m.into_row(&name, link_of(link)?, strategy, baseline);
+                row.demand_fetch_us = cfg.hop_log.as_ref().and_then(|l| hops::split(&l.take()));
                 print_row(&row);
                 rows.push(row);
             }
@@ -235,6 +246,7 @@ impl Measured {
             },
             overhead_cut_vs_lazy_4k: None,
             time_vs_oracle: None,
+            demand_fetch_us: None,
         }
     }
 }
@@ -383,6 +395,22 @@ fn print_row(r: &Row) {
         m.bytes,
         m.faults
     );
+    if let Some(s) = &r.demand_fetch_us {
+        let p50 = |l: &hops::Leg| l.percentiles.p50;
+        println!(
+            "  {:<13} demand fetches {:>5}: to server {:>6.0} µs, at server {:>5.0}, back {:>6.0}, total {:>6.0} (medians; means {:.0}, {:.0}, {:.0}, {:.0})",
+            "",
+            s.fetches,
+            p50(&s.to_server_us),
+            p50(&s.at_server_us),
+            p50(&s.back_us),
+            p50(&s.total_us),
+            s.to_server_us.mean,
+            s.at_server_us.mean,
+            s.back_us.mean,
+            s.total_us.mean
+        );
+    }
 }
 
 fn print_table(rows: &[Row]) {
