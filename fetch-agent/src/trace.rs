@@ -1,7 +1,8 @@
 //! A restore's fault trace in the workload trace format (DESIGN.md): one line
 //! per first touch of a page, sorted by time, `<t_us> <page_index>`, then the
-//! agent's extra columns `<block> <source>` (`-` as block for zero pages;
-//! source one of cache, prefetch, demand, zero); `#` starts a comment.
+//! agent's extra columns `<block> <source> <stall_us>` (`-` as block for
+//! zero pages; source one of cache, prefetch, demand, zero; stall_us how long
+//! the fault waited for its page); `#` starts a comment.
 //!
 //! `t_us` counts guest progress: time since the hand-off minus the time the
 //! guest spent waiting for the agent (the sum of earlier faults' service
@@ -27,6 +28,8 @@ pub struct TraceRecord {
     pub page: u64,
     pub block: Option<u32>,
     pub source: FaultSource,
+    /// How long the fault waited, in µs.
+    pub stall_us: u64,
 }
 
 /// Collects a restore's faults; written out when the restore ends.
@@ -102,6 +105,7 @@ impl TraceRecorder {
                     page: f.page,
                     block: f.block,
                     source: f.source,
+                    stall_us: f.latency.as_micros() as u64,
                 });
             }
         }
@@ -112,11 +116,12 @@ impl TraceRecorder {
     pub fn write(&self, path: &Path, description: &str) -> std::io::Result<()> {
         let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
         writeln!(w, "# thaw fetch-agent fault trace: {description}")?;
-        writeln!(w, "# t_us page_index block source")?;
+        writeln!(w, "# t_us page_index block source stall_us")?;
         for r in self.finish() {
+            let (t, p, s, stall) = (r.t_us, r.page, r.source.as_str(), r.stall_us);
             match r.block {
-                Some(b) => writeln!(w, "{} {} {} {}", r.t_us, r.page, b, r.source.as_str())?,
-                None => writeln!(w, "{} {} - {}", r.t_us, r.page, r.source.as_str())?,
+                Some(b) => writeln!(w, "{t} {p} {b} {s} {stall}")?,
+                None => writeln!(w, "{t} {p} - {s} {stall}")?,
             }
         }
         w.flush()
@@ -163,7 +168,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# thaw fetch-agent fault trace: test\n"));
         assert!(
-            text.contains("\n10000 7 1 demand\n15000 3 - zero\n"),
+            text.contains("\n10000 7 1 demand 5000\n15000 3 - zero 1000\n"),
             "{text}"
         );
         assert_eq!(parse_pages(&text).unwrap(), vec![(10_000, 7), (15_000, 3)]);

@@ -91,7 +91,8 @@ fn end_and_read_trace(
         .filter(|l| !l.starts_with('#'))
         .map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(cols.len(), 4, "{l}");
+            assert_eq!(cols.len(), 5, "{l}");
+            let _stall_us: u64 = cols[4].parse().expect("a stall in µs");
             (cols[1].parse().unwrap(), cols[3].to_owned())
         })
         .collect()

@@ -112,11 +112,12 @@ fn restore_through_the_agent_matches_the_checkpoint_and_ends_with_the_vmm() {
     assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0), "sorted by time");
     for l in text.lines().filter(|l| !l.starts_with('#')) {
         let cols: Vec<&str> = l.split_whitespace().collect();
-        assert_eq!(cols.len(), 4, "{l}");
+        assert_eq!(cols.len(), 5, "{l}");
         assert!(
             ["cache", "prefetch", "demand", "zero"].contains(&cols[3]),
             "{l}"
         );
+        assert!(cols[4].parse::<u64>().is_ok(), "a stall in µs: {l}");
     }
 }
 

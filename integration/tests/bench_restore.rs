@@ -61,6 +61,21 @@ struct Row {
     requests: u64,
     bytes: u64,
     faults: u64,
+    demand_fetch_us: Option<DemandFetchSplit>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DemandFetchSplit {
+    fetches: usize,
+    to_server_us: Leg,
+    back_us: Leg,
+    total_us: Leg,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Leg {
+    mean: f64,
+    p50: f64,
 }
 
 #[test]
@@ -81,6 +96,7 @@ fn strategies_side_by_side_on_a_small_workload() {
         .arg(dir.path().join("docs/evaluation.md"))
         .arg("--agent-traces")
         .arg(dir.path().join("traces"))
+        .arg("--hop-timings")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -104,6 +120,14 @@ fn strategies_side_by_side_on_a_small_workload() {
     assert!(lazy.bytes <= lazy.requests * PAGE as u64, "{lazy:?}");
     // Eager fetches everything and never faults.
     assert_eq!(row("eager").faults, 0);
+    // With --hop-timings every lazy-4k fault's fetch is timed leg by leg:
+    // over rack (50 µs each way) each leg takes at least the link's delay.
+    let split = lazy.demand_fetch_us.as_ref().expect("hop timings");
+    assert!(split.fetches as u64 * 2 > lazy.requests, "{split:?}");
+    for leg in [&split.to_server_us, &split.back_us] {
+        assert!(leg.p50 >= 50.0 && leg.mean >= 50.0, "{split:?}");
+    }
+    assert!(split.total_us.p50 >= 100.0, "{split:?}");
     // Locality blocks learned from runs 1 and 2 serve run 3 with far fewer faults.
     // The evaluation page and its charts come from the same rows.
     let page = std::fs::read_to_string(dir.path().join("docs/evaluation.md")).unwrap();

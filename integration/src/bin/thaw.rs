@@ -206,7 +206,7 @@ struct RestoreArgs {
     #[arg(long)]
     report: Option<PathBuf>,
     /// Keep the fetch agent's fault trace of every lazy run, in
-    /// DIR/WORKLOAD-LINK-STRATEGY/ (trace format plus block and source columns).
+    /// DIR/WORKLOAD-LINK-STRATEGY/ (trace format plus block, source and stall columns).
     #[arg(long, value_name = "DIR")]
     agent_traces: Option<PathBuf>,
     /// Time the legs of every demand fetch to the block server (to it, at
