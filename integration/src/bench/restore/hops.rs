@@ -146,7 +146,9 @@ fn leg(samples: &[f64]) -> Option<Leg> {
     })
 }
 
-/// The legs of the demand fetches of one run, in µs.
+/// The legs of the demand-priority fetches of one run, in µs: those a
+/// fault waits for (and, in an `eager` run, every fetch: it asks for each
+/// block at demand priority).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DemandFetchSplit {
     /// Demand fetches with all four marks.
