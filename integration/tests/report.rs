@@ -199,6 +199,52 @@ fn full_tables_have_every_row_and_human_units() {
     assert!(page.contains("| shell | lazy-4k | 12.00 | 2.000 | 0.00% | 1.188× | 200 | 4.0 MiB | 460 | 80.0 | 800 |"), "{page}");
 }
 
+/// Rows timed with `--hop-timings` carry their demand fetches' legs; the page shows them in
+/// a table under their link, and only where some row has them.
+#[test]
+fn demand_fetch_legs_appear_under_their_link_when_timed() {
+    let leg = |p50: f64| json!({"mean": p50 + 1.0, "p50": p50, "p90": p50 * 2.0, "p99": p50 * 3.0, "max": p50 * 4.0});
+    let mut values = synthetic_rows();
+    for v in values.iter_mut() {
+        if v["link"] == "rack" && v["workload"] == "kv-store" && v["strategy"] != "eager" {
+            v["demand_fetch_us"] = json!({
+                "fetches": 42,
+                "to_server_us": leg(150.0), "at_server_us": leg(12.0),
+                "back_us": leg(210.0), "total_us": leg(372.0)
+            });
+        }
+    }
+    let rows = rows_from(&values);
+    assert_eq!(
+        rows.iter().filter(|r| r.demand_fetch_us.is_some()).count(),
+        7
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("evaluation.md");
+    write_report(&rows, &out, &meta()).unwrap();
+    let page = std::fs::read_to_string(&out).unwrap();
+    let rack = &page[page.find("## Link: rack").unwrap()..page.find("## Link: region").unwrap()];
+    assert!(
+        rack.contains(
+            "| workload | strategy | fetches | to the server | at the server | back | total |"
+        ),
+        "{rack}"
+    );
+    assert!(
+        rack.contains("| kv-store | thaw | 42 | 150 | 12.0 | 210 | 372 |"),
+        "{rack}"
+    );
+    assert_eq!(rack.matches("| kv-store | ").count(), 8 + 7, "{rack}");
+    let rest = &page[page.find("## Link: region").unwrap()..];
+    assert!(!rest.contains("to the server"), "{rest}");
+    // Without any timed row, no such table at all.
+    let plain = dir.path().join("plain.md");
+    write_report(&rows_from(&synthetic_rows()), &plain, &meta()).unwrap();
+    assert!(!std::fs::read_to_string(&plain)
+        .unwrap()
+        .contains("to the server"));
+}
+
 #[test]
 fn charts_are_well_formed_svg_and_linked_from_the_page() {
     let dir = tempfile::tempdir().unwrap();

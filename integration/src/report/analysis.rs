@@ -227,6 +227,7 @@ pub(crate) mod tests {
             baseline_s: finish_s - overhead_s,
             fault_latency_us: None,
             fault_latency_cdf: Vec::new(),
+            demand_fetch_us: None,
         }
     }
 

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use storage_backend::units::format_bytes;
 
+use crate::bench::restore::hops::{DemandFetchSplit, Leg};
+
 use super::analysis::{
     Evaluation, Group, Verdict, MAX_FINISH_RATIO_TO_ORACLE, MAX_OVERHEAD_FRACTION_OF_LAZY,
 };
@@ -244,6 +246,46 @@ fn link_section(page: &mut String, eval: &Evaluation, charts: &LinkCharts) {
     let _ = writeln!(page, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for group in eval.groups_of(charts.link) {
         figures_rows(page, group);
+    }
+    page.push('\n');
+    demand_fetch_legs(page, eval, charts.link);
+}
+
+/// The legs of the demand fetches, for the rows that timed them (`--hop-timings`).
+fn demand_fetch_legs(page: &mut String, eval: &Evaluation, link: Link) {
+    let timed: Vec<(&str, &super::rows::Row, &DemandFetchSplit)> = eval
+        .groups_of(link)
+        .flat_map(|g| {
+            g.present()
+                .filter_map(move |r| r.demand_fetch_us.as_ref().map(|s| (g.workload, r, s)))
+        })
+        .collect();
+    if timed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        page,
+        "Where a demand fetch's time goes (medians in µs): from the request written to its \
+         reading by the block server, the server's answer, and back until the answer is read.\n"
+    );
+    let _ = writeln!(
+        page,
+        "| workload | strategy | fetches | to the server | at the server | back | total |"
+    );
+    let _ = writeln!(page, "|---|---|--:|--:|--:|--:|--:|");
+    for (workload, row, s) in timed {
+        let p50 = |l: &Leg| significant(l.percentiles.p50, 3);
+        let _ = writeln!(
+            page,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            table_cell(workload),
+            row.strategy.name(),
+            s.fetches,
+            p50(&s.to_server_us),
+            p50(&s.at_server_us),
+            p50(&s.back_us),
+            p50(&s.total_us),
+        );
     }
     page.push('\n');
 }

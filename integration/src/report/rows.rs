@@ -55,6 +55,10 @@ pub struct Row {
     /// (latency µs, cumulative fraction) points, sorted; absent, null or empty without faults.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub fault_latency_cdf: Vec<(f64, f64)>,
+    /// The legs of the demand fetches to the block server (`--hop-timings`); absent when
+    /// not timed or when there was no block server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demand_fetch_us: Option<crate::bench::restore::hops::DemandFetchSplit>,
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, f64)>, D::Error> {

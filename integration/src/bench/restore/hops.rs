@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use storage_backend::protocol::{hop, Priority};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
@@ -132,7 +132,7 @@ impl Visit for Fields {
 }
 
 /// One leg's times over a run's demand fetches, in µs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Leg {
     pub mean: f64,
     #[serde(flatten)]
@@ -149,7 +149,7 @@ fn leg(samples: &[f64]) -> Option<Leg> {
 /// The legs of the demand-priority fetches of one run, in µs: those a
 /// fault waits for (and, in an `eager` run, every fetch: it asks for each
 /// block at demand priority).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DemandFetchSplit {
     /// Demand fetches with all four marks.
     pub fetches: usize,

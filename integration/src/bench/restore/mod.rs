@@ -73,9 +73,6 @@ pub struct Row {
     pub overhead_cut_vs_lazy_4k: Option<f64>,
     /// Time to finish / that of `oracle` on the same workload and link.
     pub time_vs_oracle: Option<f64>,
-    /// The legs of the demand fetches to the block server, when timed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub demand_fetch_us: Option<hops::DemandFetchSplit>,
 }
 
 pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
@@ -180,7 +177,8 @@ pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
                     .measure()
                     .with_context(|| format!("{name} over {} with {strategy}", link.name()))?;
                 let mut row = m.into_row(&name, link_of(link)?, strategy, baseline);
-                row.demand_fetch_us = cfg.hop_log.as_ref().and_then(|l| hops::split(&l.take()));
+                row.measured.demand_fetch_us =
+                    cfg.hop_log.as_ref().and_then(|l| hops::split(&l.take()));
                 print_row(&row);
                 rows.push(row);
             }
@@ -243,10 +241,10 @@ impl Measured {
                 baseline_s: baseline,
                 fault_latency_us: latency::percentiles(&self.stalls_us),
                 fault_latency_cdf: latency::cdf(&self.stalls_us, CDF_POINTS),
+                demand_fetch_us: None,
             },
             overhead_cut_vs_lazy_4k: None,
             time_vs_oracle: None,
-            demand_fetch_us: None,
         }
     }
 }
@@ -395,7 +393,7 @@ fn print_row(r: &Row) {
         m.bytes,
         m.faults
     );
-    if let Some(s) = &r.demand_fetch_us {
+    if let Some(s) = &m.demand_fetch_us {
         let p50 = |l: &hops::Leg| l.percentiles.p50;
         println!(
             "  {:<13} demand fetches {:>5}: to server {:>6.0} µs, at server {:>5.0}, back {:>6.0}, total {:>6.0} (medians; means {:.0}, {:.0}, {:.0}, {:.0})",
