@@ -142,17 +142,19 @@ impl BlockClient {
                     source,
                 })?;
         let _ = send.set_priority(priority.stream_priority());
-        send.write_all(&protocol::encode_request(req))
-            .await
-            .map_err(|e| stream_err(e.to_string()))?;
-        send.finish().map_err(|e| stream_err(e.to_string()))?;
         let block = match req {
             Request::Block { block, .. } => Some(*block),
             Request::Manifest { .. } => None,
         };
+        // Marked before the write: once written, the server may read it
+        // before this task runs again.
         if let Some(block) = block {
             tracing::trace!(target: hop::TARGET, hop = hop::REQUEST_SENT, block, priority = priority as u8);
         }
+        send.write_all(&protocol::encode_request(req))
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
+        send.finish().map_err(|e| stream_err(e.to_string()))?;
         let mut header = [0u8; RESPONSE_HEADER_LEN];
         recv.read_exact(&mut header)
             .await

@@ -35,11 +35,11 @@ pub const MAX_PAYLOAD_LEN: u64 = MAX_MANIFEST_BYTES;
 /// disabled-callsite check.
 pub mod hop {
     pub const TARGET: &str = "thaw::hop";
-    /// The client finished writing the request.
+    /// The client hands the request to its QUIC stream.
     pub const REQUEST_SENT: &str = "request_sent";
     /// The server read and decoded the whole request.
     pub const REQUEST_RECEIVED: &str = "request_received";
-    /// The server handed the whole answer to its QUIC stream.
+    /// The server hands the answer to its QUIC stream.
     pub const RESPONSE_SENT: &str = "response_sent";
     /// The client read the whole answer.
     pub const RESPONSE_RECEIVED: &str = "response_received";

@@ -184,6 +184,11 @@ impl BlockServer {
             len: payload.len() as u64,
         });
         let len = payload.len() as u64;
+        // Marked before the write: once written, the client may read the
+        // answer before this task runs again.
+        if let Some((block, priority)) = timed {
+            tracing::trace!(target: hop::TARGET, hop = hop::RESPONSE_SENT, block, priority);
+        }
         let sent = async {
             send.write_all(&header).await?;
             send.write_chunk(payload).await?;
@@ -191,9 +196,6 @@ impl BlockServer {
             Ok::<_, quinn::WriteError>(())
         }
         .await;
-        if let (Some((block, priority)), Ok(())) = (timed, &sent) {
-            tracing::trace!(target: hop::TARGET, hop = hop::RESPONSE_SENT, block, priority);
-        }
         match sent {
             Ok(()) => {
                 self.inner
