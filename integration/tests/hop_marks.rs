@@ -12,7 +12,7 @@ use storage_backend::block_client::BlockClient;
 use storage_backend::block_server::BlockServer;
 use storage_backend::protocol::Priority;
 use storage_backend::tls::{self, DevPki, SERVER_NAME};
-use storage_backend::{write_checkpoint, MemoryRegion, Store, WriteOptions};
+use storage_backend::Store;
 use tracing_subscriber::layer::SubscriberExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,15 +22,9 @@ async fn hop_marks_time_each_demand_fetch() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().to_str().unwrap()).unwrap();
-    let memory = synthetic::memory_image(4 << 20, 11);
-    let regions = [MemoryRegion {
-        guest_phys_addr: 0,
-        bytes: &memory,
-    }];
-    let id = write_checkpoint(&store, &regions, vec![], &WriteOptions::default())
+    let id = synthetic::write_image_checkpoint(&store, 4 << 20, 11)
         .await
-        .unwrap()
-        .id;
+        .unwrap();
     let pki = DevPki::generate().unwrap();
     let server = BlockServer::new(store, 64 << 20);
     let running = server

@@ -211,13 +211,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn at(t0: Instant, us: u64) -> Instant {
-        t0 + Duration::from_micros(us)
-    }
-
     fn ev(t0: Instant, us: u64, hop: Hop, block: u32, priority: Priority) -> HopEvent {
         HopEvent {
-            at: at(t0, us),
+            at: t0 + Duration::from_micros(us),
             hop,
             block,
             priority: priority as u8,
