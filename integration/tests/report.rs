@@ -245,6 +245,39 @@ fn demand_fetch_legs_appear_under_their_link_when_timed() {
         .contains("to the server"));
 }
 
+/// Rows that split their stalls by foresight get a table after the targets: one line per
+/// workload × link with a measured thaw row, the unforeseen share of the wait worked out.
+#[test]
+fn thaw_stalls_on_unforeseen_pages_are_tallied_after_the_targets() {
+    let mut values = synthetic_rows();
+    for v in values.iter_mut() {
+        if v["workload"] == "kv-store" && v["link"] != "object-store" {
+            v["stalls_by_foresight"] = json!({
+                "foreseen": {"touches": 10, "waited_s": 0.010},
+                "unforeseen": {"touches": 30, "waited_s": 0.030}
+            });
+        }
+    }
+    let rows = rows_from(&values);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("evaluation.md");
+    write_report(&rows, &out, &meta()).unwrap();
+    let page = std::fs::read_to_string(&out).unwrap();
+    let section = &page
+        [page.find("### Which of thaw's stalls").unwrap()..page.find("## Link: rack").unwrap()];
+    assert!(
+        section.contains("| kv-store | rack | 0.0580 | 40 | 0.0400 | 30 | 0.0300 | 75.00% |"),
+        "{section}"
+    );
+    assert_eq!(section.matches("| kv-store | ").count(), 2, "{section}");
+    // Without any such row, no such section.
+    let plain = dir.path().join("plain.md");
+    write_report(&rows_from(&synthetic_rows()), &plain, &meta()).unwrap();
+    assert!(!std::fs::read_to_string(&plain)
+        .unwrap()
+        .contains("unforeseen"));
+}
+
 #[test]
 fn charts_are_well_formed_svg_and_linked_from_the_page() {
     let dir = tempfile::tempdir().unwrap();

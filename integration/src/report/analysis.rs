@@ -228,6 +228,7 @@ pub(crate) mod tests {
             fault_latency_us: None,
             fault_latency_cdf: Vec::new(),
             demand_fetch_us: None,
+            stalls_by_foresight: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use storage_backend::units::format_bytes;
 
+use crate::bench::restore::foresight::StallSplit;
 use crate::bench::restore::hops::{DemandFetchSplit, Leg};
 
 use super::analysis::{
@@ -77,6 +78,7 @@ pub fn render(
     let mut page = String::new();
     intro(&mut page, meta, cdf_source);
     summary(&mut page, eval);
+    unforeseen_stalls(&mut page, eval);
     for chart in charts {
         link_section(&mut page, eval, chart);
     }
@@ -219,6 +221,62 @@ fn summary(page: &mut String, eval: &Evaluation) {
     }
     page.push(')');
     page.push_str(".\n\n");
+}
+
+/// How much of thaw's waiting was for pages the layout could not foresee, for the rows that
+/// measured it.
+fn unforeseen_stalls(page: &mut String, eval: &Evaluation) {
+    let measured: Vec<(&Group, &super::rows::Row, StallSplit)> = eval
+        .workloads
+        .iter()
+        .flat_map(|&w| eval.groups.iter().filter(move |g| g.workload == w))
+        .filter_map(|g| {
+            let row = g.row(Strategy::Thaw)?;
+            Some((g, row, row.stalls_by_foresight?))
+        })
+        .collect();
+    if measured.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        page,
+        "### Which of thaw's stalls the traces could foresee
+"
+    );
+    let _ = writeln!(
+        page,
+        "A layout is learned from the workload's earlier traces. A page none of them touched \
+         is placed by its neighbours or its physical address only, so the stream seldom \
+         brings it before the guest touches it. Stalled touches are those that waited for \
+         memory (over {} µs, a userfaultfd round trip).\n",
+        crate::bench::restore::STALL_NS / 1000
+    );
+    let _ = writeln!(
+        page,
+        "| workload | link | thaw overhead (s) | stalled touches | waited (s) \
+         | on unforeseen pages | their wait (s) | share of the wait |"
+    );
+    let _ = writeln!(page, "|---|---|--:|--:|--:|--:|--:|--:|");
+    for (group, row, split) in measured {
+        let waited = split.foreseen.waited_s + split.unforeseen.waited_s;
+        let _ = writeln!(
+            page,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            table_cell(group.workload),
+            group.link.name(),
+            significant(row.restore_overhead_s, 3),
+            split.foreseen.touches + split.unforeseen.touches,
+            significant(waited, 3),
+            split.unforeseen.touches,
+            significant(split.unforeseen.waited_s, 3),
+            if waited > 0.0 {
+                percent(split.unforeseen.waited_s / waited * 100.0)
+            } else {
+                NONE.into()
+            },
+        );
+    }
+    page.push('\n');
 }
 
 fn link_section(page: &mut String, eval: &Evaluation, charts: &LinkCharts) {

@@ -59,6 +59,10 @@ pub struct Row {
     /// not timed or when there was no block server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demand_fetch_us: Option<crate::bench::restore::hops::DemandFetchSplit>,
+    /// The guest's stalled touches, split by whether a learning trace touched the page;
+    /// absent for eager (and in rows from before the split was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalls_by_foresight: Option<crate::bench::restore::foresight::StallSplit>,
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, f64)>, D::Error> {

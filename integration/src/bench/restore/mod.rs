@@ -12,6 +12,7 @@
 pub mod checkpoints;
 pub mod eager;
 pub mod env;
+pub mod foresight;
 pub mod hops;
 pub mod strategy;
 
@@ -33,13 +34,17 @@ use crate::replay::spawn::Memory;
 use crate::replay::{replay, ReplayPlan};
 use crate::report::rows::{Link, Row as MeasuredRow};
 use env::{LinkEnv, Pki};
+use foresight::{Foresight, StallSplit};
 use strategy::{Layout, Plan, Strategy};
 
 /// The store name hand-offs carry; each agent maps it to the link's store.
 const STORE_SPEC: &str = "bench://checkpoints";
-/// Touches that took longer than this waited for memory (a touch of a
-/// present page takes well under a microsecond).
-const STALL_NS: u64 = 1_000;
+/// Touches that took longer than this waited for memory. A userfaultfd
+/// round trip through the agent takes about 4 µs here at the least; a touch
+/// of a present page takes well under 1 µs, but up to 2 µs when its page
+/// tables are cold (this machine is itself a VM): with a 1 µs bound, thaw's
+/// rows counted 500 such touches beside 60-80 faults.
+pub const STALL_NS: u64 = 4_000;
 /// Host cache of each (fresh) agent: large enough to keep everything.
 const AGENT_CACHE_BYTES: u64 = 4 << 30;
 /// Points of the fault-latency CDF kept per row.
@@ -102,6 +107,7 @@ pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
                 )
             })?;
         let learn: Vec<_> = learn.iter().collect();
+        let foresight = Foresight::new(&learn);
         println!(
             "{name}: learn from {} trace(s), measure {} ({} touches)",
             learn.len(),
@@ -164,6 +170,8 @@ pub fn run(cfg: RestoreBench) -> anyhow::Result<Vec<Row>> {
                     workload: &workload,
                     checkpoints: &checkpoints,
                     plan: &plan,
+                    measured,
+                    foresight: &foresight,
                     socket: tmp.path().join("agent.sock"),
                     trace_dir: cfg
                         .agent_traces
@@ -224,6 +232,8 @@ struct Measured {
     bytes: u64,
     faults: u64,
     stalls_us: Vec<f64>,
+    /// None when the guest never waited for memory by design (eager).
+    stalls: Option<StallSplit>,
 }
 
 impl Measured {
@@ -242,6 +252,7 @@ impl Measured {
                 fault_latency_us: latency::percentiles(&self.stalls_us),
                 fault_latency_cdf: latency::cdf(&self.stalls_us, CDF_POINTS),
                 demand_fetch_us: None,
+                stalls_by_foresight: self.stalls,
             },
             overhead_cut_vs_lazy_4k: None,
             time_vs_oracle: None,
@@ -258,6 +269,8 @@ struct Run<'a> {
     workload: &'a Workload,
     checkpoints: &'a checkpoints::Checkpoints,
     plan: &'a ReplayPlan,
+    measured: &'a storage_backend::workload::Trace,
+    foresight: &'a Foresight,
     socket: PathBuf,
     trace_dir: Option<PathBuf>,
 }
@@ -307,6 +320,7 @@ impl Run<'_> {
             bytes: fetched.bytes,
             faults: 0,
             stalls_us: Vec::new(),
+            stalls: None,
         })
     }
 
@@ -345,6 +359,9 @@ impl Run<'_> {
         };
         let replayed = replayed?;
         let report = report.context("the agent's restore")?;
+        let stalls = self
+            .foresight
+            .split(&self.measured.events, &replayed.touch_ns, STALL_NS)?;
         if env.has_block_server() {
             let direct: u64 = report.counters.blocks[SourceKind::ObjectStore as usize]
                 .iter()
@@ -365,6 +382,7 @@ impl Run<'_> {
             },
             bytes: report.fetched_bytes,
             faults: report.faults,
+            stalls: Some(stalls),
             stalls_us: replayed
                 .touch_ns
                 .iter()
@@ -393,6 +411,16 @@ fn print_row(r: &Row) {
         m.bytes,
         m.faults
     );
+    if let Some(s) = &m.stalls_by_foresight {
+        println!(
+            "  {:<13} stalled touches {:>5} ({:.1} ms), of them on pages no learning trace touched {:>5} ({:.1} ms)",
+            "",
+            s.foreseen.touches + s.unforeseen.touches,
+            (s.foreseen.waited_s + s.unforeseen.waited_s) * 1e3,
+            s.unforeseen.touches,
+            s.unforeseen.waited_s * 1e3,
+        );
+    }
     if let Some(s) = &m.demand_fetch_us {
         let p50 = |l: &hops::Leg| l.percentiles.p50;
         println!(
