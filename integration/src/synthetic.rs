@@ -133,9 +133,18 @@ pub async fn write_image_checkpoint(
     seed: u64,
 ) -> anyhow::Result<storage_backend::CheckpointId> {
     let memory = tokio::task::spawn_blocking(move || memory_image(bytes, seed)).await?;
+    write_memory_checkpoint(store, &memory).await
+}
+
+/// Writes `memory` as a checkpoint of one region at guest address 0 (default
+/// options) into `store` and returns its id.
+pub async fn write_memory_checkpoint(
+    store: &storage_backend::Store,
+    memory: &[u8],
+) -> anyhow::Result<storage_backend::CheckpointId> {
     let regions = [storage_backend::MemoryRegion {
         guest_phys_addr: 0,
-        bytes: &memory,
+        bytes: memory,
     }];
     let options = storage_backend::WriteOptions::default();
     Ok(

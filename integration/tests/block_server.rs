@@ -14,7 +14,7 @@ use storage_backend::block_server::{BlockServer, RunningServer};
 use storage_backend::format::decode_block;
 use storage_backend::protocol::{Priority, Status};
 use storage_backend::tls::{self, DevPki, SERVER_NAME};
-use storage_backend::{write_checkpoint, CheckpointId, MemoryRegion, Store, WriteOptions};
+use storage_backend::{CheckpointId, Store};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -28,14 +28,9 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().to_str().unwrap()).unwrap();
     let memory = synthetic::memory_image(4 << 20, 11);
-    let regions = [MemoryRegion {
-        guest_phys_addr: 0,
-        bytes: &memory,
-    }];
-    let id = write_checkpoint(&store, &regions, vec![], &WriteOptions::default())
+    let id = synthetic::write_memory_checkpoint(&store, &memory)
         .await
-        .unwrap()
-        .id;
+        .unwrap();
     Fixture {
         _dir: dir,
         store,

@@ -11,7 +11,7 @@ use storage_backend::block_client::BlockClient;
 use storage_backend::format::decode_block;
 use storage_backend::protocol::Priority;
 use storage_backend::tls::{self, SERVER_NAME};
-use storage_backend::{write_checkpoint, MemoryRegion, Store, WriteOptions};
+use storage_backend::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_a_store_with_a_development_pki() {
@@ -20,14 +20,9 @@ async fn serves_a_store_with_a_development_pki() {
     let pki_dir = dir.path().join("pki");
     let store = Store::open(store_dir.to_str().unwrap()).unwrap();
     let memory = synthetic::memory_image(1 << 20, 3);
-    let regions = [MemoryRegion {
-        guest_phys_addr: 0,
-        bytes: &memory,
-    }];
-    let id = write_checkpoint(&store, &regions, vec![], &WriteOptions::default())
+    let id = synthetic::write_memory_checkpoint(&store, &memory)
         .await
-        .unwrap()
-        .id;
+        .unwrap();
 
     let mut server = Command::new(env!("CARGO_BIN_EXE_thaw"))
         .args(["block-server", "--listen", "127.0.0.1:0", "--store"])

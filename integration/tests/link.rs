@@ -21,7 +21,7 @@ use storage_backend::block_server::BlockServer;
 use storage_backend::format::decode_block;
 use storage_backend::protocol::Priority;
 use storage_backend::tls::{self, DevPki, SERVER_NAME};
-use storage_backend::{write_checkpoint, MemoryRegion, Store, WriteOptions};
+use storage_backend::Store;
 
 /// A UDP server that sends every datagram back to its sender until dropped.
 struct Echo {
@@ -265,14 +265,9 @@ fn bulk_transfer_does_not_exceed_the_rate() {
 async fn quic_block_fetches_through_the_relay_pay_the_round_trip() {
     let store = Store::open("memory://").unwrap();
     let memory = synthetic::memory_image(2 << 20, 7);
-    let regions = [MemoryRegion {
-        guest_phys_addr: 0,
-        bytes: &memory,
-    }];
-    let id = write_checkpoint(&store, &regions, vec![], &WriteOptions::default())
+    let id = synthetic::write_memory_checkpoint(&store, &memory)
         .await
-        .unwrap()
-        .id;
+        .unwrap();
     let pki = DevPki::generate().unwrap();
     let server = BlockServer::new(store, 64 << 20);
     let running = server
