@@ -240,8 +240,7 @@ fn unforeseen_stalls(page: &mut String, eval: &Evaluation) {
     }
     let _ = writeln!(
         page,
-        "### Which of thaw's stalls the traces could foresee
-"
+        "### Which of thaw's stalls the traces could foresee\n"
     );
     let _ = writeln!(
         page,
