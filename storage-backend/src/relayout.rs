@@ -117,7 +117,7 @@ mod tests {
         // A trace touching pages of both regions out of physical order; the
         // zero page 3 is named too (it must stay out of the blocks).
         let trace: Vec<u64> = vec![200, 5, 130, 3, 64, 201, 6, 7, 100, 250];
-        let layout = crate::format::layout_from_traces(&[trace.clone()]);
+        let layout = crate::format::layout_from_traces(std::slice::from_ref(&trace));
         let new = CheckpointId::new("new").unwrap();
         let summary = relayout(&store, &old, layout, Some(new.clone()))
             .await

@@ -176,9 +176,11 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> VmState {
-        let mut regs = kvm_regs::default();
-        regs.rip = 0x100000;
-        regs.rax = 42;
+        let regs = kvm_regs {
+            rip: 0x100000,
+            rax: 42,
+            ..Default::default()
+        };
         VmState {
             guest: GuestKind::TestGuest,
             memory: vec![(0, 1 << 20)],
@@ -261,8 +263,10 @@ pub(crate) mod tests {
 
     #[test]
     fn pod_bytes_round_trip_and_check_size() {
-        let mut r = kvm_regs::default();
-        r.rflags = 0x3002;
+        let r = kvm_regs {
+            rflags: 0x3002,
+            ..Default::default()
+        };
         let b = pod_bytes(&r);
         let back: kvm_regs = pod_from_bytes(&b).unwrap();
         assert_eq!(back.rflags, 0x3002);

@@ -301,43 +301,6 @@ pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_starts_at_its_entry_point() {
-        // entry.S begins with `and $-16, %rsp` (48 83 e4 f0).
-        assert_eq!(&IMAGE[..4], &[0x48, 0x83, 0xe4, 0xf0]);
-        assert!(IMAGE.len() < 64 << 10);
-    }
-
-    #[test]
-    fn load_writes_tables_and_params() {
-        let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
-        load(&mem, 2, &Params::default()).unwrap();
-        assert_eq!(mem.read_u64(PARAMS_ADDR).unwrap(), PARAMS_MAGIC);
-        assert_eq!(mem.read_u64(PARAMS_ADDR + 8).unwrap() >> 32, 2);
-        assert_eq!(mem.read_u64(PARAMS_ADDR + 24).unwrap(), 6 << 20);
-        // PD entry for 2 MiB: present, writable, user, large.
-        assert_eq!(
-            mem.read_u64(PML4_ADDR + 0x2000 + 8).unwrap(),
-            (2 << 20) | 0x87
-        );
-        assert_eq!(mem.read_u64(GDT_ADDR + 24).unwrap(), 0x00af_fb00_0000_ffff);
-    }
-
-    #[test]
-    fn too_little_memory_is_refused() {
-        let mem = GuestMemory::new(&[(0, 4 << 20)]).unwrap();
-        let err = load(&mem, 2, &Params::default()).unwrap_err();
-        assert!(matches!(err, Error::MemoryTooSmall { .. }), "{err}");
-        assert!(load(&mem, 9, &Params::default()).is_err());
-        "pointer-chase".parse::<Pattern>().unwrap();
-        assert!("zigzag".parse::<Pattern>().is_err());
-    }
-}
-
 /// Computes on the host what vCPU `cpu` of the test guest ends with: the same algorithm as
 /// guest/guest.c over a zeroed data area, so tests can check a run against an independent model.
 pub fn model_checksum(params: &Params, area_size: u64, ncpus: u32, cpu: u32) -> u64 {
@@ -402,4 +365,41 @@ pub fn model_checksum(params: &Params, area_size: u64, ncpus: u32, cpu: u32) -> 
 pub fn area_size_for(memory_bytes: u64) -> u64 {
     let first = crate::memory::layout(memory_bytes)[0];
     (first.0 + first.1).saturating_sub(AREA_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_starts_at_its_entry_point() {
+        // entry.S begins with `and $-16, %rsp` (48 83 e4 f0).
+        assert_eq!(&IMAGE[..4], &[0x48, 0x83, 0xe4, 0xf0]);
+        assert!(IMAGE.len() < 64 << 10);
+    }
+
+    #[test]
+    fn load_writes_tables_and_params() {
+        let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
+        load(&mem, 2, &Params::default()).unwrap();
+        assert_eq!(mem.read_u64(PARAMS_ADDR).unwrap(), PARAMS_MAGIC);
+        assert_eq!(mem.read_u64(PARAMS_ADDR + 8).unwrap() >> 32, 2);
+        assert_eq!(mem.read_u64(PARAMS_ADDR + 24).unwrap(), 6 << 20);
+        // PD entry for 2 MiB: present, writable, user, large.
+        assert_eq!(
+            mem.read_u64(PML4_ADDR + 0x2000 + 8).unwrap(),
+            (2 << 20) | 0x87
+        );
+        assert_eq!(mem.read_u64(GDT_ADDR + 24).unwrap(), 0x00af_fb00_0000_ffff);
+    }
+
+    #[test]
+    fn too_little_memory_is_refused() {
+        let mem = GuestMemory::new(&[(0, 4 << 20)]).unwrap();
+        let err = load(&mem, 2, &Params::default()).unwrap_err();
+        assert!(matches!(err, Error::MemoryTooSmall { .. }), "{err}");
+        assert!(load(&mem, 9, &Params::default()).is_err());
+        "pointer-chase".parse::<Pattern>().unwrap();
+        assert!("zigzag".parse::<Pattern>().is_err());
+    }
 }

@@ -62,9 +62,16 @@ struct Inner {
     stats: ServerStats,
     cache: Mutex<BlockCache>,
     /// Opened checkpoints with their encoded manifests (immutable once written).
-    checkpoints: Mutex<HashMap<CheckpointId, Flight<Arc<(CheckpointReader, Bytes)>>>>,
+    checkpoints: Mutex<HashMap<CheckpointId, Flight<Arc<OpenCheckpoint>>>>,
     block_flights: Mutex<HashMap<[u8; 32], Flight<Bytes>>>,
 }
+
+/// An opened checkpoint with its encoded manifest (what a client asks first).
+type OpenCheckpoint = (CheckpointReader, Bytes);
+
+/// One store read of a run of blocks, shared by every request waiting for
+/// one of them: each block's bytes or why it failed, or why the read did.
+type RunRead = Shared<BoxFuture<'static, Result<Vec<Result<Bytes, Failure>>, Failure>>>;
 
 /// A bound, serving block server.
 pub struct RunningServer {
@@ -305,11 +312,7 @@ impl BlockServer {
     /// Reads `run` (consecutive stored blocks) from the store in one request,
     /// verifies each block before caching it (a corrupt object is never
     /// served), and ends the blocks' flights.
-    fn read_run(
-        &self,
-        reader: CheckpointReader,
-        run: Vec<u32>,
-    ) -> Shared<BoxFuture<'static, Result<Vec<Result<Bytes, Failure>>, Failure>>> {
+    fn read_run(&self, reader: CheckpointReader, run: Vec<u32>) -> RunRead {
         let inner = self.inner.clone();
         async move {
             inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
