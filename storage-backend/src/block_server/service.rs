@@ -228,7 +228,7 @@ impl BlockServer {
     async fn checkpoint(
         &self,
         id: &CheckpointId,
-    ) -> Result<Arc<(CheckpointReader, Bytes)>, Failure> {
+    ) -> Result<Arc<OpenCheckpoint>, Failure> {
         let flight = {
             let mut map = self.inner.checkpoints.lock().expect("lock");
             map.entry(id.clone())
