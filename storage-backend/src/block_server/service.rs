@@ -225,10 +225,7 @@ impl BlockServer {
         }
     }
 
-    async fn checkpoint(
-        &self,
-        id: &CheckpointId,
-    ) -> Result<Arc<OpenCheckpoint>, Failure> {
+    async fn checkpoint(&self, id: &CheckpointId) -> Result<Arc<OpenCheckpoint>, Failure> {
         let flight = {
             let mut map = self.inner.checkpoints.lock().expect("lock");
             map.entry(id.clone())
