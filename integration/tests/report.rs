@@ -89,6 +89,14 @@ fn rows_from(values: &[Value]) -> Vec<integration::report::Row> {
     parse_rows(&Value::Array(values.to_vec()).to_string(), "synthetic").unwrap()
 }
 
+/// The page `write_report` renders from `rows` (its charts are dropped with the directory).
+fn page_of(rows: &[integration::report::Row]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("evaluation.md");
+    write_report(rows, &out, &meta()).unwrap();
+    std::fs::read_to_string(&out).unwrap()
+}
+
 /// Every file under `dir`, as (relative path, bytes), sorted.
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -175,10 +183,7 @@ fn summary_verdicts_match_the_targets() {
 #[test]
 fn full_tables_have_every_row_and_human_units() {
     let rows = rows_from(&synthetic_rows());
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("evaluation.md");
-    write_report(&rows, &out, &meta()).unwrap();
-    let page = std::fs::read_to_string(&out).unwrap();
+    let page = page_of(&rows);
     for link in ["rack", "region", "object-store"] {
         assert!(page.contains(&format!("## Link: {link}\n")), "{link}");
     }
@@ -219,10 +224,7 @@ fn demand_fetch_legs_appear_under_their_link_when_timed() {
         rows.iter().filter(|r| r.demand_fetch_us.is_some()).count(),
         7
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("evaluation.md");
-    write_report(&rows, &out, &meta()).unwrap();
-    let page = std::fs::read_to_string(&out).unwrap();
+    let page = page_of(&rows);
     let rack = &page[page.find("## Link: rack").unwrap()..page.find("## Link: region").unwrap()];
     assert!(
         rack.contains(
@@ -238,11 +240,7 @@ fn demand_fetch_legs_appear_under_their_link_when_timed() {
     let rest = &page[page.find("## Link: region").unwrap()..];
     assert!(!rest.contains("to the server"), "{rest}");
     // Without any timed row, no such table at all.
-    let plain = dir.path().join("plain.md");
-    write_report(&rows_from(&synthetic_rows()), &plain, &meta()).unwrap();
-    assert!(!std::fs::read_to_string(&plain)
-        .unwrap()
-        .contains("to the server"));
+    assert!(!page_of(&rows_from(&synthetic_rows())).contains("to the server"));
 }
 
 /// Rows that split their stalls by foresight get a table after the targets: one line per
@@ -259,10 +257,7 @@ fn thaw_stalls_on_unforeseen_pages_are_tallied_after_the_targets() {
         }
     }
     let rows = rows_from(&values);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("evaluation.md");
-    write_report(&rows, &out, &meta()).unwrap();
-    let page = std::fs::read_to_string(&out).unwrap();
+    let page = page_of(&rows);
     let section = &page
         [page.find("### Which of thaw's stalls").unwrap()..page.find("## Link: rack").unwrap()];
     assert!(
@@ -271,11 +266,7 @@ fn thaw_stalls_on_unforeseen_pages_are_tallied_after_the_targets() {
     );
     assert_eq!(section.matches("| kv-store | ").count(), 2, "{section}");
     // Without any such row, no such section.
-    let plain = dir.path().join("plain.md");
-    write_report(&rows_from(&synthetic_rows()), &plain, &meta()).unwrap();
-    assert!(!std::fs::read_to_string(&plain)
-        .unwrap()
-        .contains("unforeseen"));
+    assert!(!page_of(&rows_from(&synthetic_rows())).contains("unforeseen"));
 }
 
 #[test]
