@@ -149,7 +149,7 @@ impl BlockClient {
         // Marked before the write: once written, the server may read it
         // before this task runs again.
         if let Some(block) = block {
-            tracing::trace!(target: hop::TARGET, hop = hop::REQUEST_SENT, block, priority = priority as u8);
+            hop::mark(hop::REQUEST_SENT, block, priority as u8);
         }
         send.write_all(&protocol::encode_request(req))
             .await
@@ -169,7 +169,7 @@ impl BlockClient {
             .await
             .map_err(|e| stream_err(e.to_string()))?;
         if let Some(block) = block {
-            tracing::trace!(target: hop::TARGET, hop = hop::RESPONSE_RECEIVED, block, priority = priority as u8);
+            hop::mark(hop::RESPONSE_RECEIVED, block, priority as u8);
         }
         if header.status != Status::Ok {
             return Err(ClientError::Refused {

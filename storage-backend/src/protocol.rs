@@ -43,6 +43,13 @@ pub mod hop {
     pub const RESPONSE_SENT: &str = "response_sent";
     /// The client read the whole answer.
     pub const RESPONSE_RECEIVED: &str = "response_received";
+
+    /// Emits the mark `hop` (one of the names above) for a request of
+    /// `block` at `priority` (its wire value).
+    #[inline]
+    pub fn mark(hop: &'static str, block: u32, priority: u8) {
+        tracing::trace!(target: TARGET, hop, block, priority);
+    }
 }
 
 /// Who is waiting for a fetch: a faulting vCPU, a prefetch, or background

@@ -168,7 +168,7 @@ impl BlockServer {
                     {
                         let _ = send.set_priority(priority.stream_priority());
                         timed = Some((*block, *priority as u8));
-                        tracing::trace!(target: hop::TARGET, hop = hop::REQUEST_RECEIVED, block, priority = *priority as u8);
+                        hop::mark(hop::REQUEST_RECEIVED, *block, *priority as u8);
                     }
                     self.answer(req).await
                 }
@@ -194,7 +194,7 @@ impl BlockServer {
         // Marked before the write: once written, the client may read the
         // answer before this task runs again.
         if let Some((block, priority)) = timed {
-            tracing::trace!(target: hop::TARGET, hop = hop::RESPONSE_SENT, block, priority);
+            hop::mark(hop::RESPONSE_SENT, block, priority);
         }
         let sent = async {
             send.write_all(&header).await?;
