@@ -53,7 +53,7 @@ impl Foresight {
         }
     }
 
-    pub fn foresaw(&self, page: u64) -> bool {
+    fn foresaw(&self, page: u64) -> bool {
         self.seen.contains(&page)
     }
 
