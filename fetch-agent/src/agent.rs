@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use storage_backend::{CheckpointId, Store};
+use thaw_format::CheckpointId;
+use thaw_store::Store;
 use tokio::runtime::Handle;
 
 use crate::cache::BlockCache;

@@ -1,5 +1,5 @@
 //! A block server as a [`BlockSource`]: stored block bytes and manifests
-//! over QUIC (`storage_backend::block_client`), demand requests on
+//! over QUIC (`thaw_block_protocol::client`), demand requests on
 //! higher-priority streams than prefetch and streaming.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use storage_backend::block_client::BlockClient;
-use storage_backend::protocol;
-use storage_backend::tls::{self, Identity};
-use storage_backend::{CheckpointId, Manifest};
+use thaw_block_protocol::client::BlockClient;
+use thaw_block_protocol::tls::{self, Identity};
+use thaw_block_protocol::wire;
+use thaw_format::{CheckpointId, Manifest};
 
 use crate::metrics::SourceKind;
 use crate::policy::Priority;
@@ -32,11 +32,11 @@ pub struct BlockServerSource {
     client: BlockClient,
 }
 
-fn wire_priority(p: Priority) -> protocol::Priority {
+fn wire_priority(p: Priority) -> wire::Priority {
     match p {
-        Priority::Demand => protocol::Priority::Demand,
-        Priority::Prefetch => protocol::Priority::Prefetch,
-        Priority::Stream => protocol::Priority::Background,
+        Priority::Demand => wire::Priority::Demand,
+        Priority::Prefetch => wire::Priority::Prefetch,
+        Priority::Stream => wire::Priority::Background,
     }
 }
 

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use storage_backend::CheckpointId;
+use thaw_format::CheckpointId;
 
 use crate::agent::{Agent, AgentConfig};
 use crate::block_server::BlockServerSource;
 use crate::fetch::FetchConfig;
 use crate::policy::{Config, StreamConfig};
 use crate::source::BlockSource;
-use storage_backend::units::{parse_duration, parse_size};
+use thaw_format::units::{parse_duration, parse_size};
 
 /// Serve restored VMs' page faults from locality blocks.
 #[derive(Debug, Clone, clap::Args)]

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
-use storage_backend::format::block_codec::decode_block_into;
-use storage_backend::{CheckpointId, Manifest};
+use thaw_format::block_codec::decode_block_into;
+use thaw_format::{CheckpointId, Manifest};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::cache::{BlockCache, FlightError, FlightPriority, Join};

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 
-use storage_backend::handoff::{Handoff, RegionMapping};
+use thaw_format::handoff::{Handoff, RegionMapping};
 use userfaultfd::{Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 

@@ -1,6 +1,6 @@
 //! Receiving a hand-off on a VMM's connection: the userfaultfd by
 //! SCM_RIGHTS with the first bytes of ONE JSON message (thaw's object form
-//! or Firecracker's bare array, see `storage_backend::handoff`), the rest of
+//! or Firecracker's bare array, see `thaw_format::handoff`), the rest of
 //! the message as plain data. The connection then stays open as the VMM's
 //! liveness signal.
 
@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 
-use storage_backend::handoff::{Handoff, HandoffError, MAX_MESSAGE};
+use thaw_format::handoff::{Handoff, HandoffError, MAX_MESSAGE};
 use userfaultfd::Uffd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 

@@ -5,7 +5,7 @@
 
 use std::os::fd::AsRawFd;
 
-use storage_backend::handoff::{Handoff, RegionMapping};
+use thaw_format::handoff::{Handoff, RegionMapping};
 use userfaultfd::Uffd;
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use storage_backend::{CheckpointId, CheckpointReader, Manifest, Store};
+use thaw_format::{CheckpointId, Manifest};
+use thaw_store::{CheckpointReader, Store};
 
 use crate::metrics::SourceKind;
 use crate::policy::Priority;

@@ -11,9 +11,9 @@ use fetch_agent::block_server::BlockServerSource;
 use fetch_agent::guest::MappedGuest;
 use fetch_agent::metrics::{Counters, SourceKind};
 use fetch_agent::policy::Config;
-use storage_backend::block_server::{BlockServer, RunningServer};
-use storage_backend::tls::{self, DevPki};
-use storage_backend::Store;
+use thaw_block_protocol::server::{BlockServer, RunningServer};
+use thaw_block_protocol::tls::{self, DevPki};
+use thaw_store::Store;
 
 fn from(c: &Counters, kind: SourceKind) -> u64 {
     c.blocks[kind as usize]

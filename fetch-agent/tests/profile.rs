@@ -15,9 +15,9 @@ use common::{checkpoint, start_agent, wait_until, Fixture, Running};
 use fetch_agent::guest::MappedGuest;
 use fetch_agent::metrics::Counters;
 use fetch_agent::policy::{Config, FaultSource};
-use storage_backend::format::page_map::PageSource;
-use storage_backend::format::PageMap;
-use storage_backend::{CheckpointReader, Store};
+use thaw_format::page_map::PageSource;
+use thaw_format::PageMap;
+use thaw_store::{CheckpointReader, Store};
 
 const PAGES: usize = 1024;
 

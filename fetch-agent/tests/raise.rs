@@ -23,7 +23,8 @@ use fetch_agent::policy::Priority;
 use fetch_agent::source::{BlockSource, ObjectStoreSource, SourceError};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use storage_backend::{CheckpointId, Manifest, Store};
+use thaw_format::{CheckpointId, Manifest};
+use thaw_store::Store;
 use tokio::sync::{oneshot, Notify};
 
 /// Streaming fetches answered before the fault joins.

@@ -15,7 +15,8 @@ use fetch_agent::metrics::SourceKind;
 use fetch_agent::policy::{Config, Priority};
 use fetch_agent::source::{BlockSource, ObjectStoreSource, SourceError};
 use futures::future::BoxFuture;
-use storage_backend::{CheckpointId, CheckpointReader, Manifest, Store};
+use thaw_format::{CheckpointId, Manifest};
+use thaw_store::{CheckpointReader, Store};
 
 const PAGES: usize = 1024;
 

@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use storage_backend::catalog::list_checkpoints;
-use storage_backend::format::{layout_from_traces, with_neighbours};
-use storage_backend::reader::{load_manifest, DEFAULT_READ_CONCURRENCY};
-use storage_backend::workload::parse_trace;
-use storage_backend::{CheckpointId, CheckpointReader, Store};
+use thaw_format::workload::parse_trace;
+use thaw_format::CheckpointId;
+use thaw_format::{layout_from_traces, with_neighbours};
+use thaw_store::catalog::list_checkpoints;
+use thaw_store::reader::{load_manifest, DEFAULT_READ_CONCURRENCY};
+use thaw_store::{CheckpointReader, Store};
 
-use storage_backend::units::format_bytes;
+use thaw_format::units::format_bytes;
 
 /// `thaw checkpoint list STORE`
 pub async fn list(store: &Store) -> anyhow::Result<()> {
@@ -80,7 +81,7 @@ pub async fn relayout(
     }
     let layout = with_neighbours(layout_from_traces(&profiles), total_pages);
     let layout_pages = layout.len();
-    let summary = storage_backend::relayout::relayout(store, id, layout, new_id)
+    let summary = thaw_store::relayout::relayout(store, id, layout, new_id)
         .await
         .with_context(|| format!("relayout of checkpoint {id}"))?;
     println!(

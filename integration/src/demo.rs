@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context};
 
 use crate::daemon::{start_block_server, thaw, Daemon};
 
-use storage_backend::units::format_bytes;
+use thaw_format::units::format_bytes;
 
 pub struct DemoOptions {
     pub store: String,

@@ -11,4 +11,5 @@ pub mod report;
 pub mod s3_server;
 pub mod serve;
 pub mod synthetic;
+pub mod workload_dir;
 pub mod workloads;

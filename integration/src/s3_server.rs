@@ -9,7 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
-use storage_backend::Store;
+use thaw_store::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 

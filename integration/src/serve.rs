@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use storage_backend::block_server::BlockServer;
-use storage_backend::tls::{self, DevPki, Identity};
-use storage_backend::Store;
+use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::tls::{self, DevPki, Identity};
+use thaw_store::Store;
 
-use storage_backend::units::parse_size;
+use thaw_format::units::parse_size;
 
 #[derive(clap::Args, Debug)]
 pub struct BlockServerArgs {

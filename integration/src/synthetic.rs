@@ -128,10 +128,10 @@ pub fn memory_image(bytes: usize, seed: u64) -> Vec<u8> {
 /// Writes a fresh image of `bytes` bytes as a checkpoint (default options)
 /// into `store` and returns its id; the image is built off the async threads.
 pub async fn write_image_checkpoint(
-    store: &storage_backend::Store,
+    store: &thaw_store::Store,
     bytes: usize,
     seed: u64,
-) -> anyhow::Result<storage_backend::CheckpointId> {
+) -> anyhow::Result<thaw_format::CheckpointId> {
     let memory = tokio::task::spawn_blocking(move || memory_image(bytes, seed)).await?;
     write_memory_checkpoint(store, &memory).await
 }
@@ -139,16 +139,16 @@ pub async fn write_image_checkpoint(
 /// Writes `memory` as a checkpoint of one region at guest address 0 (default
 /// options) into `store` and returns its id.
 pub async fn write_memory_checkpoint(
-    store: &storage_backend::Store,
+    store: &thaw_store::Store,
     memory: &[u8],
-) -> anyhow::Result<storage_backend::CheckpointId> {
-    let regions = [storage_backend::MemoryRegion {
+) -> anyhow::Result<thaw_format::CheckpointId> {
+    let regions = [thaw_store::MemoryRegion {
         guest_phys_addr: 0,
         bytes: memory,
     }];
-    let options = storage_backend::WriteOptions::default();
+    let options = thaw_store::WriteOptions::default();
     Ok(
-        storage_backend::write_checkpoint(store, &regions, vec![], &options)
+        thaw_store::write_checkpoint(store, &regions, vec![], &options)
             .await?
             .id,
     )
@@ -182,6 +182,6 @@ mod tests {
     }
 
     fn lz4_len(p: &[u8]) -> usize {
-        storage_backend::format::encode_block(p).stored.len()
+        thaw_format::encode_block(p).stored.len()
     }
 }

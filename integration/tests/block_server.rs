@@ -9,12 +9,13 @@ use futures::future::join_all;
 use integration::synthetic;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
-use storage_backend::block_client::{BlockClient, ClientError};
-use storage_backend::block_server::{BlockServer, RunningServer};
-use storage_backend::format::decode_block;
-use storage_backend::protocol::{Priority, Status};
-use storage_backend::tls::{self, DevPki, SERVER_NAME};
-use storage_backend::{CheckpointId, Store};
+use thaw_block_protocol::client::{BlockClient, ClientError};
+use thaw_block_protocol::server::{BlockServer, RunningServer};
+use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
+use thaw_block_protocol::wire::{Priority, Status};
+use thaw_format::decode_block;
+use thaw_format::CheckpointId;
+use thaw_store::Store;
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -7,11 +7,11 @@ use std::process::{Command, Stdio};
 
 use integration::serve::dev_pki;
 use integration::synthetic;
-use storage_backend::block_client::BlockClient;
-use storage_backend::format::decode_block;
-use storage_backend::protocol::Priority;
-use storage_backend::tls::{self, SERVER_NAME};
-use storage_backend::Store;
+use thaw_block_protocol::client::BlockClient;
+use thaw_block_protocol::tls::{self, SERVER_NAME};
+use thaw_block_protocol::wire::Priority;
+use thaw_format::decode_block;
+use thaw_store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_a_store_with_a_development_pki() {

@@ -7,7 +7,7 @@ use integration::s3_server::S3TestServer;
 use integration::synthetic;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
-use storage_backend::{write_checkpoint, CheckpointReader, MemoryRegion, WriteOptions};
+use thaw_store::{write_checkpoint, CheckpointReader, MemoryRegion, WriteOptions};
 
 fn thaw(s3: &S3TestServer, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_thaw"));

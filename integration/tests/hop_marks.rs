@@ -1,4 +1,4 @@
-//! Both ends of a block request mark its way (`storage_backend::protocol::hop`), so the bench
+//! Both ends of a block request mark its way (`thaw_block_protocol::wire::hop`), so the bench
 //! can time the legs of demand fetches: real fetches over loopback QUIC give four marks each, in
 //! order, and none for the manifest.
 //!
@@ -8,11 +8,11 @@
 
 use integration::bench::restore::hops::{split, Hop, HopLog};
 use integration::synthetic;
-use storage_backend::block_client::BlockClient;
-use storage_backend::block_server::BlockServer;
-use storage_backend::protocol::Priority;
-use storage_backend::tls::{self, DevPki, SERVER_NAME};
-use storage_backend::Store;
+use thaw_block_protocol::client::BlockClient;
+use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
+use thaw_block_protocol::wire::Priority;
+use thaw_store::Store;
 use tracing_subscriber::layer::SubscriberExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,12 +16,12 @@ use integration::synthetic;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use storage_backend::block_client::BlockClient;
-use storage_backend::block_server::BlockServer;
-use storage_backend::format::decode_block;
-use storage_backend::protocol::Priority;
-use storage_backend::tls::{self, DevPki, SERVER_NAME};
-use storage_backend::Store;
+use thaw_block_protocol::client::BlockClient;
+use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
+use thaw_block_protocol::wire::Priority;
+use thaw_format::decode_block;
+use thaw_store::Store;
 
 /// A UDP server that sends every datagram back to its sender until dropped.
 struct Echo {

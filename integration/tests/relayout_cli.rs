@@ -4,9 +4,8 @@
 
 use std::process::Command;
 
-use storage_backend::{
-    write_checkpoint, CheckpointId, CheckpointReader, MemoryRegion, Store, WriteOptions,
-};
+use thaw_format::CheckpointId;
+use thaw_store::{write_checkpoint, CheckpointReader, MemoryRegion, Store, WriteOptions};
 
 #[tokio::test]
 async fn relayout_from_traces() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::scenarios;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
-use storage_backend::Store;
+use thaw_store::Store;
 
 fn dir_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();

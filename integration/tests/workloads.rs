@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use integration::workload_dir::Workload;
 use integration::workloads::summary::{jaccard, summarize};
 use integration::workloads::{generate, GenerateError, Params, GENERATORS};
-use storage_backend::workload::Workload;
 
 /// Small enough for a debug build, large enough for the structure to show.
 const TEST_SCALE: f64 = 0.25;

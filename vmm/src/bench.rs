@@ -51,7 +51,7 @@ fn config(kvm: &std::path::Path, memory: u64) -> VmConfig {
 /// the checkpoint holds a populated memory), and leaves a second pass for the restored VM.
 fn checkpoint_after_first_pass(
     rt: &tokio::runtime::Runtime,
-    store: &storage_backend::Store,
+    store: &thaw_store::Store,
     kvm: &std::path::Path,
     memory: u64,
 ) -> Result<(CheckpointOutcome, Params)> {

@@ -6,7 +6,7 @@ use crate::dirty_tracker::{DirtyStats, DirtyTracker};
 use crate::error::{Error, Result};
 use crate::vm::Vm;
 use std::time::Instant;
-use storage_backend::{MemoryRegion, Store, WriteOptions};
+use thaw_store::{MemoryRegion, Store, WriteOptions};
 
 /// What a checkpoint did and how long each step took.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -88,12 +88,10 @@ fn checkpoint_inner(
         .collect();
     let blob_len = blob.len();
     let written = match &dirty {
-        Some((log, _)) => rt.block_on(storage_backend::dirty_log::write_checkpoint_with_dirty_log(
+        Some((log, _)) => rt.block_on(thaw_store::dirty_log::write_checkpoint_with_dirty_log(
             store, &regions, blob, opts, log,
         )),
-        None => rt.block_on(storage_backend::write_checkpoint(
-            store, &regions, blob, opts,
-        )),
+        None => rt.block_on(thaw_store::write_checkpoint(store, &regions, blob, opts)),
     };
     let summary = written.map_err(|e| Error::Store(e.to_string()))?;
     let t3 = Instant::now();

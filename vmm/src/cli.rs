@@ -187,7 +187,7 @@ pub struct PageServerArgs {
     pub listen: PathBuf,
 }
 
-pub use storage_backend::units::{parse_duration, parse_size};
+pub use thaw_format::units::{parse_duration, parse_size};
 
 /// The console buffer watched for `--until-serial` / `--on-serial` markers, if any.
 type Watch = Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>;

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use storage_backend::format::{DirtyLog, DirtyWindow};
+use thaw_format::{DirtyLog, DirtyWindow};
 
 /// KVM's dirty bitmaps have one bit per 4 KiB page on x86, whatever the guest maps.
 pub const PAGE_SIZE: u64 = 4096;

@@ -5,7 +5,7 @@ use crate::dirty::{DirtyConfig, DirtyWindows, PAGE_SIZE};
 use crate::error::Result;
 use crate::vm::Vm;
 use std::time::{Duration, Instant};
-use storage_backend::format::DirtyLog;
+use thaw_format::DirtyLog;
 
 /// What dirty tracking saw and cost, reported with the checkpoint.
 #[derive(Debug, Clone, serde::Serialize)]

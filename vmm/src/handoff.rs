@@ -1,11 +1,11 @@
 //! The VMM side of the lazy-restore hand-off: register guest memory with userfaultfd and pass the
-//! uffd plus ONE JSON message (storage_backend::handoff) over a Unix stream socket by SCM_RIGHTS.
+//! uffd plus ONE JSON message (thaw_format::handoff) over a Unix stream socket by SCM_RIGHTS.
 
 use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
-use storage_backend::handoff::{Handoff, RegionMapping, MAX_MESSAGE};
+use thaw_format::handoff::{Handoff, RegionMapping, MAX_MESSAGE};
 use userfaultfd::{Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 

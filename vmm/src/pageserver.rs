@@ -12,8 +12,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use storage_backend::handoff::Handoff;
-use storage_backend::{CheckpointId, CheckpointReader, Manifest};
+use thaw_format::handoff::Handoff;
+use thaw_format::{CheckpointId, Manifest};
+use thaw_store::CheckpointReader;
 use userfaultfd::{Event, Uffd};
 
 /// Counters of one page server session.

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-use storage_backend::{CheckpointId, CheckpointReader, Store};
+use thaw_format::CheckpointId;
+use thaw_store::{CheckpointReader, Store};
 use userfaultfd::Uffd;
 
 /// How guest memory comes back.

@@ -4,7 +4,8 @@
 
 use std::process::Command;
 use std::time::Duration;
-use storage_backend::{CheckpointId, MemoryRegion, WriteOptions};
+use thaw_format::CheckpointId;
+use thaw_store::{MemoryRegion, WriteOptions};
 use vmm::checkpoint::{open_store, runtime};
 use vmm::cpuid::{self, Reg};
 use vmm::restore::{restore, Mode};
@@ -133,10 +134,8 @@ fn corrupt_state_and_incompatible_cpu() {
             id: Some(CheckpointId::new(id).unwrap()),
             ..Default::default()
         };
-        rt.block_on(storage_backend::write_checkpoint(
-            &store, &regions, blob, &opts,
-        ))
-        .unwrap();
+        rt.block_on(thaw_store::write_checkpoint(&store, &regions, blob, &opts))
+            .unwrap();
     }
     vm.stop().unwrap();
     drop(regions);

@@ -8,9 +8,9 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use storage_backend::dirty_log::load_dirty_log;
-use storage_backend::format::{layout_from_dirty_windows, CheckpointId};
-use storage_backend::CheckpointReader;
+use thaw_format::{layout_from_dirty_windows, CheckpointId};
+use thaw_store::dirty_log::load_dirty_log;
+use thaw_store::CheckpointReader;
 use vmm::testguest::{self, Params, Pattern};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use storage_backend::format::PageRun;
+use thaw_format::PageRun;
 
 /// How urgent a fetch is. Ordered: a higher priority is served first, and a
 /// demand fetch never waits behind a lower one.

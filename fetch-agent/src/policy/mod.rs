@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use storage_backend::format::page_map::PageSource;
-use storage_backend::format::{PageMap, PageRun};
-use storage_backend::Manifest;
+use thaw_format::page_map::PageSource;
+use thaw_format::Manifest;
+use thaw_format::{PageMap, PageRun};
 
 use crate::bucket::TokenBucket;
 

@@ -11,7 +11,8 @@ use fetch_agent::fetch::FetchConfig;
 use fetch_agent::policy::Config;
 use fetch_agent::source::BlockSource;
 use fetch_agent::{Agent, AgentConfig};
-use storage_backend::{write_checkpoint, CheckpointId, MemoryRegion, Store, WriteOptions};
+use thaw_format::CheckpointId;
+use thaw_store::{write_checkpoint, MemoryRegion, Store, WriteOptions};
 
 /// Memory of `pages` pages: every fourth run of 8 pages zero, the rest a
 /// pattern unique per page (so a misplaced page is caught).

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use serde_json::json;
-use storage_backend::reader::DEFAULT_READ_CONCURRENCY;
-use storage_backend::{write_checkpoint, CheckpointReader, MemoryRegion, Store, WriteOptions};
+use thaw_store::reader::DEFAULT_READ_CONCURRENCY;
+use thaw_store::{write_checkpoint, CheckpointReader, MemoryRegion, Store, WriteOptions};
 
 use crate::synthetic;
 

@@ -4,7 +4,7 @@
 //! the bare userfaultfd floor (one `UFFDIO_COPY` of the same block size by a
 //! plain handler thread) measured in the same run.
 //!
-//! The network source is a real block server (`storage_backend::block_server`)
+//! The network source is a real block server (`thaw_block_protocol::server`)
 //! on loopback, reached over QUIC with mutual TLS (a development PKI made for
 //! the run). Two network figures: `network_cold_*` with the server's cache
 //! cold, so each fault is one QUIC request the server answers from the object
@@ -28,9 +28,9 @@ use fetch_agent::metrics::SourceKind;
 use fetch_agent::policy::Config;
 use fetch_agent::{Agent, AgentConfig};
 use serde_json::json;
-use storage_backend::block_server::BlockServer;
-use storage_backend::tls::{self, DevPki};
-use storage_backend::{write_checkpoint, MemoryRegion, Store, WriteOptions};
+use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::tls::{self, DevPki};
+use thaw_store::{write_checkpoint, MemoryRegion, Store, WriteOptions};
 
 pub struct FaultLatencyBench {
     /// Blocks touched per measurement.

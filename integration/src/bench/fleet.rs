@@ -15,9 +15,10 @@ use fetch_agent::metrics::SourceKind;
 use fetch_agent::{Agent, AgentConfig};
 use object_store::local::LocalFileSystem;
 use serde_json::json;
-use storage_backend::block_server::BlockServer;
-use storage_backend::tls::{self, DevPki};
-use storage_backend::{write_checkpoint, CheckpointId, MemoryRegion, Store, WriteOptions};
+use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::tls::{self, DevPki};
+use thaw_format::CheckpointId;
+use thaw_store::{write_checkpoint, MemoryRegion, Store, WriteOptions};
 
 use crate::counting_store::CountingStore;
 use crate::synthetic;

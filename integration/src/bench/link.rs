@@ -15,11 +15,12 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
-use storage_backend::block_client::BlockClient;
-use storage_backend::block_server::BlockServer;
-use storage_backend::protocol::Priority;
-use storage_backend::tls::{self, DevPki, SERVER_NAME};
-use storage_backend::{CheckpointId, Store};
+use thaw_block_protocol::client::BlockClient;
+use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
+use thaw_block_protocol::wire::Priority;
+use thaw_format::CheckpointId;
+use thaw_store::Store;
 
 use crate::link::{LinkSpec, SlowStore, UdpRelay};
 use crate::synthetic;

@@ -8,10 +8,11 @@ use std::time::Instant;
 use anyhow::Context;
 use futures::{stream, StreamExt, TryStreamExt};
 use serde_json::json;
-use storage_backend::block_client::BlockClient;
-use storage_backend::protocol::Priority;
-use storage_backend::tls::{self, SERVER_NAME};
-use storage_backend::{CheckpointId, Store};
+use thaw_block_protocol::client::BlockClient;
+use thaw_block_protocol::tls::{self, SERVER_NAME};
+use thaw_block_protocol::wire::Priority;
+use thaw_format::CheckpointId;
+use thaw_store::Store;
 
 use crate::synthetic;
 

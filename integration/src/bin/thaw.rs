@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use integration::{bench, commands};
-use storage_backend::units::parse_size;
-use storage_backend::{CheckpointId, Store};
+use thaw_format::units::parse_size;
+use thaw_format::CheckpointId;
+use thaw_store::Store;
 
 #[derive(Parser)]
 #[command(
@@ -200,7 +201,7 @@ struct RestoreArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// A replay taking longer than this fails.
-    #[arg(long, default_value = "10min", value_parser = storage_backend::units::parse_duration)]
+    #[arg(long, default_value = "10min", value_parser = thaw_format::units::parse_duration)]
     replay_timeout: std::time::Duration,
     /// Also write the evaluation page (e.g. docs/evaluation.md) and its charts from the rows.
     #[arg(long)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
 use serde::{Deserialize, Serialize};
-use storage_backend::workload::parse_trace;
+use thaw_format::workload::parse_trace;
 use vmm::memory::GuestMemory;
 
 use super::pacing::{wait_step, Pacer, Wait};

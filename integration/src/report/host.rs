@@ -1,6 +1,6 @@
 //! The date and machine lines for a page measured on this host (the caller may pass its own).
 
-use storage_backend::units::format_bytes;
+use thaw_format::units::format_bytes;
 
 /// Today's date in UTC, `YYYY-MM-DD`.
 pub fn today_utc() -> String {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use storage_backend::units::format_bytes;
+use thaw_format::units::format_bytes;
 
 use crate::bench::restore::foresight::StallSplit;
 use crate::bench::restore::hops::{DemandFetchSplit, Leg};

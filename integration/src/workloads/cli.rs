@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
+use crate::workload_dir::Workload;
 use anyhow::Context;
-use storage_backend::units::format_bytes;
-use storage_backend::workload::Workload;
+use thaw_format::units::format_bytes;
 
 use super::summary::{summarize, Summary};
 use super::{generate as generate_dirs, Params};

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use storage_backend::workload::Workload;
+use crate::workload_dir::Workload;
 
 #[derive(Debug, Clone)]
 pub struct Summary {

@@ -61,7 +61,7 @@ pub fn holds(dir: &Path, marker: &str) -> bool {
     }
     let Ok(spec) = std::fs::read_to_string(dir.join("workload.json"))
         .map_err(drop)
-        .and_then(|t| storage_backend::workload::parse_spec("workload.json", &t).map_err(drop))
+        .and_then(|t| thaw_format::workload::parse_spec("workload.json", &t).map_err(drop))
     else {
         return false;
     };

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use integration::synthetic;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use storage_backend::catalog::list_checkpoints;
-use storage_backend::format::Codec;
-use storage_backend::{
-    write_checkpoint, CheckpointError, CheckpointId, CheckpointReader, MemoryRegion, Store,
-    WriteOptions,
+use thaw_format::CheckpointId;
+use thaw_format::Codec;
+use thaw_store::catalog::list_checkpoints;
+use thaw_store::{
+    write_checkpoint, CheckpointError, CheckpointReader, MemoryRegion, Store, WriteOptions,
 };
 
 use super::recording_store::RecordingStore;

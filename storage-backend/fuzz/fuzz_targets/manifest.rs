@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use storage_backend::format::{decode, decode_body, encode};
+use thaw_format::{decode, decode_body, encode};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode(data);

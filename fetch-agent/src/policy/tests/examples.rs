@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use storage_backend::format::PageRun;
+use thaw_format::PageRun;
 
 use super::*;
 

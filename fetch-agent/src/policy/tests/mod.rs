@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use storage_backend::format::{BlockEntry, CheckpointId, Codec, PageRun, Region, StateBlob};
-use storage_backend::Manifest;
+use thaw_format::Manifest;
+use thaw_format::{BlockEntry, CheckpointId, Codec, PageRun, Region, StateBlob};
 
 use super::*;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use storage_backend::format::PageRun;
-use storage_backend::Manifest;
+use thaw_format::Manifest;
+use thaw_format::PageRun;
 
 use super::*;
 

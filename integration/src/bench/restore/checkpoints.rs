@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
+use crate::workload_dir::Workload;
 use anyhow::Context;
-use storage_backend::format::profile::{layout_from_traces, with_neighbours};
-use storage_backend::workload::{Trace, Workload};
-use storage_backend::{write_checkpoint, CheckpointId, MemoryRegion, Store, WriteOptions};
+use thaw_format::profile::{layout_from_traces, with_neighbours};
+use thaw_format::workload::Trace;
+use thaw_format::CheckpointId;
+use thaw_store::{write_checkpoint, MemoryRegion, Store, WriteOptions};
 
 use super::strategy::Layout;
 

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use fetch_agent::policy::Priority;
 use fetch_agent::source::BlockSource;
 use futures::StreamExt;
-use storage_backend::format::block_codec::decode_block_into;
-use storage_backend::CheckpointId;
+use thaw_format::block_codec::decode_block_into;
+use thaw_format::CheckpointId;
 
 /// Requests in flight at once while fetching everything.
 pub const EAGER_CONCURRENCY: usize = 64;

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use fetch_agent::block_server::BlockServerSource;
 use fetch_agent::source::{BlockSource, ObjectStoreSource};
-use storage_backend::block_server::{BlockServer, RunningServer};
-use storage_backend::tls::{self, DevPki};
-use storage_backend::Store;
+use thaw_block_protocol::server::{BlockServer, RunningServer};
+use thaw_block_protocol::tls::{self, DevPki};
+use thaw_store::Store;
 
 use crate::link::{LinkSpec, RelayHandle, SlowStore, UdpRelay};
 

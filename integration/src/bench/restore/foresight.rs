@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
-use storage_backend::workload::{Trace, TraceEvent};
+use thaw_format::workload::{Trace, TraceEvent};
 
 /// Stalled touches and how long they waited in all.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! Where a demand fetch spends its time: the fetch agent's block client and
 //! the block server mark each block request's way with trace events
-//! (`storage_backend::protocol::hop`); a tracing layer records them with the
+//! (`thaw_block_protocol::wire::hop`); a tracing layer records them with the
 //! time they were emitted, and [`split`] pairs each demand fetch's four marks
 //! into the leg to the server, the time at the server and the leg back.
 //!
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use storage_backend::protocol::{hop, Priority};
+use thaw_block_protocol::wire::{hop, Priority};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;

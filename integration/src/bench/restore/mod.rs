@@ -21,12 +21,12 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::workload_dir::Workload;
 use anyhow::{bail, ensure, Context};
 use fetch_agent::metrics::SourceKind;
 use fetch_agent::{Agent, AgentConfig};
 use serde::Serialize;
-use storage_backend::workload::Workload;
-use storage_backend::Store;
+use thaw_store::Store;
 
 use super::latency;
 use crate::link::LinkSpec;
@@ -269,7 +269,7 @@ struct Run<'a> {
     workload: &'a Workload,
     checkpoints: &'a checkpoints::Checkpoints,
     plan: &'a ReplayPlan,
-    measured: &'a storage_backend::workload::Trace,
+    measured: &'a thaw_format::workload::Trace,
     foresight: &'a Foresight,
     socket: PathBuf,
     trace_dir: Option<PathBuf>,

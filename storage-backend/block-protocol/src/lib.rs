@@ -1,0 +1,10 @@
+//! The block protocol between fetch agents and block servers: its frames,
+//! free of I/O ([`wire`]), and the QUIC client ([`client`]) and block server
+//! ([`server`]) that speak it, with their TLS ([`tls`]) and UDP endpoints
+//! ([`endpoint`]).
+
+pub mod client;
+pub mod endpoint;
+pub mod server;
+pub mod tls;
+pub mod wire;

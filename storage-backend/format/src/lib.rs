@@ -1,0 +1,31 @@
+//! thaw's checkpoint format, free of I/O and of async: the manifest, its
+//! encoding and rules, how blocks are planned from a layout, how block bytes
+//! are encoded, the envelope of stored blobs, the dirty log, the message a
+//! VMM hands the fetch agent, and the workload file format. docs/format.md is
+//! the normative description; the store and the block protocol crates drive
+//! these types against object storage and QUIC.
+
+pub mod block_codec;
+pub mod dirty_log;
+pub mod dirty_profile;
+pub mod encoding;
+pub mod envelope;
+pub mod error;
+pub mod handoff;
+pub mod layout;
+pub mod manifest;
+pub mod page_map;
+pub mod profile;
+pub mod units;
+mod wire;
+pub mod workload;
+
+pub use block_codec::{decode_block, encode_block, is_zero_page, BlockCodecError, EncodedBlock};
+pub use dirty_log::{DirtyLog, DirtyLogError, DirtyWindow};
+pub use dirty_profile::layout_from_dirty_windows;
+pub use encoding::{decode, decode_body, encode, MAX_MANIFEST_BYTES, VERSION};
+pub use error::{FormatError, PageOwner};
+pub use layout::{plan_blocks, LayoutError};
+pub use manifest::{BlockEntry, CheckpointId, Codec, Manifest, PageRun, Region, StateBlob};
+pub use page_map::PageMap;
+pub use profile::{layout_from_traces, with_neighbours};

@@ -1,0 +1,405 @@
+//! The manifest: everything a reader needs to rebuild guest memory and VM
+//! state from a checkpoint's blocks, and the rules that make it consistent.
+
+use super::error::{FormatError, PageOwner};
+
+/// Largest number of pages one block may hold (16 MiB of 4 KiB pages): bounds
+/// the memory a reader allocates for one block whatever the manifest says.
+pub const MAX_BLOCK_PAGES: u64 = 4096;
+/// Largest guest memory a manifest may describe, in pages (16 TiB of 4 KiB
+/// pages); bounds the page bitmap built during validation.
+pub const MAX_TOTAL_PAGES: u64 = 1 << 32;
+
+/// A checkpoint's name inside a store: also a path component, hence the
+/// restricted alphabet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckpointId(String);
+
+impl CheckpointId {
+    pub fn new(id: impl Into<String>) -> Result<Self, FormatError> {
+        let id = id.into();
+        let ok = (1..=128).contains(&id.len())
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(id))
+        } else {
+            Err(FormatError::BadCheckpointId(id))
+        }
+    }
+
+    /// A fresh id that sorts by creation time: milliseconds since the epoch in
+    /// hex, then random bits so two writers in the same millisecond differ.
+    pub fn generate(created_unix_ms: u64) -> Self {
+        Self(format!(
+            "{created_unix_ms:011x}-{:08x}",
+            rand::random::<u32>()
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for CheckpointId {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// A contiguous range of guest-physical memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub guest_phys_addr: u64,
+    pub size: u64,
+}
+
+/// Consecutive page indices `start .. start + len`. Page indices count pages
+/// of the regions concatenated in manifest order (as in the workload format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl PageRun {
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// How a block's bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// Stored as is: compression did not pay.
+    Raw = 0,
+    /// lz4 block format (lz4_flex), without a size prefix.
+    Lz4 = 1,
+}
+
+impl Codec {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Lz4),
+            _ => None,
+        }
+    }
+
+    /// The largest stored length that can decode to `raw_len` bytes.
+    pub fn max_stored_len(self, raw_len: u64) -> u64 {
+        match self {
+            Codec::Raw => raw_len,
+            // lz4's worst case expansion: 1 byte per 255 plus a small constant.
+            Codec::Lz4 => raw_len + raw_len / 255 + 16,
+        }
+    }
+}
+
+/// One stored block: its pages in layout order, and where its bytes live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// The pages, in the order their bytes follow each other in the block.
+    pub pages: Vec<PageRun>,
+    /// Index into [`Manifest::objects`].
+    pub object: u32,
+    /// Byte offset of the stored bytes inside the object.
+    pub offset: u64,
+    pub stored_len: u64,
+    pub raw_len: u64,
+    pub codec: Codec,
+    /// BLAKE3 of the raw (decoded) bytes.
+    pub hash: [u8; 32],
+    /// BLAKE3 of the stored bytes, so a block server can check them without
+    /// decoding. `None` in manifests of format version 1.
+    pub stored_hash: Option<[u8; 32]>,
+}
+
+impl BlockEntry {
+    pub fn page_count(&self) -> u64 {
+        self.pages.iter().map(|r| r.len).sum()
+    }
+
+    /// Page indices in block order.
+    pub fn page_iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pages.iter().flat_map(|r| r.start..r.end())
+    }
+}
+
+/// Opaque VM and device state, kept with its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StateBlob {
+    pub bytes: Vec<u8>,
+    pub hash: [u8; 32],
+}
+
+impl StateBlob {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let hash = *blake3::hash(&bytes).as_bytes();
+        Self { bytes, hash }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub id: CheckpointId,
+    pub created_unix_ms: u64,
+    /// The checkpoint this one was written against: blocks with equal hashes
+    /// point into the parent's objects instead of being uploaded again.
+    pub parent: Option<CheckpointId>,
+    pub page_size: u64,
+    pub regions: Vec<Region>,
+    /// Object keys relative to the store root (may belong to ancestors).
+    pub objects: Vec<String>,
+    pub blocks: Vec<BlockEntry>,
+    /// Pages that are all zero: not stored.
+    pub zero_pages: Vec<PageRun>,
+    /// Block indices in the order a restore should prefetch them.
+    pub prefetch_order: Vec<u32>,
+    pub state: StateBlob,
+}
+
+impl Manifest {
+    pub fn total_bytes(&self) -> u64 {
+        self.regions.iter().map(|r| r.size).sum()
+    }
+
+    pub fn total_pages(&self) -> u64 {
+        self.total_bytes() / self.page_size
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.blocks.iter().map(|b| b.stored_len).sum()
+    }
+
+    pub fn zero_page_count(&self) -> u64 {
+        self.zero_pages.iter().map(|r| r.len).sum()
+    }
+
+    /// Checks every rule a reader relies on. Decoding calls this, and the
+    /// writer calls it before uploading a manifest.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        validate_page_size(self.page_size)?;
+        validate_regions(&self.regions, self.page_size)?;
+        let total = self.total_pages();
+        if total > MAX_TOTAL_PAGES {
+            return Err(FormatError::TooManyPages {
+                pages: total,
+                max: MAX_TOTAL_PAGES,
+            });
+        }
+        for key in &self.objects {
+            validate_object_key(key)?;
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            self.validate_block(i as u32, block)?;
+        }
+        self.validate_page_coverage(total)?;
+        validate_prefetch_order(&self.prefetch_order, self.blocks.len())?;
+        if *blake3::hash(&self.state.bytes).as_bytes() != self.state.hash {
+            return Err(FormatError::StateHashMismatch);
+        }
+        Ok(())
+    }
+
+    fn validate_block(&self, index: u32, b: &BlockEntry) -> Result<(), FormatError> {
+        let pages = b.page_count();
+        if pages == 0 {
+            return Err(FormatError::EmptyBlock { block: index });
+        }
+        if pages > MAX_BLOCK_PAGES {
+            return Err(FormatError::BlockTooLarge {
+                block: index,
+                pages,
+                max: MAX_BLOCK_PAGES,
+            });
+        }
+        let expected = pages * self.page_size;
+        if b.raw_len != expected {
+            return Err(FormatError::RawLenMismatch {
+                block: index,
+                raw_len: b.raw_len,
+                pages,
+                expected,
+            });
+        }
+        if b.stored_len == 0 || b.stored_len > b.codec.max_stored_len(b.raw_len) {
+            return Err(FormatError::BadStoredLen {
+                block: index,
+                stored_len: b.stored_len,
+                raw_len: b.raw_len,
+            });
+        }
+        if b.object as usize >= self.objects.len() {
+            return Err(FormatError::ObjectOutOfRange {
+                block: index,
+                object: b.object,
+                objects: self.objects.len(),
+            });
+        }
+        if b.offset.checked_add(b.stored_len).is_none() {
+            return Err(FormatError::RangeOverflow {
+                block: index,
+                offset: b.offset,
+                len: b.stored_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every page is in exactly one block or in the zero-page set.
+    fn validate_page_coverage(&self, total: u64) -> Result<(), FormatError> {
+        let mut owners = PageOwners::new(total);
+        for run in &self.zero_pages {
+            owners.claim(run, PageOwner::ZeroPages)?;
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            for run in &b.pages {
+                owners.claim(run, PageOwner::Block(i as u32))?;
+            }
+        }
+        match owners.first_unclaimed() {
+            Some(page) => Err(FormatError::PageMissing { page }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Which pages have been claimed so far during validation. Claims are checked
+/// run by run against a bitmap; a second claim looks up its first owner
+/// (slowly, only on the error path).
+struct PageOwners {
+    total: u64,
+    claimed: Vec<u64>,
+    history: Vec<(PageRun, PageOwner)>,
+}
+
+impl PageOwners {
+    fn new(total: u64) -> Self {
+        Self {
+            total,
+            claimed: vec![0; total.div_ceil(64) as usize],
+            history: Vec::new(),
+        }
+    }
+
+    fn claim(&mut self, run: &PageRun, owner: PageOwner) -> Result<(), FormatError> {
+        let end = run.start.checked_add(run.len).filter(|&e| e <= self.total);
+        if end.is_none() {
+            let page = run.start.max(self.total);
+            return Err(FormatError::PageOutOfRange {
+                page,
+                total: self.total,
+                owner,
+            });
+        }
+        for page in run.start..run.start + run.len {
+            let (word, bit) = ((page / 64) as usize, page % 64);
+            if self.claimed[word] & (1 << bit) != 0 {
+                let first = self
+                    .history
+                    .iter()
+                    .find(|(r, _)| (r.start..r.end()).contains(&page))
+                    .map(|(_, o)| *o)
+                    .unwrap_or(owner);
+                return Err(FormatError::PageListedTwice {
+                    page,
+                    first,
+                    second: owner,
+                });
+            }
+            self.claimed[word] |= 1 << bit;
+        }
+        self.history.push((*run, owner));
+        Ok(())
+    }
+
+    fn first_unclaimed(&self) -> Option<u64> {
+        self.claimed.iter().enumerate().find_map(|(i, &w)| {
+            let page = i as u64 * 64 + u64::from((!w).trailing_zeros());
+            (w != u64::MAX && page < self.total).then_some(page)
+        })
+    }
+}
+
+pub fn validate_page_size(page_size: u64) -> Result<(), FormatError> {
+    if page_size.is_power_of_two() && (4096..=1 << 30).contains(&page_size) {
+        Ok(())
+    } else {
+        Err(FormatError::BadPageSize(page_size))
+    }
+}
+
+pub fn validate_regions(regions: &[Region], page_size: u64) -> Result<(), FormatError> {
+    for (index, r) in regions.iter().enumerate() {
+        let aligned = r.size != 0 && r.size % page_size == 0 && r.guest_phys_addr % page_size == 0;
+        if !aligned || r.guest_phys_addr.checked_add(r.size).is_none() {
+            return Err(FormatError::BadRegion {
+                index,
+                base: r.guest_phys_addr,
+                size: r.size,
+            });
+        }
+    }
+    let mut sorted: Vec<(usize, &Region)> = regions.iter().enumerate().collect();
+    sorted.sort_by_key(|(_, r)| r.guest_phys_addr);
+    for pair in sorted.windows(2) {
+        let ((i, a), (j, b)) = (pair[0], pair[1]);
+        if a.guest_phys_addr + a.size > b.guest_phys_addr {
+            return Err(FormatError::RegionsOverlap {
+                first: i.min(j),
+                second: i.max(j),
+            });
+        }
+    }
+    let pages: u64 = regions.iter().map(|r| r.size / page_size).sum();
+    if pages > MAX_TOTAL_PAGES {
+        return Err(FormatError::TooManyPages {
+            pages,
+            max: MAX_TOTAL_PAGES,
+        });
+    }
+    Ok(())
+}
+
+fn validate_object_key(key: &str) -> Result<(), FormatError> {
+    let ok = !key.is_empty()
+        && key.len() <= 1024
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && !key.bytes().any(|b| b.is_ascii_control() || b == b'\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(FormatError::BadObjectKey(key.to_owned()))
+    }
+}
+
+fn validate_prefetch_order(order: &[u32], blocks: usize) -> Result<(), FormatError> {
+    let bad = |reason: String| FormatError::BadPrefetchOrder { blocks, reason };
+    if order.len() != blocks {
+        return Err(bad(format!("it lists {} entries", order.len())));
+    }
+    let mut seen = vec![false; blocks];
+    for &b in order {
+        let slot = seen
+            .get_mut(b as usize)
+            .ok_or_else(|| bad(format!("block {b} does not exist")))?;
+        if std::mem::replace(slot, true) {
+            return Err(bad(format!("block {b} appears twice")));
+        }
+    }
+    Ok(())
+}

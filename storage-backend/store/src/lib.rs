@@ -1,0 +1,20 @@
+//! thaw's checkpoints in object storage: the writer, the reader, the
+//! catalog of complete checkpoints, relayout, and the dirty-log objects, over
+//! any `object_store` backend (a local directory or S3) named by a store URL
+//! ([`Store`]). The bytes they read and write are `thaw_format`'s.
+
+pub mod catalog;
+mod cpu;
+pub mod dirty_log;
+pub mod error;
+pub mod memory;
+pub mod reader;
+pub mod relayout;
+pub mod store;
+pub mod writer;
+
+pub use error::CheckpointError;
+pub use memory::MemoryRegion;
+pub use reader::{Block, CheckpointReader};
+pub use store::Store;
+pub use writer::{write_checkpoint, WriteOptions, WriteSummary};

@@ -1,0 +1,184 @@
+//! Opening a checkpoint store from a user-supplied location, and where a
+//! checkpoint's objects live inside it.
+//!
+//! Locations: a directory path or `file://` URL (the embedded default),
+//! `memory://` (in-process, for tests), and `s3://bucket/prefix` for any
+//! S3-compatible service, configured by the standard AWS environment variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+//! `AWS_ENDPOINT_URL` for a non-AWS endpoint).
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::ObjectStore;
+
+use thaw_format::CheckpointId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreSpecError {
+    #[error("store location {spec:?}: {reason}")]
+    Invalid { spec: String, reason: String },
+    #[error("store location {spec:?}: {source}")]
+    Backend {
+        spec: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// An object store plus the human-readable location it was opened from.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    location: String,
+}
+
+impl Store {
+    /// Opens `spec`: a directory, `file://DIR`, `memory://` or `s3://BUCKET[/PREFIX]`.
+    pub fn open(spec: &str) -> Result<Self, StoreSpecError> {
+        let invalid = |reason: &str| StoreSpecError::Invalid {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let backend = |source| StoreSpecError::Backend {
+            spec: spec.to_owned(),
+            source,
+        };
+        let inner: Arc<dyn ObjectStore> = if spec == "memory://" || spec == "memory:" {
+            Arc::new(InMemory::new())
+        } else if spec.starts_with("s3://") {
+            return Self::open_s3(spec, std::iter::empty::<(&str, String)>());
+        } else if spec.contains("://") && !spec.starts_with("file://") {
+            return Err(invalid(
+                "unknown scheme (use a directory, file://, memory:// or s3://)",
+            ));
+        } else {
+            let dir = spec.strip_prefix("file://").unwrap_or(spec);
+            if dir.is_empty() {
+                return Err(invalid("empty directory path"));
+            }
+            std::fs::create_dir_all(dir)
+                .map_err(|e| invalid(&format!("cannot create directory: {e}")))?;
+            let local = LocalFileSystem::new_with_prefix(dir).map_err(backend)?;
+            Arc::new(local.with_automatic_cleanup(true))
+        };
+        Ok(Self {
+            inner,
+            location: spec.to_owned(),
+        })
+    }
+
+    /// Opens `s3://BUCKET[/PREFIX]` with settings from the environment, then
+    /// `options` on top (object_store's S3 keys, e.g. `aws_endpoint`).
+    pub fn open_s3<K: AsRef<str>>(
+        spec: &str,
+        options: impl IntoIterator<Item = (K, String)>,
+    ) -> Result<Self, StoreSpecError> {
+        let invalid = |reason: String| StoreSpecError::Invalid {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let rest = spec
+            .strip_prefix("s3://")
+            .ok_or_else(|| invalid("not an s3:// location".into()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid("no bucket name after s3://".into()));
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // object_store reads AWS_ENDPOINT; the AWS CLI and SDKs use AWS_ENDPOINT_URL.
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+            builder = builder
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_endpoint(endpoint);
+        }
+        for (key, value) in options {
+            let key = key
+                .as_ref()
+                .parse()
+                .map_err(|e| invalid(format!("S3 option: {e}")))?;
+            builder = builder.with_config(key, value);
+        }
+        let s3 = builder.build().map_err(|source| StoreSpecError::Backend {
+            spec: spec.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            inner: with_prefix(Arc::new(s3), prefix),
+            location: spec.to_owned(),
+        })
+    }
+
+    /// Wraps an already-built object store (tests, custom backends).
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>, location: impl Into<String>) -> Self {
+        Self {
+            inner,
+            location: location.into(),
+        }
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+}
+
+fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+/// Where checkpoints live inside a store: `checkpoints/ID/manifest`,
+/// `checkpoints/ID/segment-NNNNNN` and, when recorded,
+/// `checkpoints/ID/dirty-log`.
+pub mod keys {
+    use super::*;
+
+    pub const CHECKPOINTS: &str = "checkpoints";
+
+    pub fn manifest(id: &CheckpointId) -> Path {
+        Path::from(format!("{CHECKPOINTS}/{id}/manifest"))
+    }
+
+    pub fn dirty_log(id: &CheckpointId) -> Path {
+        Path::from(format!("{CHECKPOINTS}/{id}/dirty-log"))
+    }
+
+    pub fn segment(id: &CheckpointId, index: usize) -> String {
+        format!("{CHECKPOINTS}/{id}/segment-{index:06}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_specs_are_refused_with_the_reason() {
+        let err = Store::open("ftp://x").unwrap_err().to_string();
+        assert!(err.contains("unknown scheme"), "{err}");
+        let err = Store::open("s3://").unwrap_err().to_string();
+        assert!(err.contains("no bucket"), "{err}");
+        let err = Store::open("").unwrap_err().to_string();
+        assert!(err.contains("empty directory"), "{err}");
+    }
+
+    #[test]
+    fn directory_store_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/store");
+        Store::open(path.to_str().unwrap()).unwrap();
+        assert!(path.is_dir());
+    }
+}
