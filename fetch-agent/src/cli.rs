@@ -1,5 +1,5 @@
-//! `thaw agent`: the fetch agent's command line, shared by the `thaw`
-//! binary and the crate's own `thaw-fetch-agent` entry point.
+//! `thaw agent`: the fetch agent's command line and its entry point, run by
+//! the `thaw` binary.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,10 +92,10 @@ pub struct Args {
 /// The agent's runtime threads unless told otherwise: one. A demand fetch
 /// passes between several tasks (the fetch, both QUIC connection drivers,
 /// the endpoint); on one thread each hand-over is a local wake-up, across
-/// threads it is a futex wake of a parked thread. Measured with `thaw bench
+/// threads it is a futex wake of a parked thread. Measured with `thaw-bench
 /// fault-latency` (which runs its agents on this setting), three rounds
 /// alternating: network p50 minus the floor 130-135 µs with one thread,
-/// 188-210 µs with two; `thaw bench restore` (thaw, 4 workloads over rack
+/// 188-210 µs with two; `thaw-bench restore` (thaw, 4 workloads over rack
 /// and region) overhead sum 1.08 s with one, 1.14 s with two. A host
 /// restoring many VMs at once may want more (`--threads`).
 pub const DEFAULT_RUNTIME_THREADS: u16 = 1;
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn no_flags_give_exactly_the_policy_defaults() {
-        // `thaw bench restore`'s `thaw` strategy is Config::default(): the
+        // `thaw-bench restore`'s `thaw` strategy is Config::default(): the
         // agent a user starts must be the same.
         assert_eq!(parse(&[]).policy(), Config::default());
     }

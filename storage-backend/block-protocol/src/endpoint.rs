@@ -33,7 +33,7 @@ use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
 /// Largest UDP payload an endpoint sends or accepts: what a 9000-byte jumbo
 /// frame carries after the IPv4 and UDP headers.
 ///
-/// Measured with `thaw bench stream` (loopback, one server thread), eight
+/// Measured with `thaw-bench stream` (loopback, one server thread), eight
 /// rounds alternating, median GB/s and CPU-s/GB: 1472 bytes 0.59 at 2.88;
 /// 6500 1.06 at 1.59; 9000 1.07 at 1.57; 13000 1.10 and 16000 1.09, both at
 /// 1.57. Past jumbo size nothing is gained, and no real network carries it.

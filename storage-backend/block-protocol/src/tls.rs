@@ -146,7 +146,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
         // streamed block is useful only whole), and frames are fewer and
         // larger. Higher priorities still go first. Measured here: `thaw
         // bench stream` 0.46-0.49 GB/s at 3.3-3.4 CPU-s/GB against
-        // 0.43 at 3.9 round-robin; `thaw bench restore` (thaw, 4 workloads
+        // 0.43 at 3.9 round-robin; `thaw-bench restore` (thaw, 4 workloads
         // over rack and region) 7-11% less overhead in sum.
         .send_fairness(false);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
@@ -245,6 +245,21 @@ impl DevPki {
             server: leaf(vec![SERVER_NAME.into(), "localhost".into()])?,
             client: leaf(vec!["thaw-fetch-agent".into()])?,
         })
+    }
+
+    /// Loads the PKI that [`DevPki::write_to`] wrote into `dir`, or
+    /// generates one and writes it there on first use.
+    pub fn load_or_generate(dir: &Path) -> Result<Self, TlsError> {
+        if dir.join("ca.pem").exists() {
+            return Ok(Self {
+                ca_pem: read_pem_file(&dir.join("ca.pem"))?,
+                server: Identity::from_files(&dir.join("server.pem"), &dir.join("server.key"))?,
+                client: Identity::from_files(&dir.join("client.pem"), &dir.join("client.key"))?,
+            });
+        }
+        let pki = Self::generate()?;
+        pki.write_to(dir)?;
+        Ok(pki)
     }
 
     /// Writes `ca.pem`, `server.pem`, `server.key`, `client.pem`,

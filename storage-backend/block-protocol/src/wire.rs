@@ -29,7 +29,7 @@ pub const RESPONSE_HEADER_LEN: usize = 10;
 pub const MAX_PAYLOAD_LEN: u64 = MAX_MANIFEST_BYTES;
 
 /// Trace events marking where a block request is on its way, for timing the
-/// legs of a fetch (`thaw bench restore --hop-timings`). Both ends emit them
+/// legs of a fetch (`thaw-bench restore --hop-timings`). Both ends emit them
 /// at TRACE level under [`hop::TARGET`], with the fields `hop` (one of the
 /// names below), `block` and `priority` (the wire value); off, they cost a
 /// disabled-callsite check.

@@ -59,7 +59,7 @@
 //! a fresh allocation), so one block should hold that run. Ordered by
 //! distance alone, pages 2, 3 and 4 after one seen page went into three
 //! blocks each shared with pages from fifteen other places, and each page
-//! of such a run cost a fault of its own. Measured with `thaw bench restore
+//! of such a run cost a fault of its own. Measured with `thaw-bench restore
 //! --strategy locality` (blocks on demand only, so a fault is a block first
 //! touched), rack link, tiers against distance order, two rounds each:
 //! shell (a real recording) 229-231 faults against 256, web-server 577-585

@@ -1,0 +1,195 @@
+//! `thaw-bench fleet`: object-store reads when a fleet of 16 hosts (16 fetch
+//! agents, each with its own cache) restores one checkpoint at the same time
+//! through one block server, against one host restoring it alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use fetch_agent::block_server::BlockServerSource;
+use fetch_agent::fetch::FetchConfig;
+use fetch_agent::guest::MappedGuest;
+use fetch_agent::metrics::SourceKind;
+use fetch_agent::{Agent, AgentConfig};
+use object_store::local::LocalFileSystem;
+use serde_json::json;
+use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::tls::{self, DevPki};
+use thaw_format::CheckpointId;
+use thaw_store::{write_checkpoint, MemoryRegion, Store, WriteOptions};
+
+use crate::counting_store::CountingStore;
+use crate::synthetic;
+
+pub struct FleetBench {
+    pub memory_bytes: u64,
+    pub hosts: usize,
+    pub json: Option<PathBuf>,
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    store_dir: PathBuf,
+    id: CheckpointId,
+    memory: Arc<Vec<u8>>,
+}
+
+struct FleetRun {
+    store_reads: u64,
+    seconds: f64,
+    server_requests: u64,
+}
+
+pub fn run(cfg: FleetBench) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    ensure!(cfg.hosts >= 1, "need at least one host");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir().context("bench directory")?;
+    let store_dir = dir.path().join("store");
+    let memory = Arc::new(synthetic::memory_image(cfg.memory_bytes as usize, 21));
+    let id = rt.block_on(async {
+        let store = Store::open(store_dir.to_str().context("UTF-8 path")?)?;
+        let regions = [MemoryRegion {
+            guest_phys_addr: 0,
+            bytes: &memory,
+        }];
+        anyhow::Ok(
+            write_checkpoint(&store, &regions, vec![], &WriteOptions::default())
+                .await?
+                .id,
+        )
+    })?;
+    DevPki::generate()?.write_to(&dir.path().join("pki"))?;
+    let setup = Setup {
+        dir,
+        store_dir,
+        id,
+        memory,
+    };
+
+    let one = restore_fleet(&rt, &setup, 1)?;
+    let many = restore_fleet(&rt, &setup, cfg.hosts)?;
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "store_reads_ratio".into(),
+        json!(many.store_reads as f64 / one.store_reads.max(1) as f64),
+    );
+    out.insert("store_reads_one_host".into(), json!(one.store_reads));
+    out.insert("store_reads_fleet".into(), json!(many.store_reads));
+    out.insert("hosts".into(), json!(cfg.hosts));
+    out.insert("server_requests_fleet".into(), json!(many.server_requests));
+    out.insert("seconds_one_host".into(), json!(one.seconds));
+    out.insert("seconds_fleet".into(), json!(many.seconds));
+    out.insert("memory_bytes".into(), json!(cfg.memory_bytes));
+    super::report(
+        &format!(
+            "fleet restore: {} hosts through one block server",
+            cfg.hosts
+        ),
+        &out,
+        cfg.json.as_deref(),
+    )?;
+    Ok(out)
+}
+
+/// `hosts` agents restore the checkpoint at once through a fresh block
+/// server; every restored byte is checked.
+fn restore_fleet(
+    rt: &tokio::runtime::Runtime,
+    s: &Setup,
+    hosts: usize,
+) -> anyhow::Result<FleetRun> {
+    let counting = Arc::new(CountingStore::new(Arc::new(
+        LocalFileSystem::new_with_prefix(&s.store_dir)?,
+    )));
+    let store = Store::from_object_store(counting.clone(), "counted local directory");
+    let server = BlockServer::new(store, 1 << 30);
+    let pki = s.dir.path().join("pki");
+    let running = rt.block_on(async {
+        let config = tls::server_config(
+            &tls::Identity::from_files(&pki.join("server.pem"), &pki.join("server.key"))?,
+            Some(&tls::read_pem_file(&pki.join("ca.pem"))?),
+        )?;
+        anyhow::Ok(server.serve("127.0.0.1:0".parse()?, config)?)
+    })?;
+    let spec = s.store_dir.to_str().context("UTF-8 path")?.to_owned();
+
+    let mut agents = Vec::new();
+    for host in 0..hosts {
+        let source = rt.block_on(async {
+            BlockServerSource::connect(
+                &running.local_addr.to_string(),
+                &pki.join("ca.pem"),
+                Some((&pki.join("client.pem"), &pki.join("client.key"))),
+            )
+        })?;
+        let agent = Agent::new(
+            AgentConfig {
+                store: Some(spec.clone()),
+                checkpoint: Some(s.id.clone()),
+                block_servers: vec![source.into_source()],
+                policy: Default::default(),
+                fetch: FetchConfig::default(),
+                cache_bytes: 1 << 30,
+                trace_dir: None,
+            },
+            rt.handle().clone(),
+        );
+        let socket = s.dir.path().join(format!("agent-{hosts}-{host}.sock"));
+        let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+        let a = agent.clone();
+        std::thread::spawn(move || a.serve(listener));
+        agents.push((agent, socket));
+    }
+
+    let started = Instant::now();
+    let restores: Vec<_> = agents
+        .iter()
+        .map(|(_, socket)| {
+            let socket = socket.clone();
+            let memory = s.memory.clone();
+            std::thread::spawn(move || restore_one(&socket, &memory))
+        })
+        .collect();
+    for r in restores {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("restore thread panicked"))??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    for (agent, _) in &agents {
+        let direct = agent.metrics().counters.blocks[SourceKind::ObjectStore as usize]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>();
+        ensure!(
+            direct == 0,
+            "an agent bypassed the block server for {direct} blocks"
+        );
+    }
+    running.close();
+    Ok(FleetRun {
+        store_reads: counting.reads(),
+        seconds,
+        server_requests: server.stats().requests.load(Ordering::Relaxed),
+    })
+}
+
+/// One host's restore: maps memory, hands it to the agent, touches every
+/// page and checks the contents.
+fn restore_one(socket: &Path, memory: &[u8]) -> anyhow::Result<()> {
+    let guest = MappedGuest::new(memory.len())?;
+    let message = guest.handoff(None, None).encode();
+    let _conn = guest.hand_off(socket, &message)?;
+    for page in 0..(memory.len() / 4096) as u64 {
+        guest.touch(page);
+    }
+    ensure!(
+        guest.bytes() == memory,
+        "restored memory differs from the checkpoint"
+    );
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! What the `thaw` binary's subcommands do, apart from parsing their
+//! arguments: checkpoint tools ([`commands`]), the block server ([`serve`]),
+//! the demo ([`demo`]), and the child processes it and the benchmarks start
+//! ([`daemon`]).
+
+pub mod commands;
+pub mod daemon;
+pub mod demo;
+pub mod serve;

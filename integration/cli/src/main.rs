@@ -1,0 +1,138 @@
+//! `thaw`: checkpoint KVM VMs into object storage and restore them lazily.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use thaw_cli::commands;
+use thaw_format::units::parse_size;
+use thaw_format::CheckpointId;
+use thaw_store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "thaw",
+    version,
+    about = "Checkpoint KVM VMs into object storage and restore them lazily"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the main job end to end on the embedded default (a local directory store).
+    Demo {
+        /// Store: a directory, file://DIR, or s3://BUCKET/PREFIX.
+        #[arg(long, default_value = "thaw-store")]
+        store: String,
+        /// Guest memory size (e.g. 256MiB, 1GiB).
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        memory: u64,
+        /// Use this block server (HOST:PORT) instead of starting one.
+        #[arg(long, requires = "pki")]
+        block_server: Option<std::net::SocketAddr>,
+        /// Development PKI directory (ca.pem, client.pem, client.key), created if absent.
+        #[arg(long)]
+        pki: Option<PathBuf>,
+    },
+    /// Inspect checkpoints in a store.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+    /// Run, checkpoint and restore KVM guests.
+    Vm(vmm::cli::VmArgs),
+    /// Run the fetch agent: serve restored VMs' page faults from locality blocks.
+    Agent(fetch_agent::cli::Args),
+    /// Serve checkpoint blocks to fetch agents over QUIC.
+    BlockServer(thaw_cli::serve::BlockServerArgs),
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// List the complete checkpoints of a store.
+    List { store: String },
+    /// Fetch and hash-check every block of a checkpoint.
+    Verify { store: String, id: CheckpointId },
+    /// Rewrite a checkpoint with a layout learned from restore traces (the old one stays as it is).
+    Relayout {
+        store: String,
+        id: CheckpointId,
+        /// A fault trace in the workload format; repeat to merge several restores.
+        #[arg(long = "trace", required = true)]
+        traces: Vec<PathBuf>,
+        /// Id of the new checkpoint (generated when absent).
+        #[arg(long = "id")]
+        new_id: Option<CheckpointId>,
+    },
+}
+
+fn open_store(spec: &str) -> anyhow::Result<Store> {
+    Store::open(spec).with_context(|| format!("opening store {spec}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    match &cli.command {
+        Command::BlockServer(args) => {
+            if let Some(threads) = args.threads {
+                runtime.worker_threads(threads.into());
+            }
+        }
+        Command::Agent(args) => {
+            runtime.worker_threads(args.threads.into());
+        }
+        _ => {}
+    }
+    runtime
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo {
+            store,
+            memory,
+            block_server,
+            pki,
+        } => {
+            let opts = thaw_cli::demo::DemoOptions {
+                store,
+                memory_bytes: memory,
+                block_server,
+                pki,
+            };
+            tokio::task::spawn_blocking(move || thaw_cli::demo::run(opts)).await?
+        }
+        Command::Checkpoint { command } => match command {
+            CheckpointCommand::List { store } => commands::list(&open_store(&store)?).await,
+            CheckpointCommand::Verify { store, id } => {
+                commands::verify(&open_store(&store)?, &id).await
+            }
+            CheckpointCommand::Relayout {
+                store,
+                id,
+                traces,
+                new_id,
+            } => commands::relayout(&open_store(&store)?, &id, &traces, new_id).await,
+        },
+        // The vmm is synchronous and makes its own runtime: run it on a plain thread.
+        Command::Vm(args) => std::thread::spawn(move || vmm::cli::run(args))
+            .join()
+            .map_err(|_| anyhow::anyhow!("vm command panicked"))?,
+        Command::Agent(args) => fetch_agent::cli::run(args).await,
+        Command::BlockServer(args) => thaw_cli::serve::run(args).await,
+    }
+}

@@ -1,0 +1,78 @@
+//! `thaw block-server`: a QUIC block server in front of a store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::tls::{self, DevPki, Identity};
+use thaw_store::Store;
+
+use thaw_format::units::parse_size;
+
+#[derive(clap::Args, Debug)]
+pub struct BlockServerArgs {
+    /// Store to serve: a directory, file://DIR or s3://BUCKET/PREFIX.
+    #[arg(long)]
+    pub store: String,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    pub listen: SocketAddr,
+    /// Threads serving connections (default: one per CPU). One connection is
+    /// served by one thread at a time, so more threads help many clients, not one.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Memory cache of stored blocks.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Server certificate chain (PEM).
+    #[arg(long, requires = "key", conflicts_with = "dev_pki")]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// Development mode: use (creating if absent) a self-signed CA, server and
+    /// client certificate in DIR, with mutual TLS.
+    #[arg(long)]
+    pub dev_pki: Option<PathBuf>,
+}
+
+pub async fn run(args: BlockServerArgs) -> anyhow::Result<()> {
+    let store =
+        Store::open(&args.store).with_context(|| format!("opening store {}", args.store))?;
+    let config = match (&args.dev_pki, &args.cert, &args.key) {
+        (Some(dir), _, _) => {
+            let pki = DevPki::load_or_generate(dir)?;
+            tls::server_config(&pki.server, Some(&pki.ca_pem))?
+        }
+        (None, Some(cert), Some(key)) => {
+            let ca = args
+                .client_ca
+                .as_deref()
+                .map(tls::read_pem_file)
+                .transpose()?;
+            tls::server_config(&Identity::from_files(cert, key)?, ca.as_deref())?
+        }
+        _ => bail!("give --cert and --key (optionally --client-ca), or --dev-pki DIR"),
+    };
+    let server = BlockServer::new(store, args.cache_size);
+    let running = server
+        .serve(args.listen, config)
+        .with_context(|| format!("binding {}", args.listen))?;
+    // Scripts and tests read the bound address (the port may be 0) from this line.
+    println!("block server listening on {}", running.local_addr);
+    tokio::select! {
+        _ = running.wait() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let s = server.stats();
+    tracing::info!(
+        requests = s.requests.load(std::sync::atomic::Ordering::Relaxed),
+        store_reads = s.store_reads.load(std::sync::atomic::Ordering::Relaxed),
+        "block server stopped"
+    );
+    Ok(())
+}
