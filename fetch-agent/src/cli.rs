@@ -10,9 +10,9 @@ use anyhow::Context;
 use thaw_format::CheckpointId;
 
 use crate::agent::{Agent, AgentConfig};
-use crate::block_server::BlockServerSource;
 use crate::fetch::FetchConfig;
 use crate::policy::{Config, StreamConfig};
+use crate::source::block_server::BlockServerSource;
 use crate::source::BlockSource;
 use thaw_format::units::{parse_duration, parse_size};
 

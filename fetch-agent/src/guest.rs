@@ -45,7 +45,7 @@ impl MappedGuest {
     /// Maps `len` bytes (a multiple of 4 KiB) and registers them with a new userfaultfd.
     pub fn new(len: usize) -> Result<Self, GuestError> {
         let page_size = 4096;
-        assert!(len > 0 && len % page_size == 0, "whole pages");
+        assert!(len > 0 && len.is_multiple_of(page_size), "whole pages");
         // SAFETY: an anonymous private mapping at an address the kernel picks;
         // nothing else is affected.
         let addr = unsafe {

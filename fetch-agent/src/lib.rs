@@ -11,12 +11,9 @@
 //! cache with single flight), [`install`] (userfaultfd ioctls).
 
 pub mod agent;
-pub mod block_server;
-pub mod bucket;
 pub mod cache;
 pub mod cli;
 pub mod fetch;
-pub mod floor;
 pub mod guest;
 pub mod handoff;
 pub mod http;

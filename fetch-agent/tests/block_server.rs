@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use common::{checkpoint, runtime, start_agent_on, Fixture};
-use fetch_agent::block_server::BlockServerSource;
 use fetch_agent::guest::MappedGuest;
 use fetch_agent::metrics::{Counters, SourceKind};
 use fetch_agent::policy::Config;
+use fetch_agent::source::block_server::BlockServerSource;
 use thaw_block_protocol::server::{BlockServer, RunningServer};
 use thaw_block_protocol::tls::{self, DevPki};
 use thaw_store::Store;

@@ -17,10 +17,11 @@ use thaw_format::page_map::PageSource;
 use thaw_format::Manifest;
 use thaw_format::{PageMap, PageRun};
 
-use crate::bucket::TokenBucket;
+use token_bucket::TokenBucket;
 
 mod actions;
 mod config;
+mod token_bucket;
 mod window;
 pub use actions::{Action, FaultSource, InstallRun, Origin, PolicyError, Priority, Waiter};
 pub use config::{Config, InstallScope, StreamConfig, DEFAULT_STREAM_IN_FLIGHT};

@@ -3,6 +3,8 @@
 //! the demo ([`demo`]), and the child processes it and the benchmarks start
 //! ([`daemon`]).
 
+#![forbid(unsafe_code)]
+
 pub mod commands;
 pub mod daemon;
 pub mod demo;

@@ -1,5 +1,7 @@
 //! `thaw`: checkpoint KVM VMs into object storage and restore them lazily.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

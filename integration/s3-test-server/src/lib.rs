@@ -2,6 +2,8 @@
 //! and demos: HTTP, SigV4 authentication, ranged GETs, multipart uploads
 //! and conditional puts, storing objects in a temporary directory.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 
 use anyhow::Context;

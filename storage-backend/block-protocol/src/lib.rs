@@ -3,6 +3,8 @@
 //! ([`server`]) that speak it, with their TLS ([`tls`]) and UDP endpoints
 //! ([`endpoint`]).
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod endpoint;
 pub mod server;

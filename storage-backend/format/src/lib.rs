@@ -5,6 +5,8 @@
 //! the normative description; the store and the block protocol crates drive
 //! these types against object storage and QUIC.
 
+#![forbid(unsafe_code)]
+
 pub mod block_codec;
 pub mod dirty_log;
 pub mod dirty_profile;

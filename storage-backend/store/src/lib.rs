@@ -3,6 +3,8 @@
 //! any `object_store` backend (a local directory or S3) named by a store URL
 //! ([`Store`]). The bytes they read and write are `thaw_format`'s.
 
+#![forbid(unsafe_code)]
+
 pub mod catalog;
 mod cpu;
 pub mod dirty_log;

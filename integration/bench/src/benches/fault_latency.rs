@@ -19,13 +19,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::uffd_floor::FloorHandler;
 use anyhow::Context;
-use fetch_agent::block_server::BlockServerSource;
 use fetch_agent::fetch::FetchConfig;
-use fetch_agent::floor::FloorHandler;
 use fetch_agent::guest::MappedGuest;
 use fetch_agent::metrics::SourceKind;
 use fetch_agent::policy::Config;
+use fetch_agent::source::block_server::BlockServerSource;
 use fetch_agent::{Agent, AgentConfig};
 use serde_json::json;
 use thaw_block_protocol::server::BlockServer;

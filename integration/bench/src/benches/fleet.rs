@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use fetch_agent::block_server::BlockServerSource;
 use fetch_agent::fetch::FetchConfig;
 use fetch_agent::guest::MappedGuest;
 use fetch_agent::metrics::SourceKind;
+use fetch_agent::source::block_server::BlockServerSource;
 use fetch_agent::{Agent, AgentConfig};
 use object_store::local::LocalFileSystem;
 use serde_json::json;

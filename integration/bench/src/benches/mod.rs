@@ -8,6 +8,7 @@ pub mod link;
 pub mod restore;
 pub mod resume;
 pub mod stream;
+mod uffd_floor;
 
 use std::path::Path;
 

@@ -85,8 +85,10 @@ impl RecvBatch {
             // SAFETY: all-zero bytes are a valid sockaddr_storage, iovec and
             // mmsghdr (plain C structs of integers and null pointers).
             addrs: vec![unsafe { zeroed() }; slots],
+            // SAFETY: as for `addrs`.
             iovecs: vec![unsafe { zeroed() }; slots],
             controls: vec![Control([0; CONTROL_BYTES]); slots],
+            // SAFETY: as for `addrs`.
             headers: vec![unsafe { zeroed() }; slots],
             received: 0,
         }
@@ -192,8 +194,10 @@ impl SendBatch {
         Self {
             // SAFETY: all-zero bytes are valid for these plain C structs.
             addrs: vec![unsafe { zeroed() }; messages],
+            // SAFETY: as for `addrs`.
             iovecs: vec![unsafe { zeroed() }; datagrams],
             controls: vec![Control([0; CONTROL_BYTES]); messages],
+            // SAFETY: as for `addrs`.
             headers: vec![unsafe { zeroed() }; messages],
             queued: Vec::with_capacity(datagrams),
             runs: Vec::with_capacity(messages),

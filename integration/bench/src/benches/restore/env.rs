@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use fetch_agent::block_server::BlockServerSource;
+use fetch_agent::source::block_server::BlockServerSource;
 use fetch_agent::source::{BlockSource, ObjectStoreSource};
 use thaw_block_protocol::server::{BlockServer, RunningServer};
 use thaw_block_protocol::tls::{self, DevPki};

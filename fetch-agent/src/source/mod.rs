@@ -4,6 +4,8 @@
 //! decoding and the hash check happen above, in [`crate::fetch`], so a bad
 //! source can never get a block installed.
 
+pub mod block_server;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
