@@ -1,4 +1,4 @@
-//! A restore's fault trace in the workload trace format (DESIGN.md): one line
+//! A restore's fault trace in the workload trace format (docs/format.md): one line
 //! per first touch of a page, sorted by time, `<t_us> <page_index>`, then the
 //! agent's extra columns `<block> <source> <stall_us>` (`-` as block for
 //! zero pages; source one of cache, prefetch, demand, zero; stall_us how long

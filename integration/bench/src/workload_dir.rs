@@ -204,7 +204,7 @@ mod tests {
         assert!(err.to_string().contains("02.trace:1: page 99"), "{err}");
     }
 
-    /// The real recording beside DESIGN.md: its description and traces parse,
+    /// The real recording in ../shared/workloads: its description and traces parse,
     /// and the figures in its README hold. Its memory image is compressed
     /// (and must not be copied into the repository), so the memory part is
     /// checked by `Workload::load` pointing out the packed image.

@@ -1,4 +1,4 @@
-//! Workload files (DESIGN.md, "Workload files"): a directory holding
+//! Workload files (docs/format.md, "Workload files"): a directory holding
 //! `workload.json`, `memory.raw` (the regions' bytes concatenated) and
 //! `traces/*.trace` (one restore each: `<t_us> <page_index>` per first touch).
 //!

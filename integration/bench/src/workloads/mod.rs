@@ -1,4 +1,4 @@
-//! Generators of realistic restore workloads (DESIGN.md, "Workload files"):
+//! Generators of realistic restore workloads (docs/format.md, "Workload files"):
 //! a model of a guest's memory at a checkpoint (what each physical page
 //! holds) and of several runs after the restore (which pages each run
 //! touches first, when). Runs of one checkpoint share its structure (the
