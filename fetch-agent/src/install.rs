@@ -5,7 +5,7 @@
 
 use std::os::fd::AsRawFd;
 
-use thaw_format::handoff::{Handoff, RegionMapping};
+use thaw_format::handoff::Handoff;
 use userfaultfd::Uffd;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,19 +29,21 @@ impl InstallError {
     }
 }
 
-/// Where guest memory lives in the VMM's address space.
+/// Where guest memory lives in the VMM's address space, in pages: the
+/// hand-off's byte translations ([`Handoff::locate`], [`Handoff::region_at`])
+/// at the checkpoint's page size.
 #[derive(Debug, Clone)]
 pub struct GuestLayout {
     page_size: u64,
-    /// Sorted by offset in the concatenated memory.
-    regions: Vec<RegionMapping>,
+    handoff: Handoff,
 }
 
 impl GuestLayout {
     pub fn new(handoff: &Handoff, page_size: u64) -> Self {
-        let mut regions = handoff.mappings.clone();
-        regions.sort_by_key(|m| m.offset);
-        GuestLayout { page_size, regions }
+        GuestLayout {
+            page_size,
+            handoff: handoff.clone(),
+        }
     }
 
     pub fn page_size(&self) -> u64 {
@@ -50,10 +52,9 @@ impl GuestLayout {
 
     /// The page index of a host address in the VMM.
     pub fn page_of(&self, addr: u64) -> Option<u64> {
-        self.regions.iter().find_map(|m| {
-            (addr >= m.base_host_virt_addr && addr - m.base_host_virt_addr < m.size)
-                .then(|| (m.offset + (addr - m.base_host_virt_addr)) / self.page_size)
-        })
+        self.handoff
+            .locate(addr)
+            .map(|(_, offset)| offset / self.page_size)
     }
 
     /// Host ranges of pages `page .. page + len`, split where regions end:
@@ -65,9 +66,8 @@ impl GuestLayout {
         while p < page + len {
             let off = p * ps;
             let m = self
-                .regions
-                .iter()
-                .find(|m| off >= m.offset && off - m.offset < m.size)
+                .handoff
+                .region_at(off)
                 .ok_or(InstallError::OutsideMemory { page: p })?;
             let region_end_page = (m.offset + m.size) / ps;
             let n = (page + len).min(region_end_page) - p;
@@ -222,6 +222,7 @@ impl Installer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use thaw_format::handoff::RegionMapping;
 
     fn layout() -> GuestLayout {
         let h = Handoff::new(vec![

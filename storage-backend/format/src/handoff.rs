@@ -192,6 +192,13 @@ impl Handoff {
         })
     }
 
+    /// The region holding byte `offset` of the concatenated guest memory.
+    pub fn region_at(&self, offset: u64) -> Option<&RegionMapping> {
+        self.mappings
+            .iter()
+            .find(|m| offset >= m.offset && offset - m.offset < m.size)
+    }
+
     /// Total bytes of guest memory handed off.
     pub fn memory_bytes(&self) -> u64 {
         self.mappings.iter().map(|m| m.size).sum()
