@@ -20,10 +20,10 @@ use super::error::FormatError;
 use super::manifest::{BlockEntry, CheckpointId, Codec, Manifest, PageRun, Region, StateBlob};
 use super::wire::{Decoder, Encoder};
 
-pub const MAGIC: [u8; 8] = *b"THAWMNFS";
+pub(crate) const MAGIC: [u8; 8] = *b"THAWMNFS";
 pub const VERSION: u16 = 2;
 /// The oldest version [`decode`] reads.
-pub const OLDEST_VERSION: u16 = 1;
+pub(crate) const OLDEST_VERSION: u16 = 1;
 /// A manifest larger than this is refused before it is parsed.
 pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 

@@ -9,10 +9,10 @@
 
 pub mod block_codec;
 pub mod dirty_log;
-pub mod dirty_profile;
-pub mod encoding;
+mod dirty_profile;
+mod encoding;
 pub mod envelope;
-pub mod error;
+mod error;
 pub mod handoff;
 pub mod layout;
 pub mod manifest;

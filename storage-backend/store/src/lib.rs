@@ -8,12 +8,12 @@
 pub mod catalog;
 mod cpu;
 pub mod dirty_log;
-pub mod error;
-pub mod memory;
+mod error;
+mod memory;
 pub mod reader;
 pub mod relayout;
 pub mod store;
-pub mod writer;
+mod writer;
 
 pub use error::CheckpointError;
 pub use memory::MemoryRegion;

@@ -12,12 +12,12 @@ use thaw_format::Manifest;
 
 /// Most blocks one read brings in: 1 MiB of 64 KiB blocks, which object
 /// stores serve at full rate, as the fetch agent's own streaming runs.
-pub const READ_AHEAD_BLOCKS: usize = 16;
+pub(super) const READ_AHEAD_BLOCKS: usize = 16;
 
 /// The run read for `block`: it, then the blocks after it (by index) while
 /// each lies right after the previous one in the same object and
 /// `available(b)` says it is neither cached nor being read; at most `max`.
-pub fn read_ahead_run(
+pub(super) fn read_ahead_run(
     manifest: &Manifest,
     block: u32,
     max: usize,

@@ -14,9 +14,9 @@ use super::cache::BlockCache;
 use super::read_ahead::{read_ahead_run, READ_AHEAD_BLOCKS};
 use crate::wire::{self, hop, Priority, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
 use thaw_format::{CheckpointId, Manifest};
-use thaw_store::error::CheckpointError;
+use thaw_store::CheckpointError;
 use thaw_store::reader::CheckpointReader;
-use thaw_store::store::Store;
+use thaw_store::Store;
 
 /// Counters a block server keeps (all since start).
 #[derive(Debug, Default)]
