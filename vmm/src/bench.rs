@@ -2,14 +2,14 @@
 //! and the test guest's time to finish a pass over 256 MiB after an eager and after a lazy restore
 //! from a local-directory store (the real fault path through KVM and userfaultfd).
 
-use crate::checkpoint::{checkpoint, open_store, runtime, CheckpointOutcome};
+use crate::boot::runner::{boot_test_guest, wait_done};
+use crate::boot::testguest::{self, Params, Pattern};
+use crate::devices::serial::SerialOutput;
 use crate::devices::GuestEvent;
 use crate::error::{Error, Result};
-use crate::restore::{restore, Mode};
-use crate::runner::{boot_test_guest, wait_done};
-use crate::serial::SerialOutput;
-use crate::testguest::{self, Params, Pattern};
-use crate::vm::{VmConfig, DEFAULT_KVM_PATH};
+use crate::persist::checkpoint::{checkpoint, open_store, runtime, CheckpointOutcome};
+use crate::persist::restore::{restore, Mode};
+use crate::vstate::vm::{VmConfig, DEFAULT_KVM_PATH};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -3,15 +3,15 @@
 //! Machine-readable results go to standard output as JSON lines when `--json` is given (the guest's
 //! console then goes to standard error unless `--serial` says otherwise).
 
-use crate::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
-use crate::cpuid::CpuBaseline;
-use crate::dirty::DirtyConfig;
-use crate::dirty_tracker::DirtyTracker;
-use crate::restore::{restore, Mode};
-use crate::runner::{boot_test_guest, wait_done};
-use crate::serial::SerialOutput;
-use crate::testguest::{self, Params, Pattern};
-use crate::vm::{Vm, VmConfig, DEFAULT_KVM_PATH};
+use crate::arch::cpuid::CpuBaseline;
+use crate::boot::runner::{boot_test_guest, wait_done};
+use crate::boot::testguest::{self, Params, Pattern};
+use crate::devices::serial::SerialOutput;
+use crate::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
+use crate::persist::dirty::DirtyConfig;
+use crate::persist::dirty_tracker::DirtyTracker;
+use crate::persist::restore::{restore, Mode};
+use crate::vstate::vm::{Vm, VmConfig, DEFAULT_KVM_PATH};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -95,7 +95,7 @@ pub struct GuestArgs {
     pub kernel: Option<PathBuf>,
     #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    #[arg(long, requires = "kernel", default_value = crate::linux::DEFAULT_CMDLINE)]
+    #[arg(long, requires = "kernel", default_value = crate::boot::linux::DEFAULT_CMDLINE)]
     pub cmdline: String,
 }
 
@@ -239,7 +239,7 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
         serial: serial_output(m, watch),
     };
     Ok(match &g.kernel {
-        Some(kernel) => crate::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
+        Some(kernel) => crate::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
         None => boot_test_guest(&config, &params(g))?,
     })
 }
@@ -430,7 +430,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         a.machine.json,
         serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),
     );
-    let linux = r.state.guest == crate::state::GuestKind::Linux;
+    let linux = r.state.guest == crate::persist::state::GuestKind::Linux;
     let limit = if linux {
         a.run_for.unwrap_or(a.machine.timeout)
     } else {
@@ -487,7 +487,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             let listener = std::os::unix::net::UnixListener::bind(&a.listen)
                 .with_context(|| format!("listening on {}", a.listen.display()))?;
             eprintln!("page server listening on {}", a.listen.display());
-            crate::pageserver::serve_forever(listener)?;
+            crate::persist::pageserver::serve_forever(listener)?;
             Ok(())
         }
     }

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use vmm::testguest::{self, Params, Pattern};
+use vmm::boot::testguest::{self, Params, Pattern};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 

@@ -6,9 +6,9 @@
 //! ACPI tables (MADT) that would let it find more CPUs. `boot` refuses more than one vCPU.
 
 use crate::error::{Error, Result};
-use crate::memory::{self, GuestMemory};
-use crate::state::GuestKind;
-use crate::vm::{Vm, VmConfig};
+use crate::persist::state::GuestKind;
+use crate::vstate::memory::{self, GuestMemory};
+use crate::vstate::vm::{Vm, VmConfig};
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs};
 use kvm_ioctls::VcpuFd;
 use linux_loader::configurator::linux::LinuxBootConfigurator;

@@ -7,7 +7,7 @@
 //! area the guest touches from 2 MiB to the end of the first memory region. Mirrors guest/layout.h.
 
 use crate::error::{Error, Result};
-use crate::memory::GuestMemory;
+use crate::vstate::memory::GuestMemory;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
@@ -363,7 +363,7 @@ pub fn model_checksum(params: &Params, area_size: u64, ncpus: u32, cpu: u32) -> 
 
 /// The data area size the guest sees in a memory of `memory_bytes` (first region).
 pub fn area_size_for(memory_bytes: u64) -> u64 {
-    let first = crate::memory::layout(memory_bytes)[0];
+    let first = crate::vstate::memory::layout(memory_bytes)[0];
     (first.0 + first.1).saturating_sub(AREA_START)
 }
 

@@ -1,10 +1,12 @@
 //! The port I/O bus: COM1, the test guest's report port, and harmless defaults for the ports a
 //! Linux guest probes.
 
-use crate::memory::GuestMemory;
-use crate::serial::{Uart, COM1_BASE, COM1_LEN};
-use crate::testguest;
-use crate::vcpu::{BusAction, IoBus};
+pub mod serial;
+
+use crate::boot::testguest;
+use crate::devices::serial::{Uart, COM1_BASE, COM1_LEN};
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu::{BusAction, IoBus};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 

@@ -1,13 +1,13 @@
 //! A KVM virtual machine: creation, vCPU threads, pause/resume, full state save and restore.
 
-use crate::cpuid::{self, CpuBaseline, RequiredFeatures};
+use crate::arch::cpuid::{self, CpuBaseline, RequiredFeatures};
+use crate::devices::serial::{SerialOutput, Uart, UartState, COM1_IRQ};
 use crate::devices::{Devices, GuestEvent};
 use crate::error::{Error, Result};
-use crate::memory::GuestMemory;
-use crate::serial::{SerialOutput, Uart, UartState, COM1_IRQ};
-use crate::state::{GuestKind, VmState};
-use crate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle};
-use crate::vcpu_state::{self, VcpuCaps};
+use crate::persist::state::{GuestKind, VmState};
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle};
+use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SREGS2,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
@@ -451,8 +451,8 @@ impl Vm {
                 .fd
                 .get_dirty_log(slot as u32, r.size as usize)
                 .map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
-            let slot_pages = r.size / crate::dirty::PAGE_SIZE;
-            pages.extend(crate::dirty::pages_in_bitmap(
+            let slot_pages = r.size / crate::persist::dirty::PAGE_SIZE;
+            pages.extend(crate::persist::dirty::pages_in_bitmap(
                 &bitmap, first_page, slot_pages,
             ));
             first_page += slot_pages;

@@ -2,7 +2,7 @@
 //! uffd plus ONE JSON message (thaw_format::handoff) over a Unix stream socket by SCM_RIGHTS.
 
 use crate::error::{Error, Result};
-use crate::memory::GuestMemory;
+use crate::vstate::memory::GuestMemory;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use thaw_format::handoff::{Handoff, RegionMapping, MAX_MESSAGE};

@@ -5,9 +5,9 @@
 //! payload (32 bytes), payload (JSON of [`VmState`]). Decoding checks all four before parsing, so a
 //! truncated or altered blob is refused with a clear error and never reaches KVM.
 
-use crate::cpuid::{CpuBaseline, RequiredFeatures};
+use crate::arch::cpuid::{CpuBaseline, RequiredFeatures};
+use crate::devices::serial::UartState;
 use crate::error::{Error, Result};
-use crate::serial::UartState;
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,

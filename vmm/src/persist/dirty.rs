@@ -1,6 +1,6 @@
 //! Dirty-page windows before a checkpoint, free of I/O: KVM's per-slot dirty bitmaps turned into
 //! page indices, the last N windows kept, and the windows as the checkpoint's
-//! [`DirtyLog`]. The clock is passed in; [`crate::dirty_tracker`] drives this with the ioctls.
+//! [`DirtyLog`]. The clock is passed in; [`crate::persist::dirty_tracker`] drives this with the ioctls.
 //!
 //! A window is the time between two harvests of the bitmap (`KVM_GET_DIRTY_LOG` returns the pages
 //! written since the previous call and re-arms write tracking), so it holds the pages the guest

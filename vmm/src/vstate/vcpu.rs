@@ -9,9 +9,9 @@
 //! half-done instruction.
 
 use crate::error::{Error, Result};
-use crate::memory::GuestMemory;
-use crate::state::VcpuState;
-use crate::vcpu_state::{self, VcpuCaps};
+use crate::persist::state::VcpuState;
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::kvm_cpuid_entry2;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
@@ -172,10 +172,10 @@ impl Runner {
         let Ok(mut regs) = self.vcpu.fd.get_regs() else {
             return false;
         };
-        match crate::emulate::emulate(&bytes[1..], &mut regs) {
+        match crate::arch::emulate::emulate(&bytes[1..], &mut regs) {
             None => false,
-            Some(crate::emulate::Outcome::Done) => self.vcpu.fd.set_regs(&regs).is_ok(),
-            Some(crate::emulate::Outcome::LoadMxcsr(gva)) => {
+            Some(crate::arch::emulate::Outcome::Done) => self.vcpu.fd.set_regs(&regs).is_ok(),
+            Some(crate::arch::emulate::Outcome::LoadMxcsr(gva)) => {
                 let mut b = [0u8; 4];
                 let Some(gpa) = self.translate(gva) else {
                     return false;
@@ -189,14 +189,14 @@ impl Runner {
                 fpu.mxcsr = u32::from_le_bytes(b);
                 self.vcpu.fd.set_fpu(&fpu).is_ok() && self.vcpu.fd.set_regs(&regs).is_ok()
             }
-            Some(crate::emulate::Outcome::StoreMxcsr(gva)) => {
+            Some(crate::arch::emulate::Outcome::StoreMxcsr(gva)) => {
                 let (Some(gpa), Ok(fpu)) = (self.translate(gva), self.vcpu.fd.get_fpu()) else {
                     return false;
                 };
                 self.memory.write(gpa, &fpu.mxcsr.to_le_bytes()).is_ok()
                     && self.vcpu.fd.set_regs(&regs).is_ok()
             }
-            Some(crate::emulate::Outcome::InjectBreakpoint) => {
+            Some(crate::arch::emulate::Outcome::InjectBreakpoint) => {
                 let Ok(mut events) = self.vcpu.fd.get_vcpu_events() else {
                     return false;
                 };

@@ -2,11 +2,11 @@
 //! registered with userfaultfd and handed to a page server; the vCPUs run at once).
 
 use crate::error::{Error, Result};
-use crate::handoff;
-use crate::memory::GuestMemory;
-use crate::pageserver::InProcessServer;
-use crate::state::VmState;
-use crate::vm::{self, AbortHandle, Vm, VmConfig};
+use crate::persist::handoff;
+use crate::persist::pageserver::InProcessServer;
+use crate::persist::state::VmState;
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vm::{self, AbortHandle, Vm, VmConfig};
 use futures::TryStreamExt;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;

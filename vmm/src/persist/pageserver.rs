@@ -6,7 +6,7 @@
 //! talks to either the same way. It serves faults one at a time, without prefetching.
 
 use crate::error::{Error, Result};
-use crate::handoff;
+use crate::persist::handoff;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -200,7 +200,7 @@ pub fn serve_connection(sock: UnixStream, stop: Arc<AtomicBool>) -> Result<Serve
         .enable_all()
         .build()
         .map_err(Error::io("page server runtime"))?;
-    let store = crate::checkpoint::open_store(&store_spec)?;
+    let store = crate::persist::checkpoint::open_store(&store_spec)?;
     let reader = rt
         .block_on(CheckpointReader::open(&store, &id))
         .map_err(|e| Error::Store(e.to_string()))?;

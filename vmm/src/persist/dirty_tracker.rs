@@ -1,9 +1,9 @@
 //! Drives [`DirtyWindows`] against a running VM: turns KVM dirty logging on, harvests the bitmaps
 //! at each window boundary, and closes the last window at the checkpoint's pause.
 
-use crate::dirty::{DirtyConfig, DirtyWindows, PAGE_SIZE};
 use crate::error::Result;
-use crate::vm::Vm;
+use crate::persist::dirty::{DirtyConfig, DirtyWindows, PAGE_SIZE};
+use crate::vstate::vm::Vm;
 use std::time::{Duration, Instant};
 use thaw_format::DirtyLog;
 

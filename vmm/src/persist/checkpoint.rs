@@ -2,9 +2,9 @@
 //! storage-backend writer; with dirty tracking, also the dirty log, which lays the checkpoint out
 //! unless a layout is given.
 
-use crate::dirty_tracker::{DirtyStats, DirtyTracker};
 use crate::error::{Error, Result};
-use crate::vm::Vm;
+use crate::persist::dirty_tracker::{DirtyStats, DirtyTracker};
+use crate::vstate::vm::Vm;
 use std::time::Instant;
 use thaw_store::{MemoryRegion, Store, WriteOptions};
 

@@ -20,7 +20,7 @@
 //! of the state reflects them) and vCPU events last.
 
 use crate::error::{Error, Result};
-use crate::state::{pod_bytes, pod_from_bytes, VcpuState};
+use crate::persist::state::{pod_bytes, pod_from_bytes, VcpuState};
 use kvm_bindings::{kvm_cpuid_entry2, kvm_msr_entry, kvm_sregs2, kvm_xsave, Msrs, Xsave, KVMIO};
 use kvm_ioctls::VcpuFd;
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};

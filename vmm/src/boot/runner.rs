@@ -1,11 +1,11 @@
 //! Running the test guest to completion (or to a checkpoint) and collecting its checksums.
 
+use crate::boot::testguest::{self, Params};
 use crate::devices::GuestEvent;
 use crate::error::{Error, Result};
-use crate::memory::{self, GuestMemory};
-use crate::state::GuestKind;
-use crate::testguest::{self, Params};
-use crate::vm::{Vm, VmConfig};
+use crate::persist::state::GuestKind;
+use crate::vstate::memory::{self, GuestMemory};
+use crate::vstate::vm::{Vm, VmConfig};
 use std::time::{Duration, Instant};
 
 /// Final checksum of each vCPU.
