@@ -4,6 +4,7 @@
 
 use crate::boot::runner::{boot_test_guest, wait_done};
 use crate::boot::testguest::{self, Params, Pattern};
+use crate::devices::report_port;
 use crate::devices::serial::SerialOutput;
 use crate::devices::GuestEvent;
 use crate::error::{Error, Result};
@@ -69,7 +70,7 @@ fn checkpoint_after_first_pass(
     loop {
         match vm.next_event(deadline.saturating_duration_since(Instant::now()))? {
             Some(GuestEvent::Report {
-                code: testguest::CODE_PROGRESS,
+                code: report_port::CODE_PROGRESS,
                 ..
             }) => break,
             Some(_) => {}

@@ -5,7 +5,8 @@
 
 use crate::arch::cpuid::CpuBaseline;
 use crate::boot::runner::{boot_test_guest, wait_done};
-use crate::boot::testguest::{self, Params, Pattern};
+use crate::boot::testguest::{Params, Pattern};
+use crate::devices::report_port;
 use crate::devices::serial::SerialOutput;
 use crate::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
 use crate::persist::dirty::DirtyConfig;
@@ -372,7 +373,7 @@ fn run_and_maybe_checkpoint(
                 None => track_from.min(deadline),
             };
             if let Some(crate::devices::GuestEvent::Report {
-                code: testguest::CODE_DONE,
+                code: report_port::CODE_DONE,
                 cpu,
                 ..
             }) = vm.next_event(wake.saturating_duration_since(Instant::now()))?

@@ -1,6 +1,7 @@
 //! Running the test guest to completion (or to a checkpoint) and collecting its checksums.
 
 use crate::boot::testguest::{self, Params};
+use crate::devices::report_port;
 use crate::devices::GuestEvent;
 use crate::error::{Error, Result};
 use crate::persist::state::GuestKind;
@@ -58,7 +59,7 @@ pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Outcome> {
         match vm.next_event(left)? {
             Some(GuestEvent::Report {
                 cpu,
-                code: testguest::CODE_DONE,
+                code: report_port::CODE_DONE,
                 checksum,
                 ..
             }) => {
@@ -68,7 +69,7 @@ pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Outcome> {
             }
             Some(GuestEvent::Report {
                 cpu,
-                code: testguest::CODE_BAD_PARAMS,
+                code: report_port::CODE_BAD_PARAMS,
                 ..
             }) => return Err(Error::Guest(format!("vCPU {cpu} refused its parameters"))),
             Some(GuestEvent::Stopped { cpu, reason }) => {

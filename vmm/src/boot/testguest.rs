@@ -6,6 +6,7 @@
 //! with an all-ports-allowed I/O bitmap, `0x10000..` page tables, vCPU stacks below `0x80000` (16 KiB each), code at 1 MiB, and the data
 //! area the guest touches from 2 MiB to the end of the first memory region. Mirrors guest/layout.h.
 
+use crate::devices::report_port::{REPORT_ADDR, REPORT_STRIDE};
 use crate::error::{Error, Result};
 use crate::vstate::memory::GuestMemory;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
@@ -20,26 +21,16 @@ pub const TSS_ADDR: u64 = 0x5000;
 /// TSS limit: the 0x68-byte 64-bit TSS, an I/O bitmap for all 65536 ports, and its 0xff end byte.
 const TSS_LIMIT: u64 = 0x68 + 0x2000;
 pub const PARAMS_ADDR: u64 = 0x3000;
-pub const REPORT_ADDR: u64 = 0x4000;
-pub const REPORT_STRIDE: u64 = 64;
 pub const PML4_ADDR: u64 = 0x10000;
 pub const STACKS_TOP: u64 = 0x80000;
 pub const STACK_SIZE: u64 = 0x4000;
 pub const CODE_ADDR: u64 = 0x10_0000;
 pub const AREA_START: u64 = 0x20_0000;
-/// The reporting port (guest/layout.h TG_PORT).
-pub const PORT: u16 = 0x0f00;
 pub const MAX_VCPUS: u32 = 8;
 /// Smallest memory the test guest runs in: code, tables and one 2 MiB data slice per vCPU.
 pub const MIN_MEMORY: u64 = 4 << 20;
 const PARAMS_MAGIC: u64 = 0x5448_4157_5447_5031;
 const MAX_MAPPED: u64 = 64 << 30;
-
-/// Report codes (guest/layout.h).
-pub const CODE_START: u64 = 1;
-pub const CODE_PROGRESS: u64 = 2;
-pub const CODE_DONE: u64 = 3;
-pub const CODE_BAD_PARAMS: u64 = 4;
 
 const USER_CS: u16 = 0x18 | 3;
 const USER_DS: u16 = 0x20 | 3;
@@ -97,26 +88,6 @@ impl Default for Params {
             hot_percent: 10,
         }
     }
-}
-
-/// One vCPU's report record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
-    pub checksum: u64,
-    pub touches: u64,
-    pub code: u64,
-    pub slice_pages: u64,
-}
-
-/// Reads vCPU `cpu`'s report from guest memory.
-pub fn read_report(mem: &GuestMemory, cpu: u32) -> Result<Report> {
-    let base = REPORT_ADDR + cpu as u64 * REPORT_STRIDE;
-    Ok(Report {
-        checksum: mem.read_u64(base)?,
-        touches: mem.read_u64(base + 8)?,
-        code: mem.read_u64(base + 16)?,
-        slice_pages: mem.read_u64(base + 24)?,
-    })
 }
 
 /// The data area in bytes for a memory of this size.

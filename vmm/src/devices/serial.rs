@@ -1,5 +1,6 @@
 //! The 8250 UART on COM1 (0x3f8, IRQ 4) backed by vm-superio, writing to stdout, a file or memory.
 
+use super::{BusAction, PortDevice};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -185,6 +186,23 @@ impl Uart {
     /// The device state for a checkpoint.
     pub fn state(&self) -> UartState {
         self.lock().state().into()
+    }
+}
+
+impl PortDevice for Uart {
+    fn write(&self, _cpu: u32, offset: u16, data: &[u8]) -> BusAction {
+        if let Some(&b) = data.first() {
+            Uart::write(self, offset as u8, b);
+        }
+        BusAction::Continue
+    }
+
+    fn read(&self, offset: u16, data: &mut [u8]) {
+        let v = Uart::read(self, offset as u8);
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = v;
+        }
     }
 }
 

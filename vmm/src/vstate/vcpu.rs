@@ -8,6 +8,7 @@
 //! on hardware KVM it moves during that run) and returns at once, so saved state never carries a
 //! half-done instruction.
 
+use crate::devices::{BusAction, PortBus};
 use crate::error::{Error, Result};
 use crate::persist::state::VcpuState;
 use crate::vstate::memory::GuestMemory;
@@ -21,23 +22,6 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
-
-/// What the I/O bus tells a vCPU to do after an access.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusAction {
-    /// Keep running the guest.
-    Continue,
-    /// Park this vCPU (the guest reported it is done) until told to resume.
-    Park,
-    /// Stop this vCPU for good (the guest asked for a reset or power-off).
-    Stop(String),
-}
-
-/// Port I/O devices seen by all vCPUs.
-pub trait IoBus: Send + Sync {
-    fn pio_out(&self, cpu: u32, port: u16, data: &[u8]) -> BusAction;
-    fn pio_in(&self, cpu: u32, port: u16, data: &mut [u8]);
-}
 
 /// Commands to a parked vCPU thread.
 pub enum Command {
@@ -123,7 +107,7 @@ pub struct VcpuHandle {
 
 struct Runner {
     vcpu: Vcpu,
-    bus: Arc<dyn IoBus>,
+    bus: Arc<PortBus>,
     pause: Arc<PauseFlag>,
     parked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -284,9 +268,9 @@ impl Runner {
                 }
             }
             let action = match self.vcpu.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => self.bus.pio_out(id, port, data),
+                Ok(VcpuExit::IoOut(port, data)) => self.bus.write(id, port, data),
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    self.bus.pio_in(id, port, data);
+                    self.bus.read(port, data);
                     BusAction::Continue
                 }
                 Ok(VcpuExit::MmioRead(_, data)) => {
@@ -357,7 +341,7 @@ impl VcpuHandle {
     /// Starts the vCPU's thread.
     pub fn spawn(
         vcpu: Vcpu,
-        bus: Arc<dyn IoBus>,
+        bus: Arc<PortBus>,
         pause: Arc<PauseFlag>,
         caps: Arc<VcpuCaps>,
         memory: Arc<GuestMemory>,

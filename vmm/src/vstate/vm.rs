@@ -1,8 +1,10 @@
 //! A KVM virtual machine: creation, vCPU threads, pause/resume, full state save and restore.
 
 use crate::arch::cpuid::{self, CpuBaseline, RequiredFeatures};
-use crate::devices::serial::{SerialOutput, Uart, UartState, COM1_IRQ};
-use crate::devices::{Devices, GuestEvent};
+use crate::devices::i8042::{self, ResetLine};
+use crate::devices::report_port::{self, ReportPort};
+use crate::devices::serial::{SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN};
+use crate::devices::{GuestEvent, PortBus};
 use crate::error::{Error, Result};
 use crate::persist::state::{GuestKind, VmState};
 use crate::vstate::memory::GuestMemory;
@@ -85,7 +87,8 @@ pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
     memory: Arc<GuestMemory>,
-    devices: Arc<Devices>,
+    uart: Arc<Uart>,
+    bus: Arc<PortBus>,
     events: Receiver<GuestEvent>,
     pause: Arc<PauseFlag>,
     caps: Arc<VcpuCaps>,
@@ -197,11 +200,11 @@ impl Vm {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
         fd.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(Error::kvm("KVM_IRQFD"))?;
-        let uart = Uart::new(
+        let uart = Arc::new(Uart::new(
             serial_irq.try_clone().map_err(Error::io("eventfd clone"))?,
             &config.serial,
             uart_state,
-        )?;
+        )?);
 
         let mut pending = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
@@ -244,12 +247,19 @@ impl Vm {
         let required = RequiredFeatures::of(&pending[0].cpuid);
         let memory = Arc::new(memory);
         let (tx, events) = channel();
-        let devices = Arc::new(Devices::new(uart, memory.clone(), tx));
+        let mut bus = PortBus::new();
+        bus.insert(COM1_BASE, COM1_LEN, uart.clone());
+        bus.insert(i8042::COMMAND_PORT, 1, Arc::new(ResetLine::new(tx.clone())));
+        if guest == GuestKind::TestGuest {
+            let port = ReportPort::new(memory.clone(), tx);
+            bus.insert(report_port::PORT, 1, Arc::new(port));
+        }
         Ok(Vm {
             kvm,
             fd,
             memory,
-            devices,
+            uart,
+            bus: Arc::new(bus),
             events,
             pause: Arc::new(PauseFlag::default()),
             caps: Arc::new(caps),
@@ -352,7 +362,7 @@ impl Vm {
         for vcpu in self.pending.drain(..) {
             let h = VcpuHandle::spawn(
                 vcpu,
-                self.devices.clone(),
+                self.bus.clone(),
                 self.pause.clone(),
                 self.caps.clone(),
                 self.memory.clone(),
@@ -415,7 +425,7 @@ impl Vm {
             ioapic: chip(KVM_IRQCHIP_IOAPIC, "KVM_GET_IRQCHIP (IOAPIC)")?,
             pit: self.fd.get_pit2().map_err(Error::kvm("KVM_GET_PIT2"))?,
             clock: self.fd.get_clock().map_err(Error::kvm("KVM_GET_CLOCK"))?,
-            serial: self.devices.uart.state(),
+            serial: self.uart.state(),
         })
     }
 
