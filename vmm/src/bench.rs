@@ -2,8 +2,8 @@
 //! and the test guest's time to finish a pass over 256 MiB after an eager and after a lazy restore
 //! from a local-directory store (the real fault path through KVM and userfaultfd).
 
-use crate::boot::runner::{boot_test_guest, wait_done};
 use crate::boot::testguest::{self, Params, Pattern};
+use crate::boot::testguest::{boot_test_guest, wait_done};
 use crate::devices::report_port;
 use crate::devices::serial::SerialOutput;
 use crate::devices::GuestEvent;

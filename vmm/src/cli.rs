@@ -4,7 +4,7 @@
 //! console then goes to standard error unless `--serial` says otherwise).
 
 use crate::arch::cpuid::CpuBaseline;
-use crate::boot::runner::{boot_test_guest, wait_done};
+use crate::boot::testguest::{boot_test_guest, wait_done};
 use crate::boot::testguest::{Params, Pattern};
 use crate::devices::report_port;
 use crate::devices::serial::SerialOutput;

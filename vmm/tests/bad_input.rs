@@ -7,7 +7,7 @@ use std::time::Duration;
 use thaw_format::CheckpointId;
 use thaw_store::{MemoryRegion, WriteOptions};
 use vmm::arch::cpuid::{self, Reg};
-use vmm::boot::runner::boot_test_guest;
+use vmm::boot::testguest::boot_test_guest;
 use vmm::boot::testguest::Params;
 use vmm::devices::serial::SerialOutput;
 use vmm::persist::checkpoint::{open_store, runtime};

@@ -1,8 +1,8 @@
 //! The test guest runs on KVM at CPL3 and ends with the checksum the host-side model predicts.
 
 use std::time::Duration;
-use vmm::boot::runner::{boot_test_guest, wait_done};
 use vmm::boot::testguest::{self, Params, Pattern};
+use vmm::boot::testguest::{boot_test_guest, wait_done};
 use vmm::devices::serial::SerialOutput;
 use vmm::vstate::vm::VmConfig;
 

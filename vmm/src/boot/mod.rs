@@ -1,5 +1,4 @@
 //! Booting guests: the built-in test guest and Linux.
 
 pub mod linux;
-pub mod runner;
 pub mod testguest;

@@ -6,12 +6,19 @@
 //! with an all-ports-allowed I/O bitmap, `0x10000..` page tables, vCPU stacks below `0x80000` (16 KiB each), code at 1 MiB, and the data
 //! area the guest touches from 2 MiB to the end of the first memory region. Mirrors guest/layout.h.
 
+use crate::arch::gdt::{Gdt, Segment, SegmentKind};
+use crate::arch::paging;
+use crate::devices::report_port;
 use crate::devices::report_port::{REPORT_ADDR, REPORT_STRIDE};
+use crate::devices::GuestEvent;
 use crate::error::{Error, Result};
+use crate::persist::state::GuestKind;
 use crate::vstate::memory::GuestMemory;
+use crate::vstate::vm::{Vm, VmConfig};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// The guest program, a flat binary loaded at [`CODE_ADDR`].
 pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.bin"));
@@ -19,7 +26,7 @@ pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.bin
 pub const GDT_ADDR: u64 = 0x1000;
 pub const TSS_ADDR: u64 = 0x5000;
 /// TSS limit: the 0x68-byte 64-bit TSS, an I/O bitmap for all 65536 ports, and its 0xff end byte.
-const TSS_LIMIT: u64 = 0x68 + 0x2000;
+const TSS_LIMIT: u32 = 0x68 + 0x2000;
 pub const PARAMS_ADDR: u64 = 0x3000;
 pub const PML4_ADDR: u64 = 0x10000;
 pub const STACKS_TOP: u64 = 0x80000;
@@ -32,9 +39,34 @@ pub const MIN_MEMORY: u64 = 4 << 20;
 const PARAMS_MAGIC: u64 = 0x5448_4157_5447_5031;
 const MAX_MAPPED: u64 = 64 << 30;
 
-const USER_CS: u16 = 0x18 | 3;
-const USER_DS: u16 = 0x20 | 3;
-const TSS_SEL: u16 = 0x28;
+/// The segments the test guest runs in (CPL3) and its TSS.
+const USER_CODE: Segment = Segment::flat(SegmentKind::Code64, 3);
+const USER_DATA: Segment = Segment::flat(SegmentKind::Data, 3);
+const TSS: Segment = Segment::tss64(TSS_ADDR, TSS_LIMIT);
+
+/// The test guest's GDT and the selectors its vCPUs start with.
+struct Descriptors {
+    gdt: Gdt,
+    user_code: u16,
+    user_data: u16,
+    tss: u16,
+}
+
+/// Kernel code and data (unused, kept for a conventional layout), user code and data, the TSS.
+fn descriptors() -> Descriptors {
+    let mut gdt = Gdt::new();
+    gdt.push(Segment::flat(SegmentKind::Code64, 0));
+    gdt.push(Segment::flat(SegmentKind::Data, 0));
+    let user_code = gdt.push(USER_CODE);
+    let user_data = gdt.push(USER_DATA);
+    let tss = gdt.push(TSS);
+    Descriptors {
+        gdt,
+        user_code,
+        user_data,
+        tss,
+    }
+}
 
 /// How the guest walks its data area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -96,24 +128,6 @@ fn area_size(mem: &GuestMemory) -> u64 {
     (first.guest_phys_addr + first.size).saturating_sub(AREA_START)
 }
 
-fn gdt_entries() -> [u64; 7] {
-    let tss_limit = TSS_LIMIT;
-    let tss_low = (tss_limit & 0xffff)
-        | ((TSS_ADDR & 0xff_ffff) << 16)
-        | (0x8b << 40)
-        | (((tss_limit >> 16) & 0xf) << 48)
-        | (((TSS_ADDR >> 24) & 0xff) << 56);
-    [
-        0,
-        0x00af_9b00_0000_ffff, // kernel code (unused, kept for a conventional layout)
-        0x00cf_9300_0000_ffff, // kernel data
-        0x00af_fb00_0000_ffff, // user code: 64-bit, DPL 3
-        0x00cf_f300_0000_ffff, // user data: DPL 3
-        tss_low,
-        TSS_ADDR >> 32,
-    ]
-}
-
 /// Writes the program, GDT, TSS, page tables and parameters into guest memory.
 pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
@@ -133,9 +147,7 @@ pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
         return Err(Error::Config("test guest image larger than 1 MiB".into()));
     }
     mem.write(CODE_ADDR, IMAGE)?;
-    for (i, e) in gdt_entries().iter().enumerate() {
-        mem.write_u64(GDT_ADDR + i as u64 * 8, *e)?;
-    }
+    descriptors().gdt.write(mem, GDT_ADDR)?;
     // 64-bit TSS with an I/O permission bitmap that allows every port. RFLAGS.IOPL=3 alone would
     // do on hardware, but a KVM that runs CPL3 guest code natively in host user mode (as the
     // software KVM here does) cannot keep IOPL in the real RFLAGS; its emulation of the faulting
@@ -153,21 +165,7 @@ pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
         .max()
         .unwrap_or(0)
         .min(MAX_MAPPED);
-    let gib = top.div_ceil(1 << 30);
-    let pdpt = PML4_ADDR + 0x1000;
-    mem.write(PML4_ADDR, &[0u8; 4096])?;
-    mem.write(pdpt, &[0u8; 4096])?;
-    mem.write_u64(PML4_ADDR, pdpt | 0x7)?;
-    for g in 0..gib {
-        let pd = pdpt + 0x1000 * (g + 1);
-        mem.write_u64(pdpt + g * 8, pd | 0x7)?;
-        let mut table = vec![0u8; 4096];
-        for e in 0..512u64 {
-            let addr = (g << 30) | (e << 21);
-            table[e as usize * 8..e as usize * 8 + 8].copy_from_slice(&(addr | 0x87).to_le_bytes());
-        }
-        mem.write(pd, &table)?;
-    }
+    paging::identity_map_2m(mem, PML4_ADDR, top, true)?;
 
     let p = [
         PARAMS_MAGIC,
@@ -194,49 +192,25 @@ pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
     Ok(())
 }
 
-fn user_segment(selector: u16, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 3,
-        db: if code { 0 } else { 1 },
-        s: 1,
-        l: if code { 1 } else { 0 },
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// Puts vCPU `id` at the program's entry point in 64-bit mode, CPL3, IOPL3, interrupts off.
 pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
     let mut sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
-    sregs.cs = user_segment(USER_CS, true);
-    let data = user_segment(USER_DS, false);
+    let d = descriptors();
+    sregs.cs = USER_CODE.kvm_segment(d.user_code);
+    let data = USER_DATA.kvm_segment(d.user_data);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = kvm_segment {
-        base: TSS_ADDR,
-        limit: TSS_LIMIT as u32,
-        selector: TSS_SEL,
-        type_: 0xb,
-        present: 1,
-        ..Default::default()
-    };
+    sregs.tr = TSS.kvm_segment(d.tss);
     sregs.ldt = kvm_segment {
         type_: 2,
         unusable: 1,
         ..Default::default()
     };
     sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (gdt_entries().len() * 8 - 1) as u16;
+    sregs.gdt.limit = d.gdt.limit();
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
     // PG | AM | WP | NE | ET | MP | PE
@@ -270,6 +244,80 @@ pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
     })
     .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
     Ok(())
+}
+
+/// How a test guest run ended: each vCPU's final checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub checksums: Vec<u64>,
+}
+
+impl Finished {
+    /// One number for the whole guest (the vCPUs' checksums folded in order).
+    pub fn combined(&self) -> u64 {
+        self.checksums
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+                (h ^ c).wrapping_mul(0x100_0000_01b3)
+            })
+    }
+}
+
+/// Builds a VM with the test guest loaded, not yet started.
+pub fn boot_test_guest(config: &VmConfig, params: &Params) -> Result<Vm> {
+    if config.memory_bytes < MIN_MEMORY {
+        return Err(Error::MemoryTooSmall {
+            what: "the test guest".into(),
+            needed: MIN_MEMORY,
+            available: config.memory_bytes,
+        });
+    }
+    let mem = GuestMemory::new(&crate::vstate::memory::layout(config.memory_bytes))?;
+    load(&mem, config.vcpus, params)?;
+    let vm = Vm::create(config, mem, GuestKind::TestGuest, None, None)?;
+    for v in vm.pending_vcpus() {
+        setup_vcpu(&v.fd, v.id)?;
+    }
+    Ok(vm)
+}
+
+/// Waits until every vCPU of a running test guest reports done.
+pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished> {
+    let n = vm.vcpu_count();
+    let mut done: Vec<Option<u64>> = vec![None; n];
+    let deadline = Instant::now() + timeout;
+    while done.iter().any(|d| d.is_none()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout(format!(
+                "test guest not done after {timeout:?}"
+            )));
+        }
+        match vm.next_event(left)? {
+            Some(GuestEvent::Report {
+                cpu,
+                code: report_port::CODE_DONE,
+                checksum,
+                ..
+            }) => {
+                if let Some(slot) = done.get_mut(cpu as usize) {
+                    *slot = Some(checksum);
+                }
+            }
+            Some(GuestEvent::Report {
+                cpu,
+                code: report_port::CODE_BAD_PARAMS,
+                ..
+            }) => return Err(Error::Guest(format!("vCPU {cpu} refused its parameters"))),
+            Some(GuestEvent::Stopped { cpu, reason }) => {
+                return Err(Error::Guest(format!("vCPU {cpu}: {reason}")))
+            }
+            Some(GuestEvent::Report { .. }) | None => {}
+        }
+    }
+    Ok(Finished {
+        checksums: done.into_iter().map(|d| d.unwrap_or_default()).collect(),
+    })
 }
 
 /// Computes on the host what vCPU `cpu` of the test guest ends with: the same algorithm as
