@@ -11,9 +11,11 @@
 //! cache with single flight), [`install`] (userfaultfd ioctls).
 
 pub mod agent;
+#[cfg(feature = "block-server")]
 pub mod block_server;
 pub mod bucket;
 pub mod cache;
+#[cfg(feature = "block-server")]
 pub mod cli;
 pub mod fetch;
 pub mod floor;
