@@ -128,10 +128,15 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
             out.insert("resume_ms_256mib".into(), json!(r.timings.resume_ms));
             out.insert("resume_open_ms_256mib".into(), json!(r.timings.open_ms));
             out.insert("resume_state_ms_256mib".into(), json!(r.timings.state_ms));
-            if let Some(ps) = r.page_server.take() {
-                let stats = ps.finish()?;
-                out.insert("lazy_faults_256mib".into(), json!(stats.faults));
-                out.insert("lazy_blocks_256mib".into(), json!(stats.blocks_fetched));
+            if let Some(report) = r
+                .agent
+                .take()
+                .map(|link| link.finish())
+                .transpose()?
+                .flatten()
+            {
+                out.insert("lazy_faults_256mib".into(), json!(report.faults));
+                out.insert("lazy_blocks_256mib".into(), json!(report.fetched_blocks));
             }
         } else {
             out.insert("eager_read_ms_256mib".into(), json!(r.timings.memory_ms));

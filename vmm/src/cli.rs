@@ -1,4 +1,4 @@
-//! Command-line surface of the vmm: `thaw vm run | checkpoint | restore | page-server`.
+//! Command-line surface of the vmm: `thaw vm run | checkpoint | restore`.
 //!
 //! Machine-readable results go to standard output as JSON lines when `--json` is given (the guest's
 //! console then goes to standard error unless `--serial` says otherwise).
@@ -32,10 +32,9 @@ pub enum VmCommand {
     Run(RunArgs),
     /// Boot a guest, run it for --at, checkpoint it to --store and stop (or go on with --resume).
     Checkpoint(CheckpointArgs),
-    /// Restore a checkpoint in this process: lazily by default, --eager, or through --agent.
+    /// Restore a checkpoint in this process: lazily by default (a fetch agent inside this
+    /// process serves memory from the store), --eager, or through the fetch agent at --agent.
     Restore(RestoreArgs),
-    /// Serve lazy restores: accept hand-offs (uffd + JSON) on a Unix socket.
-    PageServer(PageServerArgs),
     /// The resume benchmark (also `thaw bench resume`): figures as JSON on stdout or to --json.
     #[command(hide = true)]
     BenchResume {
@@ -173,19 +172,12 @@ pub struct RestoreArgs {
     /// Read all memory before running.
     #[arg(long, conflicts_with = "agent")]
     pub eager: bool,
-    /// Hand guest memory to the page server (fetch agent) listening on this Unix socket.
+    /// Hand guest memory to the fetch agent listening on this Unix socket.
     #[arg(long)]
     pub agent: Option<PathBuf>,
     /// For a Linux guest: run this long after the restore, then stop.
     #[arg(long, value_parser = parse_duration)]
     pub run_for: Option<Duration>,
-}
-
-#[derive(Debug, Args)]
-pub struct PageServerArgs {
-    /// Unix socket to listen on.
-    #[arg(long)]
-    pub listen: PathBuf,
 }
 
 pub use thaw_format::units::{parse_duration, parse_size};
@@ -439,11 +431,21 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     };
     finish(&mut r.vm, linux, limit, &a.machine, &watch, t0)?;
     r.vm.stop()?;
-    if let Some(ps) = r.page_server.take() {
-        let stats = ps.finish()?;
+    if let Some(report) = r
+        .agent
+        .take()
+        .map(|link| link.finish())
+        .transpose()?
+        .flatten()
+    {
         emit(
             a.machine.json,
-            serde_json::json!({"event": "page_server", "stats": stats}),
+            serde_json::json!({
+                "event": "fetch_agent",
+                "faults": report.faults,
+                "fetched_blocks": report.fetched_blocks,
+                "fetched_bytes": report.fetched_bytes,
+            }),
         );
     }
     Ok(())
@@ -481,14 +483,6 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", p.display()))?,
                 None => println!("{text}"),
             }
-            Ok(())
-        }
-        VmCommand::PageServer(a) => {
-            let _ = std::fs::remove_file(&a.listen);
-            let listener = std::os::unix::net::UnixListener::bind(&a.listen)
-                .with_context(|| format!("listening on {}", a.listen.display()))?;
-            eprintln!("page server listening on {}", a.listen.display());
-            crate::persist::pageserver::serve_forever(listener)?;
             Ok(())
         }
     }

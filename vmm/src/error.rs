@@ -48,10 +48,10 @@ pub enum Error {
     Timeout(String),
     #[error("userfaultfd: {0}")]
     Uffd(String),
-    #[error("hand-off to page server: {0}")]
+    #[error("hand-off to the fetch agent: {0}")]
     Handoff(String),
-    #[error("fetch agent at {} exited; guest memory can no longer be served", .0.display())]
-    AgentGone(std::path::PathBuf),
+    #[error("{0} exited; guest memory can no longer be served")]
+    AgentGone(crate::persist::agent_link::AgentLocation),
     #[error("checkpoint store: {0}")]
     Store(String),
 }

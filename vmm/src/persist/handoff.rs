@@ -3,9 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::vstate::memory::GuestMemory;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use thaw_format::handoff::{Handoff, RegionMapping, MAX_MESSAGE};
+use thaw_format::handoff::{Handoff, RegionMapping};
 use userfaultfd::{Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -15,7 +15,7 @@ pub const PAGE_SIZE: u64 = 4096;
 /// Creates a userfaultfd and registers all guest memory with it in missing mode.
 pub fn register(mem: &GuestMemory) -> Result<Uffd> {
     // Not user-mode-only: KVM touches guest memory from kernel context on the vCPU's behalf, and
-    // those faults must reach the page server too.
+    // those faults must reach the fetch agent too.
     let uffd = UffdBuilder::new()
         .close_on_exec(true)
         .non_blocking(true)
@@ -69,36 +69,4 @@ pub fn send(sock: &UnixStream, handoff: &Handoff, uffd: &Uffd) -> Result<()> {
             .map_err(|e| Error::Handoff(format!("send: {e}")))?;
     }
     Ok(())
-}
-
-/// Receives a hand-off: the uffd and the JSON message (either form).
-pub fn recv(sock: &UnixStream) -> Result<(Handoff, Uffd)> {
-    let mut buf = vec![0u8; 64 << 10];
-    let (n, file) = sock
-        .recv_with_fd(&mut buf)
-        .map_err(|e| Error::Handoff(format!("receive: {e}")))?;
-    let file = file.ok_or_else(|| Error::Handoff("no userfaultfd attached".into()))?;
-    let mut msg = buf[..n].to_vec();
-    // The message may arrive in pieces: read on until it parses or cannot grow.
-    loop {
-        match serde_json::from_slice::<serde_json::Value>(&msg) {
-            Ok(_) => break,
-            Err(e) if e.is_eof() && msg.len() < MAX_MESSAGE => {
-                use std::io::Read;
-                let got = (&*sock)
-                    .read(&mut buf)
-                    .map_err(|e| Error::Handoff(format!("receive: {e}")))?;
-                if got == 0 {
-                    return Err(Error::Handoff("connection closed mid-message".into()));
-                }
-                msg.extend_from_slice(&buf[..got]);
-            }
-            Err(_) => break,
-        }
-    }
-    let handoff = Handoff::parse(&msg).map_err(|e| Error::Handoff(e.to_string()))?;
-    // SAFETY: the fd was just received by SCM_RIGHTS and is owned by `file` alone; ownership moves
-    // into the Uffd.
-    let uffd = unsafe { Uffd::from_raw_fd(file.into_raw_fd()) };
-    Ok((handoff, uffd))
 }

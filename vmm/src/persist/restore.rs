@@ -1,32 +1,28 @@
 //! Restoring a checkpoint into a fresh VM, eagerly (all memory first) or lazily (empty memory
-//! registered with userfaultfd and handed to a page server; the vCPUs run at once).
+//! registered with userfaultfd and handed to a fetch agent, in this process or another; the
+//! vCPUs run at once).
 
 use crate::error::{Error, Result};
+use crate::persist::agent_link::AgentLink;
 use crate::persist::handoff;
-use crate::persist::pageserver::InProcessServer;
 use crate::persist::state::VmState;
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vm::{self, AbortHandle, Vm, VmConfig};
+use crate::vstate::vm::{self, Vm, VmConfig};
 use futures::TryStreamExt;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::path::PathBuf;
 use std::time::Instant;
 use thaw_format::CheckpointId;
 use thaw_store::{CheckpointReader, Store};
-use userfaultfd::Uffd;
 
 /// How guest memory comes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// Read every block into memory, then run.
     Eager,
-    /// Run at once; an in-process page server thread serves faults.
+    /// Run at once; the fetch agent's code, run in this process, serves faults from the
+    /// checkpoint's store.
     Lazy,
-    /// Run at once; the page server (fetch agent) listening on this socket serves faults.
+    /// Run at once; the fetch agent listening on this Unix socket serves faults.
     Agent(PathBuf),
 }
 
@@ -50,83 +46,9 @@ pub struct Restored {
     pub vm: Vm,
     pub state: VmState,
     pub timings: RestoreTimings,
-    /// The in-process page server (lazy mode).
-    pub page_server: Option<InProcessServer>,
-    /// The socket to the page server (lazy and agent mode); dropping it ends the session.
+    /// The fetch agent serving guest memory (lazy and agent mode). Dropping it, or
+    /// [`AgentLink::finish`], ends the agent's session: stop the VM first.
     pub agent: Option<AgentLink>,
-}
-
-/// The hand-off connection to a page server. In agent mode a watcher thread notices the agent
-/// exiting (the socket hangs up) and aborts the VM with [`Error::AgentGone`] instead of letting
-/// it hang or run on with memory nobody serves. Dropping the link stops the watcher and closes
-/// the connection.
-pub struct AgentLink {
-    stream: UnixStream,
-    stop: Arc<AtomicBool>,
-    watcher: Option<JoinHandle<()>>,
-}
-
-impl AgentLink {
-    fn plain(stream: UnixStream) -> Self {
-        AgentLink {
-            stream,
-            stop: Arc::new(AtomicBool::new(false)),
-            watcher: None,
-        }
-    }
-
-    /// Watches `stream` for the agent at `path` hanging up. The watcher keeps the vmm's copy of
-    /// `uffd` open until then, so a fault arriving after the agent died waits (instead of
-    /// reading zeros) until the VM is aborted; on hang-up it records the error first and then
-    /// closes the uffd, which releases the waiting faults so the vCPU threads can be stopped.
-    fn watched(stream: UnixStream, path: &Path, uffd: Uffd, abort: AbortHandle) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let fd = stream.as_raw_fd();
-        let path = path.to_path_buf();
-        let flag = stop.clone();
-        let watcher = std::thread::Builder::new()
-            .name("agent-watch".into())
-            .spawn(move || {
-                let _uffd = uffd;
-                while !flag.load(Ordering::Acquire) {
-                    let mut p = libc::pollfd {
-                        fd,
-                        events: libc::POLLRDHUP,
-                        revents: 0,
-                    };
-                    // SAFETY: `p` is one valid pollfd for the duration of the call; `fd` stays
-                    // open while this thread runs because `AgentLink::drop` joins it before
-                    // the stream closes.
-                    let n = unsafe { libc::poll(&mut p, 1, 100) };
-                    if n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
-                        let e = Error::AgentGone(path);
-                        tracing::error!("{e}");
-                        abort.abort(e);
-                        return;
-                    }
-                }
-            })
-            .map_err(Error::io("spawn the agent watcher thread"))?;
-        Ok(AgentLink {
-            stream,
-            stop,
-            watcher: Some(watcher),
-        })
-    }
-
-    /// The connection to the page server.
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-}
-
-impl Drop for AgentLink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(w) = self.watcher.take() {
-            let _ = w.join();
-        }
-    }
 }
 
 /// Opens a checkpoint's manifest and decodes its state blob.
@@ -216,43 +138,29 @@ pub fn restore(
     vm::check_host(&config.kvm_path, &state)?;
     let t1 = Instant::now();
     let mut mem = GuestMemory::new(&state.memory)?;
-    let mut page_server = None;
-    let mut agent = None;
-    let mut kept_uffd = None;
+    let mut lazy = None;
     match mode {
         Mode::Eager => fill_memory(rt, &reader, &mut mem)?,
         Mode::Lazy | Mode::Agent(_) => {
             let uffd = handoff::register(&mem)?;
             let msg = handoff::describe(&mem, Some(store_spec.to_string()), Some(id.to_string()));
-            let sock = match mode {
-                Mode::Agent(path) => UnixStream::connect(path).map_err(Error::io(format!(
-                    "connect to page server {}",
-                    path.display()
-                )))?,
-                _ => {
-                    let (server, sock) = InProcessServer::spawn()?;
-                    page_server = Some(server);
-                    sock
-                }
+            let link = match mode {
+                Mode::Agent(path) => AgentLink::connect(path)?,
+                _ => AgentLink::in_process(store_spec, store)?,
             };
-            handoff::send(&sock, &msg, &uffd)?;
-            if matches!(mode, Mode::Agent(_)) {
-                // Kept until the agent hangs up (see `AgentLink::watched`).
-                kept_uffd = Some(uffd);
-            } else {
-                // The page server holds its own copy of the uffd now; ours may close.
-                drop(uffd);
-            }
-            agent = Some(sock);
+            link.hand_off(&msg, &uffd)?;
+            lazy = Some((link, uffd));
         }
     }
     let t2 = Instant::now();
     let mut vm = Vm::restore(config, &state, mem)?;
-    let agent = match (mode, agent, kept_uffd) {
-        (Mode::Agent(path), Some(sock), Some(uffd)) => {
-            Some(AgentLink::watched(sock, path, uffd, vm.abort_handle())?)
+    let agent = match lazy {
+        Some((mut link, uffd)) => {
+            // The vmm's copy of the uffd is kept until the agent hangs up (see AgentLink::watch).
+            link.watch(uffd, vm.abort_handle())?;
+            Some(link)
         }
-        (_, sock, _) => sock.map(AgentLink::plain),
+        None => None,
     };
     let t3 = Instant::now();
     vm.start()?;
@@ -265,18 +173,10 @@ pub fn restore(
         state_ms: ms(t2, t3),
         resume_ms: ms(t0, t4),
     };
-    if page_server.is_some() {
-        // The in-process server's socket stays open as long as the VM runs.
-    }
     Ok(Restored {
         vm,
         state,
         timings,
-        page_server,
-        agent: if matches!(mode, Mode::Eager) {
-            None
-        } else {
-            agent
-        },
+        agent,
     })
 }
