@@ -7,10 +7,11 @@ use crate::boot::testguest::{boot_test_guest, wait_done};
 use crate::devices::report_port;
 use crate::devices::serial::SerialOutput;
 use crate::devices::GuestEvent;
-use crate::error::{Error, Result};
 use crate::persist::checkpoint::{checkpoint, open_store, runtime, CheckpointOutcome};
 use crate::persist::restore::{restore, Mode};
-use crate::vstate::vm::{VmConfig, DEFAULT_KVM_PATH};
+use crate::vstate::kvm::DEFAULT_KVM_PATH;
+use crate::vstate::vm::VmConfig;
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -74,7 +75,7 @@ fn checkpoint_after_first_pass(
                 ..
             }) => break,
             Some(_) => {}
-            None => return Err(Error::Timeout("first pass of the benchmark guest".into())),
+            None => bail!("timed out: first pass of the benchmark guest"),
         }
     }
     let outcome = checkpoint(&vm, rt, store, &Default::default())?;
@@ -89,7 +90,7 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         Some(d) => tempfile::tempdir_in(d),
         None => tempfile::tempdir(),
     }
-    .map_err(Error::io("create benchmark directory"))?;
+    .context("creating the benchmark directory")?;
     let spec = tmp.path().join("store").to_string_lossy().into_owned();
     let store = open_store(&spec)?;
     let kvm = &opts.kvm_path;
@@ -118,10 +119,10 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         let finish = t0.elapsed().as_secs_f64();
         r.vm.stop()?;
         if done.checksums != [want] {
-            return Err(Error::Guest(format!(
+            bail!(
                 "{mode:?} restore ended with checksum {:?}, expected {want}",
                 done.checksums
-            )));
+            );
         }
         out.insert(key.into(), json!(finish));
         if mode == Mode::Lazy {

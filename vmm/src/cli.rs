@@ -12,7 +12,8 @@ use crate::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_sto
 use crate::persist::dirty::DirtyConfig;
 use crate::persist::dirty_tracker::DirtyTracker;
 use crate::persist::restore::{restore, Mode};
-use crate::vstate::vm::{Vm, VmConfig, DEFAULT_KVM_PATH};
+use crate::vstate::kvm::DEFAULT_KVM_PATH;
+use crate::vstate::vm::{Vm, VmConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;

@@ -7,8 +7,5 @@ pub mod bench;
 pub mod boot;
 pub mod cli;
 pub mod devices;
-pub mod error;
 pub mod persist;
 pub mod vstate;
-
-pub use error::{Error, Result};

@@ -9,12 +9,15 @@ use thaw_store::{MemoryRegion, WriteOptions};
 use vmm::arch::cpuid::{self, Reg};
 use vmm::boot::testguest::boot_test_guest;
 use vmm::boot::testguest::Params;
+use vmm::boot::BootError;
 use vmm::devices::serial::SerialOutput;
 use vmm::persist::checkpoint::{open_store, runtime};
+use vmm::persist::restore::RestoreError;
 use vmm::persist::restore::{restore, Mode};
 use vmm::persist::state::VmState;
+use vmm::vstate::kvm::KvmError;
 use vmm::vstate::vm::VmConfig;
-use vmm::Error;
+use vmm::vstate::vm::VmError;
 
 const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 
@@ -52,7 +55,10 @@ fn no_kvm_device() {
         ..config()
     };
     let err = boot_test_guest(&cfg, &Params::default()).err().unwrap();
-    assert!(matches!(err, Error::KvmOpen { .. }), "{err}");
+    assert!(
+        matches!(err, BootError::Vm(VmError::Kvm(KvmError::Open { .. }))),
+        "{err}"
+    );
     assert!(err.to_string().contains("/nonexistent/kvm"), "{err}");
     let stderr = thaw_vmm_fails(&["run", "--kvm=/nonexistent/kvm", "--memory=8MiB"]);
     assert!(
@@ -148,7 +154,7 @@ fn corrupt_state_and_incompatible_cpu() {
         let err = restore(&cfg, &rt, &store, &spec, "corrupt", &mode)
             .err()
             .unwrap();
-        assert!(matches!(err, Error::StateBlob(_)), "{err}");
+        assert!(matches!(err, RestoreError::State(_)), "{err}");
         assert!(err.to_string().contains("hash mismatch"), "{err}");
         assert_eq!(vcpu_threads(), 0, "no vCPU may run after a failed restore");
 
@@ -156,7 +162,10 @@ fn corrupt_state_and_incompatible_cpu() {
             .err()
             .unwrap();
         let name = cpuid::feature_name(reg, bit);
-        assert!(matches!(err, Error::MissingCpuFeature { .. }), "{err}");
+        assert!(
+            matches!(err, RestoreError::Vm(VmError::MissingCpuFeature(_))),
+            "{err}"
+        );
         assert!(err.to_string().contains(&name), "{err} should name {name}");
         assert_eq!(vcpu_threads(), 0);
 
@@ -172,7 +181,10 @@ fn corrupt_state_and_incompatible_cpu() {
     let err = restore(&no_kvm, &rt, &store, &spec, "good", &Mode::Lazy)
         .err()
         .unwrap();
-    assert!(matches!(err, Error::KvmOpen { .. }), "{err}");
+    assert!(
+        matches!(err, RestoreError::Vm(VmError::Kvm(KvmError::Open { .. }))),
+        "{err}"
+    );
     // The good one restores (and runs: the guest never finishes, so pause and stop it).
     let mut r = restore(&cfg, &rt, &store, &spec, "good", &Mode::Lazy).unwrap();
     std::thread::sleep(Duration::from_millis(50));

@@ -2,8 +2,7 @@
 //! and the segment register KVM loads at boot (the descriptor's cached form), so the two cannot
 //! disagree.
 
-use crate::error::Result;
-use crate::vstate::memory::GuestMemory;
+use crate::vstate::memory::{GuestMemory, MemoryError};
 use kvm_bindings::kvm_segment;
 
 /// What a segment is for.
@@ -157,7 +156,7 @@ impl Gdt {
     }
 
     /// Writes the table into guest memory at `addr`.
-    pub fn write(&self, mem: &GuestMemory, addr: u64) -> Result<()> {
+    pub fn write(&self, mem: &GuestMemory, addr: u64) -> Result<(), MemoryError> {
         for (i, e) in self.entries.iter().enumerate() {
             mem.write_u64(addr + i as u64 * 8, *e)?;
         }

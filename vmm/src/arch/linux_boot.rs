@@ -5,8 +5,8 @@
 
 use crate::arch::gdt::{Gdt, Segment, SegmentKind};
 use crate::arch::paging;
-use crate::error::{Error, Result};
-use crate::vstate::memory::GuestMemory;
+use crate::vstate::kvm::KvmError;
+use crate::vstate::memory::{GuestMemory, MemoryError};
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs};
 use kvm_ioctls::VcpuFd;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
@@ -102,15 +102,15 @@ pub fn set_initrd(params: &mut boot_params, addr: u64, len: u64) {
 }
 
 /// Writes the boot GDT and the early page tables.
-pub fn write_entry_tables(mem: &GuestMemory) -> Result<()> {
+pub fn write_entry_tables(mem: &GuestMemory) -> Result<(), MemoryError> {
     boot_gdt().gdt.write(mem, GDT_ADDR)?;
     paging::identity_map_2m(mem, PML4, MAPPED, false)?;
     Ok(())
 }
 
 /// Registers of the boot CPU at the kernel's 64-bit entry, plus the MSRs firmware would set.
-pub fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<()> {
-    let mut sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+pub fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<(), KvmError> {
+    let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
     let g = boot_gdt();
     sregs.cs = BOOT_CODE.kvm_segment(g.code);
     let data = BOOT_DATA.kvm_segment(g.data);
@@ -134,7 +134,8 @@ pub fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<()> {
     sregs.cr3 = PML4;
     sregs.cr4 = 1 << 5; // PAE
     sregs.efer = 0x500; // LME | LMA
-    fd.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
+    fd.set_sregs(&sregs)
+        .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
     let regs = kvm_regs {
         rip: entry,
         rsp: BOOT_STACK,
@@ -143,13 +144,14 @@ pub fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<()> {
         rflags: 0x2,
         ..Default::default()
     };
-    fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+    fd.set_regs(&regs)
+        .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
     fd.set_fpu(&kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     })
-    .map_err(Error::kvm("KVM_SET_FPU"))?;
+    .map_err(KvmError::ioctl("KVM_SET_FPU"))?;
     let msr = |index: u32, data: u64| kvm_msr_entry {
         index,
         data,
@@ -165,10 +167,11 @@ pub fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<()> {
         msr(0x1a0, 1),             // MISC_ENABLE: fast strings
         msr(0x2ff, (1 << 11) | 6), // MTRRdefType: enabled, write-back
     ])
-    .map_err(|e| Error::Config(format!("boot MSRs: {e:?}")))?;
-    fd.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+    .map_err(KvmError::table("boot MSRs"))?;
+    fd.set_msrs(&msrs)
+        .map_err(KvmError::ioctl("KVM_SET_MSRS"))?;
     // LAPIC: LINT0 as ExtINT (the PIC's interrupts reach the CPU), LINT1 as NMI.
-    let mut lapic = fd.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;
+    let mut lapic = fd.get_lapic().map_err(KvmError::ioctl("KVM_GET_LAPIC"))?;
     let set_reg = |regs: &mut [std::os::raw::c_char; 1024], off: usize, mode: u32| {
         let mut v = u32::from_le_bytes([
             regs[off] as u8,
@@ -183,7 +186,8 @@ pub fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<()> {
     };
     set_reg(&mut lapic.regs, 0x350, 7);
     set_reg(&mut lapic.regs, 0x360, 4);
-    fd.set_lapic(&lapic).map_err(Error::kvm("KVM_SET_LAPIC"))?;
+    fd.set_lapic(&lapic)
+        .map_err(KvmError::ioctl("KVM_SET_LAPIC"))?;
     Ok(())
 }
 

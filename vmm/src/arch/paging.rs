@@ -1,8 +1,7 @@
 //! Identity-mapping page tables for entering long mode: guest-virtual = guest-physical, in
 //! 2 MiB pages.
 
-use crate::error::Result;
-use crate::vstate::memory::GuestMemory;
+use crate::vstate::memory::{GuestMemory, MemoryError};
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -14,7 +13,12 @@ const PAGE: u64 = 0x1000;
 /// most 512 GiB): the PML4 at `pml4`, the PDPT in the page after it, then one page directory of
 /// 2 MiB pages per GiB. `user` makes every page accessible at CPL3. Returns the first address
 /// after the tables.
-pub fn identity_map_2m(mem: &GuestMemory, pml4: u64, top: u64, user: bool) -> Result<u64> {
+pub fn identity_map_2m(
+    mem: &GuestMemory,
+    pml4: u64,
+    top: u64,
+    user: bool,
+) -> Result<u64, MemoryError> {
     let gib = top.div_ceil(1 << 30);
     assert!(gib <= 512, "one PDPT maps at most 512 GiB, not {gib} GiB");
     let flags = PRESENT | WRITABLE | if user { USER } else { 0 };

@@ -7,7 +7,7 @@
 //! ACPI tables (MADT) that would let it find more CPUs. `boot` refuses more than one vCPU.
 
 use crate::arch::linux_boot::{self, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
-use crate::error::{Error, Result};
+use crate::boot::BootError;
 use crate::persist::state::GuestKind;
 use crate::vstate::memory::{self, GuestMemory};
 use crate::vstate::vm::{Vm, VmConfig};
@@ -24,14 +24,19 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 nomodules i804
 pub const MIN_MEMORY: u64 = 64 << 20;
 
 /// Loads the kernel, initramfs and command line and builds a VM ready to start.
-pub fn boot(config: &VmConfig, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Result<Vm> {
+pub fn boot(
+    config: &VmConfig,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    cmdline: &str,
+) -> Result<Vm, BootError> {
     if config.vcpus != 1 {
-        return Err(Error::Config(
-            "Linux guests run on 1 vCPU for now (no ACPI/MP tables yet)".into(),
-        ));
+        return Err(BootError::LinuxVcpus {
+            vcpus: config.vcpus,
+        });
     }
     if config.memory_bytes < MIN_MEMORY {
-        return Err(Error::MemoryTooSmall {
+        return Err(BootError::MemoryTooSmall {
             what: "a Linux guest".into(),
             needed: MIN_MEMORY,
             available: config.memory_bytes,
@@ -50,10 +55,14 @@ fn load_kernel(
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
-) -> Result<u64> {
+) -> Result<u64, BootError> {
     let gm = mem.as_vm_memory()?;
-    let mut f = std::fs::File::open(kernel)
-        .map_err(Error::io(format!("open kernel {}", kernel.display())))?;
+    let read_kernel = |source| BootError::Read {
+        what: "kernel",
+        path: kernel.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(kernel).map_err(read_kernel)?;
     let bz = loader::bzimage::BzImage::load(&gm, None, &mut f, Some(GuestAddress(HIMEM_START)));
     let (result, entry) = match bz {
         Ok(r) => {
@@ -62,38 +71,43 @@ fn load_kernel(
         }
         Err(bz_err) => {
             use std::io::Seek;
-            f.rewind().map_err(Error::io("rewind kernel"))?;
+            f.rewind().map_err(read_kernel)?;
             match loader::elf::Elf::load(&gm, None, &mut f, Some(GuestAddress(HIMEM_START))) {
                 Ok(r) => {
                     let entry = r.kernel_load.raw_value();
                     (r, entry)
                 }
-                Err(elf_err) => {
-                    return Err(Error::Kernel(format!(
-                        "{} is neither a bzImage ({bz_err}) nor an ELF vmlinux ({elf_err})",
-                        kernel.display()
-                    )))
+                Err(elf) => {
+                    return Err(BootError::NotAKernel {
+                        path: kernel.to_path_buf(),
+                        bzimage: bz_err,
+                        elf,
+                    })
                 }
             }
         }
     };
 
-    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX)
-        .map_err(|e| Error::Config(format!("command line: {e}")))?;
-    cl.insert_str(cmdline)
-        .map_err(|e| Error::Config(format!("command line {cmdline:?}: {e}")))?;
-    loader::load_cmdline(&gm, GuestAddress(CMDLINE_ADDR), &cl)
-        .map_err(|e| Error::Kernel(format!("command line: {e}")))?;
+    let bad_cmdline = |source| BootError::Cmdline {
+        cmdline: cmdline.to_string(),
+        source,
+    };
+    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX).map_err(bad_cmdline)?;
+    cl.insert_str(cmdline).map_err(bad_cmdline)?;
+    loader::load_cmdline(&gm, GuestAddress(CMDLINE_ADDR), &cl).map_err(BootError::WriteCmdline)?;
     let mut params = linux_boot::zero_page(result.setup_header, cmdline, mem);
 
     if let Some(path) = initrd {
-        let data =
-            std::fs::read(path).map_err(Error::io(format!("read initrd {}", path.display())))?;
+        let data = std::fs::read(path).map_err(|source| BootError::Read {
+            what: "initrd",
+            path: path.to_path_buf(),
+            source,
+        })?;
         let addr = linux_boot::initrd_limit(&params, mem)
             .checked_sub(data.len() as u64)
             .map(|a| a & !0xfff)
             .filter(|a| *a >= result.kernel_end)
-            .ok_or_else(|| Error::MemoryTooSmall {
+            .ok_or_else(|| BootError::MemoryTooSmall {
                 what: format!("kernel and initrd ({} bytes)", data.len()),
                 needed: result.kernel_end + data.len() as u64,
                 available: mem.size(),
@@ -106,7 +120,7 @@ fn load_kernel(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE)),
         &gm,
     )
-    .map_err(|e| Error::Kernel(format!("boot params: {e}")))?;
+    .map_err(BootError::BootParams)?;
     drop(gm);
     linux_boot::write_entry_tables(mem)?;
     Ok(entry)
@@ -123,7 +137,7 @@ mod tests {
         std::fs::write(&p, b"#!/bin/sh\necho hello\n").unwrap();
         let mem = GuestMemory::new(&[(0, 64 << 20)]).unwrap();
         let err = load_kernel(&mem, &p, None, DEFAULT_CMDLINE).unwrap_err();
-        assert!(matches!(err, Error::Kernel(_)), "{err}");
+        assert!(matches!(err, BootError::NotAKernel { .. }), "{err}");
         assert!(err.to_string().contains("neither a bzImage"), "{err}");
     }
 }

@@ -8,12 +8,14 @@
 
 use crate::arch::gdt::{Gdt, Segment, SegmentKind};
 use crate::arch::paging;
+use crate::boot::BootError;
 use crate::devices::report_port;
 use crate::devices::report_port::{REPORT_ADDR, REPORT_STRIDE};
 use crate::devices::GuestEvent;
-use crate::error::{Error, Result};
 use crate::persist::state::GuestKind;
+use crate::vstate::kvm::KvmError;
 use crate::vstate::memory::GuestMemory;
+use crate::vstate::vm::VmError;
 use crate::vstate::vm::{Vm, VmConfig};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
@@ -68,6 +70,24 @@ fn descriptors() -> Descriptors {
     }
 }
 
+/// A test guest pattern name that is not one of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown pattern {0:?} (sequential, random, hot-set, pointer-chase)")]
+pub struct UnknownPattern(pub String);
+
+/// A running test guest did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("timed out: test guest not done after {0:?}")]
+    Timeout(Duration),
+    #[error("guest stopped: vCPU {cpu} refused its parameters")]
+    RefusedParams { cpu: u32 },
+    #[error("guest stopped: vCPU {cpu}: {reason}")]
+    Stopped { cpu: u32, reason: String },
+}
+
 /// How the guest walks its data area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -84,16 +104,14 @@ pub enum Pattern {
 }
 
 impl std::str::FromStr for Pattern {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = UnknownPattern;
+    fn from_str(s: &str) -> Result<Self, UnknownPattern> {
         match s {
             "sequential" => Ok(Pattern::Sequential),
             "random" => Ok(Pattern::Random),
             "hot-set" | "hotset" => Ok(Pattern::HotSet),
             "pointer-chase" => Ok(Pattern::PointerChase),
-            _ => Err(Error::Config(format!(
-                "unknown pattern {s:?} (sequential, random, hot-set, pointer-chase)"
-            ))),
+            _ => Err(UnknownPattern(s.to_string())),
         }
     }
 }
@@ -129,22 +147,20 @@ fn area_size(mem: &GuestMemory) -> u64 {
 }
 
 /// Writes the program, GDT, TSS, page tables and parameters into guest memory.
-pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
+pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(), BootError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
-        return Err(Error::Config(format!(
-            "the test guest runs on 1 to {MAX_VCPUS} vCPUs, not {vcpus}"
-        )));
+        return Err(BootError::TestGuestVcpus { vcpus });
     }
     let needed = AREA_START + vcpus as u64 * (2 << 20);
     if area_size(mem) < vcpus as u64 * (2 << 20) {
-        return Err(Error::MemoryTooSmall {
+        return Err(BootError::MemoryTooSmall {
             what: format!("the test guest on {vcpus} vCPUs"),
             needed,
             available: mem.size(),
         });
     }
     if IMAGE.len() as u64 > AREA_START - CODE_ADDR {
-        return Err(Error::Config("test guest image larger than 1 MiB".into()));
+        return Err(BootError::ImageTooLarge(IMAGE.len()));
     }
     mem.write(CODE_ADDR, IMAGE)?;
     descriptors().gdt.write(mem, GDT_ADDR)?;
@@ -193,8 +209,8 @@ pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
 }
 
 /// Puts vCPU `id` at the program's entry point in 64-bit mode, CPL3, IOPL3, interrupts off.
-pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
-    let mut sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
+    let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
     let d = descriptors();
     sregs.cs = USER_CODE.kvm_segment(d.user_code);
     let data = USER_DATA.kvm_segment(d.user_data);
@@ -220,7 +236,8 @@ pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
     sregs.cr4 = (1 << 5) | (1 << 9) | (1 << 10);
     // SCE | LME | LMA | NXE
     sregs.efer = 0x1 | 0x100 | 0x400 | 0x800;
-    fd.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
+    fd.set_sregs(&sregs)
+        .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
 
     let regs = kvm_regs {
         rip: CODE_ADDR,
@@ -230,19 +247,20 @@ pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
         rflags: 0x2 | 0x3000,
         ..Default::default()
     };
-    fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+    fd.set_regs(&regs)
+        .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    fd.set_fpu(&fpu).map_err(Error::kvm("KVM_SET_FPU"))?;
+    fd.set_fpu(&fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))?;
     // With an in-kernel LAPIC, application processors start waiting for INIT/SIPI; this guest
     // starts every vCPU at once instead.
     fd.set_mp_state(kvm_bindings::kvm_mp_state {
         mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
     })
-    .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
+    .map_err(KvmError::ioctl("KVM_SET_MP_STATE"))?;
     Ok(())
 }
 
@@ -264,9 +282,9 @@ impl Finished {
 }
 
 /// Builds a VM with the test guest loaded, not yet started.
-pub fn boot_test_guest(config: &VmConfig, params: &Params) -> Result<Vm> {
+pub fn boot_test_guest(config: &VmConfig, params: &Params) -> Result<Vm, BootError> {
     if config.memory_bytes < MIN_MEMORY {
-        return Err(Error::MemoryTooSmall {
+        return Err(BootError::MemoryTooSmall {
             what: "the test guest".into(),
             needed: MIN_MEMORY,
             available: config.memory_bytes,
@@ -282,16 +300,14 @@ pub fn boot_test_guest(config: &VmConfig, params: &Params) -> Result<Vm> {
 }
 
 /// Waits until every vCPU of a running test guest reports done.
-pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished> {
+pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished, RunError> {
     let n = vm.vcpu_count();
     let mut done: Vec<Option<u64>> = vec![None; n];
     let deadline = Instant::now() + timeout;
     while done.iter().any(|d| d.is_none()) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::Timeout(format!(
-                "test guest not done after {timeout:?}"
-            )));
+            return Err(RunError::Timeout(timeout));
         }
         match vm.next_event(left)? {
             Some(GuestEvent::Report {
@@ -308,9 +324,9 @@ pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished> {
                 cpu,
                 code: report_port::CODE_BAD_PARAMS,
                 ..
-            }) => return Err(Error::Guest(format!("vCPU {cpu} refused its parameters"))),
+            }) => return Err(RunError::RefusedParams { cpu }),
             Some(GuestEvent::Stopped { cpu, reason }) => {
-                return Err(Error::Guest(format!("vCPU {cpu}: {reason}")))
+                return Err(RunError::Stopped { cpu, reason })
             }
             Some(GuestEvent::Report { .. }) | None => {}
         }
@@ -416,7 +432,7 @@ mod tests {
     fn too_little_memory_is_refused() {
         let mem = GuestMemory::new(&[(0, 4 << 20)]).unwrap();
         let err = load(&mem, 2, &Params::default()).unwrap_err();
-        assert!(matches!(err, Error::MemoryTooSmall { .. }), "{err}");
+        assert!(matches!(err, BootError::MemoryTooSmall { .. }), "{err}");
         assert!(load(&mem, 9, &Params::default()).is_err());
         "pointer-chase".parse::<Pattern>().unwrap();
         assert!("zigzag".parse::<Pattern>().is_err());

@@ -3,7 +3,7 @@
 //! passes it on as a [`GuestEvent::Report`]. Mirrors guest/layout.h.
 
 use super::{BusAction, GuestEvent, PortDevice};
-use crate::vstate::memory::GuestMemory;
+use crate::vstate::memory::{GuestMemory, MemoryError};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ pub struct Report {
 }
 
 /// Reads vCPU `cpu`'s report from guest memory.
-pub fn read_report(mem: &GuestMemory, cpu: u32) -> crate::error::Result<Report> {
+pub fn read_report(mem: &GuestMemory, cpu: u32) -> Result<Report, MemoryError> {
     let base = REPORT_ADDR + cpu as u64 * REPORT_STRIDE;
     Ok(Report {
         checksum: mem.read_u64(base)?,

@@ -1,7 +1,6 @@
 //! The 8250 UART on COM1 (0x3f8, IRQ 4) backed by vm-superio, writing to stdout, a file or memory.
 
 use super::{BusAction, PortDevice};
-use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +15,18 @@ pub const COM1_BASE: u16 = 0x3f8;
 pub const COM1_LEN: u16 = 8;
 /// ISA IRQ (and IOAPIC GSI) of COM1.
 pub const COM1_IRQ: u32 = 4;
+
+/// The serial port's output could not be opened, or its saved state not restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("cannot open serial output {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt or unsupported VM state blob: serial port state: {0}")]
+    State(#[source] vm_superio::serial::Error<std::io::Error>),
+}
 
 /// Where the guest's console output goes.
 #[derive(Debug, Clone, Default)]
@@ -34,7 +45,7 @@ pub enum SerialOutput {
 }
 
 impl SerialOutput {
-    fn open(&self) -> Result<Box<dyn Write + Send>> {
+    fn open(&self) -> Result<Box<dyn Write + Send>, SerialError> {
         Ok(match self {
             SerialOutput::Stdout => Box::new(std::io::stdout()),
             SerialOutput::File(p) => Box::new(
@@ -42,7 +53,10 @@ impl SerialOutput {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(Error::io(format!("open serial output {}", p.display())))?,
+                    .map_err(|source| SerialError::Open {
+                        path: p.clone(),
+                        source,
+                    })?,
             ),
             SerialOutput::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
             SerialOutput::Tee(buf, p) => Box::new(TeeWriter(
@@ -148,13 +162,17 @@ pub struct Uart {
 
 impl Uart {
     /// A UART in reset state (or in `state`), raising `irq_evt` for interrupts.
-    pub fn new(irq_evt: EventFd, out: &SerialOutput, state: Option<&UartState>) -> Result<Uart> {
+    pub fn new(
+        irq_evt: EventFd,
+        out: &SerialOutput,
+        state: Option<&UartState>,
+    ) -> Result<Uart, SerialError> {
         let writer = out.open()?;
         let trigger = IrqTrigger(irq_evt);
         let serial = match state {
             None => Serial::new(trigger, writer),
             Some(s) => Serial::from_state(&s.into(), trigger, NoEvents, writer)
-                .map_err(|e| Error::StateBlob(format!("serial state: {e:?}")))?,
+                .map_err(SerialError::State)?,
         };
         Ok(Uart {
             inner: Mutex::new(serial),

@@ -9,10 +9,9 @@
 //! either way.
 //!
 //! While the VM runs, a watcher thread notices the agent hanging up and aborts the VM with
-//! [`Error::AgentGone`] instead of letting it hang or run on with memory nobody serves.
+//! [`HandoffError::AgentGone`] instead of letting it hang or run on with memory nobody serves.
 
-use crate::error::{Error, Result};
-use crate::persist::handoff;
+use crate::persist::handoff::{self, HandoffError};
 use crate::vstate::vm::AbortHandle;
 use fetch_agent::agent::{Agent, AgentConfig};
 use fetch_agent::fetch::FetchConfig;
@@ -26,6 +25,8 @@ use std::thread::JoinHandle;
 use thaw_format::handoff::Handoff;
 use thaw_store::Store;
 use userfaultfd::Uffd;
+
+type Result<T> = std::result::Result<T, HandoffError>;
 
 /// Bound of the in-process agent's block cache. One restore gains little from caching blocks it
 /// has installed already; a small cache keeps the host memory a restore costs close to the
@@ -63,27 +64,32 @@ pub struct AgentLink {
 impl AgentLink {
     /// Connects to the fetch agent listening at `path`.
     pub fn connect(path: &Path) -> Result<AgentLink> {
-        let stream = UnixStream::connect(path).map_err(Error::io(format!(
-            "connect to the fetch agent at {}",
-            path.display()
-        )))?;
-        Ok(AgentLink::new(
-            AgentLocation::Socket(path.to_path_buf()),
-            stream,
-            None,
-        ))
+        let location = AgentLocation::Socket(path.to_path_buf());
+        match UnixStream::connect(path) {
+            Ok(stream) => Ok(AgentLink::new(location, stream, None)),
+            Err(source) => Err(HandoffError::Connect {
+                agent: location,
+                source,
+            }),
+        }
     }
 
     /// Starts a fetch agent in this process that serves hand-offs naming `spec` from `store`
     /// (the store the checkpoint was opened from), and connects to it.
     pub fn in_process(spec: &str, store: &Store) -> Result<AgentLink> {
-        let (vmm_end, agent_end) = UnixStream::pair().map_err(Error::io("socketpair"))?;
+        let (vmm_end, agent_end) = UnixStream::pair().map_err(|source| HandoffError::Start {
+            what: "the in-process fetch agent (socket pair)",
+            source,
+        })?;
         let spec = spec.to_owned();
         let store = store.clone();
         let thread = std::thread::Builder::new()
             .name("fetch-agent".into())
             .spawn(move || serve_in_process(agent_end, &spec, store))
-            .map_err(Error::io("spawn the in-process fetch agent"))?;
+            .map_err(|source| HandoffError::Start {
+                what: "the in-process fetch agent's thread",
+                source,
+            })?;
         Ok(AgentLink::new(
             AgentLocation::InProcess,
             vmm_end,
@@ -143,14 +149,17 @@ impl AgentLink {
                     // the stream closes.
                     let n = unsafe { libc::poll(&mut p, 1, 100) };
                     if n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
-                        let e = Error::AgentGone(location);
+                        let e = HandoffError::AgentGone(location);
                         tracing::error!("{e}");
                         abort.abort(e);
                         return;
                     }
                 }
             })
-            .map_err(Error::io("spawn the agent watcher thread"))?;
+            .map_err(|source| HandoffError::Start {
+                what: "the thread watching the fetch agent",
+                source,
+            })?;
         self.watcher = Some(watcher);
         Ok(())
     }
@@ -163,7 +172,7 @@ impl AgentLink {
             None => Ok(None),
             Some(Ok(Ok(report))) => Ok(Some(report)),
             Some(Ok(Err(e))) => Err(e),
-            Some(Err(_)) => Err(Error::Handoff("the in-process fetch agent panicked".into())),
+            Some(Err(_)) => Err(HandoffError::InProcessAgentPanicked),
         }
     }
 
@@ -194,7 +203,10 @@ fn serve_in_process(conn: UnixStream, spec: &str, store: Store) -> Result<Restor
         .thread_name("fetch-agent-io")
         .enable_all()
         .build()
-        .map_err(Error::io("start the in-process fetch agent's runtime"))?;
+        .map_err(|source| HandoffError::Start {
+            what: "the in-process fetch agent's runtime",
+            source,
+        })?;
     let agent = Agent::new(
         AgentConfig {
             store: None,
@@ -210,6 +222,6 @@ fn serve_in_process(conn: UnixStream, spec: &str, store: Store) -> Result<Restor
     agent.register_store(spec, store);
     agent.handle(conn).map_err(|e| {
         tracing::error!("in-process fetch agent: {e}");
-        Error::Handoff(format!("in-process fetch agent: {e}"))
+        HandoffError::InProcessAgent(e)
     })
 }

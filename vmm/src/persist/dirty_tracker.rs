@@ -1,11 +1,12 @@
 //! Drives [`DirtyWindows`] against a running VM: turns KVM dirty logging on, harvests the bitmaps
 //! at each window boundary, and closes the last window at the checkpoint's pause.
 
-use crate::error::Result;
 use crate::persist::dirty::{DirtyConfig, DirtyWindows, PAGE_SIZE};
-use crate::vstate::vm::Vm;
+use crate::vstate::vm::{Vm, VmError};
 use std::time::{Duration, Instant};
 use thaw_format::DirtyLog;
+
+type Result<T> = std::result::Result<T, VmError>;
 
 /// What dirty tracking saw and cost, reported with the checkpoint.
 #[derive(Debug, Clone, serde::Serialize)]

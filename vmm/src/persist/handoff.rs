@@ -1,13 +1,46 @@
 //! The VMM side of the lazy-restore hand-off: register guest memory with userfaultfd and pass the
 //! uffd plus ONE JSON message (thaw_format::handoff) over a Unix stream socket by SCM_RIGHTS.
 
-use crate::error::{Error, Result};
+use crate::persist::agent_link::AgentLocation;
 use crate::vstate::memory::GuestMemory;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use thaw_format::handoff::{Handoff, RegionMapping};
 use userfaultfd::{Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// Guest memory could not be handed to a fetch agent, or the agent stopped serving it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("cannot create a userfaultfd: {0}")]
+    CreateUffd(#[source] userfaultfd::Error),
+    #[error("cannot register guest memory {addr:#x}+{size:#x} with userfaultfd: {source}")]
+    Register {
+        addr: u64,
+        size: u64,
+        source: userfaultfd::Error,
+    },
+    #[error("cannot connect to {agent}: {source}")]
+    Connect {
+        agent: AgentLocation,
+        source: std::io::Error,
+    },
+    #[error("cannot send the hand-off to the fetch agent: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("cannot start {what}: {source}")]
+    Start {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the in-process fetch agent failed: {0}")]
+    InProcessAgent(#[source] fetch_agent::agent::AgentError),
+    #[error("the in-process fetch agent panicked")]
+    InProcessAgentPanicked,
+    #[error("{0} exited; guest memory can no longer be served")]
+    AgentGone(AgentLocation),
+}
+
+type Result<T> = std::result::Result<T, HandoffError>;
 
 /// Page size of guest memory mappings.
 pub const PAGE_SIZE: u64 = 4096;
@@ -21,11 +54,13 @@ pub fn register(mem: &GuestMemory) -> Result<Uffd> {
         .non_blocking(true)
         .user_mode_only(false)
         .create()
-        .map_err(|e| Error::Uffd(format!("create: {e}")))?;
+        .map_err(HandoffError::CreateUffd)?;
     for r in mem.regions() {
         uffd.register(r.host_addr() as *mut libc::c_void, r.size as usize)
-            .map_err(|e| {
-                Error::Uffd(format!("register {:#x}+{:#x}: {e}", r.host_addr(), r.size))
+            .map_err(|source| HandoffError::Register {
+                addr: r.host_addr(),
+                size: r.size,
+                source,
             })?;
     }
     Ok(uffd)
@@ -60,13 +95,11 @@ pub fn send(sock: &UnixStream, handoff: &Handoff, uffd: &Uffd) -> Result<()> {
     let msg = handoff.encode();
     let n = sock
         .send_with_fd(&msg[..], uffd.as_raw_fd())
-        .map_err(|e| Error::Handoff(format!("send: {e}")))?;
+        .map_err(|e| HandoffError::Send(e.into()))?;
     if n != msg.len() {
         // The fd went with the first bytes; the rest follows as plain data.
         use std::io::Write;
-        (&*sock)
-            .write_all(&msg[n..])
-            .map_err(|e| Error::Handoff(format!("send: {e}")))?;
+        (&*sock).write_all(&msg[n..]).map_err(HandoffError::Send)?;
     }
     Ok(())
 }

@@ -2,17 +2,43 @@
 //! registered with userfaultfd and handed to a fetch agent, in this process or another; the
 //! vCPUs run at once).
 
-use crate::error::{Error, Result};
 use crate::persist::agent_link::AgentLink;
-use crate::persist::handoff;
-use crate::persist::state::VmState;
-use crate::vstate::memory::GuestMemory;
-use crate::vstate::vm::{self, Vm, VmConfig};
+use crate::persist::handoff::{self, HandoffError};
+use crate::persist::state::{StateBlobError, VmState};
+use crate::vstate::memory::{GuestMemory, MemoryError};
+use crate::vstate::vm::{self, Vm, VmConfig, VmError};
 use futures::TryStreamExt;
 use std::path::PathBuf;
 use std::time::Instant;
-use thaw_format::CheckpointId;
+use thaw_format::{CheckpointId, FormatError};
 use thaw_store::{CheckpointReader, Store};
+
+/// A checkpoint could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("checkpoint store: checkpoint id {id:?}: {source}")]
+    BadId { id: String, source: FormatError },
+    #[error("checkpoint store: {0}")]
+    Store(#[from] thaw_store::CheckpointError),
+    #[error("corrupt or unsupported VM state blob: {0}")]
+    State(#[from] StateBlobError),
+    #[error("checkpoint does not match this VM: manifest memory layout {manifest:x?} differs from the VM state's {state:x?}")]
+    LayoutMismatch {
+        manifest: Vec<(u64, u64)>,
+        state: Vec<(u64, u64)>,
+    },
+    #[error("checkpoint store: page {0} lies outside guest memory")]
+    PageOutsideMemory(u64),
+    /// Building the VM, checking this host's CPU, writing state into KVM, starting vCPUs.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
+}
+
+type Result<T> = std::result::Result<T, RestoreError>;
 
 /// How guest memory comes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,12 +83,11 @@ pub fn open(
     store: &Store,
     id: &str,
 ) -> Result<(CheckpointReader, VmState)> {
-    let cid: CheckpointId = id
-        .parse()
-        .map_err(|e| Error::Store(format!("checkpoint id {id:?}: {e}")))?;
-    let reader = rt
-        .block_on(CheckpointReader::open(store, &cid))
-        .map_err(|e| Error::Store(e.to_string()))?;
+    let cid: CheckpointId = id.parse().map_err(|source| RestoreError::BadId {
+        id: id.to_string(),
+        source,
+    })?;
+    let reader = rt.block_on(CheckpointReader::open(store, &cid))?;
     let state = VmState::decode(reader.state_blob())?;
     let layout: Vec<(u64, u64)> = reader
         .manifest()
@@ -71,10 +96,10 @@ pub fn open(
         .map(|r| (r.guest_phys_addr, r.size))
         .collect();
     if layout != state.memory {
-        return Err(Error::Incompatible(format!(
-            "manifest memory layout {layout:x?} differs from the VM state's {:x?}",
-            state.memory
-        )));
+        return Err(RestoreError::LayoutMismatch {
+            manifest: layout,
+            state: state.memory,
+        });
     }
     Ok((reader, state))
 }
@@ -100,23 +125,19 @@ pub fn fill_memory(
     rt.block_on(async {
         let order = reader.manifest().prefetch_order.clone();
         let mut blocks = reader.fetch_blocks(order, 8);
-        while let Some(block) = blocks
-            .try_next()
-            .await
-            .map_err(|e| Error::Store(e.to_string()))?
-        {
+        while let Some(block) = blocks.try_next().await? {
             for (page, bytes) in block.pages() {
                 let off = page * ps as u64;
                 let (ri, &(start, _)) = starts
                     .iter()
                     .enumerate()
                     .find(|(_, (s, len))| off >= *s && off < s + len)
-                    .ok_or_else(|| Error::Store(format!("page {page} outside memory")))?;
+                    .ok_or(RestoreError::PageOutsideMemory(page))?;
                 let at = (off - start) as usize;
                 mem.region_bytes_mut(ri)[at..at + ps].copy_from_slice(bytes);
             }
         }
-        Ok::<(), Error>(())
+        Ok::<(), RestoreError>(())
     })
 }
 

@@ -7,7 +7,6 @@
 
 use crate::arch::cpuid::{CpuBaseline, RequiredFeatures};
 use crate::devices::serial::UartState;
-use crate::error::{Error, Result};
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
@@ -20,6 +19,35 @@ pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Largest payload accepted (a real state is tens of KiB).
 const MAX_PAYLOAD: u64 = 64 << 20;
+
+/// A state blob could not be encoded, or what was read is not one this build restores.
+#[derive(Debug, thiserror::Error)]
+pub enum StateBlobError {
+    #[error("cannot encode the VM state: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("{len} bytes is shorter than the {min}-byte header")]
+    TooShort { len: usize, min: usize },
+    #[error("bad magic: not a thaw VM state")]
+    BadMagic,
+    #[error("format version {found}, this build reads version {supported}")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("payload length {declared} does not match the {actual} bytes present")]
+    LengthMismatch { declared: u64, actual: u64 },
+    #[error("hash mismatch: the blob is corrupt")]
+    ChecksumMismatch,
+    #[error("cannot parse: {0}")]
+    Parse(#[source] serde_json::Error),
+    #[error("no vCPUs")]
+    NoVcpus,
+    #[error("bad memory layout {0:x?}")]
+    BadMemoryLayout(Vec<(u64, u64)>),
+    #[error("vCPU {index} has id {id}")]
+    VcpuId { index: usize, id: u32 },
+    #[error("vCPU {0}: XSAVE area too short")]
+    XsaveTooShort(usize),
+}
+
+type Result<T> = std::result::Result<T, StateBlobError>;
 
 /// State of one vCPU, in the order it is restored (see restore.rs for why that order).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,8 +103,7 @@ impl VmState {
 
     /// Encodes the state as a versioned, hashed blob.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let payload = serde_json::to_vec(self)
-            .map_err(|e| Error::StateBlob(format!("cannot encode: {e}")))?;
+        let payload = serde_json::to_vec(self).map_err(StateBlobError::Encode)?;
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -89,42 +116,40 @@ impl VmState {
     /// Decodes and verifies a blob made by [`VmState::encode`].
     pub fn decode(blob: &[u8]) -> Result<VmState> {
         if blob.len() < HEADER_LEN {
-            return Err(Error::StateBlob(format!(
-                "{} bytes is shorter than the {HEADER_LEN}-byte header",
-                blob.len()
-            )));
+            return Err(StateBlobError::TooShort {
+                len: blob.len(),
+                min: HEADER_LEN,
+            });
         }
         if &blob[..8] != MAGIC {
-            return Err(Error::StateBlob("bad magic: not a thaw VM state".into()));
+            return Err(StateBlobError::BadMagic);
         }
         let version = u32::from_le_bytes(blob[8..12].try_into().expect("4 bytes"));
         if version != FORMAT_VERSION {
-            return Err(Error::StateBlob(format!(
-                "format version {version}, this build reads version {FORMAT_VERSION}"
-            )));
+            return Err(StateBlobError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let len = u64::from_le_bytes(blob[12..20].try_into().expect("8 bytes"));
         let payload = &blob[HEADER_LEN..];
         if len > MAX_PAYLOAD || len != payload.len() as u64 {
-            return Err(Error::StateBlob(format!(
-                "payload length {len} does not match the {} bytes present",
-                payload.len()
-            )));
+            return Err(StateBlobError::LengthMismatch {
+                declared: len,
+                actual: payload.len() as u64,
+            });
         }
         if blake3::hash(payload).as_bytes() != &blob[20..52] {
-            return Err(Error::StateBlob(
-                "hash mismatch: the blob is corrupt".into(),
-            ));
+            return Err(StateBlobError::ChecksumMismatch);
         }
-        let state: VmState = serde_json::from_slice(payload)
-            .map_err(|e| Error::StateBlob(format!("cannot parse: {e}")))?;
+        let state: VmState = serde_json::from_slice(payload).map_err(StateBlobError::Parse)?;
         state.validate()?;
         Ok(state)
     }
 
     fn validate(&self) -> Result<()> {
         if self.vcpus.is_empty() {
-            return Err(Error::StateBlob("no vCPUs".into()));
+            return Err(StateBlobError::NoVcpus);
         }
         if self.memory.is_empty()
             || self
@@ -132,14 +157,14 @@ impl VmState {
                 .iter()
                 .any(|&(gpa, size)| size == 0 || gpa % 4096 != 0 || size % 4096 != 0)
         {
-            return Err(Error::StateBlob("bad memory layout".into()));
+            return Err(StateBlobError::BadMemoryLayout(self.memory.clone()));
         }
         for (i, v) in self.vcpus.iter().enumerate() {
             if v.id as usize != i {
-                return Err(Error::StateBlob(format!("vCPU {i} has id {}", v.id)));
+                return Err(StateBlobError::VcpuId { index: i, id: v.id });
             }
             if v.xsave.len() < 1024 {
-                return Err(Error::StateBlob(format!("vCPU {i}: XSAVE area too short")));
+                return Err(StateBlobError::XsaveTooShort(i));
             }
         }
         Ok(())
@@ -154,21 +179,16 @@ pub(crate) fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
         .to_vec()
 }
 
-/// Rebuilds a plain-old-data KVM struct from bytes of exactly its size.
-pub(crate) fn pod_from_bytes<T: Copy + Default>(b: &[u8]) -> Result<T> {
+/// Rebuilds a plain-old-data KVM struct from bytes of exactly its size; None for any other size.
+pub(crate) fn pod_from_bytes<T: Copy + Default>(b: &[u8]) -> Option<T> {
     if b.len() != std::mem::size_of::<T>() {
-        return Err(Error::StateBlob(format!(
-            "{} bytes for a {}-byte {}",
-            b.len(),
-            std::mem::size_of::<T>(),
-            std::any::type_name::<T>()
-        )));
+        return None;
     }
     let mut v = T::default();
     // SAFETY: the length matches size_of::<T>() (checked above) and T is a KVM ABI struct for
     // which every bit pattern is valid (integers and arrays of integers only).
     unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), b.len()) };
-    Ok(v)
+    Some(v)
 }
 
 #[cfg(test)]
@@ -270,6 +290,6 @@ pub(crate) mod tests {
         let b = pod_bytes(&r);
         let back: kvm_regs = pod_from_bytes(&b).unwrap();
         assert_eq!(back.rflags, 0x3002);
-        assert!(pod_from_bytes::<kvm_regs>(&b[1..]).is_err());
+        assert!(pod_from_bytes::<kvm_regs>(&b[1..]).is_none());
     }
 }

@@ -4,7 +4,24 @@
 //! touches its pages, and a lazily restored guest can be registered with userfaultfd (missing mode)
 //! while every page is still absent.
 
-use crate::error::{Error, Result};
+/// Guest memory could not be mapped, or an access fell outside it.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("invalid configuration: memory region {gpa:#x}+{size:#x} is not page aligned")]
+    Misaligned { gpa: u64, size: u64 },
+    #[error("cannot map {size} bytes of guest memory: {source}")]
+    Map { size: u64, source: std::io::Error },
+    #[error("guest address {addr:#x} (+{len} bytes) is outside guest memory")]
+    OutOfRange { addr: u64, len: u64 },
+    #[error("cannot view guest memory through vm-memory: {0}")]
+    View(#[source] vm_memory::mmap::MmapRegionError),
+    #[error("cannot view guest memory through vm-memory: region at {0:#x} overflows")]
+    ViewOverflow(u64),
+    #[error("cannot view guest memory through vm-memory: {0}")]
+    ViewRegions(#[source] vm_memory::GuestRegionCollectionError),
+}
+
+type Result<T> = std::result::Result<T, MemoryError>;
 
 /// Guest-physical address where the 32-bit MMIO hole starts (the LAPIC, IOAPIC and firmware live
 /// above it); memory beyond it is placed at 4 GiB.
@@ -57,9 +74,7 @@ impl GuestMemory {
         let mut regions = Vec::with_capacity(layout.len());
         for &(gpa, size) in layout {
             if size == 0 || size % 4096 != 0 || gpa % 4096 != 0 {
-                return Err(Error::Config(format!(
-                    "memory region {gpa:#x}+{size:#x} is not page aligned"
-                )));
+                return Err(MemoryError::Misaligned { gpa, size });
             }
             // SAFETY: an anonymous private mapping at an address of the kernel's choosing; the
             // result is checked before use and unmapped exactly once in Drop.
@@ -74,8 +89,8 @@ impl GuestMemory {
                 )
             };
             if host == libc::MAP_FAILED {
-                return Err(Error::Io {
-                    op: format!("mmap of {size} bytes of guest memory"),
+                return Err(MemoryError::Map {
+                    size,
                     source: std::io::Error::last_os_error(),
                 });
             }
@@ -126,7 +141,7 @@ impl GuestMemory {
                 return Ok(unsafe { r.host.add((addr - r.guest_phys_addr) as usize) });
             }
         }
-        Err(Error::GuestAddress { addr, len })
+        Err(MemoryError::OutOfRange { addr, len })
     }
 
     /// Copies `data` into guest memory at `addr`.
@@ -172,14 +187,13 @@ impl GuestMemory {
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 )
             }
-            .map_err(|e| Error::Config(format!("vm-memory view: {e}")))?;
+            .map_err(MemoryError::View)?;
             let region =
                 vm_memory::GuestRegionMmap::new(mmap, vm_memory::GuestAddress(r.guest_phys_addr))
-                    .ok_or_else(|| Error::Config("vm-memory region overflow".into()))?;
+                    .ok_or(MemoryError::ViewOverflow(r.guest_phys_addr))?;
             regions.push(region);
         }
-        vm_memory::GuestMemoryMmap::from_regions(regions)
-            .map_err(|e| Error::Config(format!("vm-memory view: {e}")))
+        vm_memory::GuestMemoryMmap::from_regions(regions).map_err(MemoryError::ViewRegions)
     }
 }
 
@@ -215,7 +229,7 @@ mod tests {
         assert_eq!(m.read_u64(0x10ff8).unwrap(), 0x1234);
         assert!(matches!(
             m.write_u64(0x10ffc, 1),
-            Err(Error::GuestAddress { .. })
+            Err(MemoryError::OutOfRange { .. })
         ));
         assert!(m.read_u64(0x3000).is_err());
         assert_eq!(m.size(), 12288);

@@ -9,9 +9,10 @@
 //! half-done instruction.
 
 use crate::devices::{BusAction, PortBus};
-use crate::error::{Error, Result};
 use crate::persist::state::VcpuState;
+use crate::vstate::kvm::KvmError;
 use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu_state::VcpuStateError;
 use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::kvm_cpuid_entry2;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -23,9 +24,43 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+/// A vCPU thread could not start, failed, or could not be paused or read.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(#[source] std::io::Error),
+    #[error("cannot start the thread of vCPU {cpu}: {source}")]
+    Spawn { cpu: u32, source: std::io::Error },
+    #[error("timed out: vCPU {cpu} did not pause")]
+    PauseTimeout { cpu: u32 },
+    #[error("vCPU {cpu}: {what}")]
+    ThreadGone { cpu: u32, what: &'static str },
+    #[error("vCPU {cpu}: {source}")]
+    Kvm { cpu: u32, source: KvmError },
+    #[error("vCPU {cpu}: KVM entry failed: reason {reason:#x} on host cpu {host_cpu}")]
+    EntryFailed {
+        cpu: u32,
+        reason: u64,
+        host_cpu: u32,
+    },
+    #[error("vCPU {cpu}: KVM internal error (suberror {suberror}, data {data:x?}) {registers}")]
+    Internal {
+        cpu: u32,
+        suberror: u32,
+        data: Vec<u64>,
+        registers: String,
+    },
+    #[error("vCPU {cpu}: {exit}")]
+    UnhandledExit { cpu: u32, exit: String },
+    #[error("vCPU {cpu}: {source}")]
+    State { cpu: u32, source: VcpuStateError },
+}
+
+type Result<T> = std::result::Result<T, VcpuError>;
+
 /// Commands to a parked vCPU thread.
 pub enum Command {
-    Save(Sender<Result<VcpuState>>),
+    Save(Sender<std::result::Result<VcpuState, VcpuStateError>>),
     Resume,
     Stop,
 }
@@ -35,7 +70,7 @@ pub enum Command {
 pub enum VcpuEnd {
     Stopped,
     GuestStopped(String),
-    Failed(Error),
+    Failed(VcpuError),
 }
 
 thread_local! {
@@ -68,10 +103,9 @@ fn install_kick_handler() -> Result<()> {
     // SAFETY: call_once has completed, so no writer remains.
     let errno = unsafe { RESULT };
     if errno != 0 {
-        return Err(Error::Io {
-            op: "install vCPU kick signal handler".into(),
-            source: std::io::Error::from_raw_os_error(errno),
-        });
+        return Err(VcpuError::KickHandler(std::io::Error::from_raw_os_error(
+            errno,
+        )));
     }
     Ok(())
 }
@@ -213,13 +247,13 @@ impl Runner {
         let r = self.vcpu.fd.run();
         let out = match r {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
-            Err(e) => Err(Error::Kvm {
-                op: "KVM_RUN (immediate exit)",
-                source: e,
+            Err(e) => Err(VcpuError::Kvm {
+                cpu: self.vcpu.id,
+                source: KvmError::ioctl("KVM_RUN (immediate exit)")(e),
             }),
-            Ok(exit) => Err(Error::Vcpu {
-                cpu: self.vcpu.id as usize,
-                msg: format!("unexpected exit under immediate_exit: {exit:?}"),
+            Ok(exit) => Err(VcpuError::UnhandledExit {
+                cpu: self.vcpu.id,
+                exit: format!("unexpected exit under immediate_exit: {exit:?}"),
             }),
         };
         self.set_immediate_exit(0);
@@ -283,10 +317,11 @@ impl Runner {
                     self.where_am_i()
                 )),
                 Ok(VcpuExit::SystemEvent(t, _)) => BusAction::Stop(format!("system event {t}")),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    return VcpuEnd::Failed(Error::Vcpu {
-                        cpu: id as usize,
-                        msg: format!("KVM entry failed: reason {reason:#x} on host cpu {cpu}"),
+                Ok(VcpuExit::FailEntry(reason, host_cpu)) => {
+                    return VcpuEnd::Failed(VcpuError::EntryFailed {
+                        cpu: id,
+                        reason,
+                        host_cpu,
                     })
                 }
                 Ok(VcpuExit::InternalError) => {
@@ -297,20 +332,17 @@ impl Runner {
                     if self.emulate_missing_instruction(internal.suberror, &internal.data[..n]) {
                         continue;
                     }
-                    return VcpuEnd::Failed(Error::Vcpu {
-                        cpu: id as usize,
-                        msg: format!(
-                            "KVM internal error (suberror {}, data {:x?}) {}",
-                            internal.suberror,
-                            &internal.data[..n],
-                            self.where_am_i()
-                        ),
+                    return VcpuEnd::Failed(VcpuError::Internal {
+                        cpu: id,
+                        suberror: internal.suberror,
+                        data: internal.data[..n].to_vec(),
+                        registers: self.where_am_i(),
                     });
                 }
                 Ok(other) => {
-                    return VcpuEnd::Failed(Error::Vcpu {
-                        cpu: id as usize,
-                        msg: format!("unhandled exit {other:?}"),
+                    return VcpuEnd::Failed(VcpuError::UnhandledExit {
+                        cpu: id,
+                        exit: format!("unhandled exit {other:?}"),
                     })
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -318,9 +350,9 @@ impl Runner {
                     BusAction::Continue
                 }
                 Err(e) => {
-                    return VcpuEnd::Failed(Error::Kvm {
-                        op: "KVM_RUN",
-                        source: e,
+                    return VcpuEnd::Failed(VcpuError::Kvm {
+                        cpu: id,
+                        source: KvmError::ioctl("KVM_RUN")(e),
                     })
                 }
             };
@@ -364,7 +396,7 @@ impl VcpuHandle {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || runner.run())
-            .map_err(Error::io("spawn vCPU thread"))?;
+            .map_err(|source| VcpuError::Spawn { cpu: id, source })?;
         Ok(VcpuHandle {
             id,
             thread: Some(thread),
@@ -398,7 +430,7 @@ impl VcpuHandle {
         let start = Instant::now();
         while !self.is_parked() {
             if start.elapsed() > timeout {
-                return Err(Error::Timeout(format!("vCPU {} did not pause", self.id)));
+                return Err(VcpuError::PauseTimeout { cpu: self.id });
             }
             self.kick();
             std::thread::sleep(Duration::from_micros(200));
@@ -411,14 +443,18 @@ impl VcpuHandle {
         let (tx, rx) = channel();
         self.commands
             .send(Command::Save(tx))
-            .map_err(|_| Error::Vcpu {
-                cpu: self.id as usize,
-                msg: "vCPU thread has exited".into(),
+            .map_err(|_| VcpuError::ThreadGone {
+                cpu: self.id,
+                what: "vCPU thread has exited",
             })?;
-        rx.recv().map_err(|_| Error::Vcpu {
-            cpu: self.id as usize,
-            msg: "vCPU thread exited while saving".into(),
-        })?
+        let saved = rx.recv().map_err(|_| VcpuError::ThreadGone {
+            cpu: self.id,
+            what: "vCPU thread exited while saving",
+        })?;
+        saved.map_err(|source| VcpuError::State {
+            cpu: self.id,
+            source,
+        })
     }
 
     /// Lets a parked vCPU run again.
@@ -438,12 +474,10 @@ impl VcpuHandle {
                     let _ = self.commands.send(Command::Stop);
                     std::thread::sleep(Duration::from_micros(500));
                 }
-                t.join().unwrap_or_else(|_| {
-                    VcpuEnd::Failed(Error::Vcpu {
-                        cpu: self.id as usize,
-                        msg: "vCPU thread panicked".into(),
-                    })
-                })
+                t.join().unwrap_or(VcpuEnd::Failed(VcpuError::ThreadGone {
+                    cpu: self.id,
+                    what: "vCPU thread panicked",
+                }))
             }
         }
     }

@@ -1,13 +1,16 @@
 //! A KVM virtual machine: creation, vCPU threads, pause/resume, full state save and restore.
 
+use crate::arch::cpuid::MissingCpuFeature;
 use crate::arch::cpuid::{self, CpuBaseline, RequiredFeatures};
 use crate::devices::i8042::{self, ResetLine};
 use crate::devices::report_port::{self, ReportPort};
+use crate::devices::serial::SerialError;
 use crate::devices::serial::{SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::{GuestEvent, PortBus};
-use crate::error::{Error, Result};
 use crate::persist::state::{GuestKind, VmState};
+use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
 use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu::VcpuError;
 use crate::vstate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle};
 use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::{
@@ -16,18 +19,50 @@ use kvm_bindings::{
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use std::error::Error as StdError;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Where the KVM device is unless configured otherwise.
-pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 /// How long a pause waits for every vCPU to stop.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A VM could not be built, run, paused or saved, or its guest stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    MissingCpuFeature(#[from] MissingCpuFeature),
+    #[error("invalid configuration: {0} vCPUs (1 to 64 supported)")]
+    VcpuCount(u32),
+    #[error("cannot create the serial port's interrupt eventfd: {0}")]
+    Eventfd(#[source] std::io::Error),
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    #[error("checkpoint does not match this VM: memory layout {vm:x?} differs from the checkpoint's {checkpoint:x?}")]
+    LayoutMismatch {
+        vm: Vec<(u64, u64)>,
+        checkpoint: Vec<(u64, u64)>,
+    },
+    #[error("corrupt or unsupported VM state blob: no CPUID for vCPU {0}")]
+    NoCpuid(u32),
+    #[error("the VM's state can only be saved while it is paused")]
+    NotPaused,
+    #[error("guest stopped: {0}")]
+    GuestStopped(String),
+    /// Ended from another thread through an [`AbortHandle`].
+    #[error(transparent)]
+    Aborted(Box<dyn StdError + Send + Sync>),
+}
+
+type Result<T> = std::result::Result<T, VmError>;
 
 /// How to build a VM.
 #[derive(Debug, Clone)]
@@ -51,37 +86,6 @@ impl Default for VmConfig {
     }
 }
 
-/// Opens KVM and checks it has what thaw needs.
-pub fn open_kvm(path: &std::path::Path) -> Result<Kvm> {
-    use std::os::unix::ffi::OsStrExt;
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Config(format!("KVM path {} contains NUL", path.display())))?;
-    let kvm = Kvm::new_with_path(cpath).map_err(|source| Error::KvmOpen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if kvm.get_api_version() != 12 {
-        return Err(Error::KvmCapability("KVM API version 12"));
-    }
-    for (cap, name) in [
-        (Cap::Irqchip, "in-kernel irqchip"),
-        (Cap::Pit2, "PIT2"),
-        (Cap::UserMemory, "user memory"),
-        (Cap::ImmediateExit, "immediate exit"),
-        (Cap::VcpuEvents, "vCPU events"),
-        (Cap::Xsave, "XSAVE"),
-        (Cap::AdjustClock, "KVM clock get/set"),
-        (Cap::Irqfd, "irqfd"),
-        (Cap::SetTssAddr, "TSS address"),
-        (Cap::ExtCpuid, "CPUID2"),
-    ] {
-        if !kvm.check_extension(cap) {
-            return Err(Error::KvmCapability(name));
-        }
-    }
-    Ok(kvm)
-}
-
 /// A VM: KVM objects, memory, devices and vCPUs (created, then running).
 pub struct Vm {
     kvm: Kvm,
@@ -101,21 +105,21 @@ pub struct Vm {
     _serial_irq: EventFd,
 }
 
-/// Lets another thread end a running VM with an error (e.g. its page server went away): the
-/// next [`Vm::next_event`] returns that error instead of waiting on.
+/// Lets another thread end a running VM with an error (e.g. its fetch agent went away): the
+/// next [`Vm::next_event`] returns it as [`VmError::Aborted`] instead of waiting on.
 #[derive(Clone, Default)]
-pub struct AbortHandle(Arc<Mutex<Option<Error>>>);
+pub struct AbortHandle(Arc<Mutex<Option<VmError>>>);
 
 impl AbortHandle {
     /// Records `why`; the first error recorded wins.
-    pub fn abort(&self, why: Error) {
+    pub fn abort(&self, why: impl StdError + Send + Sync + 'static) {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(why);
+            *slot = Some(VmError::Aborted(Box::new(why)));
         }
     }
 
-    fn take(&self) -> Option<Error> {
+    fn take(&self) -> Option<VmError> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -145,10 +149,7 @@ impl Vm {
         required: Option<&RequiredFeatures>,
     ) -> Result<Vm> {
         if config.vcpus == 0 || config.vcpus > 64 {
-            return Err(Error::Config(format!(
-                "{} vCPUs (1 to 64 supported)",
-                config.vcpus
-            )));
+            return Err(VmError::VcpuCount(config.vcpus));
         }
         let t0 = Instant::now();
         let kvm = open_kvm(&config.kvm_path)?;
@@ -161,21 +162,21 @@ impl Vm {
             "KVM opened, CPUID read"
         );
         let template = cpuid::template(&supported, config.cpu_baseline);
-        let fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let fd = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
         fd.set_tss_address(TSS_ADDRESS)
-            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+            .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
         if kvm.check_extension(Cap::SetIdentityMapAddr) {
             fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
-                .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+                .map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         }
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "VM created");
         fd.create_irq_chip()
-            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+            .map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
         fd.create_pit2(kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         })
-        .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        .map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
             "irqchip and PIT created"
@@ -191,17 +192,17 @@ impl Vm {
             // SAFETY: the host range is a live mapping owned by `memory`, which the VM keeps
             // (in an Arc) for as long as the VM fd exists.
             unsafe { fd.set_user_memory_region(region) }
-                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+                .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
             "VM, irqchip, PIT, memory slots"
         );
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Eventfd)?;
         fd.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
+            .map_err(KvmError::ioctl("KVM_IRQFD"))?;
         let uart = Arc::new(Uart::new(
-            serial_irq.try_clone().map_err(Error::io("eventfd clone"))?,
+            serial_irq.try_clone().map_err(VmError::Eventfd)?,
             &config.serial,
             uart_state,
         )?);
@@ -210,19 +211,17 @@ impl Vm {
         for id in 0..config.vcpus {
             let vfd = fd
                 .create_vcpu(id as u64)
-                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+                .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
             let entries = match cpuids {
-                Some(c) => c
-                    .get(id as usize)
-                    .ok_or_else(|| Error::StateBlob(format!("no CPUID for vCPU {id}")))?
-                    .clone(),
+                Some(c) => c.get(id as usize).ok_or(VmError::NoCpuid(id))?.clone(),
                 None => cpuid::for_vcpu(&template, id, config.vcpus)?
                     .as_slice()
                     .to_vec(),
             };
-            let c = kvm_bindings::CpuId::from_entries(&entries)
-                .map_err(|e| Error::Config(format!("CPUID: {e:?}")))?;
-            vfd.set_cpuid2(&c).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+            let c =
+                kvm_bindings::CpuId::from_entries(&entries).map_err(KvmError::table("CPUID"))?;
+            vfd.set_cpuid2(&c)
+                .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
             pending.push(Vcpu {
                 fd: vfd,
                 id,
@@ -235,7 +234,7 @@ impl Vm {
         );
         let msr_list = kvm
             .get_msr_index_list()
-            .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?;
+            .map_err(KvmError::ioctl("KVM_GET_MSR_INDEX_LIST"))?;
         let msrs = vcpu_state::readable_msrs(&pending[0].fd, msr_list.as_slice())?;
         let caps = VcpuCaps {
             msrs,
@@ -282,10 +281,10 @@ impl Vm {
             .map(|r| (r.guest_phys_addr, r.size))
             .collect();
         if layout != state.memory {
-            return Err(Error::Incompatible(format!(
-                "memory layout {layout:x?} differs from the checkpoint's {:x?}",
-                state.memory
-            )));
+            return Err(VmError::LayoutMismatch {
+                vm: layout,
+                checkpoint: state.memory.clone(),
+            });
         }
         let cfg = VmConfig {
             vcpus: state.vcpus.len() as u32,
@@ -306,29 +305,32 @@ impl Vm {
         vm.required = state.required_features.clone();
         // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
         for (vcpu, s) in vm.pending.iter().zip(&state.vcpus) {
-            vcpu_state::restore(&vcpu.fd, s, &vm.caps)?;
+            vcpu_state::restore(&vcpu.fd, s, &vm.caps).map_err(|source| VcpuError::State {
+                cpu: vcpu.id,
+                source,
+            })?;
         }
         // VM-wide devices after the vCPUs: the IOAPIC/PIC routes and the PIT do not depend on
         // vCPU state, but interrupts they hold pending must find the LAPICs already restored.
         vm.fd
             .set_irqchip(&state.pic_master)
-            .map_err(Error::kvm("KVM_SET_IRQCHIP (PIC master)"))?;
+            .map_err(KvmError::ioctl("KVM_SET_IRQCHIP (PIC master)"))?;
         vm.fd
             .set_irqchip(&state.pic_slave)
-            .map_err(Error::kvm("KVM_SET_IRQCHIP (PIC slave)"))?;
+            .map_err(KvmError::ioctl("KVM_SET_IRQCHIP (PIC slave)"))?;
         vm.fd
             .set_irqchip(&state.ioapic)
-            .map_err(Error::kvm("KVM_SET_IRQCHIP (IOAPIC)"))?;
+            .map_err(KvmError::ioctl("KVM_SET_IRQCHIP (IOAPIC)"))?;
         vm.fd
             .set_pit2(&state.pit)
-            .map_err(Error::kvm("KVM_SET_PIT2"))?;
+            .map_err(KvmError::ioctl("KVM_SET_PIT2"))?;
         // The kvmclock last, right before the vCPUs can run, so guest time continues from the
         // checkpoint (the flags would ask KVM to add the wall time elapsed since; not wanted).
         let mut clock = state.clock;
         clock.flags = 0;
         vm.fd
             .set_clock(&clock)
-            .map_err(Error::kvm("KVM_SET_CLOCK"))?;
+            .map_err(KvmError::ioctl("KVM_SET_CLOCK"))?;
         Ok(vm)
     }
 
@@ -392,10 +394,12 @@ impl Vm {
     /// Saves the complete state of a paused VM (not its memory).
     pub fn save_state(&self) -> Result<VmState> {
         if !self.pause.get() || self.running.iter().any(|h| !h.is_parked()) {
-            return Err(Error::Config("save_state needs a paused VM".into()));
+            return Err(VmError::NotPaused);
         }
         if self.running.iter().any(|h| h.is_finished()) {
-            return Err(Error::Guest("a vCPU has exited; its state is gone".into()));
+            return Err(VmError::GuestStopped(
+                "a vCPU has exited; its state is gone".into(),
+            ));
         }
         let mut vcpus = Vec::with_capacity(self.running.len());
         for h in &self.running {
@@ -406,7 +410,7 @@ impl Vm {
                 chip_id: id,
                 ..Default::default()
             };
-            self.fd.get_irqchip(&mut c).map_err(Error::kvm(op))?;
+            self.fd.get_irqchip(&mut c).map_err(KvmError::ioctl(op))?;
             Ok(c)
         };
         Ok(VmState {
@@ -423,8 +427,14 @@ impl Vm {
             pic_master: chip(KVM_IRQCHIP_PIC_MASTER, "KVM_GET_IRQCHIP (PIC master)")?,
             pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE, "KVM_GET_IRQCHIP (PIC slave)")?,
             ioapic: chip(KVM_IRQCHIP_IOAPIC, "KVM_GET_IRQCHIP (IOAPIC)")?,
-            pit: self.fd.get_pit2().map_err(Error::kvm("KVM_GET_PIT2"))?,
-            clock: self.fd.get_clock().map_err(Error::kvm("KVM_GET_CLOCK"))?,
+            pit: self
+                .fd
+                .get_pit2()
+                .map_err(KvmError::ioctl("KVM_GET_PIT2"))?,
+            clock: self
+                .fd
+                .get_clock()
+                .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?,
             serial: self.uart.state(),
         })
     }
@@ -443,7 +453,7 @@ impl Vm {
             };
             // SAFETY: the same live mapping the slot already has (see create()); only the flags
             // change, and `memory` outlives the VM fd.
-            unsafe { self.fd.set_user_memory_region(region) }.map_err(Error::kvm(
+            unsafe { self.fd.set_user_memory_region(region) }.map_err(KvmError::ioctl(
                 "KVM_SET_USER_MEMORY_REGION (dirty logging flag)",
             ))?;
         }
@@ -460,7 +470,7 @@ impl Vm {
             let bitmap = self
                 .fd
                 .get_dirty_log(slot as u32, r.size as usize)
-                .map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
+                .map_err(KvmError::ioctl("KVM_GET_DIRTY_LOG"))?;
             let slot_pages = r.size / crate::persist::dirty::PAGE_SIZE;
             pages.extend(crate::persist::dirty::pages_in_bitmap(
                 &bitmap, first_page, slot_pages,
@@ -494,7 +504,7 @@ impl Vm {
                 Ok(e) => return Ok(Some(e)),
                 Err(RecvTimeoutError::Timeout) => self.check_threads()?,
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Guest("device bus gone".into()))
+                    return Err(VmError::GuestStopped("device bus gone".into()))
                 }
             }
         }
@@ -504,9 +514,11 @@ impl Vm {
         if let Some(i) = self.running.iter().position(|h| h.is_finished()) {
             let id = self.running[i].id;
             return match self.running[i].stop() {
-                VcpuEnd::Failed(e) => Err(e),
-                VcpuEnd::GuestStopped(why) => Err(Error::Guest(format!("vCPU {id}: {why}"))),
-                VcpuEnd::Stopped => Err(Error::Guest(format!("vCPU {id} stopped"))),
+                VcpuEnd::Failed(e) => Err(e.into()),
+                VcpuEnd::GuestStopped(why) => {
+                    Err(VmError::GuestStopped(format!("vCPU {id}: {why}")))
+                }
+                VcpuEnd::Stopped => Err(VmError::GuestStopped(format!("vCPU {id} stopped"))),
             };
         }
         Ok(())
@@ -518,7 +530,7 @@ impl Vm {
         for h in self.running.iter_mut() {
             if let VcpuEnd::Failed(e) = h.stop() {
                 if first.is_ok() {
-                    first = Err(e);
+                    first = Err(e.into());
                 }
             }
         }
@@ -537,5 +549,5 @@ impl Drop for Vm {
 pub fn check_host(kvm_path: &std::path::Path, state: &VmState) -> Result<()> {
     let kvm = open_kvm(kvm_path)?;
     let supported = cpuid::supported(&kvm)?;
-    state.required_features.check(&supported)
+    Ok(state.required_features.check(&supported)?)
 }
