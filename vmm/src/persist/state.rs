@@ -1,9 +1,10 @@
 //! The complete VM state of a checkpoint (everything but memory) and its byte encoding: the opaque
 //! state blob stored in the checkpoint manifest.
 //!
-//! Blob layout: `b"THAWVMST"`, format version (u32 LE), payload length (u64 LE), BLAKE3 of the
-//! payload (32 bytes), payload (JSON of [`VmState`]). Decoding checks all four before parsing, so a
-//! truncated or altered blob is refused with a clear error and never reaches KVM.
+//! The blob is JSON of [`VmState`] in the frame thaw's other self-checking objects use
+//! ([`thaw_format::envelope`]): magic `THAWVMST`, format version, length, body, BLAKE3 trailer.
+//! Decoding checks the frame before parsing, so a truncated or altered blob is refused with a
+//! clear error and never reaches KVM.
 
 use crate::arch::cpuid::{CpuBaseline, RequiredFeatures};
 use crate::devices::serial::UartState;
@@ -12,11 +13,12 @@ use kvm_bindings::{
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
 };
 use serde::{Deserialize, Serialize};
+use thaw_format::envelope::{self, EnvelopeError};
 
-const MAGIC: &[u8; 8] = b"THAWVMST";
-/// Version of the blob format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+const MAGIC: [u8; 8] = *b"THAWVMST";
+/// Version of the blob format this build writes and reads. Version 1 had a frame of its own
+/// (hash before the payload); it is refused by version.
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest payload accepted (a real state is tens of KiB).
 const MAX_PAYLOAD: u64 = 64 << 20;
 
@@ -25,12 +27,14 @@ const MAX_PAYLOAD: u64 = 64 << 20;
 pub enum StateBlobError {
     #[error("cannot encode the VM state: {0}")]
     Encode(#[source] serde_json::Error),
-    #[error("{len} bytes is shorter than the {min}-byte header")]
+    #[error("{len} bytes is shorter than the {min}-byte frame")]
     TooShort { len: usize, min: usize },
-    #[error("bad magic: not a thaw VM state")]
-    BadMagic,
+    #[error("bad magic {found:02x?}: not a thaw VM state")]
+    BadMagic { found: [u8; 8] },
     #[error("format version {found}, this build reads version {supported}")]
-    UnsupportedVersion { found: u32, supported: u32 },
+    UnsupportedVersion { found: u16, supported: u16 },
+    #[error("payload length {len} is over the {max}-byte limit")]
+    TooLarge { len: u64, max: u64 },
     #[error("payload length {declared} does not match the {actual} bytes present")]
     LengthMismatch { declared: u64, actual: u64 },
     #[error("hash mismatch: the blob is corrupt")]
@@ -48,6 +52,23 @@ pub enum StateBlobError {
 }
 
 type Result<T> = std::result::Result<T, StateBlobError>;
+
+impl From<EnvelopeError> for StateBlobError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::TooShort { len, min } => StateBlobError::TooShort { len, min },
+            EnvelopeError::BadMagic { found } => StateBlobError::BadMagic { found },
+            EnvelopeError::UnsupportedVersion { found, supported } => {
+                StateBlobError::UnsupportedVersion { found, supported }
+            }
+            EnvelopeError::TooLarge { len, max } => StateBlobError::TooLarge { len, max },
+            EnvelopeError::LengthMismatch { declared, actual } => {
+                StateBlobError::LengthMismatch { declared, actual }
+            }
+            EnvelopeError::ChecksumMismatch => StateBlobError::ChecksumMismatch,
+        }
+    }
+}
 
 /// State of one vCPU, in the order it is restored (see restore.rs for why that order).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,47 +122,15 @@ impl VmState {
         self.memory.iter().map(|r| r.1).sum()
     }
 
-    /// Encodes the state as a versioned, hashed blob.
+    /// Encodes the state as a versioned, checksummed blob.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let payload = serde_json::to_vec(self).map_err(StateBlobError::Encode)?;
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(blake3::hash(&payload).as_bytes());
-        out.extend_from_slice(&payload);
-        Ok(out)
+        Ok(envelope::seal(MAGIC, FORMAT_VERSION, &payload))
     }
 
     /// Decodes and verifies a blob made by [`VmState::encode`].
     pub fn decode(blob: &[u8]) -> Result<VmState> {
-        if blob.len() < HEADER_LEN {
-            return Err(StateBlobError::TooShort {
-                len: blob.len(),
-                min: HEADER_LEN,
-            });
-        }
-        if &blob[..8] != MAGIC {
-            return Err(StateBlobError::BadMagic);
-        }
-        let version = u32::from_le_bytes(blob[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
-            return Err(StateBlobError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let len = u64::from_le_bytes(blob[12..20].try_into().expect("8 bytes"));
-        let payload = &blob[HEADER_LEN..];
-        if len > MAX_PAYLOAD || len != payload.len() as u64 {
-            return Err(StateBlobError::LengthMismatch {
-                declared: len,
-                actual: payload.len() as u64,
-            });
-        }
-        if blake3::hash(payload).as_bytes() != &blob[20..52] {
-            return Err(StateBlobError::ChecksumMismatch);
-        }
+        let payload = envelope::open(blob, MAGIC, FORMAT_VERSION, MAX_PAYLOAD)?;
         let state: VmState = serde_json::from_slice(payload).map_err(StateBlobError::Parse)?;
         state.validate()?;
         Ok(state)
@@ -279,6 +268,26 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string()
             .contains("version"));
+        // A blob in the frame of format version 1 (hash before the payload) is refused by its
+        // version, not reported as corrupt.
+        let mut v1 = b"THAWVMST".to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&2u64.to_le_bytes());
+        v1.extend_from_slice(&[0; 32]);
+        v1.extend_from_slice(b"{}");
+        let err = VmState::decode(&v1).unwrap_err().to_string();
+        assert!(
+            err.contains("format version 1, this build reads version 2"),
+            "{err}"
+        );
+        let mut too_big = blob.clone();
+        too_big[12..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+        let err = VmState::decode(&too_big).unwrap_err().to_string();
+        assert!(err.contains("limit"), "{err}");
+        let mut body = blob.clone();
+        body[n / 2] ^= 0x40;
+        let err = VmState::decode(&body).unwrap_err().to_string();
+        assert!(err.contains("hash mismatch"), "{err}");
     }
 
     #[test]
