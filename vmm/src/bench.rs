@@ -8,7 +8,7 @@ use crate::devices::report_port;
 use crate::devices::serial::SerialOutput;
 use crate::devices::GuestEvent;
 use crate::persist::checkpoint::{checkpoint, open_store, runtime, CheckpointOutcome};
-use crate::persist::restore::{restore, Mode};
+use crate::persist::restore::{restore, RestoreMode};
 use crate::vstate::kvm::DEFAULT_KVM_PATH;
 use crate::vstate::vm::VmConfig;
 use anyhow::{bail, Context, Result};
@@ -110,8 +110,8 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
     out.insert("state_blob_bytes".into(), json!(small.state_blob_bytes));
 
     for (mode, key) in [
-        (Mode::Eager, "finish_s_eager"),
-        (Mode::Lazy, "finish_s_lazy"),
+        (RestoreMode::Eager, "finish_s_eager"),
+        (RestoreMode::Lazy, "finish_s_lazy"),
     ] {
         let t0 = Instant::now();
         let mut r = restore(&config(kvm, SMALL), &rt, &store, &spec, &small.id, &mode)?;
@@ -125,7 +125,7 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
             );
         }
         out.insert(key.into(), json!(finish));
-        if mode == Mode::Lazy {
+        if mode == RestoreMode::Lazy {
             out.insert("resume_ms_256mib".into(), json!(r.timings.resume_ms));
             out.insert("resume_open_ms_256mib".into(), json!(r.timings.open_ms));
             out.insert("resume_state_ms_256mib".into(), json!(r.timings.state_ms));
@@ -172,7 +172,7 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         &store,
         &spec,
         &big.id,
-        &Mode::Lazy,
+        &RestoreMode::Lazy,
     )?;
     out.insert(format!("resume_ms_{key}"), json!(r.timings.resume_ms));
     out.insert(format!("resume_open_ms_{key}"), json!(r.timings.open_ms));

@@ -11,7 +11,7 @@ use crate::devices::serial::SerialOutput;
 use crate::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
 use crate::persist::dirty::DirtyConfig;
 use crate::persist::dirty_tracker::DirtyTracker;
-use crate::persist::restore::{restore, Mode};
+use crate::persist::restore::{restore, RestoreMode};
 use crate::vstate::kvm::DEFAULT_KVM_PATH;
 use crate::vstate::vm::{Vm, VmConfig};
 use anyhow::Context;
@@ -181,7 +181,7 @@ pub struct RestoreArgs {
     pub run_for: Option<Duration>,
 }
 
-pub use thaw_format::units::{parse_duration, parse_size};
+use thaw_format::units::{parse_duration, parse_size};
 
 /// The console buffer watched for `--until-serial` / `--on-serial` markers, if any.
 type Watch = Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>;
@@ -403,9 +403,9 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = open_store(&a.store)?;
     let mode = match (&a.agent, a.eager) {
-        (Some(p), _) => Mode::Agent(p.clone()),
-        (None, true) => Mode::Eager,
-        (None, false) => Mode::Lazy,
+        (Some(p), _) => RestoreMode::Agent(p.clone()),
+        (None, true) => RestoreMode::Eager,
+        (None, false) => RestoreMode::Lazy,
     };
     let watch: Watch = a
         .machine

@@ -13,7 +13,7 @@ use vmm::boot::BootError;
 use vmm::devices::serial::SerialOutput;
 use vmm::persist::checkpoint::{open_store, runtime};
 use vmm::persist::restore::RestoreError;
-use vmm::persist::restore::{restore, Mode};
+use vmm::persist::restore::{restore, RestoreMode};
 use vmm::persist::state::VmState;
 use vmm::vstate::kvm::KvmError;
 use vmm::vstate::vm::VmConfig;
@@ -150,7 +150,7 @@ fn corrupt_state_and_incompatible_cpu() {
     assert_eq!(vcpu_threads(), 0);
 
     let cfg = config();
-    for mode in [Mode::Eager, Mode::Lazy] {
+    for mode in [RestoreMode::Eager, RestoreMode::Lazy] {
         let err = restore(&cfg, &rt, &store, &spec, "corrupt", &mode)
             .err()
             .unwrap();
@@ -178,7 +178,7 @@ fn corrupt_state_and_incompatible_cpu() {
         kvm_path: "/nonexistent/kvm".into(),
         ..config()
     };
-    let err = restore(&no_kvm, &rt, &store, &spec, "good", &Mode::Lazy)
+    let err = restore(&no_kvm, &rt, &store, &spec, "good", &RestoreMode::Lazy)
         .err()
         .unwrap();
     assert!(
@@ -186,7 +186,7 @@ fn corrupt_state_and_incompatible_cpu() {
         "{err}"
     );
     // The good one restores (and runs: the guest never finishes, so pause and stop it).
-    let mut r = restore(&cfg, &rt, &store, &spec, "good", &Mode::Lazy).unwrap();
+    let mut r = restore(&cfg, &rt, &store, &spec, "good", &RestoreMode::Lazy).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     r.vm.pause().unwrap();
     r.vm.stop().unwrap();

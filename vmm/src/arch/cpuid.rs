@@ -253,7 +253,10 @@ pub fn supported(kvm: &kvm_ioctls::Kvm) -> Result<Vec<kvm_cpuid_entry2>, KvmErro
 }
 
 /// The CPUID template of a VM: the supported set masked to `baseline`, with the hypervisor bit.
-pub fn template(supported: &[kvm_cpuid_entry2], baseline: CpuBaseline) -> Vec<kvm_cpuid_entry2> {
+pub(crate) fn template(
+    supported: &[kvm_cpuid_entry2],
+    baseline: CpuBaseline,
+) -> Vec<kvm_cpuid_entry2> {
     let mut entries = supported.to_vec();
     for e in entries.iter_mut() {
         if e.function == 1 {
@@ -296,7 +299,11 @@ pub fn template(supported: &[kvm_cpuid_entry2], baseline: CpuBaseline) -> Vec<kv
 }
 
 /// The CPUID of one vCPU: the template with that vCPU's APIC id.
-pub fn for_vcpu(template: &[kvm_cpuid_entry2], index: u32, count: u32) -> Result<CpuId, KvmError> {
+pub(crate) fn for_vcpu(
+    template: &[kvm_cpuid_entry2],
+    index: u32,
+    count: u32,
+) -> Result<CpuId, KvmError> {
     let mut entries = template.to_vec();
     for e in entries.iter_mut() {
         match e.function {
@@ -331,7 +338,7 @@ impl RequiredFeatures {
     }
 
     /// Fails with the first required feature the host's supported CPUID lacks.
-    pub fn check(&self, host: &[kvm_cpuid_entry2]) -> Result<(), MissingCpuFeature> {
+    pub(crate) fn check(&self, host: &[kvm_cpuid_entry2]) -> Result<(), MissingCpuFeature> {
         for &(reg, bits) in &self.regs {
             let missing = bits & !lookup(host, reg);
             if missing != 0 {

@@ -7,7 +7,7 @@ use kvm_bindings::kvm_segment;
 
 /// What a segment is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SegmentKind {
+pub(crate) enum SegmentKind {
     /// 64-bit code (L=1), execute/read.
     Code64,
     /// Read/write data, 32-bit default operand size (B=1).
@@ -18,7 +18,7 @@ pub enum SegmentKind {
 
 /// One segment descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
+pub(crate) struct Segment {
     pub kind: SegmentKind,
     /// Descriptor privilege level, 0 (kernel) to 3 (user).
     pub dpl: u8,
@@ -30,7 +30,7 @@ pub struct Segment {
 
 impl Segment {
     /// A flat code or data segment over the whole 4 GiB (limit 0xfffff in 4 KiB units).
-    pub const fn flat(kind: SegmentKind, dpl: u8) -> Segment {
+    pub(crate) const fn flat(kind: SegmentKind, dpl: u8) -> Segment {
         Segment {
             kind,
             dpl,
@@ -41,7 +41,7 @@ impl Segment {
     }
 
     /// A 64-bit TSS at `base` whose last byte is at `base + limit`.
-    pub const fn tss64(base: u64, limit: u32) -> Segment {
+    pub(crate) const fn tss64(base: u64, limit: u32) -> Segment {
         Segment {
             kind: SegmentKind::Tss64,
             dpl: 0,
@@ -73,7 +73,7 @@ impl Segment {
     }
 
     /// The descriptor as GDT entries: one for code and data, two for a TSS.
-    pub fn gdt_entries(&self) -> Vec<u64> {
+    pub(crate) fn gdt_entries(&self) -> Vec<u64> {
         let limit = u64::from(self.limit);
         let access = 0x80
             | (u64::from(self.dpl & 3) << 5)
@@ -95,7 +95,7 @@ impl Segment {
     }
 
     /// The segment register KVM loads for this descriptor under `selector`.
-    pub fn kvm_segment(&self, selector: u16) -> kvm_segment {
+    pub(crate) fn kvm_segment(&self, selector: u16) -> kvm_segment {
         let limit = if self.granular {
             (self.limit << 12) | 0xfff
         } else {
@@ -121,7 +121,7 @@ impl Segment {
 
 /// A global descriptor table being built: the null descriptor, then segments in order.
 #[derive(Debug, Clone)]
-pub struct Gdt {
+pub(crate) struct Gdt {
     entries: Vec<u64>,
 }
 
@@ -133,30 +133,30 @@ impl Default for Gdt {
 
 impl Gdt {
     /// A table holding only the null descriptor.
-    pub fn new() -> Gdt {
+    pub(crate) fn new() -> Gdt {
         Gdt::default()
     }
 
     /// Leaves one more slot null (for a layout that expects a segment at a fixed selector).
-    pub fn skip(&mut self) {
+    pub(crate) fn skip(&mut self) {
         self.entries.push(0);
     }
 
     /// Appends `segment`; returns its selector, with the requested privilege level set to the
     /// segment's DPL.
-    pub fn push(&mut self, segment: Segment) -> u16 {
+    pub(crate) fn push(&mut self, segment: Segment) -> u16 {
         let selector = (self.entries.len() * 8) as u16 | u16::from(segment.dpl & 3);
         self.entries.extend(segment.gdt_entries());
         selector
     }
 
     /// The GDTR limit: the table's size in bytes less one.
-    pub fn limit(&self) -> u16 {
+    pub(crate) fn limit(&self) -> u16 {
         (self.entries.len() * 8 - 1) as u16
     }
 
     /// Writes the table into guest memory at `addr`.
-    pub fn write(&self, mem: &GuestMemory, addr: u64) -> Result<(), MemoryError> {
+    pub(crate) fn write(&self, mem: &GuestMemory, addr: u64) -> Result<(), MemoryError> {
         for (i, e) in self.entries.iter().enumerate() {
             mem.write_u64(addr + i as u64 * 8, *e)?;
         }

@@ -12,13 +12,13 @@ use kvm_ioctls::VcpuFd;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 
 /// Where the zero page (`boot_params`) goes.
-pub const ZERO_PAGE: u64 = 0x7000;
+pub(crate) const ZERO_PAGE: u64 = 0x7000;
 /// Where the kernel command line goes.
-pub const CMDLINE_ADDR: u64 = 0x20000;
+pub(crate) const CMDLINE_ADDR: u64 = 0x20000;
 /// Longest command line, terminating NUL included.
-pub const CMDLINE_MAX: usize = 4096;
+pub(crate) const CMDLINE_MAX: usize = 4096;
 /// Where a protected-mode kernel is loaded: 1 MiB.
-pub const HIMEM_START: u64 = 0x10_0000;
+pub(crate) const HIMEM_START: u64 = 0x10_0000;
 
 const GDT_ADDR: u64 = 0x500;
 const PML4: u64 = 0x9000;
@@ -50,7 +50,11 @@ fn boot_gdt() -> BootGdt {
 /// The zero page for a kernel whose setup header is `header` (bzImage; none for an ELF
 /// vmlinux), with the command line at [`CMDLINE_ADDR`] and the e820 map of `mem`: low RAM below
 /// the EBDA, the rest of the first region from 1 MiB, and every region above the MMIO hole.
-pub fn zero_page(header: Option<setup_header>, cmdline: &str, mem: &GuestMemory) -> boot_params {
+pub(crate) fn zero_page(
+    header: Option<setup_header>,
+    cmdline: &str,
+    mem: &GuestMemory,
+) -> boot_params {
     let mut params = boot_params::default();
     if let Some(hdr) = header {
         params.hdr = hdr;
@@ -80,13 +84,13 @@ pub fn zero_page(header: Option<setup_header>, cmdline: &str, mem: &GuestMemory)
 }
 
 /// End of the first memory region, below which the initrd must lie.
-pub fn low_memory_end(mem: &GuestMemory) -> u64 {
+pub(crate) fn low_memory_end(mem: &GuestMemory) -> u64 {
     let first = &mem.regions()[0];
     first.guest_phys_addr + first.size
 }
 
 /// Highest address the initrd may end at, per the kernel's setup header.
-pub fn initrd_limit(params: &boot_params, mem: &GuestMemory) -> u64 {
+pub(crate) fn initrd_limit(params: &boot_params, mem: &GuestMemory) -> u64 {
     let low_end = low_memory_end(mem);
     if params.hdr.initrd_addr_max != 0 {
         (params.hdr.initrd_addr_max as u64).min(low_end)
@@ -96,20 +100,20 @@ pub fn initrd_limit(params: &boot_params, mem: &GuestMemory) -> u64 {
 }
 
 /// Records an initrd of `len` bytes at `addr` in the zero page.
-pub fn set_initrd(params: &mut boot_params, addr: u64, len: u64) {
+pub(crate) fn set_initrd(params: &mut boot_params, addr: u64, len: u64) {
     params.hdr.ramdisk_image = addr as u32;
     params.hdr.ramdisk_size = len as u32;
 }
 
 /// Writes the boot GDT and the early page tables.
-pub fn write_entry_tables(mem: &GuestMemory) -> Result<(), MemoryError> {
+pub(crate) fn write_entry_tables(mem: &GuestMemory) -> Result<(), MemoryError> {
     boot_gdt().gdt.write(mem, GDT_ADDR)?;
     paging::identity_map_2m(mem, PML4, MAPPED, false)?;
     Ok(())
 }
 
 /// Registers of the boot CPU at the kernel's 64-bit entry, plus the MSRs firmware would set.
-pub fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<(), KvmError> {
+pub(crate) fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<(), KvmError> {
     let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
     let g = boot_gdt();
     sregs.cs = BOOT_CODE.kvm_segment(g.code);

@@ -1,8 +1,9 @@
-//! x86-64: CPUID, segment descriptors, page tables, the Linux boot protocol, and the
-//! instructions thaw emulates for a software KVM.
+//! x86-64 without a VM around it: CPUID ([`cpuid`]), segment descriptors (`gdt`),
+//! identity-mapping page tables (`paging`), the Linux boot protocol (`linux_boot`), and the
+//! instructions thaw emulates for a software KVM (`emulate`).
 
 pub mod cpuid;
-pub mod emulate;
-pub mod gdt;
-pub mod linux_boot;
-pub mod paging;
+pub(crate) mod emulate;
+pub(crate) mod gdt;
+pub(crate) mod linux_boot;
+pub(crate) mod paging;

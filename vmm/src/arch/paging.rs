@@ -13,7 +13,7 @@ const PAGE: u64 = 0x1000;
 /// most 512 GiB): the PML4 at `pml4`, the PDPT in the page after it, then one page directory of
 /// 2 MiB pages per GiB. `user` makes every page accessible at CPL3. Returns the first address
 /// after the tables.
-pub fn identity_map_2m(
+pub(crate) fn identity_map_2m(
     mem: &GuestMemory,
     pml4: u64,
     top: u64,

@@ -1,6 +1,6 @@
 //! Booting a stock Linux x86-64 kernel (bzImage or ELF vmlinux) with an initramfs and a command
 //! line: linux-loader puts the kernel at 1 MiB, the initrd goes as high in low memory as the
-//! kernel allows, and [`crate::arch::linux_boot`] writes the zero page and enters the kernel in
+//! kernel allows, and `arch::linux_boot` writes the zero page and enters the kernel in
 //! long mode.
 //!
 //! One vCPU only: the Debian cloud kernel does not parse MP tables, and thaw does not yet write
@@ -21,10 +21,10 @@ use vm_memory::{Address, GuestAddress};
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 nomodules i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd tsc=reliable no_timer_check";
 
 /// Smallest memory a kernel plus initramfs gets booted with.
-pub const MIN_MEMORY: u64 = 64 << 20;
+pub(crate) const MIN_MEMORY: u64 = 64 << 20;
 
 /// Loads the kernel, initramfs and command line and builds a VM ready to start.
-pub fn boot(
+pub(crate) fn boot(
     config: &VmConfig,
     kernel: &Path,
     initrd: Option<&Path>,

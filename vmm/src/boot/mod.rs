@@ -1,4 +1,4 @@
-//! Booting guests: the built-in test guest and Linux.
+//! Booting guests: the built-in test guest ([`testguest`]) and Linux ([`linux`]).
 
 pub mod linux;
 pub mod testguest;

@@ -3,41 +3,41 @@
 //!
 //! Layout (guest-physical = guest-virtual, identity mapped with 2 MiB user pages):
 //! `0x1000` GDT, `0x3000` parameter page, `0x4000` per-vCPU reports (64 bytes each), `0x5000` TSS
-//! with an all-ports-allowed I/O bitmap, `0x10000..` page tables, vCPU stacks below `0x80000` (16 KiB each), code at 1 MiB, and the data
-//! area the guest touches from 2 MiB to the end of the first memory region. Mirrors guest/layout.h.
+//! with an all-ports-allowed I/O bitmap, `0x10000..` page tables, vCPU stacks below `0x80000`
+//! (16 KiB each), code at 1 MiB, and the data area the guest touches from 2 MiB to the end of the
+//! first memory region. Mirrors guest/layout.h. The vCPUs report through the report port device
+//! (`devices::report_port`), which owns the report records' layout.
 
 use crate::arch::gdt::{Gdt, Segment, SegmentKind};
 use crate::arch::paging;
 use crate::boot::BootError;
-use crate::devices::report_port;
-use crate::devices::report_port::{REPORT_ADDR, REPORT_STRIDE};
+use crate::devices::report_port::{self, REPORT_ADDR, REPORT_STRIDE};
 use crate::devices::GuestEvent;
 use crate::persist::state::GuestKind;
 use crate::vstate::kvm::KvmError;
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vm::VmError;
-use crate::vstate::vm::{Vm, VmConfig};
+use crate::vstate::vm::{Vm, VmConfig, VmError};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// The guest program, a flat binary loaded at [`CODE_ADDR`].
-pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.bin"));
+pub(crate) const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.bin"));
 
-pub const GDT_ADDR: u64 = 0x1000;
-pub const TSS_ADDR: u64 = 0x5000;
+pub(crate) const GDT_ADDR: u64 = 0x1000;
+pub(crate) const TSS_ADDR: u64 = 0x5000;
 /// TSS limit: the 0x68-byte 64-bit TSS, an I/O bitmap for all 65536 ports, and its 0xff end byte.
 const TSS_LIMIT: u32 = 0x68 + 0x2000;
-pub const PARAMS_ADDR: u64 = 0x3000;
-pub const PML4_ADDR: u64 = 0x10000;
-pub const STACKS_TOP: u64 = 0x80000;
-pub const STACK_SIZE: u64 = 0x4000;
-pub const CODE_ADDR: u64 = 0x10_0000;
+pub(crate) const PARAMS_ADDR: u64 = 0x3000;
+pub(crate) const PML4_ADDR: u64 = 0x10000;
+pub(crate) const STACKS_TOP: u64 = 0x80000;
+pub(crate) const STACK_SIZE: u64 = 0x4000;
+pub(crate) const CODE_ADDR: u64 = 0x10_0000;
 pub const AREA_START: u64 = 0x20_0000;
-pub const MAX_VCPUS: u32 = 8;
+pub(crate) const MAX_VCPUS: u32 = 8;
 /// Smallest memory the test guest runs in: code, tables and one 2 MiB data slice per vCPU.
-pub const MIN_MEMORY: u64 = 4 << 20;
+pub(crate) const MIN_MEMORY: u64 = 4 << 20;
 const PARAMS_MAGIC: u64 = 0x5448_4157_5447_5031;
 const MAX_MAPPED: u64 = 64 << 30;
 
@@ -147,7 +147,7 @@ fn area_size(mem: &GuestMemory) -> u64 {
 }
 
 /// Writes the program, GDT, TSS, page tables and parameters into guest memory.
-pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(), BootError> {
+pub(crate) fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(), BootError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(BootError::TestGuestVcpus { vcpus });
     }
@@ -209,7 +209,7 @@ pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(), BootEr
 }
 
 /// Puts vCPU `id` at the program's entry point in 64-bit mode, CPL3, IOPL3, interrupts off.
-pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
+pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
     let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
     let d = descriptors();
     sregs.cs = USER_CODE.kvm_segment(d.user_code);
@@ -272,7 +272,7 @@ pub struct Finished {
 
 impl Finished {
     /// One number for the whole guest (the vCPUs' checksums folded in order).
-    pub fn combined(&self) -> u64 {
+    pub(crate) fn combined(&self) -> u64 {
         self.checksums
             .iter()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {

@@ -6,17 +6,17 @@ use super::{BusAction, GuestEvent, PortDevice};
 use std::sync::mpsc::Sender;
 
 /// The controller's command (write) and status (read) port.
-pub const COMMAND_PORT: u16 = 0x64;
+pub(crate) const COMMAND_PORT: u16 = 0x64;
 const PULSE_RESET: u8 = 0xfe;
 
 /// The reset line of the i8042 at [`COMMAND_PORT`].
-pub struct ResetLine {
+pub(crate) struct ResetLine {
     events: Sender<GuestEvent>,
 }
 
 impl ResetLine {
     /// A reset line that reports a reset on `events`.
-    pub fn new(events: Sender<GuestEvent>) -> ResetLine {
+    pub(crate) fn new(events: Sender<GuestEvent>) -> ResetLine {
         ResetLine { events }
     }
 }

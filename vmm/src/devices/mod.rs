@@ -1,19 +1,19 @@
 //! Port I/O devices and the bus that routes a vCPU's `in`/`out` to them.
 //!
-//! A VM's bus holds COM1 ([`serial`]), the keyboard controller's reset line ([`i8042`]) and, for
-//! the test guest, its report port ([`report_port`]). Ports no device claims read as all ones
+//! A VM's bus holds COM1 ([`serial`]), the keyboard controller's reset line (`i8042`) and, for
+//! the test guest, its report port (`report_port`). Ports no device claims read as all ones
 //! (nothing drives the bus) and ignore writes, which is what a Linux guest probing for legacy
 //! hardware expects.
 
-pub mod i8042;
-pub mod report_port;
+pub(crate) mod i8042;
+pub(crate) mod report_port;
 pub mod serial;
 
 use std::sync::Arc;
 
 /// What a device tells the vCPU after an access.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusAction {
+pub(crate) enum BusAction {
     /// Keep running the guest.
     Continue,
     /// Park this vCPU (the guest reported it is done) until told to resume.
@@ -24,7 +24,7 @@ pub enum BusAction {
 
 /// Something a guest reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GuestEvent {
+pub(crate) enum GuestEvent {
     /// A test guest report (start, progress, done, bad parameters).
     Report {
         cpu: u32,
@@ -37,7 +37,7 @@ pub enum GuestEvent {
 }
 
 /// A device on the port I/O bus. `offset` is the port less the device's first port.
-pub trait PortDevice: Send + Sync {
+pub(crate) trait PortDevice: Send + Sync {
     /// A guest `out` by vCPU `cpu`.
     fn write(&self, cpu: u32, offset: u16, data: &[u8]) -> BusAction;
     /// A guest `in`; a device that is write-only reads as all ones.
@@ -55,13 +55,13 @@ struct PortRange {
 
 /// The port I/O bus shared by a VM's vCPUs.
 #[derive(Default)]
-pub struct PortBus {
+pub(crate) struct PortBus {
     ranges: Vec<PortRange>,
 }
 
 impl PortBus {
     /// An empty bus.
-    pub fn new() -> PortBus {
+    pub(crate) fn new() -> PortBus {
         PortBus::default()
     }
 
@@ -70,7 +70,7 @@ impl PortBus {
     /// # Panics
     /// If the range is empty, wraps past port 0xffff, or overlaps a device already there: the
     /// VM's device set is fixed in code, so that is a bug, not a runtime condition.
-    pub fn insert(&mut self, base: u16, len: u16, device: Arc<dyn PortDevice>) {
+    pub(crate) fn insert(&mut self, base: u16, len: u16, device: Arc<dyn PortDevice>) {
         let end = u32::from(base) + u32::from(len);
         assert!(
             len > 0 && end <= 0x1_0000,
@@ -94,7 +94,7 @@ impl PortBus {
     }
 
     /// Routes an `out` to the device at `port`.
-    pub fn write(&self, cpu: u32, port: u16, data: &[u8]) -> BusAction {
+    pub(crate) fn write(&self, cpu: u32, port: u16, data: &[u8]) -> BusAction {
         match self.find(port) {
             Some((r, offset)) => r.device.write(cpu, offset, data),
             None => BusAction::Continue,
@@ -102,7 +102,7 @@ impl PortBus {
     }
 
     /// Routes an `in` to the device at `port`; no device: the bus floats high.
-    pub fn read(&self, port: u16, data: &mut [u8]) {
+    pub(crate) fn read(&self, port: u16, data: &mut [u8]) {
         match self.find(port) {
             Some((r, offset)) => r.device.read(offset, data),
             None => data.fill(0xff),

@@ -8,21 +8,20 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 /// The reporting port (guest/layout.h TG_PORT).
-pub const PORT: u16 = 0x0f00;
+pub(crate) const PORT: u16 = 0x0f00;
 /// Guest-physical address of vCPU 0's report record.
-pub const REPORT_ADDR: u64 = 0x4000;
+pub(crate) const REPORT_ADDR: u64 = 0x4000;
 /// Bytes between two vCPUs' report records.
-pub const REPORT_STRIDE: u64 = 64;
+pub(crate) const REPORT_STRIDE: u64 = 64;
 
-/// Report codes (guest/layout.h).
-pub const CODE_START: u64 = 1;
-pub const CODE_PROGRESS: u64 = 2;
-pub const CODE_DONE: u64 = 3;
-pub const CODE_BAD_PARAMS: u64 = 4;
+/// Report codes (guest/layout.h); 1 is the start report, which needs nothing here.
+pub(crate) const CODE_PROGRESS: u64 = 2;
+pub(crate) const CODE_DONE: u64 = 3;
+pub(crate) const CODE_BAD_PARAMS: u64 = 4;
 
 /// One vCPU's report record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub checksum: u64,
     pub touches: u64,
     pub code: u64,
@@ -30,7 +29,7 @@ pub struct Report {
 }
 
 /// Reads vCPU `cpu`'s report from guest memory.
-pub fn read_report(mem: &GuestMemory, cpu: u32) -> Result<Report, MemoryError> {
+pub(crate) fn read_report(mem: &GuestMemory, cpu: u32) -> Result<Report, MemoryError> {
     let base = REPORT_ADDR + cpu as u64 * REPORT_STRIDE;
     Ok(Report {
         checksum: mem.read_u64(base)?,
@@ -41,14 +40,14 @@ pub fn read_report(mem: &GuestMemory, cpu: u32) -> Result<Report, MemoryError> {
 }
 
 /// The report port of one VM.
-pub struct ReportPort {
+pub(crate) struct ReportPort {
     memory: Arc<GuestMemory>,
     events: Sender<GuestEvent>,
 }
 
 impl ReportPort {
     /// A report port reading records from `memory` and reporting on `events`.
-    pub fn new(memory: Arc<GuestMemory>, events: Sender<GuestEvent>) -> ReportPort {
+    pub(crate) fn new(memory: Arc<GuestMemory>, events: Sender<GuestEvent>) -> ReportPort {
         ReportPort { memory, events }
     }
 }

@@ -10,11 +10,11 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 /// First I/O port of COM1.
-pub const COM1_BASE: u16 = 0x3f8;
+pub(crate) const COM1_BASE: u16 = 0x3f8;
 /// Number of I/O ports a UART decodes.
-pub const COM1_LEN: u16 = 8;
+pub(crate) const COM1_LEN: u16 = 8;
 /// ISA IRQ (and IOAPIC GSI) of COM1.
-pub const COM1_IRQ: u32 = 4;
+pub(crate) const COM1_IRQ: u32 = 4;
 
 /// The serial port's output could not be opened, or its saved state not restored.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ impl Write for TeeWriter {
 }
 
 /// Raises the UART's interrupt through an irqfd registered for IRQ 4.
-pub struct IrqTrigger(pub EventFd);
+pub(crate) struct IrqTrigger(pub EventFd);
 
 impl Trigger for IrqTrigger {
     type E = std::io::Error;
@@ -156,13 +156,13 @@ impl From<&UartState> for SerialState {
 }
 
 /// COM1: the vm-superio device behind a lock shared by the vCPU threads.
-pub struct Uart {
+pub(crate) struct Uart {
     inner: Mutex<Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>>,
 }
 
 impl Uart {
     /// A UART in reset state (or in `state`), raising `irq_evt` for interrupts.
-    pub fn new(
+    pub(crate) fn new(
         irq_evt: EventFd,
         out: &SerialOutput,
         state: Option<&UartState>,
@@ -186,7 +186,7 @@ impl Uart {
     }
 
     /// A guest write to port `COM1_BASE + offset`.
-    pub fn write(&self, offset: u8, value: u8) {
+    pub(crate) fn write(&self, offset: u8, value: u8) {
         let mut s = self.lock();
         if let Err(e) = s.write(offset, value) {
             tracing::warn!("serial write at offset {offset}: {e:?}");
@@ -197,12 +197,12 @@ impl Uart {
     }
 
     /// A guest read of port `COM1_BASE + offset`.
-    pub fn read(&self, offset: u8) -> u8 {
+    pub(crate) fn read(&self, offset: u8) -> u8 {
         self.lock().read(offset)
     }
 
     /// The device state for a checkpoint.
-    pub fn state(&self) -> UartState {
+    pub(crate) fn state(&self) -> UartState {
         self.lock().state().into()
     }
 }

@@ -11,14 +11,14 @@
 //! While the VM runs, a watcher thread notices the agent hanging up and aborts the VM with
 //! [`HandoffError::AgentGone`] instead of letting it hang or run on with memory nobody serves.
 
-use crate::persist::handoff::{self, HandoffError};
+use crate::persist::handoff::{self, AgentLocation, HandoffError};
 use crate::vstate::vm::AbortHandle;
 use fetch_agent::agent::{Agent, AgentConfig};
 use fetch_agent::fetch::FetchConfig;
 use fetch_agent::restore::RestoreReport;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,27 +33,9 @@ type Result<T> = std::result::Result<T, HandoffError>;
 /// guest's own.
 const IN_PROCESS_CACHE_BYTES: u64 = 64 << 20;
 
-/// Which fetch agent serves a restore.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentLocation {
-    /// The fetch agent's code on a thread of this process.
-    InProcess,
-    /// A fetch agent process listening on this Unix socket.
-    Socket(PathBuf),
-}
-
-impl std::fmt::Display for AgentLocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AgentLocation::InProcess => f.write_str("the in-process fetch agent"),
-            AgentLocation::Socket(path) => write!(f, "fetch agent at {}", path.display()),
-        }
-    }
-}
-
 /// The connection to the fetch agent of one restore. Dropping it (or [`AgentLink::finish`])
 /// closes the connection, which ends the agent's session; stop the VM first.
-pub struct AgentLink {
+pub(crate) struct AgentLink {
     location: AgentLocation,
     stream: Option<UnixStream>,
     stop: Arc<AtomicBool>,
@@ -63,7 +45,7 @@ pub struct AgentLink {
 
 impl AgentLink {
     /// Connects to the fetch agent listening at `path`.
-    pub fn connect(path: &Path) -> Result<AgentLink> {
+    pub(crate) fn connect(path: &Path) -> Result<AgentLink> {
         let location = AgentLocation::Socket(path.to_path_buf());
         match UnixStream::connect(path) {
             Ok(stream) => Ok(AgentLink::new(location, stream, None)),
@@ -76,7 +58,7 @@ impl AgentLink {
 
     /// Starts a fetch agent in this process that serves hand-offs naming `spec` from `store`
     /// (the store the checkpoint was opened from), and connects to it.
-    pub fn in_process(spec: &str, store: &Store) -> Result<AgentLink> {
+    pub(crate) fn in_process(spec: &str, store: &Store) -> Result<AgentLink> {
         let (vmm_end, agent_end) = UnixStream::pair().map_err(|source| HandoffError::Start {
             what: "the in-process fetch agent (socket pair)",
             source,
@@ -111,17 +93,12 @@ impl AgentLink {
         }
     }
 
-    /// Which agent this is.
-    pub fn location(&self) -> &AgentLocation {
-        &self.location
-    }
-
     fn stream(&self) -> &UnixStream {
         self.stream.as_ref().expect("the stream lives until drop")
     }
 
     /// Hands guest memory to the agent: the description and the userfaultfd.
-    pub fn hand_off(&self, message: &Handoff, uffd: &Uffd) -> Result<()> {
+    pub(crate) fn hand_off(&self, message: &Handoff, uffd: &Uffd) -> Result<()> {
         handoff::send(self.stream(), message, uffd)
     }
 
@@ -130,7 +107,7 @@ impl AgentLink {
     /// reading zeros) until the VM is aborted; on hang-up it records the error in `abort` first
     /// and then closes the uffd, which releases the waiting faults so the vCPU threads can be
     /// stopped.
-    pub fn watch(&mut self, uffd: Uffd, abort: AbortHandle) -> Result<()> {
+    pub(crate) fn watch(&mut self, uffd: Uffd, abort: AbortHandle) -> Result<()> {
         let fd = self.stream().as_raw_fd();
         let location = self.location.clone();
         let flag = self.stop.clone();
@@ -167,7 +144,7 @@ impl AgentLink {
     /// Closes the connection, ending the agent's session, and for the in-process agent waits
     /// for it to finish and returns what it did. Stop the VM first: its memory is no longer
     /// served after this.
-    pub fn finish(mut self) -> Result<Option<RestoreReport>> {
+    pub(crate) fn finish(mut self) -> Result<Option<RestoreReport>> {
         match self.shut_down() {
             None => Ok(None),
             Some(Ok(Ok(report))) => Ok(Some(report)),

@@ -1,13 +1,31 @@
 //! The VMM side of the lazy-restore hand-off: register guest memory with userfaultfd and pass the
 //! uffd plus ONE JSON message (thaw_format::handoff) over a Unix stream socket by SCM_RIGHTS.
 
-use crate::persist::agent_link::AgentLocation;
 use crate::vstate::memory::GuestMemory;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use thaw_format::handoff::{Handoff, RegionMapping};
 use userfaultfd::{Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// Which fetch agent serves a restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentLocation {
+    /// The fetch agent's code on a thread of this process.
+    InProcess,
+    /// A fetch agent process listening on this Unix socket.
+    Socket(PathBuf),
+}
+
+impl std::fmt::Display for AgentLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentLocation::InProcess => f.write_str("the in-process fetch agent"),
+            AgentLocation::Socket(path) => write!(f, "fetch agent at {}", path.display()),
+        }
+    }
+}
 
 /// Guest memory could not be handed to a fetch agent, or the agent stopped serving it.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +61,7 @@ pub enum HandoffError {
 type Result<T> = std::result::Result<T, HandoffError>;
 
 /// Page size of guest memory mappings.
-pub const PAGE_SIZE: u64 = 4096;
+pub(crate) const PAGE_SIZE: u64 = 4096;
 
 /// Creates a userfaultfd and registers all guest memory with it in missing mode.
 pub fn register(mem: &GuestMemory) -> Result<Uffd> {

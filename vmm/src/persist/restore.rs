@@ -42,7 +42,7 @@ type Result<T> = std::result::Result<T, RestoreError>;
 
 /// How guest memory comes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
+pub enum RestoreMode {
     /// Read every block into memory, then run.
     Eager,
     /// Run at once; the fetch agent's code, run in this process, serves faults from the
@@ -54,7 +54,7 @@ pub enum Mode {
 
 /// How long the steps of a restore took.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RestoreTimings {
+pub(crate) struct RestoreTimings {
     /// Opening the manifest and decoding and checking the state blob.
     pub open_ms: f64,
     /// Of open_ms: checking this host's CPU features against the checkpoint's.
@@ -70,15 +70,15 @@ pub struct RestoreTimings {
 /// A restored, running VM.
 pub struct Restored {
     pub vm: Vm,
-    pub state: VmState,
-    pub timings: RestoreTimings,
+    pub(crate) state: VmState,
+    pub(crate) timings: RestoreTimings,
     /// The fetch agent serving guest memory (lazy and agent mode). Dropping it, or
     /// [`AgentLink::finish`], ends the agent's session: stop the VM first.
-    pub agent: Option<AgentLink>,
+    pub(crate) agent: Option<AgentLink>,
 }
 
 /// Opens a checkpoint's manifest and decodes its state blob.
-pub fn open(
+pub(crate) fn open(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     id: &str,
@@ -105,7 +105,7 @@ pub fn open(
 }
 
 /// Reads every stored block into `mem` (zero pages are already zero in fresh memory).
-pub fn fill_memory(
+pub(crate) fn fill_memory(
     rt: &tokio::runtime::Runtime,
     reader: &CheckpointReader,
     mem: &mut GuestMemory,
@@ -151,7 +151,7 @@ pub fn restore(
     store: &Store,
     store_spec: &str,
     id: &str,
-    mode: &Mode,
+    mode: &RestoreMode,
 ) -> Result<Restored> {
     let t0 = Instant::now();
     let (reader, state) = open(rt, store, id)?;
@@ -161,12 +161,12 @@ pub fn restore(
     let mut mem = GuestMemory::new(&state.memory)?;
     let mut lazy = None;
     match mode {
-        Mode::Eager => fill_memory(rt, &reader, &mut mem)?,
-        Mode::Lazy | Mode::Agent(_) => {
+        RestoreMode::Eager => fill_memory(rt, &reader, &mut mem)?,
+        RestoreMode::Lazy | RestoreMode::Agent(_) => {
             let uffd = handoff::register(&mem)?;
             let msg = handoff::describe(&mem, Some(store_spec.to_string()), Some(id.to_string()));
             let link = match mode {
-                Mode::Agent(path) => AgentLink::connect(path)?,
+                RestoreMode::Agent(path) => AgentLink::connect(path)?,
                 _ => AgentLink::in_process(store_spec, store)?,
             };
             link.hand_off(&msg, &uffd)?;

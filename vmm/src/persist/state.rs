@@ -18,7 +18,7 @@ use thaw_format::envelope::{self, EnvelopeError};
 const MAGIC: [u8; 8] = *b"THAWVMST";
 /// Version of the blob format this build writes and reads. Version 1 had a frame of its own
 /// (hash before the payload); it is refused by version.
-pub const FORMAT_VERSION: u16 = 2;
+pub(crate) const FORMAT_VERSION: u16 = 2;
 /// Largest payload accepted (a real state is tens of KiB).
 const MAX_PAYLOAD: u64 = 64 << 20;
 
@@ -70,7 +70,7 @@ impl From<EnvelopeError> for StateBlobError {
     }
 }
 
-/// State of one vCPU, in the order it is restored (see restore.rs for why that order).
+/// State of one vCPU, in the order it is restored (see `vstate::vcpu_state` for why that order).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VcpuState {
     pub id: u32,
@@ -118,7 +118,7 @@ pub struct VmState {
 
 impl VmState {
     /// Total guest memory in bytes.
-    pub fn memory_bytes(&self) -> u64 {
+    pub(crate) fn memory_bytes(&self) -> u64 {
         self.memory.iter().map(|r| r.1).sum()
     }
 
@@ -129,7 +129,7 @@ impl VmState {
     }
 
     /// Decodes and verifies a blob made by [`VmState::encode`].
-    pub fn decode(blob: &[u8]) -> Result<VmState> {
+    pub(crate) fn decode(blob: &[u8]) -> Result<VmState> {
         let payload = envelope::open(blob, MAGIC, FORMAT_VERSION, MAX_PAYLOAD)?;
         let state: VmState = serde_json::from_slice(payload).map_err(StateBlobError::Parse)?;
         state.validate()?;

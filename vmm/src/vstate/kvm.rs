@@ -4,7 +4,7 @@ use kvm_ioctls::{Cap, Kvm};
 use std::path::{Path, PathBuf};
 
 /// Where the KVM device is unless configured otherwise.
-pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
+pub(crate) const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 
 /// KVM could not be opened, lacks something thaw needs, or refused an ioctl.
 #[derive(Debug, thiserror::Error)]
@@ -32,18 +32,18 @@ pub enum KvmError {
 
 impl KvmError {
     /// Wraps a failed ioctl's error with the ioctl's name: `.map_err(KvmError::ioctl("KVM_RUN"))`.
-    pub fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
+    pub(crate) fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
         move |source| KvmError::Ioctl { op, source }
     }
 
     /// Wraps the error of building a KVM table (CPUID, MSRs, XSAVE) with what it held.
-    pub fn table(what: &'static str) -> impl FnOnce(vmm_sys_util::fam::Error) -> KvmError {
+    pub(crate) fn table(what: &'static str) -> impl FnOnce(vmm_sys_util::fam::Error) -> KvmError {
         move |source| KvmError::TableTooLarge { what, source }
     }
 }
 
 /// Opens KVM and checks it has what thaw needs.
-pub fn open_kvm(path: &Path) -> Result<Kvm, KvmError> {
+pub(crate) fn open_kvm(path: &Path) -> Result<Kvm, KvmError> {
     use std::os::unix::ffi::OsStrExt;
     let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| KvmError::NulInPath(path.to_path_buf()))?;

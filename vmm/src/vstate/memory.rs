@@ -25,9 +25,9 @@ type Result<T> = std::result::Result<T, MemoryError>;
 
 /// Guest-physical address where the 32-bit MMIO hole starts (the LAPIC, IOAPIC and firmware live
 /// above it); memory beyond it is placed at 4 GiB.
-pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub(crate) const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// First guest-physical address above the 32-bit MMIO hole.
-pub const HIGH_MEMORY_START: u64 = 0x1_0000_0000;
+pub(crate) const HIGH_MEMORY_START: u64 = 0x1_0000_0000;
 
 /// One region of guest memory and the host mapping behind it.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ unsafe impl Send for GuestMemory {}
 unsafe impl Sync for GuestMemory {}
 
 /// The guest-physical layout of `size` bytes of memory: below the MMIO hole, the rest above 4 GiB.
-pub fn layout(size: u64) -> Vec<(u64, u64)> {
+pub(crate) fn layout(size: u64) -> Vec<(u64, u64)> {
     if size <= MMIO_HOLE_START {
         vec![(0, size)]
     } else {
@@ -109,7 +109,7 @@ impl GuestMemory {
     }
 
     /// Total bytes of guest memory.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.regions.iter().map(|r| r.size).sum()
     }
 
@@ -145,7 +145,7 @@ impl GuestMemory {
     }
 
     /// Copies `data` into guest memory at `addr`.
-    pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
         let dst = self.locate(addr, data.len() as u64)?;
         // SAFETY: dst is valid for data.len() bytes (locate checked the bounds); the source is a
         // distinct Rust slice, so the ranges do not overlap.
@@ -154,7 +154,7 @@ impl GuestMemory {
     }
 
     /// Copies guest memory at `addr` into `out`.
-    pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn read(&self, addr: u64, out: &mut [u8]) -> Result<()> {
         let src = self.locate(addr, out.len() as u64)?;
         // SAFETY: src is valid for out.len() bytes (locate checked the bounds).
         unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
@@ -162,19 +162,19 @@ impl GuestMemory {
     }
 
     /// Writes a little-endian u64 at `addr`.
-    pub fn write_u64(&self, addr: u64, value: u64) -> Result<()> {
+    pub(crate) fn write_u64(&self, addr: u64, value: u64) -> Result<()> {
         self.write(addr, &value.to_le_bytes())
     }
 
     /// Reads a little-endian u64 at `addr`.
-    pub fn read_u64(&self, addr: u64) -> Result<u64> {
+    pub(crate) fn read_u64(&self, addr: u64) -> Result<u64> {
         let mut b = [0u8; 8];
         self.read(addr, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
     /// A vm-memory view of the same mappings, for linux-loader.
-    pub fn as_vm_memory(&self) -> Result<vm_memory::GuestMemoryMmap> {
+    pub(crate) fn as_vm_memory(&self) -> Result<vm_memory::GuestMemoryMmap> {
         let mut regions = Vec::with_capacity(self.regions.len());
         for r in &self.regions {
             // SAFETY: the pointer and size describe a live mapping that outlives the returned view

@@ -1,7 +1,11 @@
-//! KVM state of a VM: the VM itself, its vCPUs and their saved state, guest memory.
+//! The KVM objects of a VM: opening KVM ([`kvm`]), guest memory ([`memory`]), the VM ([`vm`]),
+//! its vCPU threads (`vcpu`) and saving and restoring their state (`vcpu_state`).
 
 pub mod kvm;
 pub mod memory;
-pub mod vcpu;
-pub mod vcpu_state;
+pub(crate) mod vcpu;
+pub(crate) mod vcpu_state;
 pub mod vm;
+
+pub use vcpu::VcpuError;
+pub use vcpu_state::VcpuStateError;

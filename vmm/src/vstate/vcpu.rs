@@ -19,7 +19,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -59,7 +59,7 @@ pub enum VcpuError {
 type Result<T> = std::result::Result<T, VcpuError>;
 
 /// Commands to a parked vCPU thread.
-pub enum Command {
+pub(crate) enum ParkedCommand {
     Save(Sender<std::result::Result<VcpuState, VcpuStateError>>),
     Resume,
     Stop,
@@ -67,7 +67,7 @@ pub enum Command {
 
 /// How a vCPU thread ended.
 #[derive(Debug)]
-pub enum VcpuEnd {
+pub(crate) enum VcpuEnd {
     Stopped,
     GuestStopped(String),
     Failed(VcpuError),
@@ -87,21 +87,21 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// The signal used to kick vCPU threads out of KVM_RUN.
-pub fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
+/// Installs the kick signal's handler once per process; every later call returns how that went.
 fn install_kick_handler() -> Result<()> {
-    static ONCE: Once = Once::new();
-    static mut RESULT: i32 = 0;
-    ONCE.call_once(|| {
-        if let Err(e) = register_signal_handler(kick_signal(), kick_handler) {
-            // SAFETY: written once inside call_once, read only after it completed.
-            unsafe { RESULT = e.errno() };
-        }
-    });
-    // SAFETY: call_once has completed, so no writer remains.
-    let errno = unsafe { RESULT };
+    /// The errno of the installation, 0 when it succeeded.
+    static INSTALLED: OnceLock<i32> = OnceLock::new();
+    let errno =
+        *INSTALLED.get_or_init(
+            || match register_signal_handler(kick_signal(), kick_handler) {
+                Ok(()) => 0,
+                Err(e) => e.errno(),
+            },
+        );
     if errno != 0 {
         return Err(VcpuError::KickHandler(std::io::Error::from_raw_os_error(
             errno,
@@ -112,45 +112,45 @@ fn install_kick_handler() -> Result<()> {
 
 /// Shared pause flag of a VM.
 #[derive(Default)]
-pub struct PauseFlag(AtomicBool);
+pub(crate) struct PauseFlag(AtomicBool);
 
 impl PauseFlag {
-    pub fn set(&self, v: bool) {
+    pub(crate) fn set(&self, v: bool) {
         self.0.store(v, Ordering::SeqCst)
     }
-    pub fn get(&self) -> bool {
+    pub(crate) fn get(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
 
 /// One vCPU ready to run.
-pub struct Vcpu {
+pub(crate) struct Vcpu {
     pub fd: VcpuFd,
     pub id: u32,
     pub cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 /// A running vCPU thread.
-pub struct VcpuHandle {
+pub(crate) struct VcpuHandle {
     pub id: u32,
     thread: Option<JoinHandle<VcpuEnd>>,
-    commands: Sender<Command>,
+    commands: Sender<ParkedCommand>,
     parked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
-struct Runner {
+struct VcpuThread {
     vcpu: Vcpu,
     bus: Arc<PortBus>,
     pause: Arc<PauseFlag>,
     parked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    commands: Receiver<Command>,
+    commands: Receiver<ParkedCommand>,
     caps: Arc<VcpuCaps>,
     memory: Arc<GuestMemory>,
 }
 
-impl Runner {
+impl VcpuThread {
     fn immediate_exit_ptr(&mut self) -> *mut u8 {
         &mut self.vcpu.fd.get_kvm_run().immediate_exit as *mut u8
     }
@@ -266,13 +266,13 @@ impl Runner {
         self.parked.store(true, Ordering::SeqCst);
         let result = loop {
             match self.commands.recv() {
-                Ok(Command::Save(reply)) => {
+                Ok(ParkedCommand::Save(reply)) => {
                     let s =
                         vcpu_state::save(&self.vcpu.fd, self.vcpu.id, &self.vcpu.cpuid, &self.caps);
                     let _ = reply.send(s);
                 }
-                Ok(Command::Resume) => break true,
-                Ok(Command::Stop) | Err(_) => break false,
+                Ok(ParkedCommand::Resume) => break true,
+                Ok(ParkedCommand::Stop) | Err(_) => break false,
             }
         };
         self.parked.store(false, Ordering::SeqCst);
@@ -371,7 +371,7 @@ impl Runner {
 
 impl VcpuHandle {
     /// Starts the vCPU's thread.
-    pub fn spawn(
+    pub(crate) fn spawn(
         vcpu: Vcpu,
         bus: Arc<PortBus>,
         pause: Arc<PauseFlag>,
@@ -383,7 +383,7 @@ impl VcpuHandle {
         let (tx, rx) = channel();
         let parked = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let runner = Runner {
+        let vcpu_thread = VcpuThread {
             vcpu,
             bus,
             pause,
@@ -395,7 +395,7 @@ impl VcpuHandle {
         };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || runner.run())
+            .spawn(move || vcpu_thread.run())
             .map_err(|source| VcpuError::Spawn { cpu: id, source })?;
         Ok(VcpuHandle {
             id,
@@ -407,17 +407,17 @@ impl VcpuHandle {
     }
 
     /// True while the thread waits for commands (paused, done, or exited).
-    pub fn is_parked(&self) -> bool {
+    pub(crate) fn is_parked(&self) -> bool {
         self.parked.load(Ordering::SeqCst) || self.is_finished()
     }
 
     /// True once the thread has ended.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Interrupts KVM_RUN on this vCPU's thread.
-    pub fn kick(&self) {
+    pub(crate) fn kick(&self) {
         if let Some(t) = &self.thread {
             if !t.is_finished() {
                 let _ = t.kill(kick_signal());
@@ -426,7 +426,7 @@ impl VcpuHandle {
     }
 
     /// Waits until the thread is parked, kicking it until then.
-    pub fn wait_parked(&self, timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_parked(&self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while !self.is_parked() {
             if start.elapsed() > timeout {
@@ -439,10 +439,10 @@ impl VcpuHandle {
     }
 
     /// Reads the state of the parked vCPU.
-    pub fn save(&self) -> Result<VcpuState> {
+    pub(crate) fn save(&self) -> Result<VcpuState> {
         let (tx, rx) = channel();
         self.commands
-            .send(Command::Save(tx))
+            .send(ParkedCommand::Save(tx))
             .map_err(|_| VcpuError::ThreadGone {
                 cpu: self.id,
                 what: "vCPU thread has exited",
@@ -458,20 +458,20 @@ impl VcpuHandle {
     }
 
     /// Lets a parked vCPU run again.
-    pub fn resume(&self) {
-        let _ = self.commands.send(Command::Resume);
+    pub(crate) fn resume(&self) {
+        let _ = self.commands.send(ParkedCommand::Resume);
     }
 
     /// Stops the thread and returns how it ended.
-    pub fn stop(&mut self) -> VcpuEnd {
+    pub(crate) fn stop(&mut self) -> VcpuEnd {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.commands.send(Command::Stop);
+        let _ = self.commands.send(ParkedCommand::Stop);
         match self.thread.take() {
             None => VcpuEnd::Stopped,
             Some(t) => {
                 while !t.is_finished() {
                     let _ = t.kill(kick_signal());
-                    let _ = self.commands.send(Command::Stop);
+                    let _ = self.commands.send(ParkedCommand::Stop);
                     std::thread::sleep(Duration::from_micros(500));
                 }
                 t.join().unwrap_or(VcpuEnd::Failed(VcpuError::ThreadGone {

@@ -52,7 +52,7 @@ type Result<T> = std::result::Result<T, VcpuStateError>;
 
 /// What a host's KVM offers for vCPU state, found once per VM.
 #[derive(Debug, Clone)]
-pub struct VcpuCaps {
+pub(crate) struct VcpuCaps {
     /// MSRs that are saved and restored (KVM_GET_MSR_INDEX_LIST, less those that cannot be read).
     pub msrs: Vec<u32>,
     pub sregs2: bool,
@@ -98,7 +98,10 @@ fn msrs_wrapper(indices: impl Iterator<Item = u32>) -> std::result::Result<Msrs,
 }
 
 /// The saveable MSRs that this vCPU can actually read (a few listed ones fail on some hosts).
-pub fn readable_msrs(fd: &VcpuFd, candidates: &[u32]) -> std::result::Result<Vec<u32>, KvmError> {
+pub(crate) fn readable_msrs(
+    fd: &VcpuFd,
+    candidates: &[u32],
+) -> std::result::Result<Vec<u32>, KvmError> {
     let mut list = candidates.to_vec();
     loop {
         let mut msrs = msrs_wrapper(list.iter().copied())?;
@@ -114,7 +117,7 @@ pub fn readable_msrs(fd: &VcpuFd, candidates: &[u32]) -> std::result::Result<Vec
 }
 
 /// Reads the complete state of a paused vCPU.
-pub fn save(
+pub(crate) fn save(
     fd: &VcpuFd,
     id: u32,
     cpuid: &[kvm_cpuid_entry2],
@@ -185,7 +188,7 @@ pub fn save(
 
 /// Writes a saved state into a fresh vCPU, in the order the module documentation explains.
 /// CPUID (step 1) is set when the vCPU is created, before this is called.
-pub fn restore(fd: &VcpuFd, s: &VcpuState, caps: &VcpuCaps) -> Result<()> {
+pub(crate) fn restore(fd: &VcpuFd, s: &VcpuState, caps: &VcpuCaps) -> Result<()> {
     match (&s.sregs2, caps.sregs2) {
         (Some(raw), true) => {
             let sregs2 = pod_from_bytes::<kvm_sregs2>(raw).ok_or(VcpuStateError::Sregs2Size {

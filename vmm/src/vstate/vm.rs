@@ -4,8 +4,9 @@ use crate::arch::cpuid::MissingCpuFeature;
 use crate::arch::cpuid::{self, CpuBaseline, RequiredFeatures};
 use crate::devices::i8042::{self, ResetLine};
 use crate::devices::report_port::{self, ReportPort};
-use crate::devices::serial::SerialError;
-use crate::devices::serial::{SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN};
+use crate::devices::serial::{
+    SerialError, SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN,
+};
 use crate::devices::{GuestEvent, PortBus};
 use crate::persist::state::{GuestKind, VmState};
 use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
@@ -57,7 +58,7 @@ pub enum VmError {
     NotPaused,
     #[error("guest stopped: {0}")]
     GuestStopped(String),
-    /// Ended from another thread through an [`AbortHandle`].
+    /// Ended from another thread (its fetch agent went away).
     #[error(transparent)]
     Aborted(Box<dyn StdError + Send + Sync>),
 }
@@ -108,11 +109,11 @@ pub struct Vm {
 /// Lets another thread end a running VM with an error (e.g. its fetch agent went away): the
 /// next [`Vm::next_event`] returns it as [`VmError::Aborted`] instead of waiting on.
 #[derive(Clone, Default)]
-pub struct AbortHandle(Arc<Mutex<Option<VmError>>>);
+pub(crate) struct AbortHandle(Arc<Mutex<Option<VmError>>>);
 
 impl AbortHandle {
     /// Records `why`; the first error recorded wins.
-    pub fn abort(&self, why: impl StdError + Send + Sync + 'static) {
+    pub(crate) fn abort(&self, why: impl StdError + Send + Sync + 'static) {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(VmError::Aborted(Box::new(why)));
@@ -127,7 +128,7 @@ impl AbortHandle {
 impl Vm {
     /// Builds a VM over `memory` with fresh vCPUs. `cpuids`, when given (restore), is the CPUID of
     /// each vCPU; otherwise it is derived from the host and the baseline.
-    pub fn create(
+    pub(crate) fn create(
         config: &VmConfig,
         memory: GuestMemory,
         guest: GuestKind,
@@ -274,7 +275,7 @@ impl Vm {
 
     /// Builds a VM from a checkpoint's state over `memory` (filled, or empty and served lazily).
     /// Fails before any vCPU runs if this host lacks a CPU feature the checkpoint needs.
-    pub fn restore(config: &VmConfig, state: &VmState, memory: GuestMemory) -> Result<Vm> {
+    pub(crate) fn restore(config: &VmConfig, state: &VmState, memory: GuestMemory) -> Result<Vm> {
         let layout: Vec<(u64, u64)> = memory
             .regions()
             .iter()
@@ -345,18 +346,13 @@ impl Vm {
     }
 
     /// vCPUs not started yet (to set their boot registers).
-    pub fn pending_vcpus(&self) -> &[Vcpu] {
+    pub(crate) fn pending_vcpus(&self) -> &[Vcpu] {
         &self.pending
     }
 
     /// Number of vCPUs.
-    pub fn vcpu_count(&self) -> usize {
+    pub(crate) fn vcpu_count(&self) -> usize {
         self.pending.len() + self.running.len()
-    }
-
-    /// Host CPU features this VM's guest uses.
-    pub fn required_features(&self) -> &RequiredFeatures {
-        &self.required
     }
 
     /// Starts a thread per vCPU.
@@ -384,7 +380,7 @@ impl Vm {
     }
 
     /// Lets paused vCPUs run again.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.pause.set(false);
         for h in &self.running {
             h.resume();
@@ -442,7 +438,7 @@ impl Vm {
     /// Turns KVM dirty logging on or off for every memory slot (`KVM_MEM_LOG_DIRTY_PAGES`, a
     /// flags-only change of the slots). While on, KVM write-protects guest pages and records the
     /// first write to each in a bitmap per slot, read by [`Vm::harvest_dirty_pages`].
-    pub fn set_dirty_log(&self, on: bool) -> Result<()> {
+    pub(crate) fn set_dirty_log(&self, on: bool) -> Result<()> {
         for (slot, r) in self.memory.regions().iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -463,7 +459,7 @@ impl Vm {
     /// The pages the guest wrote since dirty logging was enabled or since the previous call
     /// (`KVM_GET_DIRTY_LOG` per slot, which also clears the bitmap and re-arms tracking), as
     /// ascending page indices into the regions concatenated.
-    pub fn harvest_dirty_pages(&self) -> Result<Vec<u64>> {
+    pub(crate) fn harvest_dirty_pages(&self) -> Result<Vec<u64>> {
         let mut pages = Vec::new();
         let mut first_page = 0u64;
         for (slot, r) in self.memory.regions().iter().enumerate() {
@@ -481,13 +477,13 @@ impl Vm {
     }
 
     /// A handle that makes [`Vm::next_event`] fail from another thread.
-    pub fn abort_handle(&self) -> AbortHandle {
+    pub(crate) fn abort_handle(&self) -> AbortHandle {
         self.abort.clone()
     }
 
     /// Waits for the next guest event; fails if a vCPU thread died or the VM was aborted
     /// through its [`AbortHandle`].
-    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
+    pub(crate) fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.abort.take() {
@@ -546,7 +542,7 @@ impl Drop for Vm {
 }
 
 /// Fails if this host cannot run the checkpoint: a CPU feature it needs is missing.
-pub fn check_host(kvm_path: &std::path::Path, state: &VmState) -> Result<()> {
+pub(crate) fn check_host(kvm_path: &std::path::Path, state: &VmState) -> Result<()> {
     let kvm = open_kvm(kvm_path)?;
     let supported = cpuid::supported(&kvm)?;
     Ok(state.required_features.check(&supported)?)
