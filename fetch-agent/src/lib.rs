@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod cache;
+#[cfg(feature = "block-server")]
 pub mod cli;
 pub mod fetch;
 pub mod guest;

@@ -2,14 +2,16 @@
 //! and the test guest's time to finish a pass over 256 MiB after an eager and after a lazy restore
 //! from a local-directory store (the real fault path through KVM and userfaultfd).
 
-use crate::checkpoint::{checkpoint, open_store, runtime, CheckpointOutcome};
+use crate::boot::testguest::{self, Params, Pattern};
+use crate::boot::testguest::{boot_test_guest, wait_done};
+use crate::devices::report_port;
+use crate::devices::serial::SerialOutput;
 use crate::devices::GuestEvent;
-use crate::error::{Error, Result};
-use crate::restore::{restore, Mode};
-use crate::runner::{boot_test_guest, wait_done};
-use crate::serial::SerialOutput;
-use crate::testguest::{self, Params, Pattern};
-use crate::vm::{VmConfig, DEFAULT_KVM_PATH};
+use crate::persist::checkpoint::{checkpoint, open_store, runtime, CheckpointOutcome};
+use crate::persist::restore::{restore, RestoreMode};
+use crate::vstate::kvm::DEFAULT_KVM_PATH;
+use crate::vstate::vm::VmConfig;
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -69,11 +71,11 @@ fn checkpoint_after_first_pass(
     loop {
         match vm.next_event(deadline.saturating_duration_since(Instant::now()))? {
             Some(GuestEvent::Report {
-                code: testguest::CODE_PROGRESS,
+                code: report_port::CODE_PROGRESS,
                 ..
             }) => break,
             Some(_) => {}
-            None => return Err(Error::Timeout("first pass of the benchmark guest".into())),
+            None => bail!("timed out: first pass of the benchmark guest"),
         }
     }
     let outcome = checkpoint(&vm, rt, store, &Default::default())?;
@@ -88,7 +90,7 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         Some(d) => tempfile::tempdir_in(d),
         None => tempfile::tempdir(),
     }
-    .map_err(Error::io("create benchmark directory"))?;
+    .context("creating the benchmark directory")?;
     let spec = tmp.path().join("store").to_string_lossy().into_owned();
     let store = open_store(&spec)?;
     let kvm = &opts.kvm_path;
@@ -108,8 +110,8 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
     out.insert("state_blob_bytes".into(), json!(small.state_blob_bytes));
 
     for (mode, key) in [
-        (Mode::Eager, "finish_s_eager"),
-        (Mode::Lazy, "finish_s_lazy"),
+        (RestoreMode::Eager, "finish_s_eager"),
+        (RestoreMode::Lazy, "finish_s_lazy"),
     ] {
         let t0 = Instant::now();
         let mut r = restore(&config(kvm, SMALL), &rt, &store, &spec, &small.id, &mode)?;
@@ -117,20 +119,25 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         let finish = t0.elapsed().as_secs_f64();
         r.vm.stop()?;
         if done.checksums != [want] {
-            return Err(Error::Guest(format!(
+            bail!(
                 "{mode:?} restore ended with checksum {:?}, expected {want}",
                 done.checksums
-            )));
+            );
         }
         out.insert(key.into(), json!(finish));
-        if mode == Mode::Lazy {
+        if mode == RestoreMode::Lazy {
             out.insert("resume_ms_256mib".into(), json!(r.timings.resume_ms));
             out.insert("resume_open_ms_256mib".into(), json!(r.timings.open_ms));
             out.insert("resume_state_ms_256mib".into(), json!(r.timings.state_ms));
-            if let Some(ps) = r.page_server.take() {
-                let stats = ps.finish()?;
-                out.insert("lazy_faults_256mib".into(), json!(stats.faults));
-                out.insert("lazy_blocks_256mib".into(), json!(stats.blocks_fetched));
+            if let Some(report) = r
+                .agent
+                .take()
+                .map(|link| link.finish())
+                .transpose()?
+                .flatten()
+            {
+                out.insert("lazy_faults_256mib".into(), json!(report.faults));
+                out.insert("lazy_blocks_256mib".into(), json!(report.fetched_blocks));
             }
         } else {
             out.insert("eager_read_ms_256mib".into(), json!(r.timings.memory_ms));
@@ -165,7 +172,7 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         &store,
         &spec,
         &big.id,
-        &Mode::Lazy,
+        &RestoreMode::Lazy,
     )?;
     out.insert(format!("resume_ms_{key}"), json!(r.timings.resume_ms));
     out.insert(format!("resume_open_ms_{key}"), json!(r.timings.open_ms));

@@ -1,17 +1,19 @@
-//! Command-line surface of the vmm: `thaw vm run | checkpoint | restore | page-server`.
+//! Command-line surface of the vmm: `thaw vm run | checkpoint | restore`.
 //!
 //! Machine-readable results go to standard output as JSON lines when `--json` is given (the guest's
 //! console then goes to standard error unless `--serial` says otherwise).
 
-use crate::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
-use crate::cpuid::CpuBaseline;
-use crate::dirty::DirtyConfig;
-use crate::dirty_tracker::DirtyTracker;
-use crate::restore::{restore, Mode};
-use crate::runner::{boot_test_guest, wait_done};
-use crate::serial::SerialOutput;
-use crate::testguest::{self, Params, Pattern};
-use crate::vm::{Vm, VmConfig, DEFAULT_KVM_PATH};
+use crate::arch::cpuid::CpuBaseline;
+use crate::boot::testguest::{boot_test_guest, wait_done};
+use crate::boot::testguest::{Params, Pattern};
+use crate::devices::report_port;
+use crate::devices::serial::SerialOutput;
+use crate::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
+use crate::persist::dirty::DirtyConfig;
+use crate::persist::dirty_tracker::DirtyTracker;
+use crate::persist::restore::{restore, RestoreMode};
+use crate::vstate::kvm::DEFAULT_KVM_PATH;
+use crate::vstate::vm::{Vm, VmConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -31,10 +33,9 @@ pub enum VmCommand {
     Run(RunArgs),
     /// Boot a guest, run it for --at, checkpoint it to --store and stop (or go on with --resume).
     Checkpoint(CheckpointArgs),
-    /// Restore a checkpoint in this process: lazily by default, --eager, or through --agent.
+    /// Restore a checkpoint in this process: lazily by default (a fetch agent inside this
+    /// process serves memory from the store), --eager, or through the fetch agent at --agent.
     Restore(RestoreArgs),
-    /// Serve lazy restores: accept hand-offs (uffd + JSON) on a Unix socket.
-    PageServer(PageServerArgs),
     /// The resume benchmark (also `thaw bench resume`): figures as JSON on stdout or to --json.
     #[command(hide = true)]
     BenchResume {
@@ -95,7 +96,7 @@ pub struct GuestArgs {
     pub kernel: Option<PathBuf>,
     #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    #[arg(long, requires = "kernel", default_value = crate::linux::DEFAULT_CMDLINE)]
+    #[arg(long, requires = "kernel", default_value = crate::boot::linux::DEFAULT_CMDLINE)]
     pub cmdline: String,
 }
 
@@ -172,7 +173,7 @@ pub struct RestoreArgs {
     /// Read all memory before running.
     #[arg(long, conflicts_with = "agent")]
     pub eager: bool,
-    /// Hand guest memory to the page server (fetch agent) listening on this Unix socket.
+    /// Hand guest memory to the fetch agent listening on this Unix socket.
     #[arg(long)]
     pub agent: Option<PathBuf>,
     /// For a Linux guest: run this long after the restore, then stop.
@@ -180,14 +181,7 @@ pub struct RestoreArgs {
     pub run_for: Option<Duration>,
 }
 
-#[derive(Debug, Args)]
-pub struct PageServerArgs {
-    /// Unix socket to listen on.
-    #[arg(long)]
-    pub listen: PathBuf,
-}
-
-pub use thaw_format::units::{parse_duration, parse_size};
+use thaw_format::units::{parse_duration, parse_size};
 
 /// The console buffer watched for `--until-serial` / `--on-serial` markers, if any.
 type Watch = Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>;
@@ -239,7 +233,7 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
         serial: serial_output(m, watch),
     };
     Ok(match &g.kernel {
-        Some(kernel) => crate::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
+        Some(kernel) => crate::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
         None => boot_test_guest(&config, &params(g))?,
     })
 }
@@ -372,7 +366,7 @@ fn run_and_maybe_checkpoint(
                 None => track_from.min(deadline),
             };
             if let Some(crate::devices::GuestEvent::Report {
-                code: testguest::CODE_DONE,
+                code: report_port::CODE_DONE,
                 cpu,
                 ..
             }) = vm.next_event(wake.saturating_duration_since(Instant::now()))?
@@ -409,9 +403,9 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = open_store(&a.store)?;
     let mode = match (&a.agent, a.eager) {
-        (Some(p), _) => Mode::Agent(p.clone()),
-        (None, true) => Mode::Eager,
-        (None, false) => Mode::Lazy,
+        (Some(p), _) => RestoreMode::Agent(p.clone()),
+        (None, true) => RestoreMode::Eager,
+        (None, false) => RestoreMode::Lazy,
     };
     let watch: Watch = a
         .machine
@@ -430,7 +424,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         a.machine.json,
         serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),
     );
-    let linux = r.state.guest == crate::state::GuestKind::Linux;
+    let linux = r.state.guest == crate::persist::state::GuestKind::Linux;
     let limit = if linux {
         a.run_for.unwrap_or(a.machine.timeout)
     } else {
@@ -438,11 +432,21 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     };
     finish(&mut r.vm, linux, limit, &a.machine, &watch, t0)?;
     r.vm.stop()?;
-    if let Some(ps) = r.page_server.take() {
-        let stats = ps.finish()?;
+    if let Some(report) = r
+        .agent
+        .take()
+        .map(|link| link.finish())
+        .transpose()?
+        .flatten()
+    {
         emit(
             a.machine.json,
-            serde_json::json!({"event": "page_server", "stats": stats}),
+            serde_json::json!({
+                "event": "fetch_agent",
+                "faults": report.faults,
+                "fetched_blocks": report.fetched_blocks,
+                "fetched_bytes": report.fetched_bytes,
+            }),
         );
     }
     Ok(())
@@ -480,14 +484,6 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", p.display()))?,
                 None => println!("{text}"),
             }
-            Ok(())
-        }
-        VmCommand::PageServer(a) => {
-            let _ = std::fs::remove_file(&a.listen);
-            let listener = std::os::unix::net::UnixListener::bind(&a.listen)
-                .with_context(|| format!("listening on {}", a.listen.display()))?;
-            eprintln!("page server listening on {}", a.listen.display());
-            crate::pageserver::serve_forever(listener)?;
             Ok(())
         }
     }

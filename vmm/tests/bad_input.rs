@@ -6,15 +6,18 @@ use std::process::Command;
 use std::time::Duration;
 use thaw_format::CheckpointId;
 use thaw_store::{MemoryRegion, WriteOptions};
-use vmm::checkpoint::{open_store, runtime};
-use vmm::cpuid::{self, Reg};
-use vmm::restore::{restore, Mode};
-use vmm::runner::boot_test_guest;
-use vmm::serial::SerialOutput;
-use vmm::state::VmState;
-use vmm::testguest::Params;
-use vmm::vm::VmConfig;
-use vmm::Error;
+use vmm::arch::cpuid::{self, Reg};
+use vmm::boot::testguest::boot_test_guest;
+use vmm::boot::testguest::Params;
+use vmm::boot::BootError;
+use vmm::devices::serial::SerialOutput;
+use vmm::persist::checkpoint::{open_store, runtime};
+use vmm::persist::restore::RestoreError;
+use vmm::persist::restore::{restore, RestoreMode};
+use vmm::persist::state::VmState;
+use vmm::vstate::kvm::KvmError;
+use vmm::vstate::vm::VmConfig;
+use vmm::vstate::vm::VmError;
 
 const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 
@@ -52,7 +55,10 @@ fn no_kvm_device() {
         ..config()
     };
     let err = boot_test_guest(&cfg, &Params::default()).err().unwrap();
-    assert!(matches!(err, Error::KvmOpen { .. }), "{err}");
+    assert!(
+        matches!(err, BootError::Vm(VmError::Kvm(KvmError::Open { .. }))),
+        "{err}"
+    );
     assert!(err.to_string().contains("/nonexistent/kvm"), "{err}");
     let stderr = thaw_vmm_fails(&["run", "--kvm=/nonexistent/kvm", "--memory=8MiB"]);
     assert!(
@@ -144,11 +150,11 @@ fn corrupt_state_and_incompatible_cpu() {
     assert_eq!(vcpu_threads(), 0);
 
     let cfg = config();
-    for mode in [Mode::Eager, Mode::Lazy] {
+    for mode in [RestoreMode::Eager, RestoreMode::Lazy] {
         let err = restore(&cfg, &rt, &store, &spec, "corrupt", &mode)
             .err()
             .unwrap();
-        assert!(matches!(err, Error::StateBlob(_)), "{err}");
+        assert!(matches!(err, RestoreError::State(_)), "{err}");
         assert!(err.to_string().contains("hash mismatch"), "{err}");
         assert_eq!(vcpu_threads(), 0, "no vCPU may run after a failed restore");
 
@@ -156,7 +162,10 @@ fn corrupt_state_and_incompatible_cpu() {
             .err()
             .unwrap();
         let name = cpuid::feature_name(reg, bit);
-        assert!(matches!(err, Error::MissingCpuFeature { .. }), "{err}");
+        assert!(
+            matches!(err, RestoreError::Vm(VmError::MissingCpuFeature(_))),
+            "{err}"
+        );
         assert!(err.to_string().contains(&name), "{err} should name {name}");
         assert_eq!(vcpu_threads(), 0);
 
@@ -169,12 +178,15 @@ fn corrupt_state_and_incompatible_cpu() {
         kvm_path: "/nonexistent/kvm".into(),
         ..config()
     };
-    let err = restore(&no_kvm, &rt, &store, &spec, "good", &Mode::Lazy)
+    let err = restore(&no_kvm, &rt, &store, &spec, "good", &RestoreMode::Lazy)
         .err()
         .unwrap();
-    assert!(matches!(err, Error::KvmOpen { .. }), "{err}");
+    assert!(
+        matches!(err, RestoreError::Vm(VmError::Kvm(KvmError::Open { .. }))),
+        "{err}"
+    );
     // The good one restores (and runs: the guest never finishes, so pause and stop it).
-    let mut r = restore(&cfg, &rt, &store, &spec, "good", &Mode::Lazy).unwrap();
+    let mut r = restore(&cfg, &rt, &store, &spec, "good", &RestoreMode::Lazy).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     r.vm.pause().unwrap();
     r.vm.stop().unwrap();

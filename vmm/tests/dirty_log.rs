@@ -11,7 +11,7 @@ use std::process::Command;
 use thaw_format::{layout_from_dirty_windows, CheckpointId};
 use thaw_store::dirty_log::load_dirty_log;
 use thaw_store::CheckpointReader;
-use vmm::testguest::{self, Params, Pattern};
+use vmm::boot::testguest::{self, Params, Pattern};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 const MEMORY: u64 = 16 << 20;
@@ -104,8 +104,8 @@ fn prefix_holding_most_of(order: &[u64], hot: &HashSet<u64>) -> usize {
 fn a_checkpoint_after_dirty_logging_puts_the_hot_sets_first_and_restores_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("store").to_str().unwrap().to_string();
-    let rt = vmm::checkpoint::runtime().unwrap();
-    let store = vmm::checkpoint::open_store(&spec).unwrap();
+    let rt = vmm::persist::checkpoint::runtime().unwrap();
+    let store = vmm::persist::checkpoint::open_store(&spec).unwrap();
     let hot = hot_pages();
 
     let mut args = vec![
@@ -203,8 +203,8 @@ fn a_checkpoint_after_dirty_logging_puts_the_hot_sets_first_and_restores_exactly
 fn without_dirty_logging_there_is_no_log_and_memory_stays_in_physical_order() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("store").to_str().unwrap().to_string();
-    let rt = vmm::checkpoint::runtime().unwrap();
-    let store = vmm::checkpoint::open_store(&spec).unwrap();
+    let rt = vmm::persist::checkpoint::runtime().unwrap();
+    let store = vmm::persist::checkpoint::open_store(&spec).unwrap();
     let mut args = vec![
         "checkpoint".to_string(),
         format!("--store={spec}"),

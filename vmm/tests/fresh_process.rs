@@ -1,11 +1,12 @@
 //! The test guest checkpointed mid-run at several moments, by one process; the original VM resumes
-//! to the end, and fresh processes restore the checkpoint eagerly, lazily (in-process page server)
-//! and through a separate page-server process. Every run ends with the checksums of the host-side
-//! model of an uninterrupted run.
+//! to the end, and fresh processes restore the checkpoint eagerly, lazily (the fetch agent's code
+//! inside the restoring process) and through a fetch agent in another process (this test's).
+//! Every run ends with the checksums of the host-side model of an uninterrupted run.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use vmm::testguest::{self, Params, Pattern};
+use fetch_agent::{Agent, AgentConfig};
+use std::os::unix::net::UnixListener;
+use std::process::Command;
+use vmm::boot::testguest::{self, Params, Pattern};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 
@@ -82,29 +83,30 @@ fn checksums(lines: &[serde_json::Value]) -> Vec<u64> {
         .collect()
 }
 
-struct PageServer(Child);
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_page_server(sock: &std::path::Path) -> PageServer {
-    let mut child = Command::new(BIN)
-        .arg("page-server")
-        .arg(format!("--listen={}", sock.display()))
-        .stderr(Stdio::piped())
-        .spawn()
+/// A fetch agent serving `store` on `sock` from this test process, for restores given
+/// `--agent`. Its accept thread lives as long as the test process; the runtime is returned to be
+/// kept alive while restores run.
+fn start_agent(sock: &std::path::Path, store: &str) -> tokio::runtime::Runtime {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
         .unwrap();
-    // It prints one line once it listens.
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"), "{line}");
-    PageServer(child)
+    let agent = Agent::new(
+        AgentConfig {
+            store: Some(store.to_string()),
+            checkpoint: None,
+            block_servers: Vec::new(),
+            policy: Default::default(),
+            fetch: Default::default(),
+            cache_bytes: 256 << 20,
+            trace_dir: None,
+        },
+        runtime.handle().clone(),
+    );
+    let listener = UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || agent.serve(listener));
+    runtime
 }
 
 fn checkpoint_and_restore_everywhere(w: &Workload, at: &[&str]) {
@@ -112,8 +114,8 @@ fn checkpoint_and_restore_everywhere(w: &Workload, at: &[&str]) {
     let store = dir.path().join("store");
     let store = store.to_str().unwrap().to_string();
     let want = w.expected();
-    let sock = dir.path().join("pages.sock");
-    let _server = start_page_server(&sock);
+    let sock = dir.path().join("agent.sock");
+    let _agent = start_agent(&sock, &store);
     for moment in at {
         let mut args = vec!["checkpoint".to_string(), format!("--store={store}")];
         args.push(format!("--at={moment}"));

@@ -134,7 +134,7 @@ fn linux_boots_checkpoints_and_goes_on_after_a_lazy_restore() {
         // The software KVM here cannot emulate cmpxchg16b or xrstor in guest kernel code: a
         // baseline CPU without CX16 and `noxsave` keep the kernel off them (harmless on hardware).
         "--cpu-baseline=x86-64".into(),
-        format!("--cmdline={} noxsave", vmm::linux::DEFAULT_CMDLINE),
+        format!("--cmdline={} noxsave", vmm::boot::linux::DEFAULT_CMDLINE),
         format!("--store={}", store.display()),
         "--on-serial=thaw-counter 3".into(),
         format!("--serial={}", boot_log.display()),

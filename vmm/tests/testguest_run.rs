@@ -1,10 +1,10 @@
 //! The test guest runs on KVM at CPL3 and ends with the checksum the host-side model predicts.
 
 use std::time::Duration;
-use vmm::runner::{boot_test_guest, wait_done};
-use vmm::serial::SerialOutput;
-use vmm::testguest::{self, Params, Pattern};
-use vmm::vm::VmConfig;
+use vmm::boot::testguest::{self, Params, Pattern};
+use vmm::boot::testguest::{boot_test_guest, wait_done};
+use vmm::devices::serial::SerialOutput;
+use vmm::vstate::vm::VmConfig;
 
 fn config(mem: u64, vcpus: u32, serial: SerialOutput) -> VmConfig {
     VmConfig {

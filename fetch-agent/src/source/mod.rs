@@ -4,6 +4,7 @@
 //! decoding and the hash check happen above, in [`crate::fetch`], so a bad
 //! source can never get a block installed.
 
+#[cfg(feature = "block-server")]
 pub mod block_server;
 
 use std::collections::HashMap;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use serde::{Deserialize, Serialize};
 use thaw_format::workload::parse_trace;
-use vmm::memory::GuestMemory;
+use vmm::vstate::memory::GuestMemory;
 
 use super::pacing::{wait_step, Pacer, Wait};
 
@@ -176,11 +176,12 @@ fn hand_off(
     socket: &std::path::Path,
     args: &ReplayArgs,
 ) -> anyhow::Result<UnixStream> {
-    let uffd = vmm::handoff::register(memory)?;
-    let message = vmm::handoff::describe(memory, args.store.clone(), args.checkpoint.clone());
+    let uffd = vmm::persist::handoff::register(memory)?;
+    let message =
+        vmm::persist::handoff::describe(memory, args.store.clone(), args.checkpoint.clone());
     let conn = UnixStream::connect(socket)
         .with_context(|| format!("connecting to the agent at {}", socket.display()))?;
-    vmm::handoff::send(&conn, &message, &uffd)?;
+    vmm::persist::handoff::send(&conn, &message, &uffd)?;
     // Our copy of the uffd goes: if the agent refuses the restore and drops
     // its copy, faults fall through to plain zero pages, which the check
     // after the replay reports, instead of hanging forever.

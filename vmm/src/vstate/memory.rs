@@ -4,13 +4,30 @@
 //! touches its pages, and a lazily restored guest can be registered with userfaultfd (missing mode)
 //! while every page is still absent.
 
-use crate::error::{Error, Result};
+/// Guest memory could not be mapped, or an access fell outside it.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("invalid configuration: memory region {gpa:#x}+{size:#x} is not page aligned")]
+    Misaligned { gpa: u64, size: u64 },
+    #[error("cannot map {size} bytes of guest memory: {source}")]
+    Map { size: u64, source: std::io::Error },
+    #[error("guest address {addr:#x} (+{len} bytes) is outside guest memory")]
+    OutOfRange { addr: u64, len: u64 },
+    #[error("cannot view guest memory through vm-memory: {0}")]
+    View(#[source] vm_memory::mmap::MmapRegionError),
+    #[error("cannot view guest memory through vm-memory: region at {0:#x} overflows")]
+    ViewOverflow(u64),
+    #[error("cannot view guest memory through vm-memory: {0}")]
+    ViewRegions(#[source] vm_memory::GuestRegionCollectionError),
+}
+
+type Result<T> = std::result::Result<T, MemoryError>;
 
 /// Guest-physical address where the 32-bit MMIO hole starts (the LAPIC, IOAPIC and firmware live
 /// above it); memory beyond it is placed at 4 GiB.
-pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub(crate) const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// First guest-physical address above the 32-bit MMIO hole.
-pub const HIGH_MEMORY_START: u64 = 0x1_0000_0000;
+pub(crate) const HIGH_MEMORY_START: u64 = 0x1_0000_0000;
 
 /// One region of guest memory and the host mapping behind it.
 #[derive(Debug)]
@@ -40,7 +57,7 @@ unsafe impl Send for GuestMemory {}
 unsafe impl Sync for GuestMemory {}
 
 /// The guest-physical layout of `size` bytes of memory: below the MMIO hole, the rest above 4 GiB.
-pub fn layout(size: u64) -> Vec<(u64, u64)> {
+pub(crate) fn layout(size: u64) -> Vec<(u64, u64)> {
     if size <= MMIO_HOLE_START {
         vec![(0, size)]
     } else {
@@ -57,9 +74,7 @@ impl GuestMemory {
         let mut regions = Vec::with_capacity(layout.len());
         for &(gpa, size) in layout {
             if size == 0 || size % 4096 != 0 || gpa % 4096 != 0 {
-                return Err(Error::Config(format!(
-                    "memory region {gpa:#x}+{size:#x} is not page aligned"
-                )));
+                return Err(MemoryError::Misaligned { gpa, size });
             }
             // SAFETY: an anonymous private mapping at an address of the kernel's choosing; the
             // result is checked before use and unmapped exactly once in Drop.
@@ -74,8 +89,8 @@ impl GuestMemory {
                 )
             };
             if host == libc::MAP_FAILED {
-                return Err(Error::Io {
-                    op: format!("mmap of {size} bytes of guest memory"),
+                return Err(MemoryError::Map {
+                    size,
                     source: std::io::Error::last_os_error(),
                 });
             }
@@ -94,7 +109,7 @@ impl GuestMemory {
     }
 
     /// Total bytes of guest memory.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.regions.iter().map(|r| r.size).sum()
     }
 
@@ -126,11 +141,11 @@ impl GuestMemory {
                 return Ok(unsafe { r.host.add((addr - r.guest_phys_addr) as usize) });
             }
         }
-        Err(Error::GuestAddress { addr, len })
+        Err(MemoryError::OutOfRange { addr, len })
     }
 
     /// Copies `data` into guest memory at `addr`.
-    pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
         let dst = self.locate(addr, data.len() as u64)?;
         // SAFETY: dst is valid for data.len() bytes (locate checked the bounds); the source is a
         // distinct Rust slice, so the ranges do not overlap.
@@ -139,7 +154,7 @@ impl GuestMemory {
     }
 
     /// Copies guest memory at `addr` into `out`.
-    pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn read(&self, addr: u64, out: &mut [u8]) -> Result<()> {
         let src = self.locate(addr, out.len() as u64)?;
         // SAFETY: src is valid for out.len() bytes (locate checked the bounds).
         unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
@@ -147,19 +162,19 @@ impl GuestMemory {
     }
 
     /// Writes a little-endian u64 at `addr`.
-    pub fn write_u64(&self, addr: u64, value: u64) -> Result<()> {
+    pub(crate) fn write_u64(&self, addr: u64, value: u64) -> Result<()> {
         self.write(addr, &value.to_le_bytes())
     }
 
     /// Reads a little-endian u64 at `addr`.
-    pub fn read_u64(&self, addr: u64) -> Result<u64> {
+    pub(crate) fn read_u64(&self, addr: u64) -> Result<u64> {
         let mut b = [0u8; 8];
         self.read(addr, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
     /// A vm-memory view of the same mappings, for linux-loader.
-    pub fn as_vm_memory(&self) -> Result<vm_memory::GuestMemoryMmap> {
+    pub(crate) fn as_vm_memory(&self) -> Result<vm_memory::GuestMemoryMmap> {
         let mut regions = Vec::with_capacity(self.regions.len());
         for r in &self.regions {
             // SAFETY: the pointer and size describe a live mapping that outlives the returned view
@@ -172,14 +187,13 @@ impl GuestMemory {
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 )
             }
-            .map_err(|e| Error::Config(format!("vm-memory view: {e}")))?;
+            .map_err(MemoryError::View)?;
             let region =
                 vm_memory::GuestRegionMmap::new(mmap, vm_memory::GuestAddress(r.guest_phys_addr))
-                    .ok_or_else(|| Error::Config("vm-memory region overflow".into()))?;
+                    .ok_or(MemoryError::ViewOverflow(r.guest_phys_addr))?;
             regions.push(region);
         }
-        vm_memory::GuestMemoryMmap::from_regions(regions)
-            .map_err(|e| Error::Config(format!("vm-memory view: {e}")))
+        vm_memory::GuestMemoryMmap::from_regions(regions).map_err(MemoryError::ViewRegions)
     }
 }
 
@@ -215,7 +229,7 @@ mod tests {
         assert_eq!(m.read_u64(0x10ff8).unwrap(), 0x1234);
         assert!(matches!(
             m.write_u64(0x10ffc, 1),
-            Err(Error::GuestAddress { .. })
+            Err(MemoryError::OutOfRange { .. })
         ));
         assert!(m.read_u64(0x3000).is_err());
         assert_eq!(m.size(), 12288);

@@ -1,31 +1,69 @@
 //! A KVM virtual machine: creation, vCPU threads, pause/resume, full state save and restore.
 
-use crate::cpuid::{self, CpuBaseline, RequiredFeatures};
-use crate::devices::{Devices, GuestEvent};
-use crate::error::{Error, Result};
-use crate::memory::GuestMemory;
-use crate::serial::{SerialOutput, Uart, UartState, COM1_IRQ};
-use crate::state::{GuestKind, VmState};
-use crate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle};
-use crate::vcpu_state::{self, VcpuCaps};
+use crate::arch::cpuid::MissingCpuFeature;
+use crate::arch::cpuid::{self, CpuBaseline, RequiredFeatures};
+use crate::devices::i8042::{self, ResetLine};
+use crate::devices::report_port::{self, ReportPort};
+use crate::devices::serial::{
+    SerialError, SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN,
+};
+use crate::devices::{GuestEvent, PortBus};
+use crate::persist::state::{GuestKind, VmState};
+use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu::VcpuError;
+use crate::vstate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle};
+use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SREGS2,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use std::error::Error as StdError;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Where the KVM device is unless configured otherwise.
-pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 /// How long a pause waits for every vCPU to stop.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A VM could not be built, run, paused or saved, or its guest stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    MissingCpuFeature(#[from] MissingCpuFeature),
+    #[error("invalid configuration: {0} vCPUs (1 to 64 supported)")]
+    VcpuCount(u32),
+    #[error("cannot create the serial port's interrupt eventfd: {0}")]
+    Eventfd(#[source] std::io::Error),
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    #[error("checkpoint does not match this VM: memory layout {vm:x?} differs from the checkpoint's {checkpoint:x?}")]
+    LayoutMismatch {
+        vm: Vec<(u64, u64)>,
+        checkpoint: Vec<(u64, u64)>,
+    },
+    #[error("corrupt or unsupported VM state blob: no CPUID for vCPU {0}")]
+    NoCpuid(u32),
+    #[error("the VM's state can only be saved while it is paused")]
+    NotPaused,
+    #[error("guest stopped: {0}")]
+    GuestStopped(String),
+    /// Ended from another thread (its fetch agent went away).
+    #[error(transparent)]
+    Aborted(Box<dyn StdError + Send + Sync>),
+}
+
+type Result<T> = std::result::Result<T, VmError>;
 
 /// How to build a VM.
 #[derive(Debug, Clone)]
@@ -49,43 +87,13 @@ impl Default for VmConfig {
     }
 }
 
-/// Opens KVM and checks it has what thaw needs.
-pub fn open_kvm(path: &std::path::Path) -> Result<Kvm> {
-    use std::os::unix::ffi::OsStrExt;
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Config(format!("KVM path {} contains NUL", path.display())))?;
-    let kvm = Kvm::new_with_path(cpath).map_err(|source| Error::KvmOpen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if kvm.get_api_version() != 12 {
-        return Err(Error::KvmCapability("KVM API version 12"));
-    }
-    for (cap, name) in [
-        (Cap::Irqchip, "in-kernel irqchip"),
-        (Cap::Pit2, "PIT2"),
-        (Cap::UserMemory, "user memory"),
-        (Cap::ImmediateExit, "immediate exit"),
-        (Cap::VcpuEvents, "vCPU events"),
-        (Cap::Xsave, "XSAVE"),
-        (Cap::AdjustClock, "KVM clock get/set"),
-        (Cap::Irqfd, "irqfd"),
-        (Cap::SetTssAddr, "TSS address"),
-        (Cap::ExtCpuid, "CPUID2"),
-    ] {
-        if !kvm.check_extension(cap) {
-            return Err(Error::KvmCapability(name));
-        }
-    }
-    Ok(kvm)
-}
-
 /// A VM: KVM objects, memory, devices and vCPUs (created, then running).
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
     memory: Arc<GuestMemory>,
-    devices: Arc<Devices>,
+    uart: Arc<Uart>,
+    bus: Arc<PortBus>,
     events: Receiver<GuestEvent>,
     pause: Arc<PauseFlag>,
     caps: Arc<VcpuCaps>,
@@ -98,21 +106,21 @@ pub struct Vm {
     _serial_irq: EventFd,
 }
 
-/// Lets another thread end a running VM with an error (e.g. its page server went away): the
-/// next [`Vm::next_event`] returns that error instead of waiting on.
+/// Lets another thread end a running VM with an error (e.g. its fetch agent went away): the
+/// next [`Vm::next_event`] returns it as [`VmError::Aborted`] instead of waiting on.
 #[derive(Clone, Default)]
-pub struct AbortHandle(Arc<Mutex<Option<Error>>>);
+pub(crate) struct AbortHandle(Arc<Mutex<Option<VmError>>>);
 
 impl AbortHandle {
     /// Records `why`; the first error recorded wins.
-    pub fn abort(&self, why: Error) {
+    pub(crate) fn abort(&self, why: impl StdError + Send + Sync + 'static) {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(why);
+            *slot = Some(VmError::Aborted(Box::new(why)));
         }
     }
 
-    fn take(&self) -> Option<Error> {
+    fn take(&self) -> Option<VmError> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -120,7 +128,7 @@ impl AbortHandle {
 impl Vm {
     /// Builds a VM over `memory` with fresh vCPUs. `cpuids`, when given (restore), is the CPUID of
     /// each vCPU; otherwise it is derived from the host and the baseline.
-    pub fn create(
+    pub(crate) fn create(
         config: &VmConfig,
         memory: GuestMemory,
         guest: GuestKind,
@@ -142,10 +150,7 @@ impl Vm {
         required: Option<&RequiredFeatures>,
     ) -> Result<Vm> {
         if config.vcpus == 0 || config.vcpus > 64 {
-            return Err(Error::Config(format!(
-                "{} vCPUs (1 to 64 supported)",
-                config.vcpus
-            )));
+            return Err(VmError::VcpuCount(config.vcpus));
         }
         let t0 = Instant::now();
         let kvm = open_kvm(&config.kvm_path)?;
@@ -158,21 +163,21 @@ impl Vm {
             "KVM opened, CPUID read"
         );
         let template = cpuid::template(&supported, config.cpu_baseline);
-        let fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let fd = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
         fd.set_tss_address(TSS_ADDRESS)
-            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+            .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
         if kvm.check_extension(Cap::SetIdentityMapAddr) {
             fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
-                .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+                .map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         }
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "VM created");
         fd.create_irq_chip()
-            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+            .map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
         fd.create_pit2(kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         })
-        .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        .map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
             "irqchip and PIT created"
@@ -188,38 +193,36 @@ impl Vm {
             // SAFETY: the host range is a live mapping owned by `memory`, which the VM keeps
             // (in an Arc) for as long as the VM fd exists.
             unsafe { fd.set_user_memory_region(region) }
-                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+                .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
             "VM, irqchip, PIT, memory slots"
         );
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Eventfd)?;
         fd.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
-        let uart = Uart::new(
-            serial_irq.try_clone().map_err(Error::io("eventfd clone"))?,
+            .map_err(KvmError::ioctl("KVM_IRQFD"))?;
+        let uart = Arc::new(Uart::new(
+            serial_irq.try_clone().map_err(VmError::Eventfd)?,
             &config.serial,
             uart_state,
-        )?;
+        )?);
 
         let mut pending = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
             let vfd = fd
                 .create_vcpu(id as u64)
-                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+                .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
             let entries = match cpuids {
-                Some(c) => c
-                    .get(id as usize)
-                    .ok_or_else(|| Error::StateBlob(format!("no CPUID for vCPU {id}")))?
-                    .clone(),
+                Some(c) => c.get(id as usize).ok_or(VmError::NoCpuid(id))?.clone(),
                 None => cpuid::for_vcpu(&template, id, config.vcpus)?
                     .as_slice()
                     .to_vec(),
             };
-            let c = kvm_bindings::CpuId::from_entries(&entries)
-                .map_err(|e| Error::Config(format!("CPUID: {e:?}")))?;
-            vfd.set_cpuid2(&c).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+            let c =
+                kvm_bindings::CpuId::from_entries(&entries).map_err(KvmError::table("CPUID"))?;
+            vfd.set_cpuid2(&c)
+                .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
             pending.push(Vcpu {
                 fd: vfd,
                 id,
@@ -232,7 +235,7 @@ impl Vm {
         );
         let msr_list = kvm
             .get_msr_index_list()
-            .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?;
+            .map_err(KvmError::ioctl("KVM_GET_MSR_INDEX_LIST"))?;
         let msrs = vcpu_state::readable_msrs(&pending[0].fd, msr_list.as_slice())?;
         let caps = VcpuCaps {
             msrs,
@@ -244,12 +247,19 @@ impl Vm {
         let required = RequiredFeatures::of(&pending[0].cpuid);
         let memory = Arc::new(memory);
         let (tx, events) = channel();
-        let devices = Arc::new(Devices::new(uart, memory.clone(), tx));
+        let mut bus = PortBus::new();
+        bus.insert(COM1_BASE, COM1_LEN, uart.clone());
+        bus.insert(i8042::COMMAND_PORT, 1, Arc::new(ResetLine::new(tx.clone())));
+        if guest == GuestKind::TestGuest {
+            let port = ReportPort::new(memory.clone(), tx);
+            bus.insert(report_port::PORT, 1, Arc::new(port));
+        }
         Ok(Vm {
             kvm,
             fd,
             memory,
-            devices,
+            uart,
+            bus: Arc::new(bus),
             events,
             pause: Arc::new(PauseFlag::default()),
             caps: Arc::new(caps),
@@ -265,17 +275,17 @@ impl Vm {
 
     /// Builds a VM from a checkpoint's state over `memory` (filled, or empty and served lazily).
     /// Fails before any vCPU runs if this host lacks a CPU feature the checkpoint needs.
-    pub fn restore(config: &VmConfig, state: &VmState, memory: GuestMemory) -> Result<Vm> {
+    pub(crate) fn restore(config: &VmConfig, state: &VmState, memory: GuestMemory) -> Result<Vm> {
         let layout: Vec<(u64, u64)> = memory
             .regions()
             .iter()
             .map(|r| (r.guest_phys_addr, r.size))
             .collect();
         if layout != state.memory {
-            return Err(Error::Incompatible(format!(
-                "memory layout {layout:x?} differs from the checkpoint's {:x?}",
-                state.memory
-            )));
+            return Err(VmError::LayoutMismatch {
+                vm: layout,
+                checkpoint: state.memory.clone(),
+            });
         }
         let cfg = VmConfig {
             vcpus: state.vcpus.len() as u32,
@@ -296,29 +306,32 @@ impl Vm {
         vm.required = state.required_features.clone();
         // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
         for (vcpu, s) in vm.pending.iter().zip(&state.vcpus) {
-            vcpu_state::restore(&vcpu.fd, s, &vm.caps)?;
+            vcpu_state::restore(&vcpu.fd, s, &vm.caps).map_err(|source| VcpuError::State {
+                cpu: vcpu.id,
+                source,
+            })?;
         }
         // VM-wide devices after the vCPUs: the IOAPIC/PIC routes and the PIT do not depend on
         // vCPU state, but interrupts they hold pending must find the LAPICs already restored.
         vm.fd
             .set_irqchip(&state.pic_master)
-            .map_err(Error::kvm("KVM_SET_IRQCHIP (PIC master)"))?;
+            .map_err(KvmError::ioctl("KVM_SET_IRQCHIP (PIC master)"))?;
         vm.fd
             .set_irqchip(&state.pic_slave)
-            .map_err(Error::kvm("KVM_SET_IRQCHIP (PIC slave)"))?;
+            .map_err(KvmError::ioctl("KVM_SET_IRQCHIP (PIC slave)"))?;
         vm.fd
             .set_irqchip(&state.ioapic)
-            .map_err(Error::kvm("KVM_SET_IRQCHIP (IOAPIC)"))?;
+            .map_err(KvmError::ioctl("KVM_SET_IRQCHIP (IOAPIC)"))?;
         vm.fd
             .set_pit2(&state.pit)
-            .map_err(Error::kvm("KVM_SET_PIT2"))?;
+            .map_err(KvmError::ioctl("KVM_SET_PIT2"))?;
         // The kvmclock last, right before the vCPUs can run, so guest time continues from the
         // checkpoint (the flags would ask KVM to add the wall time elapsed since; not wanted).
         let mut clock = state.clock;
         clock.flags = 0;
         vm.fd
             .set_clock(&clock)
-            .map_err(Error::kvm("KVM_SET_CLOCK"))?;
+            .map_err(KvmError::ioctl("KVM_SET_CLOCK"))?;
         Ok(vm)
     }
 
@@ -333,18 +346,13 @@ impl Vm {
     }
 
     /// vCPUs not started yet (to set their boot registers).
-    pub fn pending_vcpus(&self) -> &[Vcpu] {
+    pub(crate) fn pending_vcpus(&self) -> &[Vcpu] {
         &self.pending
     }
 
     /// Number of vCPUs.
-    pub fn vcpu_count(&self) -> usize {
+    pub(crate) fn vcpu_count(&self) -> usize {
         self.pending.len() + self.running.len()
-    }
-
-    /// Host CPU features this VM's guest uses.
-    pub fn required_features(&self) -> &RequiredFeatures {
-        &self.required
     }
 
     /// Starts a thread per vCPU.
@@ -352,7 +360,7 @@ impl Vm {
         for vcpu in self.pending.drain(..) {
             let h = VcpuHandle::spawn(
                 vcpu,
-                self.devices.clone(),
+                self.bus.clone(),
                 self.pause.clone(),
                 self.caps.clone(),
                 self.memory.clone(),
@@ -372,7 +380,7 @@ impl Vm {
     }
 
     /// Lets paused vCPUs run again.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.pause.set(false);
         for h in &self.running {
             h.resume();
@@ -382,10 +390,12 @@ impl Vm {
     /// Saves the complete state of a paused VM (not its memory).
     pub fn save_state(&self) -> Result<VmState> {
         if !self.pause.get() || self.running.iter().any(|h| !h.is_parked()) {
-            return Err(Error::Config("save_state needs a paused VM".into()));
+            return Err(VmError::NotPaused);
         }
         if self.running.iter().any(|h| h.is_finished()) {
-            return Err(Error::Guest("a vCPU has exited; its state is gone".into()));
+            return Err(VmError::GuestStopped(
+                "a vCPU has exited; its state is gone".into(),
+            ));
         }
         let mut vcpus = Vec::with_capacity(self.running.len());
         for h in &self.running {
@@ -396,7 +406,7 @@ impl Vm {
                 chip_id: id,
                 ..Default::default()
             };
-            self.fd.get_irqchip(&mut c).map_err(Error::kvm(op))?;
+            self.fd.get_irqchip(&mut c).map_err(KvmError::ioctl(op))?;
             Ok(c)
         };
         Ok(VmState {
@@ -413,16 +423,22 @@ impl Vm {
             pic_master: chip(KVM_IRQCHIP_PIC_MASTER, "KVM_GET_IRQCHIP (PIC master)")?,
             pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE, "KVM_GET_IRQCHIP (PIC slave)")?,
             ioapic: chip(KVM_IRQCHIP_IOAPIC, "KVM_GET_IRQCHIP (IOAPIC)")?,
-            pit: self.fd.get_pit2().map_err(Error::kvm("KVM_GET_PIT2"))?,
-            clock: self.fd.get_clock().map_err(Error::kvm("KVM_GET_CLOCK"))?,
-            serial: self.devices.uart.state(),
+            pit: self
+                .fd
+                .get_pit2()
+                .map_err(KvmError::ioctl("KVM_GET_PIT2"))?,
+            clock: self
+                .fd
+                .get_clock()
+                .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?,
+            serial: self.uart.state(),
         })
     }
 
     /// Turns KVM dirty logging on or off for every memory slot (`KVM_MEM_LOG_DIRTY_PAGES`, a
     /// flags-only change of the slots). While on, KVM write-protects guest pages and records the
     /// first write to each in a bitmap per slot, read by [`Vm::harvest_dirty_pages`].
-    pub fn set_dirty_log(&self, on: bool) -> Result<()> {
+    pub(crate) fn set_dirty_log(&self, on: bool) -> Result<()> {
         for (slot, r) in self.memory.regions().iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -433,7 +449,7 @@ impl Vm {
             };
             // SAFETY: the same live mapping the slot already has (see create()); only the flags
             // change, and `memory` outlives the VM fd.
-            unsafe { self.fd.set_user_memory_region(region) }.map_err(Error::kvm(
+            unsafe { self.fd.set_user_memory_region(region) }.map_err(KvmError::ioctl(
                 "KVM_SET_USER_MEMORY_REGION (dirty logging flag)",
             ))?;
         }
@@ -443,16 +459,16 @@ impl Vm {
     /// The pages the guest wrote since dirty logging was enabled or since the previous call
     /// (`KVM_GET_DIRTY_LOG` per slot, which also clears the bitmap and re-arms tracking), as
     /// ascending page indices into the regions concatenated.
-    pub fn harvest_dirty_pages(&self) -> Result<Vec<u64>> {
+    pub(crate) fn harvest_dirty_pages(&self) -> Result<Vec<u64>> {
         let mut pages = Vec::new();
         let mut first_page = 0u64;
         for (slot, r) in self.memory.regions().iter().enumerate() {
             let bitmap = self
                 .fd
                 .get_dirty_log(slot as u32, r.size as usize)
-                .map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
-            let slot_pages = r.size / crate::dirty::PAGE_SIZE;
-            pages.extend(crate::dirty::pages_in_bitmap(
+                .map_err(KvmError::ioctl("KVM_GET_DIRTY_LOG"))?;
+            let slot_pages = r.size / crate::persist::dirty::PAGE_SIZE;
+            pages.extend(crate::persist::dirty::pages_in_bitmap(
                 &bitmap, first_page, slot_pages,
             ));
             first_page += slot_pages;
@@ -461,13 +477,13 @@ impl Vm {
     }
 
     /// A handle that makes [`Vm::next_event`] fail from another thread.
-    pub fn abort_handle(&self) -> AbortHandle {
+    pub(crate) fn abort_handle(&self) -> AbortHandle {
         self.abort.clone()
     }
 
     /// Waits for the next guest event; fails if a vCPU thread died or the VM was aborted
     /// through its [`AbortHandle`].
-    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
+    pub(crate) fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.abort.take() {
@@ -484,7 +500,7 @@ impl Vm {
                 Ok(e) => return Ok(Some(e)),
                 Err(RecvTimeoutError::Timeout) => self.check_threads()?,
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Guest("device bus gone".into()))
+                    return Err(VmError::GuestStopped("device bus gone".into()))
                 }
             }
         }
@@ -494,9 +510,11 @@ impl Vm {
         if let Some(i) = self.running.iter().position(|h| h.is_finished()) {
             let id = self.running[i].id;
             return match self.running[i].stop() {
-                VcpuEnd::Failed(e) => Err(e),
-                VcpuEnd::GuestStopped(why) => Err(Error::Guest(format!("vCPU {id}: {why}"))),
-                VcpuEnd::Stopped => Err(Error::Guest(format!("vCPU {id} stopped"))),
+                VcpuEnd::Failed(e) => Err(e.into()),
+                VcpuEnd::GuestStopped(why) => {
+                    Err(VmError::GuestStopped(format!("vCPU {id}: {why}")))
+                }
+                VcpuEnd::Stopped => Err(VmError::GuestStopped(format!("vCPU {id} stopped"))),
             };
         }
         Ok(())
@@ -508,7 +526,7 @@ impl Vm {
         for h in self.running.iter_mut() {
             if let VcpuEnd::Failed(e) = h.stop() {
                 if first.is_ok() {
-                    first = Err(e);
+                    first = Err(e.into());
                 }
             }
         }
@@ -524,8 +542,8 @@ impl Drop for Vm {
 }
 
 /// Fails if this host cannot run the checkpoint: a CPU feature it needs is missing.
-pub fn check_host(kvm_path: &std::path::Path, state: &VmState) -> Result<()> {
+pub(crate) fn check_host(kvm_path: &std::path::Path, state: &VmState) -> Result<()> {
     let kvm = open_kvm(kvm_path)?;
     let supported = cpuid::supported(&kvm)?;
-    state.required_features.check(&supported)
+    Ok(state.required_features.check(&supported)?)
 }

@@ -8,50 +8,69 @@
 //! on hardware KVM it moves during that run) and returns at once, so saved state never carries a
 //! half-done instruction.
 
-use crate::error::{Error, Result};
-use crate::memory::GuestMemory;
-use crate::state::VcpuState;
-use crate::vcpu_state::{self, VcpuCaps};
+use crate::devices::{BusAction, PortBus};
+use crate::persist::state::VcpuState;
+use crate::vstate::kvm::KvmError;
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu_state::VcpuStateError;
+use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::kvm_cpuid_entry2;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-/// What the I/O bus tells a vCPU to do after an access.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusAction {
-    /// Keep running the guest.
-    Continue,
-    /// Park this vCPU (the guest reported it is done) until told to resume.
-    Park,
-    /// Stop this vCPU for good (the guest asked for a reset or power-off).
-    Stop(String),
+/// A vCPU thread could not start, failed, or could not be paused or read.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(#[source] std::io::Error),
+    #[error("cannot start the thread of vCPU {cpu}: {source}")]
+    Spawn { cpu: u32, source: std::io::Error },
+    #[error("timed out: vCPU {cpu} did not pause")]
+    PauseTimeout { cpu: u32 },
+    #[error("vCPU {cpu}: {what}")]
+    ThreadGone { cpu: u32, what: &'static str },
+    #[error("vCPU {cpu}: {source}")]
+    Kvm { cpu: u32, source: KvmError },
+    #[error("vCPU {cpu}: KVM entry failed: reason {reason:#x} on host cpu {host_cpu}")]
+    EntryFailed {
+        cpu: u32,
+        reason: u64,
+        host_cpu: u32,
+    },
+    #[error("vCPU {cpu}: KVM internal error (suberror {suberror}, data {data:x?}) {registers}")]
+    Internal {
+        cpu: u32,
+        suberror: u32,
+        data: Vec<u64>,
+        registers: String,
+    },
+    #[error("vCPU {cpu}: {exit}")]
+    UnhandledExit { cpu: u32, exit: String },
+    #[error("vCPU {cpu}: {source}")]
+    State { cpu: u32, source: VcpuStateError },
 }
 
-/// Port I/O devices seen by all vCPUs.
-pub trait IoBus: Send + Sync {
-    fn pio_out(&self, cpu: u32, port: u16, data: &[u8]) -> BusAction;
-    fn pio_in(&self, cpu: u32, port: u16, data: &mut [u8]);
-}
+type Result<T> = std::result::Result<T, VcpuError>;
 
 /// Commands to a parked vCPU thread.
-pub enum Command {
-    Save(Sender<Result<VcpuState>>),
+pub(crate) enum ParkedCommand {
+    Save(Sender<std::result::Result<VcpuState, VcpuStateError>>),
     Resume,
     Stop,
 }
 
 /// How a vCPU thread ended.
 #[derive(Debug)]
-pub enum VcpuEnd {
+pub(crate) enum VcpuEnd {
     Stopped,
     GuestStopped(String),
-    Failed(Error),
+    Failed(VcpuError),
 }
 
 thread_local! {
@@ -68,71 +87,70 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// The signal used to kick vCPU threads out of KVM_RUN.
-pub fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
+/// Installs the kick signal's handler once per process; every later call returns how that went.
 fn install_kick_handler() -> Result<()> {
-    static ONCE: Once = Once::new();
-    static mut RESULT: i32 = 0;
-    ONCE.call_once(|| {
-        if let Err(e) = register_signal_handler(kick_signal(), kick_handler) {
-            // SAFETY: written once inside call_once, read only after it completed.
-            unsafe { RESULT = e.errno() };
-        }
-    });
-    // SAFETY: call_once has completed, so no writer remains.
-    let errno = unsafe { RESULT };
+    /// The errno of the installation, 0 when it succeeded.
+    static INSTALLED: OnceLock<i32> = OnceLock::new();
+    let errno =
+        *INSTALLED.get_or_init(
+            || match register_signal_handler(kick_signal(), kick_handler) {
+                Ok(()) => 0,
+                Err(e) => e.errno(),
+            },
+        );
     if errno != 0 {
-        return Err(Error::Io {
-            op: "install vCPU kick signal handler".into(),
-            source: std::io::Error::from_raw_os_error(errno),
-        });
+        return Err(VcpuError::KickHandler(std::io::Error::from_raw_os_error(
+            errno,
+        )));
     }
     Ok(())
 }
 
 /// Shared pause flag of a VM.
 #[derive(Default)]
-pub struct PauseFlag(AtomicBool);
+pub(crate) struct PauseFlag(AtomicBool);
 
 impl PauseFlag {
-    pub fn set(&self, v: bool) {
+    pub(crate) fn set(&self, v: bool) {
         self.0.store(v, Ordering::SeqCst)
     }
-    pub fn get(&self) -> bool {
+    pub(crate) fn get(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
 
 /// One vCPU ready to run.
-pub struct Vcpu {
+pub(crate) struct Vcpu {
     pub fd: VcpuFd,
     pub id: u32,
     pub cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 /// A running vCPU thread.
-pub struct VcpuHandle {
+pub(crate) struct VcpuHandle {
     pub id: u32,
     thread: Option<JoinHandle<VcpuEnd>>,
-    commands: Sender<Command>,
+    commands: Sender<ParkedCommand>,
     parked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
-struct Runner {
+struct VcpuThread {
     vcpu: Vcpu,
-    bus: Arc<dyn IoBus>,
+    bus: Arc<PortBus>,
     pause: Arc<PauseFlag>,
     parked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    commands: Receiver<Command>,
+    commands: Receiver<ParkedCommand>,
     caps: Arc<VcpuCaps>,
     memory: Arc<GuestMemory>,
 }
 
-impl Runner {
+impl VcpuThread {
     fn immediate_exit_ptr(&mut self) -> *mut u8 {
         &mut self.vcpu.fd.get_kvm_run().immediate_exit as *mut u8
     }
@@ -172,10 +190,10 @@ impl Runner {
         let Ok(mut regs) = self.vcpu.fd.get_regs() else {
             return false;
         };
-        match crate::emulate::emulate(&bytes[1..], &mut regs) {
+        match crate::arch::emulate::emulate(&bytes[1..], &mut regs) {
             None => false,
-            Some(crate::emulate::Outcome::Done) => self.vcpu.fd.set_regs(&regs).is_ok(),
-            Some(crate::emulate::Outcome::LoadMxcsr(gva)) => {
+            Some(crate::arch::emulate::Outcome::Done) => self.vcpu.fd.set_regs(&regs).is_ok(),
+            Some(crate::arch::emulate::Outcome::LoadMxcsr(gva)) => {
                 let mut b = [0u8; 4];
                 let Some(gpa) = self.translate(gva) else {
                     return false;
@@ -189,14 +207,14 @@ impl Runner {
                 fpu.mxcsr = u32::from_le_bytes(b);
                 self.vcpu.fd.set_fpu(&fpu).is_ok() && self.vcpu.fd.set_regs(&regs).is_ok()
             }
-            Some(crate::emulate::Outcome::StoreMxcsr(gva)) => {
+            Some(crate::arch::emulate::Outcome::StoreMxcsr(gva)) => {
                 let (Some(gpa), Ok(fpu)) = (self.translate(gva), self.vcpu.fd.get_fpu()) else {
                     return false;
                 };
                 self.memory.write(gpa, &fpu.mxcsr.to_le_bytes()).is_ok()
                     && self.vcpu.fd.set_regs(&regs).is_ok()
             }
-            Some(crate::emulate::Outcome::InjectBreakpoint) => {
+            Some(crate::arch::emulate::Outcome::InjectBreakpoint) => {
                 let Ok(mut events) = self.vcpu.fd.get_vcpu_events() else {
                     return false;
                 };
@@ -229,13 +247,13 @@ impl Runner {
         let r = self.vcpu.fd.run();
         let out = match r {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
-            Err(e) => Err(Error::Kvm {
-                op: "KVM_RUN (immediate exit)",
-                source: e,
+            Err(e) => Err(VcpuError::Kvm {
+                cpu: self.vcpu.id,
+                source: KvmError::ioctl("KVM_RUN (immediate exit)")(e),
             }),
-            Ok(exit) => Err(Error::Vcpu {
-                cpu: self.vcpu.id as usize,
-                msg: format!("unexpected exit under immediate_exit: {exit:?}"),
+            Ok(exit) => Err(VcpuError::UnhandledExit {
+                cpu: self.vcpu.id,
+                exit: format!("unexpected exit under immediate_exit: {exit:?}"),
             }),
         };
         self.set_immediate_exit(0);
@@ -248,13 +266,13 @@ impl Runner {
         self.parked.store(true, Ordering::SeqCst);
         let result = loop {
             match self.commands.recv() {
-                Ok(Command::Save(reply)) => {
+                Ok(ParkedCommand::Save(reply)) => {
                     let s =
                         vcpu_state::save(&self.vcpu.fd, self.vcpu.id, &self.vcpu.cpuid, &self.caps);
                     let _ = reply.send(s);
                 }
-                Ok(Command::Resume) => break true,
-                Ok(Command::Stop) | Err(_) => break false,
+                Ok(ParkedCommand::Resume) => break true,
+                Ok(ParkedCommand::Stop) | Err(_) => break false,
             }
         };
         self.parked.store(false, Ordering::SeqCst);
@@ -284,9 +302,9 @@ impl Runner {
                 }
             }
             let action = match self.vcpu.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => self.bus.pio_out(id, port, data),
+                Ok(VcpuExit::IoOut(port, data)) => self.bus.write(id, port, data),
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    self.bus.pio_in(id, port, data);
+                    self.bus.read(port, data);
                     BusAction::Continue
                 }
                 Ok(VcpuExit::MmioRead(_, data)) => {
@@ -299,10 +317,11 @@ impl Runner {
                     self.where_am_i()
                 )),
                 Ok(VcpuExit::SystemEvent(t, _)) => BusAction::Stop(format!("system event {t}")),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    return VcpuEnd::Failed(Error::Vcpu {
-                        cpu: id as usize,
-                        msg: format!("KVM entry failed: reason {reason:#x} on host cpu {cpu}"),
+                Ok(VcpuExit::FailEntry(reason, host_cpu)) => {
+                    return VcpuEnd::Failed(VcpuError::EntryFailed {
+                        cpu: id,
+                        reason,
+                        host_cpu,
                     })
                 }
                 Ok(VcpuExit::InternalError) => {
@@ -313,20 +332,17 @@ impl Runner {
                     if self.emulate_missing_instruction(internal.suberror, &internal.data[..n]) {
                         continue;
                     }
-                    return VcpuEnd::Failed(Error::Vcpu {
-                        cpu: id as usize,
-                        msg: format!(
-                            "KVM internal error (suberror {}, data {:x?}) {}",
-                            internal.suberror,
-                            &internal.data[..n],
-                            self.where_am_i()
-                        ),
+                    return VcpuEnd::Failed(VcpuError::Internal {
+                        cpu: id,
+                        suberror: internal.suberror,
+                        data: internal.data[..n].to_vec(),
+                        registers: self.where_am_i(),
                     });
                 }
                 Ok(other) => {
-                    return VcpuEnd::Failed(Error::Vcpu {
-                        cpu: id as usize,
-                        msg: format!("unhandled exit {other:?}"),
+                    return VcpuEnd::Failed(VcpuError::UnhandledExit {
+                        cpu: id,
+                        exit: format!("unhandled exit {other:?}"),
                     })
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -334,9 +350,9 @@ impl Runner {
                     BusAction::Continue
                 }
                 Err(e) => {
-                    return VcpuEnd::Failed(Error::Kvm {
-                        op: "KVM_RUN",
-                        source: e,
+                    return VcpuEnd::Failed(VcpuError::Kvm {
+                        cpu: id,
+                        source: KvmError::ioctl("KVM_RUN")(e),
                     })
                 }
             };
@@ -355,9 +371,9 @@ impl Runner {
 
 impl VcpuHandle {
     /// Starts the vCPU's thread.
-    pub fn spawn(
+    pub(crate) fn spawn(
         vcpu: Vcpu,
-        bus: Arc<dyn IoBus>,
+        bus: Arc<PortBus>,
         pause: Arc<PauseFlag>,
         caps: Arc<VcpuCaps>,
         memory: Arc<GuestMemory>,
@@ -367,7 +383,7 @@ impl VcpuHandle {
         let (tx, rx) = channel();
         let parked = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let runner = Runner {
+        let vcpu_thread = VcpuThread {
             vcpu,
             bus,
             pause,
@@ -379,8 +395,8 @@ impl VcpuHandle {
         };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || runner.run())
-            .map_err(Error::io("spawn vCPU thread"))?;
+            .spawn(move || vcpu_thread.run())
+            .map_err(|source| VcpuError::Spawn { cpu: id, source })?;
         Ok(VcpuHandle {
             id,
             thread: Some(thread),
@@ -391,17 +407,17 @@ impl VcpuHandle {
     }
 
     /// True while the thread waits for commands (paused, done, or exited).
-    pub fn is_parked(&self) -> bool {
+    pub(crate) fn is_parked(&self) -> bool {
         self.parked.load(Ordering::SeqCst) || self.is_finished()
     }
 
     /// True once the thread has ended.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Interrupts KVM_RUN on this vCPU's thread.
-    pub fn kick(&self) {
+    pub(crate) fn kick(&self) {
         if let Some(t) = &self.thread {
             if !t.is_finished() {
                 let _ = t.kill(kick_signal());
@@ -410,11 +426,11 @@ impl VcpuHandle {
     }
 
     /// Waits until the thread is parked, kicking it until then.
-    pub fn wait_parked(&self, timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_parked(&self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while !self.is_parked() {
             if start.elapsed() > timeout {
-                return Err(Error::Timeout(format!("vCPU {} did not pause", self.id)));
+                return Err(VcpuError::PauseTimeout { cpu: self.id });
             }
             self.kick();
             std::thread::sleep(Duration::from_micros(200));
@@ -423,43 +439,45 @@ impl VcpuHandle {
     }
 
     /// Reads the state of the parked vCPU.
-    pub fn save(&self) -> Result<VcpuState> {
+    pub(crate) fn save(&self) -> Result<VcpuState> {
         let (tx, rx) = channel();
         self.commands
-            .send(Command::Save(tx))
-            .map_err(|_| Error::Vcpu {
-                cpu: self.id as usize,
-                msg: "vCPU thread has exited".into(),
+            .send(ParkedCommand::Save(tx))
+            .map_err(|_| VcpuError::ThreadGone {
+                cpu: self.id,
+                what: "vCPU thread has exited",
             })?;
-        rx.recv().map_err(|_| Error::Vcpu {
-            cpu: self.id as usize,
-            msg: "vCPU thread exited while saving".into(),
-        })?
+        let saved = rx.recv().map_err(|_| VcpuError::ThreadGone {
+            cpu: self.id,
+            what: "vCPU thread exited while saving",
+        })?;
+        saved.map_err(|source| VcpuError::State {
+            cpu: self.id,
+            source,
+        })
     }
 
     /// Lets a parked vCPU run again.
-    pub fn resume(&self) {
-        let _ = self.commands.send(Command::Resume);
+    pub(crate) fn resume(&self) {
+        let _ = self.commands.send(ParkedCommand::Resume);
     }
 
     /// Stops the thread and returns how it ended.
-    pub fn stop(&mut self) -> VcpuEnd {
+    pub(crate) fn stop(&mut self) -> VcpuEnd {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.commands.send(Command::Stop);
+        let _ = self.commands.send(ParkedCommand::Stop);
         match self.thread.take() {
             None => VcpuEnd::Stopped,
             Some(t) => {
                 while !t.is_finished() {
                     let _ = t.kill(kick_signal());
-                    let _ = self.commands.send(Command::Stop);
+                    let _ = self.commands.send(ParkedCommand::Stop);
                     std::thread::sleep(Duration::from_micros(500));
                 }
-                t.join().unwrap_or_else(|_| {
-                    VcpuEnd::Failed(Error::Vcpu {
-                        cpu: self.id as usize,
-                        msg: "vCPU thread panicked".into(),
-                    })
-                })
+                t.join().unwrap_or(VcpuEnd::Failed(VcpuError::ThreadGone {
+                    cpu: self.id,
+                    what: "vCPU thread panicked",
+                }))
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Dirty-page windows before a checkpoint, free of I/O: KVM's per-slot dirty bitmaps turned into
 //! page indices, the last N windows kept, and the windows as the checkpoint's
-//! [`DirtyLog`]. The clock is passed in; [`crate::dirty_tracker`] drives this with the ioctls.
+//! [`DirtyLog`]. The clock is passed in; [`crate::persist::dirty_tracker`] drives this with the ioctls.
 //!
 //! A window is the time between two harvests of the bitmap (`KVM_GET_DIRTY_LOG` returns the pages
 //! written since the previous call and re-arms write tracking), so it holds the pages the guest
@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use thaw_format::{DirtyLog, DirtyWindow};
 
 /// KVM's dirty bitmaps have one bit per 4 KiB page on x86, whatever the guest maps.
-pub const PAGE_SIZE: u64 = 4096;
+pub(crate) const PAGE_SIZE: u64 = 4096;
 
 /// How dirty pages are tracked before a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DirtyConfig {
+pub(crate) struct DirtyConfig {
     /// Windows kept (the most recent ones); 0 turns tracking off.
     pub windows: usize,
     /// Length of one window.
@@ -36,12 +36,12 @@ impl Default for DirtyConfig {
 }
 
 impl DirtyConfig {
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.windows > 0 && !self.window.is_zero()
     }
 
     /// The whole span the kept windows cover.
-    pub fn span(&self) -> Duration {
+    pub(crate) fn span(&self) -> Duration {
         u32::try_from(self.windows)
             .ok()
             .and_then(|n| self.window.checked_mul(n))
@@ -52,7 +52,7 @@ impl DirtyConfig {
 /// The page indices set in one memory slot's dirty bitmap (bit `i` of word `w` is the slot's page
 /// `64 w + i`), offset by `first_page`, the slot's first page in the regions concatenated.
 /// Ascending; bits past `slot_pages` are ignored.
-pub fn pages_in_bitmap(bitmap: &[u64], first_page: u64, slot_pages: u64) -> Vec<u64> {
+pub(crate) fn pages_in_bitmap(bitmap: &[u64], first_page: u64, slot_pages: u64) -> Vec<u64> {
     let mut pages = Vec::new();
     for (w, &word) in bitmap.iter().enumerate() {
         let mut bits = word;
@@ -78,7 +78,7 @@ struct Window {
 
 /// The most recent windows of dirty pages, and the window now open.
 #[derive(Debug, Clone)]
-pub struct DirtyWindows {
+pub(crate) struct DirtyWindows {
     config: DirtyConfig,
     open_since: Instant,
     /// Boundaries lie on a fixed grid from the start, so late harvests do not push every later
@@ -89,7 +89,7 @@ pub struct DirtyWindows {
 
 impl DirtyWindows {
     /// Starts the first window at `now` (when logging was turned on).
-    pub fn new(config: DirtyConfig, now: Instant) -> DirtyWindows {
+    pub(crate) fn new(config: DirtyConfig, now: Instant) -> DirtyWindows {
         DirtyWindows {
             config,
             open_since: now,
@@ -99,13 +99,13 @@ impl DirtyWindows {
     }
 
     /// When the open window is due to close.
-    pub fn next_boundary(&self) -> Instant {
+    pub(crate) fn next_boundary(&self) -> Instant {
         self.next_due
     }
 
     /// Closes the open window at `now` with the pages harvested for it (ascending) and opens the
     /// next one. Only the last `windows` are kept.
-    pub fn close(&mut self, now: Instant, pages: Vec<u64>) {
+    pub(crate) fn close(&mut self, now: Instant, pages: Vec<u64>) {
         self.closed.push_back(Window {
             started: self.open_since,
             ended: now,
@@ -125,7 +125,7 @@ impl DirtyWindows {
     /// Closes the last window at the checkpoint's `pause` with its pages. A last window shorter
     /// than half a window (the pause came just after a boundary) is merged into the window
     /// before it instead: kept alone it would hold only a few pages and push a full window out.
-    pub fn close_at_pause(&mut self, pause: Instant, pages: Vec<u64>) {
+    pub(crate) fn close_at_pause(&mut self, pause: Instant, pages: Vec<u64>) {
         let short = pause.saturating_duration_since(self.open_since) < self.config.window / 2;
         match self.closed.back_mut() {
             Some(last) if short => {
@@ -138,14 +138,14 @@ impl DirtyWindows {
     }
 
     /// Pages per kept window, oldest first.
-    pub fn page_counts(&self) -> Vec<usize> {
+    pub(crate) fn page_counts(&self) -> Vec<usize> {
         self.closed.iter().map(|w| w.pages.len()).collect()
     }
 
     /// The kept windows as a checkpoint's dirty log, times counted back from `pause` (the moment
     /// the guest stopped for the checkpoint). Close the last window at the pause first, so the
     /// writes up to it are in.
-    pub fn into_log(self, pause: Instant, page_size: u64, total_pages: u64) -> DirtyLog {
+    pub(crate) fn into_log(self, pause: Instant, page_size: u64, total_pages: u64) -> DirtyLog {
         let before = |t: Instant| pause.saturating_duration_since(t).as_micros() as u64;
         DirtyLog {
             page_size,

@@ -3,47 +3,90 @@
 //!
 //! Layout (guest-physical = guest-virtual, identity mapped with 2 MiB user pages):
 //! `0x1000` GDT, `0x3000` parameter page, `0x4000` per-vCPU reports (64 bytes each), `0x5000` TSS
-//! with an all-ports-allowed I/O bitmap, `0x10000..` page tables, vCPU stacks below `0x80000` (16 KiB each), code at 1 MiB, and the data
-//! area the guest touches from 2 MiB to the end of the first memory region. Mirrors guest/layout.h.
+//! with an all-ports-allowed I/O bitmap, `0x10000..` page tables, vCPU stacks below `0x80000`
+//! (16 KiB each), code at 1 MiB, and the data area the guest touches from 2 MiB to the end of the
+//! first memory region. Mirrors guest/layout.h. The vCPUs report through the report port device
+//! (`devices::report_port`), which owns the report records' layout.
 
-use crate::error::{Error, Result};
-use crate::memory::GuestMemory;
+use crate::arch::gdt::{Gdt, Segment, SegmentKind};
+use crate::arch::paging;
+use crate::boot::BootError;
+use crate::devices::report_port::{self, REPORT_ADDR, REPORT_STRIDE};
+use crate::devices::GuestEvent;
+use crate::persist::state::GuestKind;
+use crate::vstate::kvm::KvmError;
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vm::{Vm, VmConfig, VmError};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// The guest program, a flat binary loaded at [`CODE_ADDR`].
-pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.bin"));
+pub(crate) const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.bin"));
 
-pub const GDT_ADDR: u64 = 0x1000;
-pub const TSS_ADDR: u64 = 0x5000;
+pub(crate) const GDT_ADDR: u64 = 0x1000;
+pub(crate) const TSS_ADDR: u64 = 0x5000;
 /// TSS limit: the 0x68-byte 64-bit TSS, an I/O bitmap for all 65536 ports, and its 0xff end byte.
-const TSS_LIMIT: u64 = 0x68 + 0x2000;
-pub const PARAMS_ADDR: u64 = 0x3000;
-pub const REPORT_ADDR: u64 = 0x4000;
-pub const REPORT_STRIDE: u64 = 64;
-pub const PML4_ADDR: u64 = 0x10000;
-pub const STACKS_TOP: u64 = 0x80000;
-pub const STACK_SIZE: u64 = 0x4000;
-pub const CODE_ADDR: u64 = 0x10_0000;
+const TSS_LIMIT: u32 = 0x68 + 0x2000;
+pub(crate) const PARAMS_ADDR: u64 = 0x3000;
+pub(crate) const PML4_ADDR: u64 = 0x10000;
+pub(crate) const STACKS_TOP: u64 = 0x80000;
+pub(crate) const STACK_SIZE: u64 = 0x4000;
+pub(crate) const CODE_ADDR: u64 = 0x10_0000;
 pub const AREA_START: u64 = 0x20_0000;
-/// The reporting port (guest/layout.h TG_PORT).
-pub const PORT: u16 = 0x0f00;
-pub const MAX_VCPUS: u32 = 8;
+pub(crate) const MAX_VCPUS: u32 = 8;
 /// Smallest memory the test guest runs in: code, tables and one 2 MiB data slice per vCPU.
-pub const MIN_MEMORY: u64 = 4 << 20;
+pub(crate) const MIN_MEMORY: u64 = 4 << 20;
 const PARAMS_MAGIC: u64 = 0x5448_4157_5447_5031;
 const MAX_MAPPED: u64 = 64 << 30;
 
-/// Report codes (guest/layout.h).
-pub const CODE_START: u64 = 1;
-pub const CODE_PROGRESS: u64 = 2;
-pub const CODE_DONE: u64 = 3;
-pub const CODE_BAD_PARAMS: u64 = 4;
+/// The segments the test guest runs in (CPL3) and its TSS.
+const USER_CODE: Segment = Segment::flat(SegmentKind::Code64, 3);
+const USER_DATA: Segment = Segment::flat(SegmentKind::Data, 3);
+const TSS: Segment = Segment::tss64(TSS_ADDR, TSS_LIMIT);
 
-const USER_CS: u16 = 0x18 | 3;
-const USER_DS: u16 = 0x20 | 3;
-const TSS_SEL: u16 = 0x28;
+/// The test guest's GDT and the selectors its vCPUs start with.
+struct Descriptors {
+    gdt: Gdt,
+    user_code: u16,
+    user_data: u16,
+    tss: u16,
+}
+
+/// Kernel code and data (unused, kept for a conventional layout), user code and data, the TSS.
+fn descriptors() -> Descriptors {
+    let mut gdt = Gdt::new();
+    gdt.push(Segment::flat(SegmentKind::Code64, 0));
+    gdt.push(Segment::flat(SegmentKind::Data, 0));
+    let user_code = gdt.push(USER_CODE);
+    let user_data = gdt.push(USER_DATA);
+    let tss = gdt.push(TSS);
+    Descriptors {
+        gdt,
+        user_code,
+        user_data,
+        tss,
+    }
+}
+
+/// A test guest pattern name that is not one of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown pattern {0:?} (sequential, random, hot-set, pointer-chase)")]
+pub struct UnknownPattern(pub String);
+
+/// A running test guest did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("timed out: test guest not done after {0:?}")]
+    Timeout(Duration),
+    #[error("guest stopped: vCPU {cpu} refused its parameters")]
+    RefusedParams { cpu: u32 },
+    #[error("guest stopped: vCPU {cpu}: {reason}")]
+    Stopped { cpu: u32, reason: String },
+}
 
 /// How the guest walks its data area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -61,16 +104,14 @@ pub enum Pattern {
 }
 
 impl std::str::FromStr for Pattern {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = UnknownPattern;
+    fn from_str(s: &str) -> Result<Self, UnknownPattern> {
         match s {
             "sequential" => Ok(Pattern::Sequential),
             "random" => Ok(Pattern::Random),
             "hot-set" | "hotset" => Ok(Pattern::HotSet),
             "pointer-chase" => Ok(Pattern::PointerChase),
-            _ => Err(Error::Config(format!(
-                "unknown pattern {s:?} (sequential, random, hot-set, pointer-chase)"
-            ))),
+            _ => Err(UnknownPattern(s.to_string())),
         }
     }
 }
@@ -99,72 +140,30 @@ impl Default for Params {
     }
 }
 
-/// One vCPU's report record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
-    pub checksum: u64,
-    pub touches: u64,
-    pub code: u64,
-    pub slice_pages: u64,
-}
-
-/// Reads vCPU `cpu`'s report from guest memory.
-pub fn read_report(mem: &GuestMemory, cpu: u32) -> Result<Report> {
-    let base = REPORT_ADDR + cpu as u64 * REPORT_STRIDE;
-    Ok(Report {
-        checksum: mem.read_u64(base)?,
-        touches: mem.read_u64(base + 8)?,
-        code: mem.read_u64(base + 16)?,
-        slice_pages: mem.read_u64(base + 24)?,
-    })
-}
-
 /// The data area in bytes for a memory of this size.
 fn area_size(mem: &GuestMemory) -> u64 {
     let first = &mem.regions()[0];
     (first.guest_phys_addr + first.size).saturating_sub(AREA_START)
 }
 
-fn gdt_entries() -> [u64; 7] {
-    let tss_limit = TSS_LIMIT;
-    let tss_low = (tss_limit & 0xffff)
-        | ((TSS_ADDR & 0xff_ffff) << 16)
-        | (0x8b << 40)
-        | (((tss_limit >> 16) & 0xf) << 48)
-        | (((TSS_ADDR >> 24) & 0xff) << 56);
-    [
-        0,
-        0x00af_9b00_0000_ffff, // kernel code (unused, kept for a conventional layout)
-        0x00cf_9300_0000_ffff, // kernel data
-        0x00af_fb00_0000_ffff, // user code: 64-bit, DPL 3
-        0x00cf_f300_0000_ffff, // user data: DPL 3
-        tss_low,
-        TSS_ADDR >> 32,
-    ]
-}
-
 /// Writes the program, GDT, TSS, page tables and parameters into guest memory.
-pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
+pub(crate) fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(), BootError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
-        return Err(Error::Config(format!(
-            "the test guest runs on 1 to {MAX_VCPUS} vCPUs, not {vcpus}"
-        )));
+        return Err(BootError::TestGuestVcpus { vcpus });
     }
     let needed = AREA_START + vcpus as u64 * (2 << 20);
     if area_size(mem) < vcpus as u64 * (2 << 20) {
-        return Err(Error::MemoryTooSmall {
+        return Err(BootError::MemoryTooSmall {
             what: format!("the test guest on {vcpus} vCPUs"),
             needed,
             available: mem.size(),
         });
     }
     if IMAGE.len() as u64 > AREA_START - CODE_ADDR {
-        return Err(Error::Config("test guest image larger than 1 MiB".into()));
+        return Err(BootError::ImageTooLarge(IMAGE.len()));
     }
     mem.write(CODE_ADDR, IMAGE)?;
-    for (i, e) in gdt_entries().iter().enumerate() {
-        mem.write_u64(GDT_ADDR + i as u64 * 8, *e)?;
-    }
+    descriptors().gdt.write(mem, GDT_ADDR)?;
     // 64-bit TSS with an I/O permission bitmap that allows every port. RFLAGS.IOPL=3 alone would
     // do on hardware, but a KVM that runs CPL3 guest code natively in host user mode (as the
     // software KVM here does) cannot keep IOPL in the real RFLAGS; its emulation of the faulting
@@ -182,21 +181,7 @@ pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
         .max()
         .unwrap_or(0)
         .min(MAX_MAPPED);
-    let gib = top.div_ceil(1 << 30);
-    let pdpt = PML4_ADDR + 0x1000;
-    mem.write(PML4_ADDR, &[0u8; 4096])?;
-    mem.write(pdpt, &[0u8; 4096])?;
-    mem.write_u64(PML4_ADDR, pdpt | 0x7)?;
-    for g in 0..gib {
-        let pd = pdpt + 0x1000 * (g + 1);
-        mem.write_u64(pdpt + g * 8, pd | 0x7)?;
-        let mut table = vec![0u8; 4096];
-        for e in 0..512u64 {
-            let addr = (g << 30) | (e << 21);
-            table[e as usize * 8..e as usize * 8 + 8].copy_from_slice(&(addr | 0x87).to_le_bytes());
-        }
-        mem.write(pd, &table)?;
-    }
+    paging::identity_map_2m(mem, PML4_ADDR, top, true)?;
 
     let p = [
         PARAMS_MAGIC,
@@ -223,49 +208,25 @@ pub fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<()> {
     Ok(())
 }
 
-fn user_segment(selector: u16, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 3,
-        db: if code { 0 } else { 1 },
-        s: 1,
-        l: if code { 1 } else { 0 },
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// Puts vCPU `id` at the program's entry point in 64-bit mode, CPL3, IOPL3, interrupts off.
-pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
-    let mut sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
-    sregs.cs = user_segment(USER_CS, true);
-    let data = user_segment(USER_DS, false);
+pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
+    let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
+    let d = descriptors();
+    sregs.cs = USER_CODE.kvm_segment(d.user_code);
+    let data = USER_DATA.kvm_segment(d.user_data);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = kvm_segment {
-        base: TSS_ADDR,
-        limit: TSS_LIMIT as u32,
-        selector: TSS_SEL,
-        type_: 0xb,
-        present: 1,
-        ..Default::default()
-    };
+    sregs.tr = TSS.kvm_segment(d.tss);
     sregs.ldt = kvm_segment {
         type_: 2,
         unusable: 1,
         ..Default::default()
     };
     sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (gdt_entries().len() * 8 - 1) as u16;
+    sregs.gdt.limit = d.gdt.limit();
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
     // PG | AM | WP | NE | ET | MP | PE
@@ -275,7 +236,8 @@ pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
     sregs.cr4 = (1 << 5) | (1 << 9) | (1 << 10);
     // SCE | LME | LMA | NXE
     sregs.efer = 0x1 | 0x100 | 0x400 | 0x800;
-    fd.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
+    fd.set_sregs(&sregs)
+        .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
 
     let regs = kvm_regs {
         rip: CODE_ADDR,
@@ -285,20 +247,93 @@ pub fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<()> {
         rflags: 0x2 | 0x3000,
         ..Default::default()
     };
-    fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+    fd.set_regs(&regs)
+        .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    fd.set_fpu(&fpu).map_err(Error::kvm("KVM_SET_FPU"))?;
+    fd.set_fpu(&fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))?;
     // With an in-kernel LAPIC, application processors start waiting for INIT/SIPI; this guest
     // starts every vCPU at once instead.
     fd.set_mp_state(kvm_bindings::kvm_mp_state {
         mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
     })
-    .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
+    .map_err(KvmError::ioctl("KVM_SET_MP_STATE"))?;
     Ok(())
+}
+
+/// How a test guest run ended: each vCPU's final checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub checksums: Vec<u64>,
+}
+
+impl Finished {
+    /// One number for the whole guest (the vCPUs' checksums folded in order).
+    pub(crate) fn combined(&self) -> u64 {
+        self.checksums
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+                (h ^ c).wrapping_mul(0x100_0000_01b3)
+            })
+    }
+}
+
+/// Builds a VM with the test guest loaded, not yet started.
+pub fn boot_test_guest(config: &VmConfig, params: &Params) -> Result<Vm, BootError> {
+    if config.memory_bytes < MIN_MEMORY {
+        return Err(BootError::MemoryTooSmall {
+            what: "the test guest".into(),
+            needed: MIN_MEMORY,
+            available: config.memory_bytes,
+        });
+    }
+    let mem = GuestMemory::new(&crate::vstate::memory::layout(config.memory_bytes))?;
+    load(&mem, config.vcpus, params)?;
+    let vm = Vm::create(config, mem, GuestKind::TestGuest, None, None)?;
+    for v in vm.pending_vcpus() {
+        setup_vcpu(&v.fd, v.id)?;
+    }
+    Ok(vm)
+}
+
+/// Waits until every vCPU of a running test guest reports done.
+pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished, RunError> {
+    let n = vm.vcpu_count();
+    let mut done: Vec<Option<u64>> = vec![None; n];
+    let deadline = Instant::now() + timeout;
+    while done.iter().any(|d| d.is_none()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RunError::Timeout(timeout));
+        }
+        match vm.next_event(left)? {
+            Some(GuestEvent::Report {
+                cpu,
+                code: report_port::CODE_DONE,
+                checksum,
+                ..
+            }) => {
+                if let Some(slot) = done.get_mut(cpu as usize) {
+                    *slot = Some(checksum);
+                }
+            }
+            Some(GuestEvent::Report {
+                cpu,
+                code: report_port::CODE_BAD_PARAMS,
+                ..
+            }) => return Err(RunError::RefusedParams { cpu }),
+            Some(GuestEvent::Stopped { cpu, reason }) => {
+                return Err(RunError::Stopped { cpu, reason })
+            }
+            Some(GuestEvent::Report { .. }) | None => {}
+        }
+    }
+    Ok(Finished {
+        checksums: done.into_iter().map(|d| d.unwrap_or_default()).collect(),
+    })
 }
 
 /// Computes on the host what vCPU `cpu` of the test guest ends with: the same algorithm as
@@ -363,7 +398,7 @@ pub fn model_checksum(params: &Params, area_size: u64, ncpus: u32, cpu: u32) -> 
 
 /// The data area size the guest sees in a memory of `memory_bytes` (first region).
 pub fn area_size_for(memory_bytes: u64) -> u64 {
-    let first = crate::memory::layout(memory_bytes)[0];
+    let first = crate::vstate::memory::layout(memory_bytes)[0];
     (first.0 + first.1).saturating_sub(AREA_START)
 }
 
@@ -397,7 +432,7 @@ mod tests {
     fn too_little_memory_is_refused() {
         let mem = GuestMemory::new(&[(0, 4 << 20)]).unwrap();
         let err = load(&mem, 2, &Params::default()).unwrap_err();
-        assert!(matches!(err, Error::MemoryTooSmall { .. }), "{err}");
+        assert!(matches!(err, BootError::MemoryTooSmall { .. }), "{err}");
         assert!(load(&mem, 9, &Params::default()).is_err());
         "pointer-chase".parse::<Pattern>().unwrap();
         assert!("zigzag".parse::<Pattern>().is_err());

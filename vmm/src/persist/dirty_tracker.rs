@@ -1,15 +1,16 @@
 //! Drives [`DirtyWindows`] against a running VM: turns KVM dirty logging on, harvests the bitmaps
 //! at each window boundary, and closes the last window at the checkpoint's pause.
 
-use crate::dirty::{DirtyConfig, DirtyWindows, PAGE_SIZE};
-use crate::error::Result;
-use crate::vm::Vm;
+use crate::persist::dirty::{DirtyConfig, DirtyWindows, PAGE_SIZE};
+use crate::vstate::vm::{Vm, VmError};
 use std::time::{Duration, Instant};
 use thaw_format::DirtyLog;
 
+type Result<T> = std::result::Result<T, VmError>;
+
 /// What dirty tracking saw and cost, reported with the checkpoint.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct DirtyStats {
+pub(crate) struct DirtyStats {
     pub window_ms: f64,
     /// Pages written per kept window, oldest first (the last one ends at the pause).
     pub pages_per_window: Vec<usize>,
@@ -20,7 +21,7 @@ pub struct DirtyStats {
 }
 
 /// Dirty logging of one running VM.
-pub struct DirtyTracker {
+pub(crate) struct DirtyTracker {
     windows: DirtyWindows,
     window: Duration,
     harvests: u32,
@@ -30,7 +31,7 @@ pub struct DirtyTracker {
 
 impl DirtyTracker {
     /// Enables dirty logging on `vm` and opens the first window.
-    pub fn start(vm: &Vm, config: DirtyConfig) -> Result<DirtyTracker> {
+    pub(crate) fn start(vm: &Vm, config: DirtyConfig) -> Result<DirtyTracker> {
         vm.set_dirty_log(true)?;
         Ok(DirtyTracker {
             windows: DirtyWindows::new(config, Instant::now()),
@@ -42,12 +43,12 @@ impl DirtyTracker {
     }
 
     /// When [`DirtyTracker::poll`] next has work.
-    pub fn next_boundary(&self) -> Instant {
+    pub(crate) fn next_boundary(&self) -> Instant {
         self.windows.next_boundary()
     }
 
     /// Closes the open window if its time is up.
-    pub fn poll(&mut self, vm: &Vm) -> Result<()> {
+    pub(crate) fn poll(&mut self, vm: &Vm) -> Result<()> {
         let now = Instant::now();
         if now >= self.windows.next_boundary() {
             let pages = self.harvest(vm)?;
@@ -59,7 +60,7 @@ impl DirtyTracker {
     /// Closes the last window at `pause` (the vCPUs are parked, so nothing is written after it),
     /// turns dirty logging off (a resumed guest runs without its cost) and returns the kept
     /// windows as the checkpoint's dirty log.
-    pub fn finish(mut self, vm: &Vm, pause: Instant) -> Result<(DirtyLog, DirtyStats)> {
+    pub(crate) fn finish(mut self, vm: &Vm, pause: Instant) -> Result<(DirtyLog, DirtyStats)> {
         let pages = self.harvest(vm)?;
         vm.set_dirty_log(false)?;
         self.windows.close_at_pause(pause, pages);

@@ -1,11 +1,11 @@
 //! The few guest-kernel instructions a software KVM's emulator may lack, carried out on the saved
-//! registers (see `vcpu.rs`). Pure: instruction bytes and registers in, new registers out.
+//! registers (see `vstate::vcpu`). Pure: instruction bytes and registers in, new registers out.
 
 use kvm_bindings::kvm_regs;
 
 /// What the caller still has to do after [`emulate`] changed the registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Nothing: write the registers back.
     Done,
     /// Write the registers back and inject #BP (vector 3): INT3 is a trap, RIP is past it.
@@ -88,7 +88,7 @@ fn memory_operand(bytes: &[u8], rex: u8, regs: &mut kvm_regs) -> Option<(u64, u6
 
 /// Carries out the instruction at the start of `insn` on `regs`: INT3, CLAC, STAC, FWAIT, or
 /// register-to-register POPCNT, LDMXCSR/STMXCSR (the memory access is left to the caller). None: not one of these (the registers are unchanged).
-pub fn emulate(insn: &[u8], regs: &mut kvm_regs) -> Option<Outcome> {
+pub(crate) fn emulate(insn: &[u8], regs: &mut kvm_regs) -> Option<Outcome> {
     match insn {
         [0xcc, ..] => {
             regs.rip += 1;

@@ -1,6 +1,6 @@
 //! The 8250 UART on COM1 (0x3f8, IRQ 4) backed by vm-superio, writing to stdout, a file or memory.
 
-use crate::error::{Error, Result};
+use super::{BusAction, PortDevice};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,11 +10,23 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 /// First I/O port of COM1.
-pub const COM1_BASE: u16 = 0x3f8;
+pub(crate) const COM1_BASE: u16 = 0x3f8;
 /// Number of I/O ports a UART decodes.
-pub const COM1_LEN: u16 = 8;
+pub(crate) const COM1_LEN: u16 = 8;
 /// ISA IRQ (and IOAPIC GSI) of COM1.
-pub const COM1_IRQ: u32 = 4;
+pub(crate) const COM1_IRQ: u32 = 4;
+
+/// The serial port's output could not be opened, or its saved state not restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("cannot open serial output {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt or unsupported VM state blob: serial port state: {0}")]
+    State(#[source] vm_superio::serial::Error<std::io::Error>),
+}
 
 /// Where the guest's console output goes.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +45,7 @@ pub enum SerialOutput {
 }
 
 impl SerialOutput {
-    fn open(&self) -> Result<Box<dyn Write + Send>> {
+    fn open(&self) -> Result<Box<dyn Write + Send>, SerialError> {
         Ok(match self {
             SerialOutput::Stdout => Box::new(std::io::stdout()),
             SerialOutput::File(p) => Box::new(
@@ -41,7 +53,10 @@ impl SerialOutput {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(Error::io(format!("open serial output {}", p.display())))?,
+                    .map_err(|source| SerialError::Open {
+                        path: p.clone(),
+                        source,
+                    })?,
             ),
             SerialOutput::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
             SerialOutput::Tee(buf, p) => Box::new(TeeWriter(
@@ -82,7 +97,7 @@ impl Write for TeeWriter {
 }
 
 /// Raises the UART's interrupt through an irqfd registered for IRQ 4.
-pub struct IrqTrigger(pub EventFd);
+pub(crate) struct IrqTrigger(pub EventFd);
 
 impl Trigger for IrqTrigger {
     type E = std::io::Error;
@@ -141,19 +156,23 @@ impl From<&UartState> for SerialState {
 }
 
 /// COM1: the vm-superio device behind a lock shared by the vCPU threads.
-pub struct Uart {
+pub(crate) struct Uart {
     inner: Mutex<Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>>,
 }
 
 impl Uart {
     /// A UART in reset state (or in `state`), raising `irq_evt` for interrupts.
-    pub fn new(irq_evt: EventFd, out: &SerialOutput, state: Option<&UartState>) -> Result<Uart> {
+    pub(crate) fn new(
+        irq_evt: EventFd,
+        out: &SerialOutput,
+        state: Option<&UartState>,
+    ) -> Result<Uart, SerialError> {
         let writer = out.open()?;
         let trigger = IrqTrigger(irq_evt);
         let serial = match state {
             None => Serial::new(trigger, writer),
             Some(s) => Serial::from_state(&s.into(), trigger, NoEvents, writer)
-                .map_err(|e| Error::StateBlob(format!("serial state: {e:?}")))?,
+                .map_err(SerialError::State)?,
         };
         Ok(Uart {
             inner: Mutex::new(serial),
@@ -167,7 +186,7 @@ impl Uart {
     }
 
     /// A guest write to port `COM1_BASE + offset`.
-    pub fn write(&self, offset: u8, value: u8) {
+    pub(crate) fn write(&self, offset: u8, value: u8) {
         let mut s = self.lock();
         if let Err(e) = s.write(offset, value) {
             tracing::warn!("serial write at offset {offset}: {e:?}");
@@ -178,13 +197,30 @@ impl Uart {
     }
 
     /// A guest read of port `COM1_BASE + offset`.
-    pub fn read(&self, offset: u8) -> u8 {
+    pub(crate) fn read(&self, offset: u8) -> u8 {
         self.lock().read(offset)
     }
 
     /// The device state for a checkpoint.
-    pub fn state(&self) -> UartState {
+    pub(crate) fn state(&self) -> UartState {
         self.lock().state().into()
+    }
+}
+
+impl PortDevice for Uart {
+    fn write(&self, _cpu: u32, offset: u16, data: &[u8]) -> BusAction {
+        if let Some(&b) = data.first() {
+            Uart::write(self, offset as u8, b);
+        }
+        BusAction::Continue
+    }
+
+    fn read(&self, offset: u16, data: &mut [u8]) {
+        let v = Uart::read(self, offset as u8);
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = v;
+        }
     }
 }
 

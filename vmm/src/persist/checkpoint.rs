@@ -2,15 +2,30 @@
 //! storage-backend writer; with dirty tracking, also the dirty log, which lays the checkpoint out
 //! unless a layout is given.
 
-use crate::dirty_tracker::{DirtyStats, DirtyTracker};
-use crate::error::{Error, Result};
-use crate::vm::Vm;
+use crate::persist::dirty_tracker::{DirtyStats, DirtyTracker};
+use crate::persist::state::StateBlobError;
+use crate::vstate::vm::{Vm, VmError};
 use std::time::Instant;
+use thaw_store::store::StoreSpecError;
 use thaw_store::{MemoryRegion, Store, WriteOptions};
+
+/// A checkpoint could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckpointError {
+    /// Pausing the VM, reading its state, or dirty logging.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    State(#[from] StateBlobError),
+    #[error("checkpoint store: {0}")]
+    Store(#[from] thaw_store::CheckpointError),
+}
+
+type Result<T> = std::result::Result<T, CheckpointError>;
 
 /// What a checkpoint did and how long each step took.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct CheckpointOutcome {
+pub(crate) struct CheckpointOutcome {
     pub id: String,
     /// Signal to all vCPUs parked.
     pub pause_ms: f64,
@@ -28,22 +43,21 @@ pub struct CheckpointOutcome {
 }
 
 /// A tokio runtime for driving the async store from the synchronous vmm.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(Error::io("start tokio runtime"))
 }
 
 /// Opens a store spec (directory, `file://`, `memory://`, `s3://bucket/prefix`).
-pub fn open_store(spec: &str) -> Result<Store> {
-    Store::open(spec).map_err(|e| Error::Store(e.to_string()))
+pub fn open_store(spec: &str) -> std::result::Result<Store, StoreSpecError> {
+    Store::open(spec)
 }
 
 /// Pauses the VM (if running), saves its state and memory to `store`. The VM stays paused: the
 /// caller resumes it (the original VM goes on) or stops it.
-pub fn checkpoint(
+pub(crate) fn checkpoint(
     vm: &Vm,
     rt: &tokio::runtime::Runtime,
     store: &Store,
@@ -54,7 +68,7 @@ pub fn checkpoint(
 
 /// As [`checkpoint`], closing `tracker`'s last window at the pause: the dirty log is stored with
 /// the checkpoint (`checkpoints/ID/dirty-log`) and gives its layout when `opts.layout` is empty.
-pub fn checkpoint_with_dirty_log(
+pub(crate) fn checkpoint_with_dirty_log(
     vm: &Vm,
     rt: &tokio::runtime::Runtime,
     store: &Store,
@@ -93,7 +107,7 @@ fn checkpoint_inner(
         )),
         None => rt.block_on(thaw_store::write_checkpoint(store, &regions, blob, opts)),
     };
-    let summary = written.map_err(|e| Error::Store(e.to_string()))?;
+    let summary = written?;
     let t3 = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     Ok(CheckpointOutcome {

@@ -1,9 +1,21 @@
 //! CPUID for the guest: the host's KVM-supported set, optionally masked to a fleet-wide baseline,
 //! plus the list of host CPU features a checkpoint needs and the check a restore host runs.
 
-use crate::error::{Error, Result};
+use crate::vstate::kvm::KvmError;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use serde::{Deserialize, Serialize};
+
+/// The restore host's CPU lacks a feature the checkpoint's guest was shown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this host's CPU lacks feature {feature}, which the checkpoint requires (it was taken on a CPU with it; checkpoint with a CPU baseline to restore on mixed hosts)")]
+pub struct MissingCpuFeature {
+    pub feature: String,
+}
+
+/// A CPU baseline name that is not one of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown CPU baseline {0:?} (expected host, x86-64, x86-64-v2 or x86-64-v3)")]
+pub struct UnknownCpuBaseline(pub String);
 
 /// Which CPU features the guest sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -23,16 +35,14 @@ pub enum CpuBaseline {
 }
 
 impl std::str::FromStr for CpuBaseline {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = UnknownCpuBaseline;
+    fn from_str(s: &str) -> Result<Self, UnknownCpuBaseline> {
         match s {
             "host" => Ok(CpuBaseline::Host),
             "x86-64" | "v1" => Ok(CpuBaseline::X86_64),
             "x86-64-v2" | "v2" => Ok(CpuBaseline::X86_64V2),
             "x86-64-v3" | "v3" => Ok(CpuBaseline::X86_64V3),
-            _ => Err(Error::Config(format!(
-                "unknown CPU baseline {s:?} (expected host, x86-64, x86-64-v2 or x86-64-v3)"
-            ))),
+            _ => Err(UnknownCpuBaseline(s.to_string())),
         }
     }
 }
@@ -235,15 +245,18 @@ fn lookup(entries: &[kvm_cpuid_entry2], reg: FeatureReg) -> u32 {
 }
 
 /// The host's KVM-supported CPUID.
-pub fn supported(kvm: &kvm_ioctls::Kvm) -> Result<Vec<kvm_cpuid_entry2>> {
+pub fn supported(kvm: &kvm_ioctls::Kvm) -> Result<Vec<kvm_cpuid_entry2>, KvmError> {
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        .map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
     Ok(cpuid.as_slice().to_vec())
 }
 
 /// The CPUID template of a VM: the supported set masked to `baseline`, with the hypervisor bit.
-pub fn template(supported: &[kvm_cpuid_entry2], baseline: CpuBaseline) -> Vec<kvm_cpuid_entry2> {
+pub(crate) fn template(
+    supported: &[kvm_cpuid_entry2],
+    baseline: CpuBaseline,
+) -> Vec<kvm_cpuid_entry2> {
     let mut entries = supported.to_vec();
     for e in entries.iter_mut() {
         if e.function == 1 {
@@ -286,7 +299,11 @@ pub fn template(supported: &[kvm_cpuid_entry2], baseline: CpuBaseline) -> Vec<kv
 }
 
 /// The CPUID of one vCPU: the template with that vCPU's APIC id.
-pub fn for_vcpu(template: &[kvm_cpuid_entry2], index: u32, count: u32) -> Result<CpuId> {
+pub(crate) fn for_vcpu(
+    template: &[kvm_cpuid_entry2],
+    index: u32,
+    count: u32,
+) -> Result<CpuId, KvmError> {
     let mut entries = template.to_vec();
     for e in entries.iter_mut() {
         match e.function {
@@ -300,7 +317,7 @@ pub fn for_vcpu(template: &[kvm_cpuid_entry2], index: u32, count: u32) -> Result
             _ => {}
         }
     }
-    CpuId::from_entries(&entries).map_err(|e| Error::Config(format!("CPUID table: {e:?}")))
+    CpuId::from_entries(&entries).map_err(KvmError::table("CPUID"))
 }
 
 /// A feature register's bits that a checkpoint needs the restore host to support.
@@ -321,12 +338,12 @@ impl RequiredFeatures {
     }
 
     /// Fails with the first required feature the host's supported CPUID lacks.
-    pub fn check(&self, host: &[kvm_cpuid_entry2]) -> Result<()> {
+    pub(crate) fn check(&self, host: &[kvm_cpuid_entry2]) -> Result<(), MissingCpuFeature> {
         for &(reg, bits) in &self.regs {
             let missing = bits & !lookup(host, reg);
             if missing != 0 {
                 let bit = missing.trailing_zeros();
-                return Err(Error::MissingCpuFeature {
+                return Err(MissingCpuFeature {
                     feature: feature_name(reg, bit),
                 });
             }

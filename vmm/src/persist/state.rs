@@ -1,27 +1,76 @@
 //! The complete VM state of a checkpoint (everything but memory) and its byte encoding: the opaque
 //! state blob stored in the checkpoint manifest.
 //!
-//! Blob layout: `b"THAWVMST"`, format version (u32 LE), payload length (u64 LE), BLAKE3 of the
-//! payload (32 bytes), payload (JSON of [`VmState`]). Decoding checks all four before parsing, so a
-//! truncated or altered blob is refused with a clear error and never reaches KVM.
+//! The blob is JSON of [`VmState`] in the frame thaw's other self-checking objects use
+//! ([`thaw_format::envelope`]): magic `THAWVMST`, format version, length, body, BLAKE3 trailer.
+//! Decoding checks the frame before parsing, so a truncated or altered blob is refused with a
+//! clear error and never reaches KVM.
 
-use crate::cpuid::{CpuBaseline, RequiredFeatures};
-use crate::error::{Error, Result};
-use crate::serial::UartState;
+use crate::arch::cpuid::{CpuBaseline, RequiredFeatures};
+use crate::devices::serial::UartState;
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
 };
 use serde::{Deserialize, Serialize};
+use thaw_format::envelope::{self, EnvelopeError};
 
-const MAGIC: &[u8; 8] = b"THAWVMST";
-/// Version of the blob format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+const MAGIC: [u8; 8] = *b"THAWVMST";
+/// Version of the blob format this build writes and reads. Version 1 had a frame of its own
+/// (hash before the payload); it is refused by version.
+pub(crate) const FORMAT_VERSION: u16 = 2;
 /// Largest payload accepted (a real state is tens of KiB).
 const MAX_PAYLOAD: u64 = 64 << 20;
 
-/// State of one vCPU, in the order it is restored (see restore.rs for why that order).
+/// A state blob could not be encoded, or what was read is not one this build restores.
+#[derive(Debug, thiserror::Error)]
+pub enum StateBlobError {
+    #[error("cannot encode the VM state: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("{len} bytes is shorter than the {min}-byte frame")]
+    TooShort { len: usize, min: usize },
+    #[error("bad magic {found:02x?}: not a thaw VM state")]
+    BadMagic { found: [u8; 8] },
+    #[error("format version {found}, this build reads version {supported}")]
+    UnsupportedVersion { found: u16, supported: u16 },
+    #[error("payload length {len} is over the {max}-byte limit")]
+    TooLarge { len: u64, max: u64 },
+    #[error("payload length {declared} does not match the {actual} bytes present")]
+    LengthMismatch { declared: u64, actual: u64 },
+    #[error("hash mismatch: the blob is corrupt")]
+    ChecksumMismatch,
+    #[error("cannot parse: {0}")]
+    Parse(#[source] serde_json::Error),
+    #[error("no vCPUs")]
+    NoVcpus,
+    #[error("bad memory layout {0:x?}")]
+    BadMemoryLayout(Vec<(u64, u64)>),
+    #[error("vCPU {index} has id {id}")]
+    VcpuId { index: usize, id: u32 },
+    #[error("vCPU {0}: XSAVE area too short")]
+    XsaveTooShort(usize),
+}
+
+type Result<T> = std::result::Result<T, StateBlobError>;
+
+impl From<EnvelopeError> for StateBlobError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::TooShort { len, min } => StateBlobError::TooShort { len, min },
+            EnvelopeError::BadMagic { found } => StateBlobError::BadMagic { found },
+            EnvelopeError::UnsupportedVersion { found, supported } => {
+                StateBlobError::UnsupportedVersion { found, supported }
+            }
+            EnvelopeError::TooLarge { len, max } => StateBlobError::TooLarge { len, max },
+            EnvelopeError::LengthMismatch { declared, actual } => {
+                StateBlobError::LengthMismatch { declared, actual }
+            }
+            EnvelopeError::ChecksumMismatch => StateBlobError::ChecksumMismatch,
+        }
+    }
+}
+
+/// State of one vCPU, in the order it is restored (see `vstate::vcpu_state` for why that order).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VcpuState {
     pub id: u32,
@@ -69,62 +118,27 @@ pub struct VmState {
 
 impl VmState {
     /// Total guest memory in bytes.
-    pub fn memory_bytes(&self) -> u64 {
+    pub(crate) fn memory_bytes(&self) -> u64 {
         self.memory.iter().map(|r| r.1).sum()
     }
 
-    /// Encodes the state as a versioned, hashed blob.
+    /// Encodes the state as a versioned, checksummed blob.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let payload = serde_json::to_vec(self)
-            .map_err(|e| Error::StateBlob(format!("cannot encode: {e}")))?;
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(blake3::hash(&payload).as_bytes());
-        out.extend_from_slice(&payload);
-        Ok(out)
+        let payload = serde_json::to_vec(self).map_err(StateBlobError::Encode)?;
+        Ok(envelope::seal(MAGIC, FORMAT_VERSION, &payload))
     }
 
     /// Decodes and verifies a blob made by [`VmState::encode`].
-    pub fn decode(blob: &[u8]) -> Result<VmState> {
-        if blob.len() < HEADER_LEN {
-            return Err(Error::StateBlob(format!(
-                "{} bytes is shorter than the {HEADER_LEN}-byte header",
-                blob.len()
-            )));
-        }
-        if &blob[..8] != MAGIC {
-            return Err(Error::StateBlob("bad magic: not a thaw VM state".into()));
-        }
-        let version = u32::from_le_bytes(blob[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
-            return Err(Error::StateBlob(format!(
-                "format version {version}, this build reads version {FORMAT_VERSION}"
-            )));
-        }
-        let len = u64::from_le_bytes(blob[12..20].try_into().expect("8 bytes"));
-        let payload = &blob[HEADER_LEN..];
-        if len > MAX_PAYLOAD || len != payload.len() as u64 {
-            return Err(Error::StateBlob(format!(
-                "payload length {len} does not match the {} bytes present",
-                payload.len()
-            )));
-        }
-        if blake3::hash(payload).as_bytes() != &blob[20..52] {
-            return Err(Error::StateBlob(
-                "hash mismatch: the blob is corrupt".into(),
-            ));
-        }
-        let state: VmState = serde_json::from_slice(payload)
-            .map_err(|e| Error::StateBlob(format!("cannot parse: {e}")))?;
+    pub(crate) fn decode(blob: &[u8]) -> Result<VmState> {
+        let payload = envelope::open(blob, MAGIC, FORMAT_VERSION, MAX_PAYLOAD)?;
+        let state: VmState = serde_json::from_slice(payload).map_err(StateBlobError::Parse)?;
         state.validate()?;
         Ok(state)
     }
 
     fn validate(&self) -> Result<()> {
         if self.vcpus.is_empty() {
-            return Err(Error::StateBlob("no vCPUs".into()));
+            return Err(StateBlobError::NoVcpus);
         }
         if self.memory.is_empty()
             || self
@@ -132,14 +146,14 @@ impl VmState {
                 .iter()
                 .any(|&(gpa, size)| size == 0 || gpa % 4096 != 0 || size % 4096 != 0)
         {
-            return Err(Error::StateBlob("bad memory layout".into()));
+            return Err(StateBlobError::BadMemoryLayout(self.memory.clone()));
         }
         for (i, v) in self.vcpus.iter().enumerate() {
             if v.id as usize != i {
-                return Err(Error::StateBlob(format!("vCPU {i} has id {}", v.id)));
+                return Err(StateBlobError::VcpuId { index: i, id: v.id });
             }
             if v.xsave.len() < 1024 {
-                return Err(Error::StateBlob(format!("vCPU {i}: XSAVE area too short")));
+                return Err(StateBlobError::XsaveTooShort(i));
             }
         }
         Ok(())
@@ -154,21 +168,16 @@ pub(crate) fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
         .to_vec()
 }
 
-/// Rebuilds a plain-old-data KVM struct from bytes of exactly its size.
-pub(crate) fn pod_from_bytes<T: Copy + Default>(b: &[u8]) -> Result<T> {
+/// Rebuilds a plain-old-data KVM struct from bytes of exactly its size; None for any other size.
+pub(crate) fn pod_from_bytes<T: Copy + Default>(b: &[u8]) -> Option<T> {
     if b.len() != std::mem::size_of::<T>() {
-        return Err(Error::StateBlob(format!(
-            "{} bytes for a {}-byte {}",
-            b.len(),
-            std::mem::size_of::<T>(),
-            std::any::type_name::<T>()
-        )));
+        return None;
     }
     let mut v = T::default();
     // SAFETY: the length matches size_of::<T>() (checked above) and T is a KVM ABI struct for
     // which every bit pattern is valid (integers and arrays of integers only).
     unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), b.len()) };
-    Ok(v)
+    Some(v)
 }
 
 #[cfg(test)]
@@ -259,6 +268,26 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string()
             .contains("version"));
+        // A blob in the frame of format version 1 (hash before the payload) is refused by its
+        // version, not reported as corrupt.
+        let mut v1 = b"THAWVMST".to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&2u64.to_le_bytes());
+        v1.extend_from_slice(&[0; 32]);
+        v1.extend_from_slice(b"{}");
+        let err = VmState::decode(&v1).unwrap_err().to_string();
+        assert!(
+            err.contains("format version 1, this build reads version 2"),
+            "{err}"
+        );
+        let mut too_big = blob.clone();
+        too_big[12..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+        let err = VmState::decode(&too_big).unwrap_err().to_string();
+        assert!(err.contains("limit"), "{err}");
+        let mut body = blob.clone();
+        body[n / 2] ^= 0x40;
+        let err = VmState::decode(&body).unwrap_err().to_string();
+        assert!(err.contains("hash mismatch"), "{err}");
     }
 
     #[test]
@@ -270,6 +299,6 @@ pub(crate) mod tests {
         let b = pod_bytes(&r);
         let back: kvm_regs = pod_from_bytes(&b).unwrap();
         assert_eq!(back.rflags, 0x3002);
-        assert!(pod_from_bytes::<kvm_regs>(&b[1..]).is_err());
+        assert!(pod_from_bytes::<kvm_regs>(&b[1..]).is_none());
     }
 }

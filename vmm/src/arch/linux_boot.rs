@@ -1,0 +1,222 @@
+//! The 64-bit Linux boot protocol (Documentation/arch/x86/boot.rst): where the boot loader puts
+//! things in low memory, the zero page (`boot_params`) with its e820 map, and the state of the
+//! boot CPU at the kernel's 64-bit entry point: long mode, identity-mapped page tables, flat
+//! segments, `%rsi` pointing at the zero page.
+
+use crate::arch::gdt::{Gdt, Segment, SegmentKind};
+use crate::arch::paging;
+use crate::vstate::kvm::KvmError;
+use crate::vstate::memory::{GuestMemory, MemoryError};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs};
+use kvm_ioctls::VcpuFd;
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+
+/// Where the zero page (`boot_params`) goes.
+pub(crate) const ZERO_PAGE: u64 = 0x7000;
+/// Where the kernel command line goes.
+pub(crate) const CMDLINE_ADDR: u64 = 0x20000;
+/// Longest command line, terminating NUL included.
+pub(crate) const CMDLINE_MAX: usize = 4096;
+/// Where a protected-mode kernel is loaded: 1 MiB.
+pub(crate) const HIMEM_START: u64 = 0x10_0000;
+
+const GDT_ADDR: u64 = 0x500;
+const PML4: u64 = 0x9000;
+const BOOT_STACK: u64 = 0x8ff0;
+/// Start of the extended BIOS data area: low RAM ends here.
+const EBDA_START: u64 = 0x9fc00;
+const E820_RAM: u32 = 1;
+/// The early page tables map the first GiB; the kernel builds its own right after entry.
+const MAPPED: u64 = 1 << 30;
+
+const BOOT_CODE: Segment = Segment::flat(SegmentKind::Code64, 0);
+const BOOT_DATA: Segment = Segment::flat(SegmentKind::Data, 0);
+
+/// The boot GDT: null, null, code64 at 0x10 (`__BOOT_CS`), data at 0x18 (`__BOOT_DS`).
+struct BootGdt {
+    gdt: Gdt,
+    code: u16,
+    data: u16,
+}
+
+fn boot_gdt() -> BootGdt {
+    let mut gdt = Gdt::new();
+    gdt.skip();
+    let code = gdt.push(BOOT_CODE);
+    let data = gdt.push(BOOT_DATA);
+    BootGdt { gdt, code, data }
+}
+
+/// The zero page for a kernel whose setup header is `header` (bzImage; none for an ELF
+/// vmlinux), with the command line at [`CMDLINE_ADDR`] and the e820 map of `mem`: low RAM below
+/// the EBDA, the rest of the first region from 1 MiB, and every region above the MMIO hole.
+pub(crate) fn zero_page(
+    header: Option<setup_header>,
+    cmdline: &str,
+    mem: &GuestMemory,
+) -> boot_params {
+    let mut params = boot_params::default();
+    if let Some(hdr) = header {
+        params.hdr = hdr;
+    }
+    params.hdr.type_of_loader = 0xff;
+    params.hdr.boot_flag = 0xaa55;
+    params.hdr.header = 0x5372_6448;
+    params.hdr.kernel_alignment = 0x100_0000;
+    params.hdr.loadflags |= 0x01; // LOADED_HIGH
+    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
+
+    let low_end = low_memory_end(mem);
+    let mut e820 = vec![(0u64, EBDA_START), (HIMEM_START, low_end - HIMEM_START)];
+    for r in &mem.regions()[1..] {
+        e820.push((r.guest_phys_addr, r.size));
+    }
+    for (i, (addr, size)) in e820.iter().enumerate() {
+        params.e820_table[i] = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: E820_RAM,
+        };
+    }
+    params.e820_entries = e820.len() as u8;
+    params
+}
+
+/// End of the first memory region, below which the initrd must lie.
+pub(crate) fn low_memory_end(mem: &GuestMemory) -> u64 {
+    let first = &mem.regions()[0];
+    first.guest_phys_addr + first.size
+}
+
+/// Highest address the initrd may end at, per the kernel's setup header.
+pub(crate) fn initrd_limit(params: &boot_params, mem: &GuestMemory) -> u64 {
+    let low_end = low_memory_end(mem);
+    if params.hdr.initrd_addr_max != 0 {
+        (params.hdr.initrd_addr_max as u64).min(low_end)
+    } else {
+        low_end
+    }
+}
+
+/// Records an initrd of `len` bytes at `addr` in the zero page.
+pub(crate) fn set_initrd(params: &mut boot_params, addr: u64, len: u64) {
+    params.hdr.ramdisk_image = addr as u32;
+    params.hdr.ramdisk_size = len as u32;
+}
+
+/// Writes the boot GDT and the early page tables.
+pub(crate) fn write_entry_tables(mem: &GuestMemory) -> Result<(), MemoryError> {
+    boot_gdt().gdt.write(mem, GDT_ADDR)?;
+    paging::identity_map_2m(mem, PML4, MAPPED, false)?;
+    Ok(())
+}
+
+/// Registers of the boot CPU at the kernel's 64-bit entry, plus the MSRs firmware would set.
+pub(crate) fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<(), KvmError> {
+    let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
+    let g = boot_gdt();
+    sregs.cs = BOOT_CODE.kvm_segment(g.code);
+    let data = BOOT_DATA.kvm_segment(g.data);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = kvm_segment {
+        selector: 0,
+        type_: 0xb,
+        present: 1,
+        limit: 0xffff,
+        ..Default::default()
+    };
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = g.gdt.limit();
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr0 = 0x8000_0011; // PG | ET | PE
+    sregs.cr3 = PML4;
+    sregs.cr4 = 1 << 5; // PAE
+    sregs.efer = 0x500; // LME | LMA
+    fd.set_sregs(&sregs)
+        .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
+    let regs = kvm_regs {
+        rip: entry,
+        rsp: BOOT_STACK,
+        rbp: BOOT_STACK,
+        rsi: ZERO_PAGE,
+        rflags: 0x2,
+        ..Default::default()
+    };
+    fd.set_regs(&regs)
+        .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
+    fd.set_fpu(&kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    })
+    .map_err(KvmError::ioctl("KVM_SET_FPU"))?;
+    let msr = |index: u32, data: u64| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
+    let msrs = Msrs::from_entries(&[
+        msr(0x174, 0),             // SYSENTER_CS
+        msr(0x175, 0),             // SYSENTER_ESP
+        msr(0x176, 0),             // SYSENTER_EIP
+        msr(0xc000_0081, 0),       // STAR
+        msr(0xc000_0082, 0),       // LSTAR
+        msr(0xc000_0084, 0),       // SFMASK
+        msr(0x1a0, 1),             // MISC_ENABLE: fast strings
+        msr(0x2ff, (1 << 11) | 6), // MTRRdefType: enabled, write-back
+    ])
+    .map_err(KvmError::table("boot MSRs"))?;
+    fd.set_msrs(&msrs)
+        .map_err(KvmError::ioctl("KVM_SET_MSRS"))?;
+    // LAPIC: LINT0 as ExtINT (the PIC's interrupts reach the CPU), LINT1 as NMI.
+    let mut lapic = fd.get_lapic().map_err(KvmError::ioctl("KVM_GET_LAPIC"))?;
+    let set_reg = |regs: &mut [std::os::raw::c_char; 1024], off: usize, mode: u32| {
+        let mut v = u32::from_le_bytes([
+            regs[off] as u8,
+            regs[off + 1] as u8,
+            regs[off + 2] as u8,
+            regs[off + 3] as u8,
+        ]);
+        v = (v & !0x700) | (mode << 8);
+        for (i, b) in v.to_le_bytes().iter().enumerate() {
+            regs[off + i] = *b as std::os::raw::c_char;
+        }
+    };
+    set_reg(&mut lapic.regs, 0x350, 7);
+    set_reg(&mut lapic.regs, 0x360, 4);
+    fd.set_lapic(&lapic)
+        .map_err(KvmError::ioctl("KVM_SET_LAPIC"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boot_gdt_and_tables_are_where_the_protocol_expects_them() {
+        let mem = GuestMemory::new(&[(0, 64 << 20)]).unwrap();
+        write_entry_tables(&mem).unwrap();
+        assert_eq!(
+            mem.read_u64(GDT_ADDR + 0x10).unwrap(),
+            0x00af_9b00_0000_ffff
+        );
+        assert_eq!(
+            mem.read_u64(GDT_ADDR + 0x18).unwrap(),
+            0x00cf_9300_0000_ffff
+        );
+        assert_eq!(mem.read_u64(PML4).unwrap(), 0xa003);
+        assert_eq!(mem.read_u64(0xa000).unwrap(), 0xb003);
+        assert_eq!(mem.read_u64(0xb000 + 511 * 8).unwrap(), (511 << 21) | 0x83);
+        let p = zero_page(None, "console=ttyS0", &mem);
+        assert_eq!(p.e820_entries, 2);
+        let cmdline_size = p.hdr.cmdline_size;
+        assert_eq!(cmdline_size, 14);
+    }
+}

@@ -1,0 +1,11 @@
+//! The KVM objects of a VM: opening KVM ([`kvm`]), guest memory ([`memory`]), the VM ([`vm`]),
+//! its vCPU threads (`vcpu`) and saving and restoring their state (`vcpu_state`).
+
+pub mod kvm;
+pub mod memory;
+pub(crate) mod vcpu;
+pub(crate) mod vcpu_state;
+pub mod vm;
+
+pub use vcpu::VcpuError;
+pub use vcpu_state::VcpuStateError;
