@@ -26,12 +26,6 @@ fn main() {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=CC");
-    // The opt-in Linux boot test (tests/linux_boot.rs) runs only when THAW_LINUX_TEST=1.
-    println!("cargo::rustc-check-cfg=cfg(thaw_linux_test)");
-    println!("cargo:rerun-if-env-changed=THAW_LINUX_TEST");
-    if env::var("THAW_LINUX_TEST").as_deref() == Ok("1") {
-        println!("cargo:rustc-cfg=thaw_linux_test");
-    }
     run(Command::new(&cc)
         .args([
             "-ffreestanding",

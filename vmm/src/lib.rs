@@ -17,15 +17,15 @@
 //!   ([`persist::handoff`]).
 //! - [`boot`]: what runs in a VM: the built-in test guest ([`boot::testguest`]: loading, running
 //!   it to its checksums, the host-side model of them) and Linux ([`boot::linux`]).
-//! - [`cli`] and [`mod@bench`]: the `thaw vm` commands and the resume benchmark (applications on top,
-//!   to move out of this crate).
+//!
+//! The `thaw vm` commands (thaw-cli) and the resume benchmark (thaw-bench) are built on this crate.
 //!
 //! Lazy restore always goes through the fetch agent's code: with `--agent SOCKET` a fetch agent
 //! process serves guest memory; without it the restore starts the agent in this process (its own
 //! thread and tokio runtime, serving the checkpoint's store) and hands memory to it over a socket
 //! pair, the same hand-off either way.
 //!
-//! Errors are one enum per operation: [`boot::BootError`], `CheckpointError`,
+//! Errors are one enum per operation: [`boot::BootError`], [`persist::checkpoint::CheckpointError`],
 //! [`persist::restore::RestoreError`], [`persist::handoff::HandoffError`], and
 //! [`boot::testguest::RunError`] for running the test guest; beneath them the shared
 //! [`vstate::vm::VmError`], [`vstate::VcpuError`], [`vstate::VcpuStateError`],
@@ -33,9 +33,7 @@
 //! and [`persist::state::StateBlobError`]. Each carries the error it stems from as its source.
 
 pub mod arch;
-pub mod bench;
 pub mod boot;
-pub mod cli;
 pub mod devices;
 pub mod persist;
 pub mod vstate;

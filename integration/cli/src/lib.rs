@@ -9,3 +9,4 @@ pub mod commands;
 pub mod daemon;
 pub mod demo;
 pub mod serve;
+pub mod vm;

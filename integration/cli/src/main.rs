@@ -45,7 +45,7 @@ enum Command {
         command: CheckpointCommand,
     },
     /// Run, checkpoint and restore KVM guests.
-    Vm(vmm::cli::VmArgs),
+    Vm(thaw_cli::vm::VmArgs),
     /// Run the fetch agent: serve restored VMs' page faults from locality blocks.
     Agent(fetch_agent::cli::Args),
     /// Serve checkpoint blocks to fetch agents over QUIC.
@@ -131,7 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } => commands::relayout(&open_store(&store)?, &id, &traces, new_id).await,
         },
         // The vmm is synchronous and makes its own runtime: run it on a plain thread.
-        Command::Vm(args) => std::thread::spawn(move || vmm::cli::run(args))
+        Command::Vm(args) => std::thread::spawn(move || thaw_cli::vm::run(args))
             .join()
             .map_err(|_| anyhow::anyhow!("vm command panicked"))?,
         Command::Agent(args) => fetch_agent::cli::run(args).await,

@@ -24,7 +24,7 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 nomodules i804
 pub(crate) const MIN_MEMORY: u64 = 64 << 20;
 
 /// Loads the kernel, initramfs and command line and builds a VM ready to start.
-pub(crate) fn boot(
+pub fn boot(
     config: &VmConfig,
     kernel: &Path,
     initrd: Option<&Path>,

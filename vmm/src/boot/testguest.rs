@@ -272,7 +272,7 @@ pub struct Finished {
 
 impl Finished {
     /// One number for the whole guest (the vCPUs' checksums folded in order).
-    pub(crate) fn combined(&self) -> u64 {
+    pub fn combined(&self) -> u64 {
         self.checksums
             .iter()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {

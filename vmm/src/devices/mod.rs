@@ -6,7 +6,7 @@
 //! hardware expects.
 
 pub(crate) mod i8042;
-pub(crate) mod report_port;
+pub mod report_port;
 pub mod serial;
 
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub(crate) enum BusAction {
 
 /// Something a guest reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum GuestEvent {
+pub enum GuestEvent {
     /// A test guest report (start, progress, done, bad parameters).
     Report {
         cpu: u32,

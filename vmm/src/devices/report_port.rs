@@ -15,8 +15,8 @@ pub(crate) const REPORT_ADDR: u64 = 0x4000;
 pub(crate) const REPORT_STRIDE: u64 = 64;
 
 /// Report codes (guest/layout.h); 1 is the start report, which needs nothing here.
-pub(crate) const CODE_PROGRESS: u64 = 2;
-pub(crate) const CODE_DONE: u64 = 3;
+pub const CODE_PROGRESS: u64 = 2;
+pub const CODE_DONE: u64 = 3;
 pub(crate) const CODE_BAD_PARAMS: u64 = 4;
 
 /// One vCPU's report record.

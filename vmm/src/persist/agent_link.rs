@@ -35,7 +35,7 @@ const IN_PROCESS_CACHE_BYTES: u64 = 64 << 20;
 
 /// The connection to the fetch agent of one restore. Dropping it (or [`AgentLink::finish`])
 /// closes the connection, which ends the agent's session; stop the VM first.
-pub(crate) struct AgentLink {
+pub struct AgentLink {
     location: AgentLocation,
     stream: Option<UnixStream>,
     stop: Arc<AtomicBool>,
@@ -144,7 +144,7 @@ impl AgentLink {
     /// Closes the connection, ending the agent's session, and for the in-process agent waits
     /// for it to finish and returns what it did. Stop the VM first: its memory is no longer
     /// served after this.
-    pub(crate) fn finish(mut self) -> Result<Option<RestoreReport>> {
+    pub fn finish(mut self) -> Result<Option<RestoreReport>> {
         match self.shut_down() {
             None => Ok(None),
             Some(Ok(Ok(report))) => Ok(Some(report)),

@@ -11,7 +11,7 @@ use thaw_store::{MemoryRegion, Store, WriteOptions};
 
 /// A checkpoint could not be taken.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CheckpointError {
+pub enum CheckpointError {
     /// Pausing the VM, reading its state, or dirty logging.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -25,7 +25,7 @@ type Result<T> = std::result::Result<T, CheckpointError>;
 
 /// What a checkpoint did and how long each step took.
 #[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct CheckpointOutcome {
+pub struct CheckpointOutcome {
     pub id: String,
     /// Signal to all vCPUs parked.
     pub pause_ms: f64,
@@ -57,7 +57,7 @@ pub fn open_store(spec: &str) -> std::result::Result<Store, StoreSpecError> {
 
 /// Pauses the VM (if running), saves its state and memory to `store`. The VM stays paused: the
 /// caller resumes it (the original VM goes on) or stops it.
-pub(crate) fn checkpoint(
+pub fn checkpoint(
     vm: &Vm,
     rt: &tokio::runtime::Runtime,
     store: &Store,
@@ -68,7 +68,7 @@ pub(crate) fn checkpoint(
 
 /// As [`checkpoint`], closing `tracker`'s last window at the pause: the dirty log is stored with
 /// the checkpoint (`checkpoints/ID/dirty-log`) and gives its layout when `opts.layout` is empty.
-pub(crate) fn checkpoint_with_dirty_log(
+pub fn checkpoint_with_dirty_log(
     vm: &Vm,
     rt: &tokio::runtime::Runtime,
     store: &Store,

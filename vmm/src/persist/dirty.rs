@@ -16,7 +16,7 @@ pub(crate) const PAGE_SIZE: u64 = 4096;
 
 /// How dirty pages are tracked before a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DirtyConfig {
+pub struct DirtyConfig {
     /// Windows kept (the most recent ones); 0 turns tracking off.
     pub windows: usize,
     /// Length of one window.
@@ -36,12 +36,12 @@ impl Default for DirtyConfig {
 }
 
 impl DirtyConfig {
-    pub(crate) fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         self.windows > 0 && !self.window.is_zero()
     }
 
     /// The whole span the kept windows cover.
-    pub(crate) fn span(&self) -> Duration {
+    pub fn span(&self) -> Duration {
         u32::try_from(self.windows)
             .ok()
             .and_then(|n| self.window.checked_mul(n))

@@ -10,7 +10,7 @@ type Result<T> = std::result::Result<T, VmError>;
 
 /// What dirty tracking saw and cost, reported with the checkpoint.
 #[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct DirtyStats {
+pub struct DirtyStats {
     pub window_ms: f64,
     /// Pages written per kept window, oldest first (the last one ends at the pause).
     pub pages_per_window: Vec<usize>,
@@ -21,7 +21,7 @@ pub(crate) struct DirtyStats {
 }
 
 /// Dirty logging of one running VM.
-pub(crate) struct DirtyTracker {
+pub struct DirtyTracker {
     windows: DirtyWindows,
     window: Duration,
     harvests: u32,
@@ -31,7 +31,7 @@ pub(crate) struct DirtyTracker {
 
 impl DirtyTracker {
     /// Enables dirty logging on `vm` and opens the first window.
-    pub(crate) fn start(vm: &Vm, config: DirtyConfig) -> Result<DirtyTracker> {
+    pub fn start(vm: &Vm, config: DirtyConfig) -> Result<DirtyTracker> {
         vm.set_dirty_log(true)?;
         Ok(DirtyTracker {
             windows: DirtyWindows::new(config, Instant::now()),
@@ -43,12 +43,12 @@ impl DirtyTracker {
     }
 
     /// When [`DirtyTracker::poll`] next has work.
-    pub(crate) fn next_boundary(&self) -> Instant {
+    pub fn next_boundary(&self) -> Instant {
         self.windows.next_boundary()
     }
 
     /// Closes the open window if its time is up.
-    pub(crate) fn poll(&mut self, vm: &Vm) -> Result<()> {
+    pub fn poll(&mut self, vm: &Vm) -> Result<()> {
         let now = Instant::now();
         if now >= self.windows.next_boundary() {
             let pages = self.harvest(vm)?;

@@ -3,10 +3,10 @@
 //! lazy restores the hand-off of guest memory to a fetch agent ([`handoff`]) and the connection
 //! to it (`agent_link`).
 
-pub(crate) mod agent_link;
+pub mod agent_link;
 pub mod checkpoint;
-pub(crate) mod dirty;
-pub(crate) mod dirty_tracker;
+pub mod dirty;
+pub mod dirty_tracker;
 pub mod handoff;
 pub mod restore;
 pub mod state;

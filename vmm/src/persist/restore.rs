@@ -54,7 +54,7 @@ pub enum RestoreMode {
 
 /// How long the steps of a restore took.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub(crate) struct RestoreTimings {
+pub struct RestoreTimings {
     /// Opening the manifest and decoding and checking the state blob.
     pub open_ms: f64,
     /// Of open_ms: checking this host's CPU features against the checkpoint's.
@@ -70,11 +70,11 @@ pub(crate) struct RestoreTimings {
 /// A restored, running VM.
 pub struct Restored {
     pub vm: Vm,
-    pub(crate) state: VmState,
-    pub(crate) timings: RestoreTimings,
+    pub state: VmState,
+    pub timings: RestoreTimings,
     /// The fetch agent serving guest memory (lazy and agent mode). Dropping it, or
     /// [`AgentLink::finish`], ends the agent's session: stop the VM first.
-    pub(crate) agent: Option<AgentLink>,
+    pub agent: Option<AgentLink>,
 }
 
 /// Opens a checkpoint's manifest and decodes its state blob.

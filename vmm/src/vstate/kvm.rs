@@ -4,7 +4,7 @@ use kvm_ioctls::{Cap, Kvm};
 use std::path::{Path, PathBuf};
 
 /// Where the KVM device is unless configured otherwise.
-pub(crate) const DEFAULT_KVM_PATH: &str = "/dev/kvm";
+pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 
 /// KVM could not be opened, lacks something thaw needs, or refused an ioctl.
 #[derive(Debug, thiserror::Error)]

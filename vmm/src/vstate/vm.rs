@@ -380,7 +380,7 @@ impl Vm {
     }
 
     /// Lets paused vCPUs run again.
-    pub(crate) fn resume(&self) {
+    pub fn resume(&self) {
         self.pause.set(false);
         for h in &self.running {
             h.resume();
@@ -483,7 +483,7 @@ impl Vm {
 
     /// Waits for the next guest event; fails if a vCPU thread died or the VM was aborted
     /// through its [`AbortHandle`].
-    pub(crate) fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.abort.take() {

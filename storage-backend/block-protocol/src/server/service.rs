@@ -14,8 +14,8 @@ use super::cache::BlockCache;
 use super::read_ahead::{read_ahead_run, READ_AHEAD_BLOCKS};
 use crate::wire::{self, hop, Priority, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
 use thaw_format::{CheckpointId, Manifest};
-use thaw_store::CheckpointError;
 use thaw_store::reader::CheckpointReader;
+use thaw_store::CheckpointError;
 use thaw_store::Store;
 
 /// Counters a block server keeps (all since start).

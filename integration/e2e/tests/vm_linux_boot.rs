@@ -3,13 +3,13 @@
 //! counter go on. Kernel and busybox come from Debian's packages (apt-get download + dpkg -x).
 //!
 //! `THAW_LINUX_TEST=1 cargo test -p vmm --release --test linux_boot -- --nocapture`
-//! On a KVM that emulates guest kernel code (see DESIGN.md) this takes hours; on hardware KVM
+//! On a KVM that emulates guest kernel code (see docs/design.md) this takes hours; on hardware KVM
 //! seconds. THAW_LINUX_DIR keeps the downloads and logs (default: a directory under the target dir).
+
+mod bins;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 
 fn sh(cmd: &str, dir: &Path) -> String {
     let out = Command::new("sh")
@@ -93,16 +93,21 @@ while true; do i=$((i+1)); echo \"thaw-counter $i\"; /bin/busybox sleep 1; done\
 
 fn run(args: &[String]) -> Vec<serde_json::Value> {
     let started = std::time::Instant::now();
-    let out = Command::new(BIN).args(args).arg("--json").output().unwrap();
+    let out = bins::thaw()
+        .arg("vm")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
     eprintln!(
-        "thaw-vmm {} took {:?}\n{}",
+        "thaw vm {} took {:?}\n{}",
         args[0],
         started.elapsed(),
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(
         out.status.success(),
-        "thaw-vmm {args:?}: {}",
+        "thaw vm {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)

@@ -2,7 +2,8 @@
 //! kernel, too little memory, a corrupt state blob, a checkpoint from a CPU with a feature this
 //! host lacks.
 
-use std::process::Command;
+mod bins;
+
 use std::time::Duration;
 use thaw_format::CheckpointId;
 use thaw_store::{MemoryRegion, WriteOptions};
@@ -18,8 +19,6 @@ use vmm::persist::state::VmState;
 use vmm::vstate::kvm::KvmError;
 use vmm::vstate::vm::VmConfig;
 use vmm::vstate::vm::VmError;
-
-const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 
 fn vcpu_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -43,8 +42,8 @@ fn config() -> VmConfig {
 }
 
 fn thaw_vmm_fails(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(!out.status.success(), "thaw-vmm {args:?} succeeded");
+    let out = bins::thaw().arg("vm").args(args).output().unwrap();
+    assert!(!out.status.success(), "thaw vm {args:?} succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -1,4 +1,4 @@
-//! Dirty logging before a checkpoint, end to end through `thaw-vmm checkpoint`: the test guest
+//! Dirty logging before a checkpoint, end to end through `thaw vm checkpoint`: the test guest
 //! writes a hot set per vCPU, KVM's dirty log sees it, the checkpoint stores the log and is laid
 //! out by it (the hot sets in the first blocks, where physical order would put everything the
 //! guest ever wrote between them), and a fresh process restores it to the exact checksum.
@@ -6,14 +6,14 @@
 //! Calibrated for this machine's software KVM, where a port-I/O exit costs tens of microseconds:
 //! see [`params`].
 
+mod bins;
+
 use std::collections::HashSet;
-use std::process::Command;
 use thaw_format::{layout_from_dirty_windows, CheckpointId};
 use thaw_store::dirty_log::load_dirty_log;
 use thaw_store::CheckpointReader;
 use vmm::boot::testguest::{self, Params, Pattern};
 
-const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 const MEMORY: u64 = 16 << 20;
 const VCPUS: u32 = 2;
 const PAGE: u64 = 4096;
@@ -57,13 +57,14 @@ fn hot_pages() -> HashSet<u64> {
 }
 
 fn thaw_vmm(args: &[String]) -> Vec<serde_json::Value> {
-    let out = Command::new(BIN)
+    let out = bins::thaw()
+        .arg("vm")
         .args(args)
         .args(["--json", "--serial=none", "--timeout=120s"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "thaw-vmm {args:?} failed:\n{stderr}");
+    assert!(out.status.success(), "thaw vm {args:?} failed:\n{stderr}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))

@@ -3,12 +3,11 @@
 //! inside the restoring process) and through a fetch agent in another process (this test's).
 //! Every run ends with the checksums of the host-side model of an uninterrupted run.
 
+mod bins;
+
 use fetch_agent::{Agent, AgentConfig};
 use std::os::unix::net::UnixListener;
-use std::process::Command;
 use vmm::boot::testguest::{self, Params, Pattern};
-
-const BIN: &str = env!("CARGO_BIN_EXE_thaw-vmm");
 
 struct Workload {
     pattern: Pattern,
@@ -52,15 +51,16 @@ impl Workload {
     }
 }
 
-/// Runs thaw-vmm with `args` and returns its JSON lines; panics with stderr on failure.
+/// Runs thaw vm with `args` and returns its JSON lines; panics with stderr on failure.
 fn thaw_vmm(args: &[String]) -> Vec<serde_json::Value> {
-    let out = Command::new(BIN)
+    let out = bins::thaw()
+        .arg("vm")
         .args(args)
         .args(["--json", "--serial=none", "--timeout=120s"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "thaw-vmm {args:?} failed:\n{stderr}");
+    assert!(out.status.success(), "thaw vm {args:?} failed:\n{stderr}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
@@ -197,7 +197,8 @@ fn a_guest_that_finishes_before_the_checkpoint_is_reported() {
         "--at=2s".into(),
     ];
     args.extend(w.guest_args());
-    let out = Command::new(BIN)
+    let out = bins::thaw()
+        .arg("vm")
         .args(&args)
         .arg("--serial=none")
         .output()

@@ -1,23 +1,23 @@
-//! Command-line surface of the vmm: `thaw vm run | checkpoint | restore`.
+//! `thaw vm run | checkpoint | restore`: the command line of the vmm crate.
 //!
 //! Machine-readable results go to standard output as JSON lines when `--json` is given (the guest's
 //! console then goes to standard error unless `--serial` says otherwise).
 
-use crate::arch::cpuid::CpuBaseline;
-use crate::boot::testguest::{boot_test_guest, wait_done};
-use crate::boot::testguest::{Params, Pattern};
-use crate::devices::report_port;
-use crate::devices::serial::SerialOutput;
-use crate::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
-use crate::persist::dirty::DirtyConfig;
-use crate::persist::dirty_tracker::DirtyTracker;
-use crate::persist::restore::{restore, RestoreMode};
-use crate::vstate::kvm::DEFAULT_KVM_PATH;
-use crate::vstate::vm::{Vm, VmConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use vmm::arch::cpuid::CpuBaseline;
+use vmm::boot::testguest::{boot_test_guest, wait_done};
+use vmm::boot::testguest::{Params, Pattern};
+use vmm::devices::report_port;
+use vmm::devices::serial::SerialOutput;
+use vmm::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
+use vmm::persist::dirty::DirtyConfig;
+use vmm::persist::dirty_tracker::DirtyTracker;
+use vmm::persist::restore::{restore, RestoreMode};
+use vmm::vstate::kvm::DEFAULT_KVM_PATH;
+use vmm::vstate::vm::{Vm, VmConfig};
 
 /// `thaw vm …`
 #[derive(Debug, Args)]
@@ -36,14 +36,6 @@ pub enum VmCommand {
     /// Restore a checkpoint in this process: lazily by default (a fetch agent inside this
     /// process serves memory from the store), --eager, or through the fetch agent at --agent.
     Restore(RestoreArgs),
-    /// The resume benchmark (also `thaw bench resume`): figures as JSON on stdout or to --json.
-    #[command(hide = true)]
-    BenchResume {
-        #[arg(long)]
-        json: Option<PathBuf>,
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
 }
 
 /// Options shared by every command that creates a VM.
@@ -96,7 +88,7 @@ pub struct GuestArgs {
     pub kernel: Option<PathBuf>,
     #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    #[arg(long, requires = "kernel", default_value = crate::boot::linux::DEFAULT_CMDLINE)]
+    #[arg(long, requires = "kernel", default_value = vmm::boot::linux::DEFAULT_CMDLINE)]
     pub cmdline: String,
 }
 
@@ -233,7 +225,7 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
         serial: serial_output(m, watch),
     };
     Ok(match &g.kernel {
-        Some(kernel) => crate::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
+        Some(kernel) => vmm::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
         None => boot_test_guest(&config, &params(g))?,
     })
 }
@@ -365,7 +357,7 @@ fn run_and_maybe_checkpoint(
                 Some(t) => t.next_boundary().min(deadline),
                 None => track_from.min(deadline),
             };
-            if let Some(crate::devices::GuestEvent::Report {
+            if let Some(vmm::devices::GuestEvent::Report {
                 code: report_port::CODE_DONE,
                 cpu,
                 ..
@@ -424,7 +416,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         a.machine.json,
         serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),
     );
-    let linux = r.state.guest == crate::persist::state::GuestKind::Linux;
+    let linux = r.state.guest == vmm::persist::state::GuestKind::Linux;
     let limit = if linux {
         a.run_for.unwrap_or(a.machine.timeout)
     } else {
@@ -473,19 +465,6 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             a.dirty.config(),
         ),
         VmCommand::Restore(a) => restore_cmd(&a),
-        VmCommand::BenchResume { json, dir } => {
-            let fields = crate::bench::resume(&crate::bench::ResumeBench {
-                dir,
-                ..Default::default()
-            })?;
-            let text = serde_json::to_string_pretty(&fields)?;
-            match json {
-                Some(p) => std::fs::write(&p, text + "\n")
-                    .with_context(|| format!("writing {}", p.display()))?,
-                None => println!("{text}"),
-            }
-            Ok(())
-        }
     }
 }
 
