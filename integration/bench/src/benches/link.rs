@@ -301,7 +301,7 @@ async fn object_store(
     let ranges = object_bytes / OBJECT_STORE_RANGE;
     out.insert(
         "model_range_get_us".into(),
-        json!(micros(slow.read_time(OBJECT_STORE_RANGE))),
+        json!(micros(slow.hooks().read_time(OBJECT_STORE_RANGE))),
     );
 
     let mut single = Vec::new();
@@ -315,7 +315,7 @@ async fn object_store(
     out.insert("range_get_64k_p50_us".into(), json!(micros(p50)));
     out.insert("range_get_64k_p99_us".into(), json!(micros(p99)));
 
-    let requests_before = slow.requests();
+    let requests_before = slow.hooks().requests();
     let started = Instant::now();
     let moved: u64 = stream::iter(0..ranges)
         .map(|i| {
@@ -338,7 +338,7 @@ async fn object_store(
     );
     out.insert(
         "parallel_requests".into(),
-        json!(slow.requests() - requests_before),
+        json!(slow.hooks().requests() - requests_before),
     );
     out.insert("concurrency".into(), json!(cfg.concurrency));
     Ok(())
