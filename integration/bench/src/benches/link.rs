@@ -19,9 +19,9 @@ use thaw_block_protocol::client::BlockClient;
 use thaw_block_protocol::server::BlockServer;
 use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
 use thaw_block_protocol::wire::Priority;
-use thaw_format::CheckpointId;
 use thaw_store::Store;
 
+use super::stream::fetch_all;
 use crate::link::{LinkSpec, SlowStore, UdpRelay};
 use crate::synthetic;
 
@@ -124,28 +124,6 @@ fn blast(
     counter
         .join()
         .map_err(|_| anyhow::anyhow!("counting thread panicked"))
-}
-
-async fn fetch_all(
-    client: &Arc<BlockClient>,
-    id: &CheckpointId,
-    blocks: u32,
-    concurrency: usize,
-) -> anyhow::Result<u64> {
-    Ok(stream::iter(0..blocks)
-        .map(|b| {
-            let client = client.clone();
-            let id = id.clone();
-            async move {
-                client
-                    .fetch_stored(&id, b, Priority::Prefetch)
-                    .await
-                    .map(|s| s.len() as u64)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
-        .await?)
 }
 
 async fn relayed(
