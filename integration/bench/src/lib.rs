@@ -6,6 +6,7 @@
 
 pub mod benches;
 pub mod counting_store;
+pub mod hooked_store;
 pub mod link;
 pub mod replay;
 pub mod report;

@@ -343,9 +343,9 @@ async fn slow_store_with_object(len: usize) -> (Arc<SlowStore>, Path, Vec<u8>) {
 #[tokio::test]
 async fn slow_store_ranged_get_waits_first_byte_and_transfer_time() {
     let (slow, path, data) = slow_store_with_object(4 << 20).await;
-    assert_eq!(slow.requests(), 0, "puts are not read requests");
+    assert_eq!(slow.hooks().requests(), 0, "puts are not read requests");
     let range = 1000u64..1000 + (256 << 10);
-    let expected = slow.read_time(range.end - range.start);
+    let expected = slow.hooks().read_time(range.end - range.start);
     assert!(expected >= Duration::from_millis(22), "{expected:?}");
 
     let started = Instant::now();
@@ -360,16 +360,19 @@ async fn slow_store_ranged_get_waits_first_byte_and_transfer_time() {
     let chunks: Vec<_> = result.into_stream().try_collect().await.unwrap();
     let whole = started.elapsed();
     assert_eq!(chunks.concat(), data);
-    assert!(whole >= slow.read_time(data.len() as u64), "{whole:?}");
+    assert!(
+        whole >= slow.hooks().read_time(data.len() as u64),
+        "{whole:?}"
+    );
 
     let started = Instant::now();
     let meta = slow.head(&path).await.unwrap();
     assert_eq!(meta.size, data.len() as u64);
     assert!(started.elapsed() >= Duration::from_millis(20));
 
-    assert_eq!(slow.requests(), 3);
+    assert_eq!(slow.hooks().requests(), 3);
     assert_eq!(
-        slow.bytes_served(),
+        slow.hooks().bytes_served(),
         (range.end - range.start) + data.len() as u64
     );
     println!("slow store: 256 KiB ranged get {single:?} (model {expected:?}), 4 MiB get {whole:?}");
@@ -379,7 +382,7 @@ async fn slow_store_ranged_get_waits_first_byte_and_transfer_time() {
 async fn slow_store_serves_parallel_requests_independently() {
     let (slow, path, data) = slow_store_with_object(4 << 20).await;
     let len = 256u64 << 10;
-    let one = slow.read_time(len);
+    let one = slow.hooks().read_time(len);
     let started = Instant::now();
     let gets = (0..8u64).map(|i| {
         let slow = slow.clone();
@@ -398,7 +401,7 @@ async fn slow_store_serves_parallel_requests_independently() {
         eight < one * 4,
         "8 parallel gets took {eight:?}, one {one:?}"
     );
-    assert_eq!(slow.requests(), 8);
+    assert_eq!(slow.hooks().requests(), 8);
 
     // Ranges far apart are separate requests; close ones are merged.
     let ranges = [0..4096, 8192..12288, (3 << 20)..(3 << 20) + 4096];
@@ -406,5 +409,5 @@ async fn slow_store_serves_parallel_requests_independently() {
     for (r, bytes) in ranges.iter().zip(&got) {
         assert_eq!(&bytes[..], &data[r.start as usize..r.end as usize]);
     }
-    assert_eq!(slow.requests(), 8 + 2);
+    assert_eq!(slow.hooks().requests(), 8 + 2);
 }

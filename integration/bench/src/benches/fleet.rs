@@ -172,7 +172,7 @@ fn restore_fleet(
     }
     running.close();
     Ok(FleetRun {
-        store_reads: counting.reads(),
+        store_reads: counting.hooks().reads(),
         seconds,
         server_requests: server.stats().requests.load(Ordering::Relaxed),
     })

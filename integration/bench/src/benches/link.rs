@@ -19,9 +19,9 @@ use thaw_block_protocol::client::BlockClient;
 use thaw_block_protocol::server::BlockServer;
 use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
 use thaw_block_protocol::wire::Priority;
-use thaw_format::CheckpointId;
 use thaw_store::Store;
 
+use super::stream::fetch_all;
 use crate::link::{LinkSpec, SlowStore, UdpRelay};
 use crate::synthetic;
 
@@ -124,28 +124,6 @@ fn blast(
     counter
         .join()
         .map_err(|_| anyhow::anyhow!("counting thread panicked"))
-}
-
-async fn fetch_all(
-    client: &Arc<BlockClient>,
-    id: &CheckpointId,
-    blocks: u32,
-    concurrency: usize,
-) -> anyhow::Result<u64> {
-    Ok(stream::iter(0..blocks)
-        .map(|b| {
-            let client = client.clone();
-            let id = id.clone();
-            async move {
-                client
-                    .fetch_stored(&id, b, Priority::Prefetch)
-                    .await
-                    .map(|s| s.len() as u64)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
-        .await?)
 }
 
 async fn relayed(
@@ -301,7 +279,7 @@ async fn object_store(
     let ranges = object_bytes / OBJECT_STORE_RANGE;
     out.insert(
         "model_range_get_us".into(),
-        json!(micros(slow.read_time(OBJECT_STORE_RANGE))),
+        json!(micros(slow.hooks().read_time(OBJECT_STORE_RANGE))),
     );
 
     let mut single = Vec::new();
@@ -315,7 +293,7 @@ async fn object_store(
     out.insert("range_get_64k_p50_us".into(), json!(micros(p50)));
     out.insert("range_get_64k_p99_us".into(), json!(micros(p99)));
 
-    let requests_before = slow.requests();
+    let requests_before = slow.hooks().requests();
     let started = Instant::now();
     let moved: u64 = stream::iter(0..ranges)
         .map(|i| {
@@ -338,7 +316,7 @@ async fn object_store(
     );
     out.insert(
         "parallel_requests".into(),
-        json!(slow.requests() - requests_before),
+        json!(slow.hooks().requests() - requests_before),
     );
     out.insert("concurrency".into(), json!(cfg.concurrency));
     Ok(())

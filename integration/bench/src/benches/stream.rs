@@ -32,7 +32,19 @@ async fn pass(
     concurrency: usize,
 ) -> anyhow::Result<(u64, f64)> {
     let started = Instant::now();
-    let bytes: u64 = stream::iter(0..blocks)
+    let bytes = fetch_all(client, id, blocks, concurrency).await?;
+    Ok((bytes, started.elapsed().as_secs_f64()))
+}
+
+/// Fetches blocks `0..blocks` once each with `concurrency` requests in
+/// flight; returns the bytes received.
+pub(super) async fn fetch_all(
+    client: &Arc<BlockClient>,
+    id: &CheckpointId,
+    blocks: u32,
+    concurrency: usize,
+) -> anyhow::Result<u64> {
+    Ok(stream::iter(0..blocks)
         .map(|b| {
             let client = client.clone();
             let id = id.clone();
@@ -45,8 +57,7 @@ async fn pass(
         })
         .buffer_unordered(concurrency)
         .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
-        .await?;
-    Ok((bytes, started.elapsed().as_secs_f64()))
+        .await?)
 }
 
 pub async fn run(cfg: StreamBench) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {

@@ -5,42 +5,27 @@
 //! written before the benchmark's clock starts.
 
 use std::fmt;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt};
-use object_store::path::Path;
-use object_store::{
-    coalesce_ranges, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult,
-    MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
-    PutPayload, PutResult, RenameOptions, Result, OBJECT_STORE_COALESCE_DEFAULT,
-};
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
+use object_store::{GetResult, GetResultPayload, ObjectStore, Result};
 use tokio::time::Instant;
 
 use super::spec::{LinkSpec, LinkSpecError};
+use crate::hooked_store::{GetRequest, HookedStore, StoreHooks};
 
-#[derive(Debug)]
-pub struct SlowStore {
-    inner: Arc<dyn ObjectStore>,
-    first_byte: Duration,
-    bytes_per_sec: u64,
-    requests: AtomicU64,
-    bytes_served: AtomicU64,
-}
+/// An object store behind an emulated object-store link ([`SlowReads`]).
+/// `get_ranges` goes as a remote store serves it: nearby ranges merged, up
+/// to 10 requests in parallel, each one a slow GET.
+pub type SlowStore = HookedStore<SlowReads>;
 
 impl SlowStore {
     pub fn new(inner: Arc<dyn ObjectStore>, first_byte: Duration, bytes_per_sec: u64) -> Self {
-        Self {
-            inner,
-            first_byte,
-            bytes_per_sec: bytes_per_sec.max(1),
-            requests: AtomicU64::new(0),
-            bytes_served: AtomicU64::new(0),
-        }
+        Self::with_hooks(inner, SlowReads::new(first_byte, bytes_per_sec))
     }
 
     /// Wraps `inner` in an object-store link (e.g. [`LinkSpec::object_store`]).
@@ -54,6 +39,26 @@ impl SlowStore {
             LinkSpec::Relayed { name, .. } => {
                 Err(LinkSpecError::NotObjectStore { name: name.clone() })
             }
+        }
+    }
+}
+
+/// The delays of an object-store link, and the reads that went through it.
+#[derive(Debug)]
+pub struct SlowReads {
+    first_byte: Duration,
+    bytes_per_sec: u64,
+    requests: AtomicU64,
+    bytes_served: AtomicU64,
+}
+
+impl SlowReads {
+    pub fn new(first_byte: Duration, bytes_per_sec: u64) -> Self {
+        Self {
+            first_byte,
+            bytes_per_sec: bytes_per_sec.max(1),
+            requests: AtomicU64::new(0),
+            bytes_served: AtomicU64::new(0),
         }
     }
 
@@ -74,46 +79,28 @@ impl SlowStore {
     }
 }
 
-impl fmt::Display for SlowStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+#[async_trait]
+impl StoreHooks for SlowReads {
+    fn describe(&self, inner: &dyn ObjectStore, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "Slow({:?} first byte, {} B/s per request, {})",
-            self.first_byte, self.bytes_per_sec, self.inner
+            self.first_byte, self.bytes_per_sec, inner
         )
-    }
-}
-
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl ObjectStore for SlowStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
     }
 
     /// The whole (range of the) body is read from the inner store first, then
     /// handed over in one chunk once the emulated transfer is over, so a
     /// streaming reader cannot see bytes early.
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+    async fn get(
+        &self,
+        request: GetRequest<'_>,
+        forward: BoxFuture<'_, Result<GetResult>>,
+    ) -> Result<GetResult> {
         let started = Instant::now();
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let head = options.head;
-        let result = self.inner.get_opts(location, options).await;
-        let result = match result {
-            Ok(r) if !head => r,
+        let result = match forward.await {
+            Ok(r) if !request.head => r,
             // Errors (not found, precondition failed) and HEADs cost a round
             // trip without a body.
             other => {
@@ -147,47 +134,5 @@ impl ObjectStore for SlowStore {
             attributes,
             extensions,
         })
-    }
-
-    /// As a remote store does: nearby ranges merged, up to 10 requests in
-    /// parallel, each one a slow GET.
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        coalesce_ranges(
-            ranges,
-            |range| self.get_range(location, range),
-            OBJECT_STORE_COALESCE_DEFAULT,
-        )
-        .await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-
-    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.inner.rename_opts(from, to, options).await
     }
 }

@@ -56,18 +56,11 @@ pub fn render(eval: &Evaluation, link: Link) -> Option<String> {
     };
 
     let title = format!("Time to finish per strategy, link: {}", link.name());
-    let mut svg = Svg::new(WIDTH, height.ceil(), &title);
-    svg.text(
-        (LEFT, 26.0),
-        TextStyle {
-            bold: true,
-            ..TextStyle::plain(16.0, Anchor::Start)
-        },
+    let mut svg = Svg::chart(
+        WIDTH,
+        height.ceil(),
+        LEFT,
         &title,
-    );
-    svg.text(
-        (LEFT, 46.0),
-        TextStyle::plain(12.0, Anchor::Start),
         "log scale; dashed line: the workload's run time with all memory present",
     );
     draw_y_axis(&mut svg, &axis);

@@ -110,18 +110,11 @@ pub fn render(eval: &Evaluation, link: Link, source: CdfSource) -> Option<String
     let y_px = |fraction: f64| BOTTOM - fraction * (BOTTOM - TOP);
 
     let title = format!("Fault service latency CDF, link: {}", link.name());
-    let mut svg = Svg::new(WIDTH, HEIGHT, &title);
-    svg.text(
-        (LEFT, 26.0),
-        TextStyle {
-            bold: true,
-            ..TextStyle::plain(16.0, Anchor::Start)
-        },
+    let mut svg = Svg::chart(
+        WIDTH,
+        HEIGHT,
+        LEFT,
         &title,
-    );
-    svg.text(
-        (LEFT, 46.0),
-        TextStyle::plain(12.0, Anchor::Start),
         &format!("{}; latency on a log scale", source.describe()),
     );
     draw_axes(&mut svg, &x_axis, y_px);

@@ -108,6 +108,26 @@ impl Svg {
         Svg { out }
     }
 
+    /// A chart's document: `title` in bold, then `subtitle` in a line under it, both from
+    /// `left`, the chart's left edge.
+    pub fn chart(width: f64, height: f64, left: f64, title: &str, subtitle: &str) -> Self {
+        let mut svg = Svg::new(width, height, title);
+        svg.text(
+            (left, 26.0),
+            TextStyle {
+                bold: true,
+                ..TextStyle::plain(16.0, Anchor::Start)
+            },
+            title,
+        );
+        svg.text(
+            (left, 46.0),
+            TextStyle::plain(12.0, Anchor::Start),
+            subtitle,
+        );
+        svg
+    }
+
     pub fn line(&mut self, (x1, y1): (f64, f64), (x2, y2): (f64, f64), stroke: Stroke) {
         let _ = writeln!(
             self.out,

@@ -10,13 +10,13 @@
 
 use super::content::Content;
 use super::kernel::{KPath, Kernel};
-use super::physical::{render, FreeList, Mapping, Physical};
+use super::model::Workload;
+use super::physical::{Frames, FreeList, Mapping, Physical};
 use super::program::{CodeMap, Program, ProgramSize};
 use super::rng::{mix, Rng, Zipf};
 use super::trace::{merge, Lane, Touch};
-use super::{Generated, Params, RUNS};
+use super::Params;
 
-const NAME: &str = "database";
 const ROWS_PER_BLOCK: usize = 40;
 const KEYS_PER_LEAF: usize = 300;
 const CHILDREN_PER_INNER: usize = 250;
@@ -46,7 +46,7 @@ enum Table {
     Stock = 4,
 }
 
-struct Model {
+pub(super) struct Model {
     kernel: Kernel,
     libc: CodeMap,
     postgres: Program,
@@ -63,124 +63,224 @@ struct Model {
     seed: u64,
 }
 
-fn build(p: &Params, rng: &mut Rng) -> (Model, Vec<Content>, FreeList) {
-    let total = p.pages(65536) as u64;
-    let mut phys = Physical::new(total, &Kernel::reserved(p), rng);
-    let kernel = Kernel::boot(&mut phys, p, rng);
-    let libc = CodeMap::new(phys.alloc(p.pages(450), |_| Content::Code), rng.u64());
-    let postgres = Program::load(
-        &mut phys,
-        p,
-        rng,
-        &ProgramSize {
-            text: 2000,
-            data: 200,
-            heap: 60,
-            heap_zero: 0.3,
-            stack: 8,
-        },
-    );
+impl Workload for Model {
+    const NAME: &'static str = "database";
+    const DESCRIPTION: &'static str =
+        "PostgreSQL-like database with five tables and their B-tree primary keys \
+        (~82 MiB of 8 KiB blocks) in a ~100 MiB shared buffer pool filled in first-read \
+        order, restored under an OLTP load from six clients (new orders, payments, order \
+        status: index descents with hot root and inner pages, row updates, inserts at the \
+        table tails, WAL appends and flushes) plus one reporting query per run (a sequential \
+        scan of one of three tables into a hash aggregate in fresh work memory).";
+    const MEMORY_PAGES: usize = 65536;
 
-    // Relation sizes in 8 KiB blocks, and the order their blocks entered
-    // the pool: runs of a scan, single blocks of lookups, interleaved.
-    let table_blocks = [1500, 4000, 3000, 800, 1200].map(|b| p.count(b));
-    let mut chunks: Vec<(usize, bool, usize, usize)> = Vec::new(); // (rel, index?, first, len)
-    let mut index_sizes = Vec::new();
-    for (rel, &blocks) in table_blocks.iter().enumerate() {
-        let leaves = (blocks * ROWS_PER_BLOCK).div_ceil(KEYS_PER_LEAF);
-        let inner = leaves.div_ceil(CHILDREN_PER_INNER);
-        index_sizes.push((leaves, inner));
-        let mut b = 0;
-        while b < blocks {
-            let len = if rng.chance(0.5) {
-                rng.range(8, 64) as usize
-            } else {
-                1
-            };
-            chunks.push((rel, false, b, len.min(blocks - b)));
-            b += len;
-        }
-        let index_blocks = 1 + inner + leaves;
-        let mut b = 0;
-        while b < index_blocks {
-            let len = rng.range(1, 4) as usize;
-            chunks.push((rel, true, b, len.min(index_blocks - b)));
-            b += len;
-        }
-    }
-    rng.shuffle(&mut chunks);
-    let used: usize = chunks.iter().map(|c| c.3).sum();
-    let nbuffers = used + used / 4;
-    let mut heap_at: Vec<Vec<usize>> = table_blocks.iter().map(|&b| vec![0; b]).collect();
-    let mut index_at: Vec<Vec<usize>> = index_sizes
-        .iter()
-        .map(|&(l, i)| vec![0; 1 + i + l])
-        .collect();
-    let mut buffer_kind = vec![Content::Zero; nbuffers];
-    let mut next = 0;
-    for &(rel, index, first, len) in &chunks {
-        for b in first..first + len {
-            if index {
-                index_at[rel][b] = next;
-                buffer_kind[next] = Content::DbIndex;
-            } else {
-                heap_at[rel][b] = next;
-                buffer_kind[next] = Content::DbTable;
+    fn build(mut phys: Physical, kernel: Kernel, p: &Params, rng: &mut Rng) -> (Self, Frames) {
+        let libc = CodeMap::load(&mut phys, p, rng, 450);
+        let postgres = Program::load(
+            &mut phys,
+            p,
+            rng,
+            &ProgramSize {
+                text: 2000,
+                data: 200,
+                heap: 60,
+                heap_zero: 0.3,
+                stack: 8,
+            },
+        );
+
+        // Relation sizes in 8 KiB blocks, and the order their blocks entered
+        // the pool: runs of a scan, single blocks of lookups, interleaved.
+        let table_blocks = [1500, 4000, 3000, 800, 1200].map(|b| p.count(b));
+        let mut chunks: Vec<(usize, bool, usize, usize)> = Vec::new(); // (rel, index?, first, len)
+        let mut index_sizes = Vec::new();
+        for (rel, &blocks) in table_blocks.iter().enumerate() {
+            let leaves = (blocks * ROWS_PER_BLOCK).div_ceil(KEYS_PER_LEAF);
+            let inner = leaves.div_ceil(CHILDREN_PER_INNER);
+            index_sizes.push((leaves, inner));
+            let mut b = 0;
+            while b < blocks {
+                let len = if rng.chance(0.5) {
+                    rng.range(8, 64) as usize
+                } else {
+                    1
+                };
+                chunks.push((rel, false, b, len.min(blocks - b)));
+                b += len;
             }
-            next += 1;
+            let index_blocks = 1 + inner + leaves;
+            let mut b = 0;
+            while b < index_blocks {
+                let len = rng.range(1, 4) as usize;
+                chunks.push((rel, true, b, len.min(index_blocks - b)));
+                b += len;
+            }
         }
+        rng.shuffle(&mut chunks);
+        let used: usize = chunks.iter().map(|c| c.3).sum();
+        let nbuffers = used + used / 4;
+        let mut heap_at: Vec<Vec<usize>> = table_blocks.iter().map(|&b| vec![0; b]).collect();
+        let mut index_at: Vec<Vec<usize>> = index_sizes
+            .iter()
+            .map(|&(l, i)| vec![0; 1 + i + l])
+            .collect();
+        let mut buffer_kind = vec![Content::Zero; nbuffers];
+        let mut next = 0;
+        for &(rel, index, first, len) in &chunks {
+            for b in first..first + len {
+                if index {
+                    index_at[rel][b] = next;
+                    buffer_kind[next] = Content::DbIndex;
+                } else {
+                    heap_at[rel][b] = next;
+                    buffer_kind[next] = Content::DbTable;
+                }
+                next += 1;
+            }
+        }
+        let buffers = phys.alloc(nbuffers * 2, |i| buffer_kind[i / 2]);
+        let descriptors = phys.alloc((nbuffers * 64).div_ceil(4096), |_| Content::Heap);
+        let buffer_table =
+            phys.alloc_mixed((nbuffers * 24).div_ceil(4096), Content::Heap, 0.1, rng);
+        let wal = phys.alloc(p.pages(2048), |_| Content::Wal);
+        phys.alloc_mixed(p.pages(64), Content::KernelData, 0.3, rng); // locks, proc array
+        let backends = Program::load_many(
+            &mut phys,
+            p,
+            rng,
+            6,
+            &ProgramSize {
+                text: 0,
+                data: 0,
+                heap: 150,
+                heap_zero: 0.2,
+                stack: 32,
+            },
+        );
+        let relations = heap_at
+            .into_iter()
+            .zip(index_at)
+            .zip(index_sizes)
+            .map(|((heap, index), (leaves, inner))| Relation {
+                heap,
+                root: index[0],
+                inner: index[1..1 + inner].to_vec(),
+                leaves: index[1 + inner..1 + inner + leaves].to_vec(),
+            })
+            .collect::<Vec<_>>();
+        let frames = phys.finish(0.12, rng);
+        let customer_rows = relations[Table::Customer as usize].rows();
+        let item_rows = relations[Table::Item as usize].rows();
+        let model = Model {
+            kernel,
+            libc,
+            postgres,
+            backends,
+            buffers,
+            descriptors,
+            buffer_table,
+            wal_start: rng.index(p.pages(2048)),
+            wal,
+            relations,
+            customer_popularity: Zipf::new(customer_rows, 0.8),
+            item_popularity: Zipf::new(item_rows, 0.8),
+            seed: rng.u64(),
+        };
+        (model, frames)
     }
-    let buffers = phys.alloc(nbuffers * 2, |i| buffer_kind[i / 2]);
-    let descriptors = phys.alloc((nbuffers * 64).div_ceil(4096), |_| Content::Heap);
-    let buffer_table = phys.alloc_mixed((nbuffers * 24).div_ceil(4096), Content::Heap, 0.1, rng);
-    let wal = phys.alloc(p.pages(2048), |_| Content::Wal);
-    phys.alloc_mixed(p.pages(64), Content::KernelData, 0.3, rng); // locks, proc array
-    let backends = (0..6)
-        .map(|_| {
-            Program::load(
-                &mut phys,
-                p,
-                rng,
-                &ProgramSize {
-                    text: 0,
-                    data: 0,
-                    heap: 150,
-                    heap_zero: 0.2,
-                    stack: 32,
-                },
-            )
-        })
-        .collect();
-    let relations = heap_at
-        .into_iter()
-        .zip(index_at)
-        .zip(index_sizes)
-        .map(|((heap, index), (leaves, inner))| Relation {
-            heap,
-            root: index[0],
-            inner: index[1..1 + inner].to_vec(),
-            leaves: index[1 + inner..1 + inner + leaves].to_vec(),
-        })
-        .collect::<Vec<_>>();
-    let (contents, free) = phys.finish(0.12, rng);
-    let customer_rows = relations[Table::Customer as usize].rows();
-    let item_rows = relations[Table::Item as usize].rows();
-    let model = Model {
-        kernel,
-        libc,
-        postgres,
-        backends,
-        buffers,
-        descriptors,
-        buffer_table,
-        wal_start: rng.index(p.pages(2048)),
-        wal,
-        relations,
-        customer_popularity: Zipf::new(customer_rows, 0.8),
-        item_popularity: Zipf::new(item_rows, 0.8),
-        seed: rng.u64(),
-    };
-    (model, contents, free)
+
+    fn run(&self, free: &FreeList, _p: &Params, mut rng: Rng, speed: f64) -> Vec<Touch> {
+        let duration_us = rng.range(2_200_000, 2_700_000) as f64;
+        let m = self;
+        let mut kernel_lane = m.kernel.resume(&mut rng, speed);
+        let mut backends: Vec<Backend> = m
+            .backends
+            .iter()
+            .map(|program| Backend {
+                m,
+                program,
+                lane: Lane::new(kernel_lane.now() + rng.exp(2_000.0), speed),
+            })
+            .collect();
+        let mut fresh = free.cursor();
+        let mut wal_bytes = 0usize;
+        let mut inserted = [0usize; 5];
+        // The report: one of three, started a little into the run by client 0.
+        let report = rng.index(3);
+        let report_at = rng.range(200_000, 900_000) as f64;
+        let mut report_done = false;
+
+        loop {
+            let (b, at) = backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (i, b.lane.now()))
+                .min_by(|x, y| x.1.total_cmp(&y.1))
+                .expect("backends");
+            if at > duration_us {
+                break;
+            }
+            let be = &mut backends[b];
+            // Receive the statement, parse, plan: backend code and caches.
+            m.kernel.run(&mut be.lane, &mut rng, KPath::NetRx);
+            m.kernel.run(&mut be.lane, &mut rng, KPath::Syscall(45));
+            be.program.wake(&mut be.lane, &mut rng);
+            m.postgres.code.run(&mut be.lane, &mut rng, 43, 10, 4.0);
+            for _ in 0..3 {
+                let page = be.program.heap.at(rng.index(be.program.heap.len()) / 4);
+                be.lane.read(page); // catalog and plan caches
+            }
+            m.libc.run(&mut be.lane, &mut rng, 8, 2, 1.0);
+            if b == 0 && !report_done && at >= report_at {
+                report_done = true;
+                reporting(be, &mut rng, &mut fresh, report);
+            } else {
+                let customer = m.customer_popularity.sample(&mut rng);
+                match rng.below(100) {
+                    0..=44 => {
+                        be.lookup(&mut rng, Table::Customer, customer, false);
+                        for _ in 0..rng.range(3, 8) {
+                            let item = m.item_popularity.sample(&mut rng);
+                            be.lookup(&mut rng, Table::Item, item, false);
+                            be.lookup(&mut rng, Table::Stock, item, true);
+                            be.wal(&mut rng, &mut wal_bytes, 120);
+                            be.insert(&mut rng, Table::OrderLine, inserted[2]);
+                            inserted[2] += 1;
+                        }
+                        be.insert(&mut rng, Table::Orders, inserted[1]);
+                        inserted[1] += 1;
+                        be.wal(&mut rng, &mut wal_bytes, 200);
+                    }
+                    45..=89 => {
+                        be.lookup(&mut rng, Table::Customer, customer, true);
+                        be.wal(&mut rng, &mut wal_bytes, 150);
+                    }
+                    _ => {
+                        // Order status: the customer's recent orders.
+                        be.lookup(&mut rng, Table::Customer, customer, false);
+                        let orders = m.relations[Table::Orders as usize].rows();
+                        let recent = orders - 1 - rng.index(orders / 10);
+                        for k in 0..rng.range(1, 5) as usize {
+                            be.lookup(&mut rng, Table::Orders, recent - k, false);
+                        }
+                    }
+                }
+                be.commit(&mut rng, &mut wal_bytes);
+            }
+            m.kernel.run(&mut be.lane, &mut rng, KPath::NetTx);
+            // The client thinks, then sends its next transaction.
+            be.lane.wait(rng.lognormal(25_000.0, 0.7));
+        }
+        let mut tick = 0.0;
+        while tick < duration_us {
+            kernel_lane.wait_until(tick);
+            m.kernel.run(&mut kernel_lane, &mut rng, KPath::TimerTick);
+            tick += rng.lognormal(4_000.0, 0.2);
+        }
+        let mut lanes = vec![kernel_lane];
+        lanes.extend(backends.into_iter().map(|b| b.lane));
+        merge(lanes)
+    }
 }
 
 /// One backend serving a client during a run.
@@ -256,103 +356,6 @@ impl Backend<'_> {
     }
 }
 
-fn run(model: &Model, free: &FreeList, p: &Params, run: usize) -> Vec<Touch> {
-    let mut rng = Rng::derived(p.seed, &format!("{NAME}/run/{run}"));
-    let speed = rng.lognormal(1.0, 0.05);
-    let duration_us = rng.range(2_200_000, 2_700_000) as f64;
-    let m = model;
-    let mut kernel_lane = Lane::new(0.0, speed);
-    m.kernel.run(&mut kernel_lane, &mut rng, KPath::Resume);
-    m.kernel.run(&mut kernel_lane, &mut rng, KPath::Schedule);
-    let mut backends: Vec<Backend> = m
-        .backends
-        .iter()
-        .map(|program| Backend {
-            m,
-            program,
-            lane: Lane::new(kernel_lane.now() + rng.exp(2_000.0), speed),
-        })
-        .collect();
-    let mut fresh = free.cursor();
-    let mut wal_bytes = 0usize;
-    let mut inserted = [0usize; 5];
-    // The report: one of three, started a little into the run by client 0.
-    let report = rng.index(3);
-    let report_at = rng.range(200_000, 900_000) as f64;
-    let mut report_done = false;
-
-    loop {
-        let (b, at) = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i, b.lane.now()))
-            .min_by(|x, y| x.1.total_cmp(&y.1))
-            .expect("backends");
-        if at > duration_us {
-            break;
-        }
-        let be = &mut backends[b];
-        // Receive the statement, parse, plan: backend code and caches.
-        m.kernel.run(&mut be.lane, &mut rng, KPath::NetRx);
-        m.kernel.run(&mut be.lane, &mut rng, KPath::Syscall(45));
-        be.program.wake(&mut be.lane, &mut rng);
-        m.postgres.code.run(&mut be.lane, &mut rng, 43, 10, 4.0);
-        for _ in 0..3 {
-            let page = be.program.heap.at(rng.index(be.program.heap.len()) / 4);
-            be.lane.read(page); // catalog and plan caches
-        }
-        m.libc.run(&mut be.lane, &mut rng, 8, 2, 1.0);
-        if b == 0 && !report_done && at >= report_at {
-            report_done = true;
-            reporting(be, &mut rng, &mut fresh, report);
-        } else {
-            let customer = m.customer_popularity.sample(&mut rng);
-            match rng.below(100) {
-                0..=44 => {
-                    be.lookup(&mut rng, Table::Customer, customer, false);
-                    for _ in 0..rng.range(3, 8) {
-                        let item = m.item_popularity.sample(&mut rng);
-                        be.lookup(&mut rng, Table::Item, item, false);
-                        be.lookup(&mut rng, Table::Stock, item, true);
-                        be.wal(&mut rng, &mut wal_bytes, 120);
-                        be.insert(&mut rng, Table::OrderLine, inserted[2]);
-                        inserted[2] += 1;
-                    }
-                    be.insert(&mut rng, Table::Orders, inserted[1]);
-                    inserted[1] += 1;
-                    be.wal(&mut rng, &mut wal_bytes, 200);
-                }
-                45..=89 => {
-                    be.lookup(&mut rng, Table::Customer, customer, true);
-                    be.wal(&mut rng, &mut wal_bytes, 150);
-                }
-                _ => {
-                    // Order status: the customer's recent orders.
-                    be.lookup(&mut rng, Table::Customer, customer, false);
-                    let orders = m.relations[Table::Orders as usize].rows();
-                    let recent = orders - 1 - rng.index(orders / 10);
-                    for k in 0..rng.range(1, 5) as usize {
-                        be.lookup(&mut rng, Table::Orders, recent - k, false);
-                    }
-                }
-            }
-            be.commit(&mut rng, &mut wal_bytes);
-        }
-        m.kernel.run(&mut be.lane, &mut rng, KPath::NetTx);
-        // The client thinks, then sends its next transaction.
-        be.lane.wait(rng.lognormal(25_000.0, 0.7));
-    }
-    let mut tick = 0.0;
-    while tick < duration_us {
-        kernel_lane.wait_until(tick);
-        m.kernel.run(&mut kernel_lane, &mut rng, KPath::TimerTick);
-        tick += rng.lognormal(4_000.0, 0.2);
-    }
-    let mut lanes = vec![kernel_lane];
-    lanes.extend(backends.into_iter().map(|b| b.lane));
-    merge(lanes)
-}
-
 /// A reporting query: a sequential scan of one table (blocks in table
 /// order, wherever their buffers are) into a hash aggregate held in work
 /// memory that the backend allocates fresh.
@@ -389,23 +392,5 @@ fn reporting(
     for &g in &groups {
         be.lane.read(g);
         be.lane.work(rng.lognormal(20.0, 0.3));
-    }
-}
-
-pub fn generate(p: &Params) -> Generated {
-    let mut rng = Rng::derived(p.seed, &format!("{NAME}/checkpoint"));
-    let (model, contents, free) = build(p, &mut rng);
-    let traces = (0..RUNS).map(|r| run(&model, &free, p, r)).collect();
-    Generated {
-        name: NAME,
-        description: "PostgreSQL-like database with five tables and their B-tree primary keys \
-            (~82 MiB of 8 KiB blocks) in a ~100 MiB shared buffer pool filled in first-read \
-            order, restored under an OLTP load from six clients (new orders, payments, order \
-            status: index descents with hot root and inner pages, row updates, inserts at the \
-            table tails, WAL appends and flushes) plus one reporting query per run (a sequential \
-            scan of one of three tables into a hash aggregate in fresh work memory)."
-            .into(),
-        memory: render(&contents, rng.u64()),
-        traces,
     }
 }

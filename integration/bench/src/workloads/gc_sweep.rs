@@ -15,13 +15,13 @@
 
 use super::content::{Content, PAGE};
 use super::kernel::{KPath, Kernel};
-use super::physical::{render, FreeList, Mapping, Physical};
+use super::model::Workload;
+use super::physical::{Frames, FreeList, Mapping, Physical};
 use super::program::{CodeMap, Program, ProgramSize};
 use super::rng::{Rng, Zipf};
 use super::trace::{merge, Lane, Touch};
-use super::{Generated, Params, RUNS};
+use super::Params;
 
-const NAME: &str = "gc-sweep";
 /// Virtual address of the old generation (compressed-oops style base).
 const OLD_BASE: u64 = 0x0000_0007_c000_0000;
 
@@ -184,7 +184,7 @@ fn heap_bytes(heap: &Heap, capacity: usize, rng: &mut Rng) -> Vec<u8> {
     bytes
 }
 
-struct Model {
+pub(super) struct Model {
     kernel: Kernel,
     libjvm: CodeMap,
     code_cache: CodeMap,
@@ -197,79 +197,201 @@ struct Model {
     card_table: Mapping,
     eden: Mapping,
     root_popularity: Zipf,
+    /// The old generation's bytes, page by page in `old`'s order.
+    old_bytes: Vec<u8>,
 }
 
-fn build(p: &Params, rng: &mut Rng) -> (Model, Vec<Content>, FreeList, Vec<u8>) {
-    let total = p.pages(32768) as u64;
-    let mut phys = Physical::new(total, &Kernel::reserved(p), rng);
-    let kernel = Kernel::boot(&mut phys, p, rng);
-    phys.alloc(p.pages(450), |_| Content::Code); // libc
-    let libjvm = CodeMap::new(phys.alloc(p.pages(3000), |_| Content::Code), rng.u64());
-    let code_cache = CodeMap::new(
-        phys.alloc(p.pages(1024), |i| {
-            if i % 10 < 6 {
-                Content::Code
-            } else {
-                Content::Zero
-            }
-        }),
-        rng.u64(),
-    );
-    let metaspace = phys.alloc_mixed(p.pages(600), Content::Heap, 0.1, rng);
-    let mutators = (0..2)
-        .map(|_| {
-            Program::load(
-                &mut phys,
-                p,
-                rng,
-                &ProgramSize {
-                    text: 0,
-                    data: 0,
-                    heap: 40,
-                    heap_zero: 0.3,
-                    stack: 64,
-                },
-            )
-        })
-        .collect();
-    let gc_stacks = (0..2)
-        .map(|_| {
-            phys.alloc(p.pages(64).max(4), |i| {
-                if i < 4 {
-                    Content::Stack
+impl Workload for Model {
+    const NAME: &'static str = "gc-sweep";
+    const DESCRIPTION: &'static str =
+        "JVM-like runtime collected right after the restore: safepoint and root \
+        scan (stacks, metaspace), mark-bitmap clear, parallel marking by two workers with \
+        mark stacks and work stealing through a 14 MiB old generation of real objects \
+        (pointers hold object addresses; clusters of lists and trees, some garbage), a sweep \
+        in address order over dead objects, then two mutator threads serving requests with \
+        JIT-compiled code, reads of old objects from popular roots, and bump allocation \
+        through a 16 MiB young generation.";
+    const MEMORY_PAGES: usize = 32768;
+
+    fn build(mut phys: Physical, kernel: Kernel, p: &Params, rng: &mut Rng) -> (Self, Frames) {
+        phys.alloc(p.pages(450), |_| Content::Code); // libc
+        let libjvm = CodeMap::load(&mut phys, p, rng, 3000);
+        let code_cache = CodeMap::new(
+            phys.alloc(p.pages(1024), |i| {
+                if i % 10 < 6 {
+                    Content::Code
                 } else {
                     Content::Zero
                 }
+            }),
+            rng.u64(),
+        );
+        let metaspace = phys.alloc_mixed(p.pages(600), Content::Heap, 0.1, rng);
+        let mutators = Program::load_many(
+            &mut phys,
+            p,
+            rng,
+            2,
+            &ProgramSize {
+                text: 0,
+                data: 0,
+                heap: 40,
+                heap_zero: 0.3,
+                stack: 64,
+            },
+        );
+        let gc_stacks = (0..2)
+            .map(|_| {
+                phys.alloc(p.pages(64).max(4), |i| {
+                    if i < 4 {
+                        Content::Stack
+                    } else {
+                        Content::Zero
+                    }
+                })
             })
-        })
-        .collect();
-    let old_pages = p.pages(3584);
-    let old = phys.alloc(old_pages, |_| Content::Explicit);
-    let heap = build_heap(old_pages * PAGE, rng);
-    let old_bytes = heap_bytes(&heap, old_pages * PAGE, rng);
-    // One mark bit per 8 bytes: stale bits from the last cycle.
-    let bitmap = phys.alloc(old_pages.div_ceil(64), |_| Content::Bitmap);
-    let card_table = phys.alloc(old_pages.div_ceil(128), |_| Content::Bitmap);
-    // Young generation: stale objects from before the last young GC.
-    let eden = phys.alloc(p.pages(4096), |_| Content::Heap);
-    phys.alloc(p.pages(512), |_| Content::Heap); // survivor spaces
-    let (contents, free) = phys.finish(0.1, rng);
-    let roots = heap.roots.len();
-    let model = Model {
-        kernel,
-        libjvm,
-        code_cache,
-        metaspace,
-        mutators,
-        gc_stacks,
-        old,
-        heap,
-        bitmap,
-        card_table,
-        eden,
-        root_popularity: Zipf::new(roots.max(1), 1.0),
-    };
-    (model, contents, free, old_bytes)
+            .collect();
+        let old_pages = p.pages(3584);
+        let old = phys.alloc(old_pages, |_| Content::Explicit);
+        let heap = build_heap(old_pages * PAGE, rng);
+        let old_bytes = heap_bytes(&heap, old_pages * PAGE, rng);
+        // One mark bit per 8 bytes: stale bits from the last cycle.
+        let bitmap = phys.alloc(old_pages.div_ceil(64), |_| Content::Bitmap);
+        let card_table = phys.alloc(old_pages.div_ceil(128), |_| Content::Bitmap);
+        // Young generation: stale objects from before the last young GC.
+        let eden = phys.alloc(p.pages(4096), |_| Content::Heap);
+        phys.alloc(p.pages(512), |_| Content::Heap); // survivor spaces
+        let frames = phys.finish(0.1, rng);
+        let roots = heap.roots.len();
+        let model = Model {
+            kernel,
+            libjvm,
+            code_cache,
+            metaspace,
+            mutators,
+            gc_stacks,
+            old,
+            heap,
+            bitmap,
+            card_table,
+            eden,
+            root_popularity: Zipf::new(roots.max(1), 1.0),
+            old_bytes,
+        };
+        (model, frames)
+    }
+
+    fn run(&self, free: &FreeList, p: &Params, mut rng: Rng, speed: f64) -> Vec<Touch> {
+        let m = self;
+        let mut fresh = free.cursor();
+        let mut vm_lane = m.kernel.resume(&mut rng, speed);
+        // Safepoint: scan the mutators' stacks, class statics, code roots.
+        m.libjvm.run(&mut vm_lane, &mut rng, 1, 20, 2.0);
+        for t in &m.mutators {
+            for i in 0..4.min(t.stack.len()) {
+                vm_lane.read(t.stack.at(t.stack.len() - 1 - i));
+            }
+        }
+        for i in 0..m.metaspace.len() / 8 {
+            vm_lane.read(m.metaspace.at(i * 8 + rng.index(8)));
+            vm_lane.work(rng.lognormal(1.0, 0.3));
+        }
+        // Clear the mark bitmap.
+        m.libjvm.run(&mut vm_lane, &mut rng, 2, 6, 2.0);
+        for &page in &m.bitmap.frames {
+            vm_lane.write(page);
+            vm_lane.work(rng.lognormal(0.4, 0.2));
+        }
+        let start = vm_lane.now();
+        let mut workers: Vec<Marker> = m
+            .gc_stacks
+            .iter()
+            .map(|stack| {
+                let mut lane = Lane::new(start + rng.exp(20.0), speed);
+                lane.write(stack.at(0));
+                m.libjvm.run(&mut lane, &mut rng, 3, 15, 1.0);
+                Marker {
+                    lane,
+                    stack: Vec::new(),
+                }
+            })
+            .collect();
+        let marked = mark(m, &mut rng, &mut workers, &mut fresh);
+        let end_mark = workers.iter().map(|w| w.lane.now()).fold(0.0, f64::max);
+        for w in &mut workers {
+            w.lane.wait_until(end_mark);
+            m.libjvm.run(&mut w.lane, &mut rng, 4, 10, 1.0); // sweep code
+        }
+        sweep(m, &mut rng, &mut workers, &marked);
+        let end_gc = workers.iter().map(|w| w.lane.now()).fold(0.0, f64::max);
+
+        // The application resumes: two threads serving requests.
+        let duration_us = end_gc + rng.range(900_000, 1_300_000) as f64;
+        let mut eden_top = 0usize; // bytes allocated so far
+        let mut lanes: Vec<Lane> = m
+            .mutators
+            .iter()
+            .map(|_| Lane::new(end_gc, speed))
+            .collect();
+        for (t, lane) in m.mutators.iter().zip(&mut lanes) {
+            t.wake(lane, &mut rng);
+        }
+        let methods = Zipf::new(60, 1.0);
+        let mut arrival = end_gc + rng.exp(1_500.0);
+        while arrival < duration_us {
+            let t = rng.index(lanes.len());
+            let lane = &mut lanes[t];
+            lane.wait_until(arrival);
+            m.kernel.run(lane, &mut rng, KPath::NetRx);
+            m.kernel.run(lane, &mut rng, KPath::Syscall(0));
+            // Run compiled methods, reading the objects a request needs.
+            for _ in 0..rng.range(3, 8) {
+                let method = methods.sample(&mut rng) as u64;
+                m.code_cache.run(lane, &mut rng, 100 + method, 2, 15.0);
+                let root = m.heap.roots[m
+                    .root_popularity
+                    .sample(&mut rng)
+                    .min(m.heap.roots.len() - 1)];
+                let mut obj = root as usize;
+                for _ in 0..rng.range(2, 12) {
+                    lane.read(m.old.at(*m.heap.pages(obj).start()));
+                    lane.work(rng.lognormal(0.5, 0.5));
+                    let edges = m.heap.edges(obj);
+                    if edges.is_empty() {
+                        break;
+                    }
+                    obj = edges[rng.index(edges.len())] as usize;
+                }
+            }
+            // Allocate the request's objects: TLABs of 16 KiB from eden.
+            let bytes = rng.lognormal(10_000.0, 0.8) as usize;
+            let (from, to) = (eden_top / PAGE, (eden_top + bytes) / PAGE);
+            for page in from..=to {
+                if page < m.eden.len() {
+                    lane.write(m.eden.at(page));
+                    lane.work(rng.lognormal(3.0, 0.3));
+                }
+            }
+            eden_top += bytes;
+            if rng.chance(0.1) {
+                m.libjvm.run(lane, &mut rng, 5, 4, 2.0); // TLAB refill slow path
+            }
+            m.kernel.run(lane, &mut rng, KPath::NetTx);
+            arrival += rng.exp(2_000.0 / p.scale.sqrt());
+        }
+        let mut all = vec![vm_lane];
+        all.extend(workers.into_iter().map(|w| w.lane));
+        all.extend(lanes);
+        merge(all)
+    }
+
+    /// The old generation's objects over its pages.
+    fn write_explicit(&self, memory: &mut [u8]) {
+        for (i, &frame) in self.old.frames.iter().enumerate() {
+            let at = frame as usize * PAGE;
+            memory[at..at + PAGE].copy_from_slice(&self.old_bytes[i * PAGE..(i + 1) * PAGE]);
+        }
+    }
 }
 
 /// A GC worker: its lane and mark stack.
@@ -386,137 +508,5 @@ fn sweep(m: &Model, rng: &mut Rng, workers: &mut [Marker], marked: &[bool]) {
             obj += 1;
         }
         lane.write(m.card_table.at((region_end / region) % m.card_table.len()));
-    }
-}
-
-fn run(model: &Model, free: &FreeList, p: &Params, run: usize) -> Vec<Touch> {
-    let mut rng = Rng::derived(p.seed, &format!("{NAME}/run/{run}"));
-    let speed = rng.lognormal(1.0, 0.05);
-    let m = model;
-    let mut fresh = free.cursor();
-    let mut vm_lane = Lane::new(0.0, speed);
-    m.kernel.run(&mut vm_lane, &mut rng, KPath::Resume);
-    m.kernel.run(&mut vm_lane, &mut rng, KPath::Schedule);
-    // Safepoint: scan the mutators' stacks, class statics, code roots.
-    m.libjvm.run(&mut vm_lane, &mut rng, 1, 20, 2.0);
-    for t in &m.mutators {
-        for i in 0..4.min(t.stack.len()) {
-            vm_lane.read(t.stack.at(t.stack.len() - 1 - i));
-        }
-    }
-    for i in 0..m.metaspace.len() / 8 {
-        vm_lane.read(m.metaspace.at(i * 8 + rng.index(8)));
-        vm_lane.work(rng.lognormal(1.0, 0.3));
-    }
-    // Clear the mark bitmap.
-    m.libjvm.run(&mut vm_lane, &mut rng, 2, 6, 2.0);
-    for &page in &m.bitmap.frames {
-        vm_lane.write(page);
-        vm_lane.work(rng.lognormal(0.4, 0.2));
-    }
-    let start = vm_lane.now();
-    let mut workers: Vec<Marker> = m
-        .gc_stacks
-        .iter()
-        .map(|stack| {
-            let mut lane = Lane::new(start + rng.exp(20.0), speed);
-            lane.write(stack.at(0));
-            m.libjvm.run(&mut lane, &mut rng, 3, 15, 1.0);
-            Marker {
-                lane,
-                stack: Vec::new(),
-            }
-        })
-        .collect();
-    let marked = mark(m, &mut rng, &mut workers, &mut fresh);
-    let end_mark = workers.iter().map(|w| w.lane.now()).fold(0.0, f64::max);
-    for w in &mut workers {
-        w.lane.wait_until(end_mark);
-        m.libjvm.run(&mut w.lane, &mut rng, 4, 10, 1.0); // sweep code
-    }
-    sweep(m, &mut rng, &mut workers, &marked);
-    let end_gc = workers.iter().map(|w| w.lane.now()).fold(0.0, f64::max);
-
-    // The application resumes: two threads serving requests.
-    let duration_us = end_gc + rng.range(900_000, 1_300_000) as f64;
-    let mut eden_top = 0usize; // bytes allocated so far
-    let mut lanes: Vec<Lane> = m
-        .mutators
-        .iter()
-        .map(|_| Lane::new(end_gc, speed))
-        .collect();
-    for (t, lane) in m.mutators.iter().zip(&mut lanes) {
-        t.wake(lane, &mut rng);
-    }
-    let methods = Zipf::new(60, 1.0);
-    let mut arrival = end_gc + rng.exp(1_500.0);
-    while arrival < duration_us {
-        let t = rng.index(lanes.len());
-        let lane = &mut lanes[t];
-        lane.wait_until(arrival);
-        m.kernel.run(lane, &mut rng, KPath::NetRx);
-        m.kernel.run(lane, &mut rng, KPath::Syscall(0));
-        // Run compiled methods, reading the objects a request needs.
-        for _ in 0..rng.range(3, 8) {
-            let method = methods.sample(&mut rng) as u64;
-            m.code_cache.run(lane, &mut rng, 100 + method, 2, 15.0);
-            let root = m.heap.roots[m
-                .root_popularity
-                .sample(&mut rng)
-                .min(m.heap.roots.len() - 1)];
-            let mut obj = root as usize;
-            for _ in 0..rng.range(2, 12) {
-                lane.read(m.old.at(*m.heap.pages(obj).start()));
-                lane.work(rng.lognormal(0.5, 0.5));
-                let edges = m.heap.edges(obj);
-                if edges.is_empty() {
-                    break;
-                }
-                obj = edges[rng.index(edges.len())] as usize;
-            }
-        }
-        // Allocate the request's objects: TLABs of 16 KiB from eden.
-        let bytes = rng.lognormal(10_000.0, 0.8) as usize;
-        let (from, to) = (eden_top / PAGE, (eden_top + bytes) / PAGE);
-        for page in from..=to {
-            if page < m.eden.len() {
-                lane.write(m.eden.at(page));
-                lane.work(rng.lognormal(3.0, 0.3));
-            }
-        }
-        eden_top += bytes;
-        if rng.chance(0.1) {
-            m.libjvm.run(lane, &mut rng, 5, 4, 2.0); // TLAB refill slow path
-        }
-        m.kernel.run(lane, &mut rng, KPath::NetTx);
-        arrival += rng.exp(2_000.0 / p.scale.sqrt());
-    }
-    let mut all = vec![vm_lane];
-    all.extend(workers.into_iter().map(|w| w.lane));
-    all.extend(lanes);
-    merge(all)
-}
-
-pub fn generate(p: &Params) -> Generated {
-    let mut rng = Rng::derived(p.seed, &format!("{NAME}/checkpoint"));
-    let (model, contents, free, old_bytes) = build(p, &mut rng);
-    let traces = (0..RUNS).map(|r| run(&model, &free, p, r)).collect();
-    let mut memory = render(&contents, rng.u64());
-    for (i, &frame) in model.old.frames.iter().enumerate() {
-        let at = frame as usize * PAGE;
-        memory[at..at + PAGE].copy_from_slice(&old_bytes[i * PAGE..(i + 1) * PAGE]);
-    }
-    Generated {
-        name: NAME,
-        description: "JVM-like runtime collected right after the restore: safepoint and root \
-            scan (stacks, metaspace), mark-bitmap clear, parallel marking by two workers with \
-            mark stacks and work stealing through a 14 MiB old generation of real objects \
-            (pointers hold object addresses; clusters of lists and trees, some garbage), a sweep \
-            in address order over dead objects, then two mutator threads serving requests with \
-            JIT-compiled code, reads of old objects from popular roots, and bump allocation \
-            through a 16 MiB young generation."
-            .into(),
-        memory,
-        traces,
     }
 }

@@ -11,13 +11,12 @@
 
 use super::content::{Content, TextStyle};
 use super::kernel::{KPath, Kernel};
-use super::physical::{render, FreeCursor, FreeList, Mapping, Physical};
+use super::model::Workload;
+use super::physical::{Frames, FreeCursor, FreeList, Mapping, Physical};
 use super::program::{CodeMap, Program, ProgramSize};
 use super::rng::Rng;
 use super::trace::{merge, Lane, Touch};
-use super::{Generated, Params, RUNS};
-
-const NAME: &str = "idle-os";
+use super::Params;
 
 /// A daemon: its process, how often it wakes, how much it does, and the
 /// probability that it has anything to do in a given run.
@@ -28,7 +27,7 @@ struct Daemon {
     active: f64,
 }
 
-struct Model {
+pub(super) struct Model {
     kernel: Kernel,
     libc: CodeMap,
     daemons: Vec<Daemon>,
@@ -51,59 +50,164 @@ const DAEMONS: &[(&str, usize, usize, f64, usize, f64)] = &[
     ("cron", 30, 20, 3000.0, 2, 0.5),
 ];
 
-fn build(p: &Params, rng: &mut Rng) -> (Model, Vec<Content>, FreeList) {
-    let total = p.pages(16384) as u64;
-    let mut phys = Physical::new(total, &Kernel::reserved(p), rng);
-    let kernel = Kernel::boot(&mut phys, p, rng);
-    let libc = CodeMap::new(phys.alloc(p.pages(450), |_| Content::Code), rng.u64());
-    let daemons = DAEMONS
-        .iter()
-        .map(|&(_, text, heap, period_ms, paths, active)| Daemon {
-            program: Program::load(
-                &mut phys,
-                p,
-                rng,
-                &ProgramSize {
-                    text,
-                    data: text / 8 + 2,
-                    heap,
-                    heap_zero: 0.3,
-                    stack: 16,
-                },
-            ),
-            period_us: period_ms * 1000.0,
-            paths,
-            active,
-        })
-        .collect();
-    let shell = CodeMap::new(phys.alloc(p.pages(300), |_| Content::Code), rng.u64());
-    let tool = CodeMap::new(phys.alloc(p.pages(120), |_| Content::Code), rng.u64());
-    let journal_pages = p.pages(512);
-    let journal = phys.alloc(journal_pages, |i| {
-        if i < journal_pages * 3 / 4 + journal_pages / 32 {
-            Content::Text(TextStyle::Log)
-        } else {
-            Content::Zero
+impl Workload for Model {
+    const NAME: &'static str = "idle-os";
+    const DESCRIPTION: &'static str =
+        "small Linux guest returning from idle: overdue timers, workqueues and \
+        writeback right after resume, then mostly idle with ticks; daemons wake on their own \
+        timers (NTP client stepping the clock, journald appending to its journal, sshd \
+        keepalives, dbus, DHCP renewal in some runs, a systemd timer or cron job forking and \
+        exec'ing a shell and a tool in some runs). ~10 MiB of page cache mostly untouched.";
+    const MEMORY_PAGES: usize = 16384;
+
+    fn build(mut phys: Physical, kernel: Kernel, p: &Params, rng: &mut Rng) -> (Self, Frames) {
+        let libc = CodeMap::load(&mut phys, p, rng, 450);
+        let daemons = DAEMONS
+            .iter()
+            .map(|&(_, text, heap, period_ms, paths, active)| Daemon {
+                program: Program::load(
+                    &mut phys,
+                    p,
+                    rng,
+                    &ProgramSize {
+                        text,
+                        data: text / 8 + 2,
+                        heap,
+                        heap_zero: 0.3,
+                        stack: 16,
+                    },
+                ),
+                period_us: period_ms * 1000.0,
+                paths,
+                active,
+            })
+            .collect();
+        let shell = CodeMap::load(&mut phys, p, rng, 300);
+        let tool = CodeMap::load(&mut phys, p, rng, 120);
+        let journal_pages = p.pages(512);
+        let journal = phys.alloc(journal_pages, |i| {
+            if i < journal_pages * 3 / 4 + journal_pages / 32 {
+                Content::Text(TextStyle::Log)
+            } else {
+                Content::Zero
+            }
+        });
+        let page_cache = phys.alloc(p.pages(2400), |i| match i % 7 {
+            0 | 1 => Content::Text(TextStyle::Config),
+            2 => Content::Text(TextStyle::Prose),
+            3 | 4 => Content::Code,
+            5 => Content::Media,
+            _ => Content::Text(TextStyle::Log),
+        });
+        let frames = phys.finish(0.1, rng);
+        let model = Model {
+            kernel,
+            libc,
+            daemons,
+            shell,
+            tool,
+            journal,
+            page_cache,
+        };
+        (model, frames)
+    }
+
+    fn run(&self, free: &FreeList, _p: &Params, mut rng: Rng, speed: f64) -> Vec<Touch> {
+        let duration_us = rng.range(2_400_000, 3_000_000) as f64;
+        let m = self;
+        let mut fresh = free.cursor();
+        let mut entries = 0usize;
+
+        // Resume: timekeeping catches up, overdue timers and work run at once.
+        let mut kernel = Lane::new(0.0, speed);
+        m.kernel.run(&mut kernel, &mut rng, KPath::Resume);
+        let mut overdue = vec![
+            KPath::TimerTick,
+            KPath::Workqueue,
+            KPath::Schedule,
+            KPath::Workqueue,
+        ];
+        if rng.chance(0.5) {
+            overdue.push(KPath::NetRx);
         }
-    });
-    let page_cache = phys.alloc(p.pages(2400), |i| match i % 7 {
-        0 | 1 => Content::Text(TextStyle::Config),
-        2 => Content::Text(TextStyle::Prose),
-        3 | 4 => Content::Code,
-        5 => Content::Media,
-        _ => Content::Text(TextStyle::Log),
-    });
-    let (contents, free) = phys.finish(0.1, rng);
-    let model = Model {
-        kernel,
-        libc,
-        daemons,
-        shell,
-        tool,
-        journal,
-        page_cache,
-    };
-    (model, contents, free)
+        if rng.chance(0.4) {
+            overdue.push(KPath::BlockIo); // writeback of old dirty pages
+        }
+        rng.shuffle(&mut overdue);
+        for path in overdue {
+            m.kernel.run(&mut kernel, &mut rng, path);
+            kernel.work(rng.lognormal(30.0, 0.5));
+        }
+        // Idle from here: a tick now and then, more while something runs.
+        let mut tick = kernel.now();
+        while tick < duration_us {
+            kernel.wait_until(tick);
+            m.kernel.run(&mut kernel, &mut rng, KPath::TimerTick);
+            if rng.chance(0.05) {
+                m.kernel.run(&mut kernel, &mut rng, KPath::Workqueue);
+            }
+            tick += rng.lognormal(60_000.0, 0.8);
+        }
+
+        let mut lanes = vec![kernel];
+        // systemd recomputes its timers; a persistent timer that fell due
+        // while the guest was checkpointed may start its job at once.
+        let mut systemd = Lane::new(rng.lognormal(5_000.0, 0.5), speed);
+        recompute_timers(m, &mut systemd, &mut rng);
+        if rng.chance(0.6) {
+            journal(m, &mut systemd, &mut rng, &mut entries);
+            job(m, &mut systemd, &mut rng, &mut fresh);
+            journal(m, &mut systemd, &mut rng, &mut entries);
+        }
+        lanes.push(systemd);
+        // The NTP client notices the jump soon and steps the clock; the
+        // journal logs it.
+        let mut ntp = Lane::new(rng.lognormal(40_000.0, 0.5), speed);
+        let chronyd = &m.daemons[2];
+        wake(m, chronyd, 2, &mut ntp, &mut rng);
+        m.kernel.run(&mut ntp, &mut rng, KPath::NetTx);
+        ntp.wait(rng.lognormal(15_000.0, 0.4));
+        m.kernel.run(&mut ntp, &mut rng, KPath::NetRx);
+        m.kernel.run(&mut ntp, &mut rng, KPath::Syscall(159)); // adjtimex
+        journal(m, &mut ntp, &mut rng, &mut entries);
+        lanes.push(ntp);
+
+        for (id, d) in m.daemons.iter().enumerate() {
+            if d.period_us == 0.0 || !rng.chance(d.active) {
+                continue;
+            }
+            // Its timer fell due while the guest was checkpointed: it fires
+            // right after the resume, then on its period.
+            let mut lane = Lane::new(rng.lognormal(30_000.0, 1.0), speed);
+            while lane.now() < duration_us {
+                wake(m, d, id, &mut lane, &mut rng);
+                match id {
+                    0 if rng.chance(0.35) => {
+                        // A timer unit elapsed: start its service.
+                        journal(m, &mut lane, &mut rng, &mut entries);
+                        job(m, &mut lane, &mut rng, &mut fresh);
+                        journal(m, &mut lane, &mut rng, &mut entries);
+                    }
+                    3 | 5 => {
+                        m.kernel.run(&mut lane, &mut rng, KPath::NetTx);
+                        lane.wait(rng.lognormal(2_000.0, 0.5));
+                        m.kernel.run(&mut lane, &mut rng, KPath::NetRx);
+                        if id == 5 {
+                            journal(m, &mut lane, &mut rng, &mut entries);
+                        }
+                    }
+                    6 => {
+                        job(m, &mut lane, &mut rng, &mut fresh);
+                        journal(m, &mut lane, &mut rng, &mut entries);
+                    }
+                    _ => {}
+                }
+                lane.wait(d.period_us * rng.lognormal(1.0, 0.1));
+            }
+            lanes.push(lane);
+        }
+        merge(lanes)
+    }
 }
 
 /// A daemon wakes from poll/epoll, does its work and sleeps again.
@@ -206,120 +310,4 @@ fn job(m: &Model, lane: &mut Lane, rng: &mut Rng, fresh: &mut FreeCursor) {
         }
     }
     m.kernel.run(lane, rng, KPath::Syscall(231)); // exit_group
-}
-
-fn run(model: &Model, free: &FreeList, p: &Params, run: usize) -> Vec<Touch> {
-    let mut rng = Rng::derived(p.seed, &format!("{NAME}/run/{run}"));
-    let speed = rng.lognormal(1.0, 0.05);
-    let duration_us = rng.range(2_400_000, 3_000_000) as f64;
-    let m = model;
-    let mut fresh = free.cursor();
-    let mut entries = 0usize;
-
-    // Resume: timekeeping catches up, overdue timers and work run at once.
-    let mut kernel = Lane::new(0.0, speed);
-    m.kernel.run(&mut kernel, &mut rng, KPath::Resume);
-    let mut overdue = vec![
-        KPath::TimerTick,
-        KPath::Workqueue,
-        KPath::Schedule,
-        KPath::Workqueue,
-    ];
-    if rng.chance(0.5) {
-        overdue.push(KPath::NetRx);
-    }
-    if rng.chance(0.4) {
-        overdue.push(KPath::BlockIo); // writeback of old dirty pages
-    }
-    rng.shuffle(&mut overdue);
-    for path in overdue {
-        m.kernel.run(&mut kernel, &mut rng, path);
-        kernel.work(rng.lognormal(30.0, 0.5));
-    }
-    // Idle from here: a tick now and then, more while something runs.
-    let mut tick = kernel.now();
-    while tick < duration_us {
-        kernel.wait_until(tick);
-        m.kernel.run(&mut kernel, &mut rng, KPath::TimerTick);
-        if rng.chance(0.05) {
-            m.kernel.run(&mut kernel, &mut rng, KPath::Workqueue);
-        }
-        tick += rng.lognormal(60_000.0, 0.8);
-    }
-
-    let mut lanes = vec![kernel];
-    // systemd recomputes its timers; a persistent timer that fell due
-    // while the guest was checkpointed may start its job at once.
-    let mut systemd = Lane::new(rng.lognormal(5_000.0, 0.5), speed);
-    recompute_timers(m, &mut systemd, &mut rng);
-    if rng.chance(0.6) {
-        journal(m, &mut systemd, &mut rng, &mut entries);
-        job(m, &mut systemd, &mut rng, &mut fresh);
-        journal(m, &mut systemd, &mut rng, &mut entries);
-    }
-    lanes.push(systemd);
-    // The NTP client notices the jump soon and steps the clock; the
-    // journal logs it.
-    let mut ntp = Lane::new(rng.lognormal(40_000.0, 0.5), speed);
-    let chronyd = &m.daemons[2];
-    wake(m, chronyd, 2, &mut ntp, &mut rng);
-    m.kernel.run(&mut ntp, &mut rng, KPath::NetTx);
-    ntp.wait(rng.lognormal(15_000.0, 0.4));
-    m.kernel.run(&mut ntp, &mut rng, KPath::NetRx);
-    m.kernel.run(&mut ntp, &mut rng, KPath::Syscall(159)); // adjtimex
-    journal(m, &mut ntp, &mut rng, &mut entries);
-    lanes.push(ntp);
-
-    for (id, d) in m.daemons.iter().enumerate() {
-        if d.period_us == 0.0 || !rng.chance(d.active) {
-            continue;
-        }
-        // Its timer fell due while the guest was checkpointed: it fires
-        // right after the resume, then on its period.
-        let mut lane = Lane::new(rng.lognormal(30_000.0, 1.0), speed);
-        while lane.now() < duration_us {
-            wake(m, d, id, &mut lane, &mut rng);
-            match id {
-                0 if rng.chance(0.35) => {
-                    // A timer unit elapsed: start its service.
-                    journal(m, &mut lane, &mut rng, &mut entries);
-                    job(m, &mut lane, &mut rng, &mut fresh);
-                    journal(m, &mut lane, &mut rng, &mut entries);
-                }
-                3 | 5 => {
-                    m.kernel.run(&mut lane, &mut rng, KPath::NetTx);
-                    lane.wait(rng.lognormal(2_000.0, 0.5));
-                    m.kernel.run(&mut lane, &mut rng, KPath::NetRx);
-                    if id == 5 {
-                        journal(m, &mut lane, &mut rng, &mut entries);
-                    }
-                }
-                6 => {
-                    job(m, &mut lane, &mut rng, &mut fresh);
-                    journal(m, &mut lane, &mut rng, &mut entries);
-                }
-                _ => {}
-            }
-            lane.wait(d.period_us * rng.lognormal(1.0, 0.1));
-        }
-        lanes.push(lane);
-    }
-    merge(lanes)
-}
-
-pub fn generate(p: &Params) -> Generated {
-    let mut rng = Rng::derived(p.seed, &format!("{NAME}/checkpoint"));
-    let (model, contents, free) = build(p, &mut rng);
-    let traces = (0..RUNS).map(|r| run(&model, &free, p, r)).collect();
-    Generated {
-        name: NAME,
-        description: "small Linux guest returning from idle: overdue timers, workqueues and \
-            writeback right after resume, then mostly idle with ticks; daemons wake on their own \
-            timers (NTP client stepping the clock, journald appending to its journal, sshd \
-            keepalives, dbus, DHCP renewal in some runs, a systemd timer or cron job forking and \
-            exec'ing a shell and a tool in some runs). ~10 MiB of page cache mostly untouched."
-            .into(),
-        memory: render(&contents, rng.u64()),
-        traces,
-    }
 }

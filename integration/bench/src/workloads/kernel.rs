@@ -132,6 +132,14 @@ impl Kernel {
         }
     }
 
+    /// The kernel's lane after the restore: it resumes, then schedules.
+    pub fn resume(&self, rng: &mut Rng, speed: f64) -> Lane {
+        let mut lane = Lane::new(0.0, speed);
+        self.run(&mut lane, rng, KPath::Resume);
+        self.run(&mut lane, rng, KPath::Schedule);
+        lane
+    }
+
     /// Runs `path` on `lane`.
     pub fn run(&self, lane: &mut Lane, rng: &mut Rng, path: KPath) {
         let (text, data) = path.size();

@@ -17,6 +17,7 @@ mod gc_sweep;
 mod idle_os;
 mod kernel;
 mod kv_store;
+mod model;
 mod physical;
 mod program;
 mod rng;
@@ -26,6 +27,8 @@ mod web_server;
 mod writer;
 
 use std::path::{Path, PathBuf};
+
+use model::Workload;
 
 pub use content::PAGE;
 pub use trace::Touch;
@@ -80,6 +83,15 @@ pub struct Generator {
 }
 
 impl Generator {
+    /// The generator of workload model `W`.
+    const fn of<W: Workload>(version: u32) -> Self {
+        Self {
+            name: W::NAME,
+            version,
+            build: model::generate::<W>,
+        }
+    }
+
     /// The key written into workload.json as `"generator"`: a directory
     /// holding it is not generated again.
     pub fn marker(&self, params: &Params) -> String {
@@ -92,31 +104,11 @@ impl Generator {
 }
 
 pub const GENERATORS: &[Generator] = &[
-    Generator {
-        name: "web-server",
-        version: 1,
-        build: web_server::generate,
-    },
-    Generator {
-        name: "kv-store",
-        version: 1,
-        build: kv_store::generate,
-    },
-    Generator {
-        name: "database",
-        version: 1,
-        build: database::generate,
-    },
-    Generator {
-        name: "gc-sweep",
-        version: 1,
-        build: gc_sweep::generate,
-    },
-    Generator {
-        name: "idle-os",
-        version: 1,
-        build: idle_os::generate,
-    },
+    Generator::of::<web_server::Model>(1),
+    Generator::of::<kv_store::Model>(1),
+    Generator::of::<database::Model>(1),
+    Generator::of::<gc_sweep::Model>(1),
+    Generator::of::<idle_os::Model>(1),
 ];
 
 /// What [`generate`] did for one workload.

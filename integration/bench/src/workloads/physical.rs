@@ -139,10 +139,11 @@ impl Physical {
         self.alloc(len, |i| if zeros[i] { Content::Zero } else { content })
     }
 
-    /// Frames still free, in the order the allocator hands them out after
-    /// the restore. A share `stale` of them keeps what a freed page held
-    /// (the kernel does not clear freed pages), the rest are zero.
-    pub fn finish(mut self, stale: f64, rng: &mut Rng) -> (Vec<Content>, FreeList) {
+    /// Ends the layout: what every frame holds, and the frames still free
+    /// in the order the allocator hands them out after the restore. A share
+    /// `stale` of those keeps what a freed page held (the kernel does not
+    /// clear freed pages), the rest are zero.
+    pub fn finish(mut self, stale: f64, rng: &mut Rng) -> Frames {
         let stale_kinds = [
             Content::Heap,
             Content::Text(super::content::TextStyle::Log),
@@ -159,8 +160,18 @@ impl Physical {
                 self.contents[f as usize] = *rng.pick(&stale_kinds);
             }
         }
-        (self.contents, FreeList { frames })
+        Frames {
+            contents: self.contents,
+            free: FreeList { frames },
+        }
     }
+}
+
+/// Every frame at the checkpoint, once [`Physical`] is finished.
+pub struct Frames {
+    /// What each frame holds.
+    pub contents: Vec<Content>,
+    pub free: FreeList,
 }
 
 /// Free frames at the checkpoint, in the order the allocator hands them out.
@@ -227,7 +238,7 @@ mod tests {
         assert_eq!(all.len(), 4000);
         let contiguous = a.frames.windows(2).filter(|w| w[1] == w[0] + 1).count();
         assert!(contiguous > 500 && contiguous < 999, "{contiguous}");
-        let (contents, free) = phys.finish(0.0, &mut rng);
+        let Frames { contents, free } = phys.finish(0.0, &mut rng);
         assert_eq!(
             contents.iter().filter(|&&c| c == Content::Zero).count(),
             8192 - 4000

@@ -24,6 +24,12 @@ impl CodeMap {
         Self { text, seed }
     }
 
+    /// A binary's text of `pages` pages at full scale in fresh frames (a
+    /// library, a binary in the page cache).
+    pub fn load(phys: &mut Physical, p: &Params, rng: &mut Rng, pages: usize) -> Self {
+        Self::new(phys.alloc(p.pages(pages), |_| Content::Code), rng.u64())
+    }
+
     /// The text pages of path `id`: `len` pages within a window of
     /// `4 * len` pages around the path's spot, in call order.
     pub fn path(&self, id: u64, len: usize) -> Vec<u64> {
@@ -75,7 +81,30 @@ pub struct ProgramSize {
     pub stack: usize,
 }
 
+impl ProgramSize {
+    /// A daemon of the guest that stays idle in a workload (sshd,
+    /// journald, cron): resident, never touched.
+    pub const IDLE_DAEMON: ProgramSize = ProgramSize {
+        text: 120,
+        data: 16,
+        heap: 80,
+        heap_zero: 0.3,
+        stack: 8,
+    };
+}
+
 impl Program {
+    /// `n` processes (or threads) of the same size, one after the other.
+    pub fn load_many(
+        phys: &mut Physical,
+        p: &Params,
+        rng: &mut Rng,
+        n: usize,
+        size: &ProgramSize,
+    ) -> Vec<Self> {
+        (0..n).map(|_| Self::load(phys, p, rng, size)).collect()
+    }
+
     pub fn load(phys: &mut Physical, p: &Params, rng: &mut Rng, size: &ProgramSize) -> Self {
         let text = phys.alloc(p.pages(size.text), |_| Content::Code);
         let data = phys.alloc_mixed(p.pages(size.data), Content::Heap, 0.4, rng);

@@ -10,13 +10,12 @@
 
 use super::content::{Content, TextStyle};
 use super::kernel::{KPath, Kernel};
-use super::physical::{render, Mapping, Physical};
+use super::model::Workload;
+use super::physical::{Frames, FreeList, Mapping, Physical};
 use super::program::{CodeMap, Program, ProgramSize};
 use super::rng::{Rng, Zipf};
 use super::trace::{merge, Lane, Touch};
-use super::{Generated, Params, RUNS};
-
-const NAME: &str = "web-server";
+use super::Params;
 
 /// A file in the page cache.
 struct File {
@@ -30,7 +29,7 @@ struct SitePage {
     images: Vec<usize>,
 }
 
-struct Model {
+pub(super) struct Model {
     kernel: Kernel,
     libc: CodeMap,
     libssl: CodeMap,
@@ -69,130 +68,233 @@ struct Worker {
     stack: Mapping,
 }
 
-fn build(p: &Params, rng: &mut Rng) -> (Model, Vec<Content>, super::physical::FreeList) {
-    let total = p.pages(32768) as u64;
-    let mut phys = Physical::new(total, &Kernel::reserved(p), rng);
-    let kernel = Kernel::boot(&mut phys, p, rng);
-    let libc = CodeMap::new(phys.alloc(p.pages(450), |_| Content::Code), rng.u64());
-    let libssl = CodeMap::new(phys.alloc(p.pages(900), |_| Content::Code), rng.u64());
-    let libz = CodeMap::new(phys.alloc(p.pages(30), |_| Content::Code), rng.u64());
-    // Other daemons of the guest (sshd, journald, cron): resident, idle here.
-    for _ in 0..4 {
-        Program::load(
+impl Workload for Model {
+    const NAME: &'static str = "web-server";
+    const DESCRIPTION: &'static str =
+        "nginx-like web server, two workers on two vCPUs, restored under load: \
+        browser sessions arrive in bursts with quiet spells; each fetches a Zipf-popular page \
+        (static HTML from the page cache, or a dynamic page from the shared response cache, \
+        from an upstream on a miss) and then its site-wide CSS/JS and images unless cached; \
+        TLS, gzip, access logging. Memory: kernel, libc/libssl/libz, nginx, idle daemons, \
+        worker heaps, an 8 MiB response cache, ~20 MiB of site files, free memory.";
+    const MEMORY_PAGES: usize = 32768;
+
+    fn build(mut phys: Physical, kernel: Kernel, p: &Params, rng: &mut Rng) -> (Self, Frames) {
+        let libc = CodeMap::load(&mut phys, p, rng, 450);
+        let libssl = CodeMap::load(&mut phys, p, rng, 900);
+        let libz = CodeMap::load(&mut phys, p, rng, 30);
+        // Other daemons of the guest (sshd, journald, cron): resident, idle here.
+        Program::load_many(&mut phys, p, rng, 4, &ProgramSize::IDLE_DAEMON);
+        let nginx = Program::load(
             &mut phys,
             p,
             rng,
             &ProgramSize {
-                text: 120,
-                data: 16,
-                heap: 80,
-                heap_zero: 0.3,
+                text: 300,
+                data: 40,
+                heap: 60,
+                heap_zero: 0.2,
                 stack: 8,
             },
         );
-    }
-    let nginx = Program::load(
-        &mut phys,
-        p,
-        rng,
-        &ProgramSize {
-            text: 300,
-            data: 40,
-            heap: 60,
-            heap_zero: 0.2,
-            stack: 8,
-        },
-    );
-    let mut worker = |rng: &mut Rng| Worker {
-        connections: phys.alloc_mixed(p.pages(128), Content::Heap, 0.3, rng),
-        buffers: phys.alloc_mixed(p.pages(256), Content::Text(TextStyle::Markup), 0.5, rng),
-        gzip_state: phys.alloc_mixed(p.pages(72), Content::Heap, 0.1, rng),
-        log_buffer: phys.alloc(p.pages(16), |_| Content::Text(TextStyle::Log)),
-        stack: phys.alloc(p.pages(32), |i| {
-            if i > 27 {
-                Content::Stack
-            } else {
-                Content::Zero
-            }
-        }),
-    };
-    let workers = [worker(rng), worker(rng)];
-    // Entries are rendered HTML, a share stored gzip'd; free slots are zero.
-    let cache_zone = phys.alloc(p.pages(2000), |i| match i % 10 {
-        0 | 1 => Content::Media,
-        2..=7 => Content::Text(TextStyle::Markup),
-        _ => Content::Zero,
-    });
-    let ssl_sessions = phys.alloc_mixed(p.pages(64), Content::Media, 0.3, rng);
-
-    // The site: HTML pages (some dynamic), site-wide CSS and JS, images.
-    // Files came into the page cache in the order they were first asked for
-    // before the checkpoint, which has little to do with their popularity.
-    let pages_n = p.count(900);
-    let mut sizes: Vec<(usize, Content)> = Vec::new();
-    for _ in 0..pages_n {
-        sizes.push((
-            rng.lognormal(3.0, 0.7).ceil() as usize,
-            Content::Text(TextStyle::Markup),
-        ));
-    }
-    let common_n = 8;
-    for _ in 0..common_n {
-        sizes.push((
-            rng.lognormal(10.0, 0.6).ceil() as usize,
-            Content::Text(TextStyle::Markup),
-        ));
-    }
-    let images_n = p.count(700);
-    for _ in 0..images_n {
-        sizes.push((
-            rng.lognormal(4.0, 0.9).ceil().min(120.0) as usize,
-            Content::Media,
-        ));
-    }
-    let mut load_order: Vec<usize> = (0..sizes.len()).collect();
-    rng.shuffle(&mut load_order);
-    let mut files: Vec<Option<File>> = (0..sizes.len()).map(|_| None).collect();
-    for i in load_order {
-        let (len, content) = sizes[i];
-        files[i] = Some(File {
-            pages: phys.alloc(len.max(1), |_| content),
+        let mut worker = |rng: &mut Rng| Worker {
+            connections: phys.alloc_mixed(p.pages(128), Content::Heap, 0.3, rng),
+            buffers: phys.alloc_mixed(p.pages(256), Content::Text(TextStyle::Markup), 0.5, rng),
+            gzip_state: phys.alloc_mixed(p.pages(72), Content::Heap, 0.1, rng),
+            log_buffer: phys.alloc(p.pages(16), |_| Content::Text(TextStyle::Log)),
+            stack: phys.alloc(p.pages(32), |i| {
+                if i > 27 {
+                    Content::Stack
+                } else {
+                    Content::Zero
+                }
+            }),
+        };
+        let workers = [worker(rng), worker(rng)];
+        // Entries are rendered HTML, a share stored gzip'd; free slots are zero.
+        let cache_zone = phys.alloc(p.pages(2000), |i| match i % 10 {
+            0 | 1 => Content::Media,
+            2..=7 => Content::Text(TextStyle::Markup),
+            _ => Content::Zero,
         });
-    }
-    let files: Vec<File> = files
-        .into_iter()
-        .map(|f| f.expect("every file loaded"))
-        .collect();
-    let common_assets: Vec<usize> = (pages_n..pages_n + common_n).collect();
-    let site = (0..pages_n)
-        .map(|html| SitePage {
-            html,
-            dynamic: rng.chance(0.25),
-            images: (0..rng.range(1, 5))
-                .map(|_| pages_n + common_n + rng.index(images_n))
-                .collect(),
-        })
-        .collect();
-    let mut by_rank: Vec<usize> = (0..pages_n).collect();
-    rng.shuffle(&mut by_rank);
+        let ssl_sessions = phys.alloc_mixed(p.pages(64), Content::Media, 0.3, rng);
 
-    let (contents, free) = phys.finish(0.12, rng);
-    let model = Model {
-        kernel,
-        libc,
-        libssl,
-        libz,
-        nginx,
-        workers,
-        files,
-        site,
-        common_assets,
-        cache_zone,
-        ssl_sessions,
-        popularity: Zipf::new(pages_n, 0.9),
-        by_rank,
-    };
-    (model, contents, free)
+        // The site: HTML pages (some dynamic), site-wide CSS and JS, images.
+        // Files came into the page cache in the order they were first asked for
+        // before the checkpoint, which has little to do with their popularity.
+        let pages_n = p.count(900);
+        let mut sizes: Vec<(usize, Content)> = Vec::new();
+        for _ in 0..pages_n {
+            sizes.push((
+                rng.lognormal(3.0, 0.7).ceil() as usize,
+                Content::Text(TextStyle::Markup),
+            ));
+        }
+        let common_n = 8;
+        for _ in 0..common_n {
+            sizes.push((
+                rng.lognormal(10.0, 0.6).ceil() as usize,
+                Content::Text(TextStyle::Markup),
+            ));
+        }
+        let images_n = p.count(700);
+        for _ in 0..images_n {
+            sizes.push((
+                rng.lognormal(4.0, 0.9).ceil().min(120.0) as usize,
+                Content::Media,
+            ));
+        }
+        let mut load_order: Vec<usize> = (0..sizes.len()).collect();
+        rng.shuffle(&mut load_order);
+        let mut files: Vec<Option<File>> = (0..sizes.len()).map(|_| None).collect();
+        for i in load_order {
+            let (len, content) = sizes[i];
+            files[i] = Some(File {
+                pages: phys.alloc(len.max(1), |_| content),
+            });
+        }
+        let files: Vec<File> = files
+            .into_iter()
+            .map(|f| f.expect("every file loaded"))
+            .collect();
+        let common_assets: Vec<usize> = (pages_n..pages_n + common_n).collect();
+        let site = (0..pages_n)
+            .map(|html| SitePage {
+                html,
+                dynamic: rng.chance(0.25),
+                images: (0..rng.range(1, 5))
+                    .map(|_| pages_n + common_n + rng.index(images_n))
+                    .collect(),
+            })
+            .collect();
+        let mut by_rank: Vec<usize> = (0..pages_n).collect();
+        rng.shuffle(&mut by_rank);
+
+        let frames = phys.finish(0.12, rng);
+        let model = Model {
+            kernel,
+            libc,
+            libssl,
+            libz,
+            nginx,
+            workers,
+            files,
+            site,
+            common_assets,
+            cache_zone,
+            ssl_sessions,
+            popularity: Zipf::new(pages_n, 0.9),
+            by_rank,
+        };
+        (model, frames)
+    }
+
+    fn run(&self, free: &FreeList, p: &Params, mut rng: Rng, speed: f64) -> Vec<Touch> {
+        let model = self;
+        let duration_us = rng.range(1_900_000, 2_300_000) as f64;
+        let mut kernel_lane = model.kernel.resume(&mut rng, speed);
+        let mut servings: Vec<Serving> = model
+            .workers
+            .iter()
+            .map(|worker| {
+                let mut lane = Lane::new(kernel_lane.now() + rng.lognormal(300.0, 0.5), speed);
+                model.nginx.wake(&mut lane, &mut rng);
+                Serving {
+                    model,
+                    worker,
+                    lane,
+                    next_connection: 0,
+                    log_bytes: 0,
+                }
+            })
+            .collect();
+
+        // Browser sessions: bursts of arrivals, quiet spells between.
+        let mut arrivals = Vec::new();
+        let mut t = rng.exp(30_000.0);
+        let rate_per_us = 1.0 / 6_000.0 * p.scale.sqrt();
+        while t < duration_us {
+            let burst_end = t + rng.exp(150_000.0);
+            while t < burst_end.min(duration_us) {
+                arrivals.push(t);
+                t += rng.exp(1.0 / rate_per_us);
+            }
+            t = burst_end + rng.exp(120_000.0);
+        }
+        // Each session asks for its page, then (after the browser parsed it)
+        // for the assets it lacks, over a kept-alive connection.
+        let mut requests: Vec<Request> = Vec::new();
+        for &arrival in &arrivals {
+            let site = model.by_rank[model.popularity.sample(&mut rng)];
+            let page = &model.site[site];
+            requests.push(Request {
+                at: arrival,
+                site,
+                file: (!page.dynamic).then_some(page.html),
+                new_connection: true,
+            });
+            let mut at = arrival + rng.lognormal(25_000.0, 0.5);
+            let returning = rng.chance(0.5);
+            let mut assets = Vec::new();
+            for &css_js in &model.common_assets {
+                if !returning && rng.chance(0.7) {
+                    assets.push(css_js);
+                }
+            }
+            for &image in &page.images {
+                if !returning || rng.chance(0.3) {
+                    assets.push(image);
+                }
+            }
+            for asset in assets {
+                requests.push(Request {
+                    at,
+                    site,
+                    file: Some(asset),
+                    new_connection: false,
+                });
+                at += rng.lognormal(400.0, 0.8);
+            }
+        }
+        requests.sort_by(|a, b| a.at.total_cmp(&b.at));
+        // The idle worker takes the next request (EPOLLEXCLUSIVE wakes one).
+        let mut page_cache_tail = free.cursor();
+        for (i, r) in requests.iter().enumerate() {
+            let s = servings
+                .iter_mut()
+                .min_by(|a, b| a.lane.now().total_cmp(&b.lane.now()))
+                .expect("two workers");
+            s.lane.wait_until(r.at);
+            s.request(&mut rng, r.file, &model.site[r.site], r.new_connection);
+            // The access log grows by a page of page cache now and then.
+            if i % 25 == 24 {
+                model.kernel.run(&mut s.lane, &mut rng, KPath::Syscall(1));
+                s.lane.write(page_cache_tail.take(&mut rng));
+            }
+        }
+        // Timer ticks while busy; vmstat and writeback work now and then.
+        let mut tick = 0.0;
+        while tick < duration_us {
+            kernel_lane.wait_until(tick);
+            model
+                .kernel
+                .run(&mut kernel_lane, &mut rng, KPath::TimerTick);
+            if rng.chance(0.02) {
+                model
+                    .kernel
+                    .run(&mut kernel_lane, &mut rng, KPath::Workqueue);
+            }
+            tick += rng.lognormal(4_000.0, 0.2)
+                + if rng.chance(0.5) {
+                    rng.exp(40_000.0)
+                } else {
+                    0.0
+                };
+        }
+        let mut lanes = vec![kernel_lane];
+        lanes.extend(servings.into_iter().map(|s| s.lane));
+        merge(lanes)
+    }
 }
 
 /// One worker's view while serving a run.
@@ -300,135 +402,5 @@ impl Serving<'_> {
         }
         m.libssl.run(lane, rng, 5, 3, 2.0);
         m.kernel.run(lane, rng, KPath::NetTx);
-    }
-}
-
-fn run(model: &Model, free: &super::physical::FreeList, p: &Params, run: usize) -> Vec<Touch> {
-    let mut rng = Rng::derived(p.seed, &format!("{NAME}/run/{run}"));
-    let speed = rng.lognormal(1.0, 0.05);
-    let duration_us = rng.range(1_900_000, 2_300_000) as f64;
-    let mut kernel_lane = Lane::new(0.0, speed);
-    model.kernel.run(&mut kernel_lane, &mut rng, KPath::Resume);
-    model
-        .kernel
-        .run(&mut kernel_lane, &mut rng, KPath::Schedule);
-    let mut servings: Vec<Serving> = model
-        .workers
-        .iter()
-        .map(|worker| {
-            let mut lane = Lane::new(kernel_lane.now() + rng.lognormal(300.0, 0.5), speed);
-            model.nginx.wake(&mut lane, &mut rng);
-            Serving {
-                model,
-                worker,
-                lane,
-                next_connection: 0,
-                log_bytes: 0,
-            }
-        })
-        .collect();
-
-    // Browser sessions: bursts of arrivals, quiet spells between.
-    let mut arrivals = Vec::new();
-    let mut t = rng.exp(30_000.0);
-    let rate_per_us = 1.0 / 6_000.0 * p.scale.sqrt();
-    while t < duration_us {
-        let burst_end = t + rng.exp(150_000.0);
-        while t < burst_end.min(duration_us) {
-            arrivals.push(t);
-            t += rng.exp(1.0 / rate_per_us);
-        }
-        t = burst_end + rng.exp(120_000.0);
-    }
-    // Each session asks for its page, then (after the browser parsed it)
-    // for the assets it lacks, over a kept-alive connection.
-    let mut requests: Vec<Request> = Vec::new();
-    for &arrival in &arrivals {
-        let site = model.by_rank[model.popularity.sample(&mut rng)];
-        let page = &model.site[site];
-        requests.push(Request {
-            at: arrival,
-            site,
-            file: (!page.dynamic).then_some(page.html),
-            new_connection: true,
-        });
-        let mut at = arrival + rng.lognormal(25_000.0, 0.5);
-        let returning = rng.chance(0.5);
-        let mut assets = Vec::new();
-        for &css_js in &model.common_assets {
-            if !returning && rng.chance(0.7) {
-                assets.push(css_js);
-            }
-        }
-        for &image in &page.images {
-            if !returning || rng.chance(0.3) {
-                assets.push(image);
-            }
-        }
-        for asset in assets {
-            requests.push(Request {
-                at,
-                site,
-                file: Some(asset),
-                new_connection: false,
-            });
-            at += rng.lognormal(400.0, 0.8);
-        }
-    }
-    requests.sort_by(|a, b| a.at.total_cmp(&b.at));
-    // The idle worker takes the next request (EPOLLEXCLUSIVE wakes one).
-    let mut page_cache_tail = free.cursor();
-    for (i, r) in requests.iter().enumerate() {
-        let s = servings
-            .iter_mut()
-            .min_by(|a, b| a.lane.now().total_cmp(&b.lane.now()))
-            .expect("two workers");
-        s.lane.wait_until(r.at);
-        s.request(&mut rng, r.file, &model.site[r.site], r.new_connection);
-        // The access log grows by a page of page cache now and then.
-        if i % 25 == 24 {
-            model.kernel.run(&mut s.lane, &mut rng, KPath::Syscall(1));
-            s.lane.write(page_cache_tail.take(&mut rng));
-        }
-    }
-    // Timer ticks while busy; vmstat and writeback work now and then.
-    let mut tick = 0.0;
-    while tick < duration_us {
-        kernel_lane.wait_until(tick);
-        model
-            .kernel
-            .run(&mut kernel_lane, &mut rng, KPath::TimerTick);
-        if rng.chance(0.02) {
-            model
-                .kernel
-                .run(&mut kernel_lane, &mut rng, KPath::Workqueue);
-        }
-        tick += rng.lognormal(4_000.0, 0.2)
-            + if rng.chance(0.5) {
-                rng.exp(40_000.0)
-            } else {
-                0.0
-            };
-    }
-    let mut lanes = vec![kernel_lane];
-    lanes.extend(servings.into_iter().map(|s| s.lane));
-    merge(lanes)
-}
-
-pub fn generate(p: &Params) -> Generated {
-    let mut rng = Rng::derived(p.seed, &format!("{NAME}/checkpoint"));
-    let (model, contents, free) = build(p, &mut rng);
-    let traces = (0..RUNS).map(|r| run(&model, &free, p, r)).collect();
-    Generated {
-        name: NAME,
-        description: "nginx-like web server, two workers on two vCPUs, restored under load: \
-            browser sessions arrive in bursts with quiet spells; each fetches a Zipf-popular page \
-            (static HTML from the page cache, or a dynamic page from the shared response cache, \
-            from an upstream on a miss) and then its site-wide CSS/JS and images unless cached; \
-            TLS, gzip, access logging. Memory: kernel, libc/libssl/libz, nginx, idle daemons, \
-            worker heaps, an 8 MiB response cache, ~20 MiB of site files, free memory."
-            .into(),
-        memory: render(&contents, rng.u64()),
-        traces,
     }
 }

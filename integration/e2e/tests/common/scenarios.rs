@@ -13,7 +13,7 @@ use thaw_store::{
     write_checkpoint, CheckpointError, CheckpointReader, MemoryRegion, Store, WriteOptions,
 };
 
-use super::recording_store::RecordingStore;
+use super::recording_store::{RecordingStore, WriteRecorder};
 
 const MIB: usize = 1 << 20;
 
@@ -102,7 +102,7 @@ pub async fn multipart_round_trip(store: &Store) {
 /// The manifest is the last object written, and a write that fails part way
 /// leaves no checkpoint behind for readers.
 pub async fn manifest_last(raw: Arc<dyn ObjectStore>) {
-    let recording = Arc::new(RecordingStore::new(raw));
+    let recording = Arc::new(RecordingStore::with_hooks(raw, WriteRecorder::default()));
     let store = Store::from_object_store(recording.clone(), "recording");
     let memory = synthetic::memory_image(4 * MIB, 4);
     let regions = [MemoryRegion {
@@ -117,7 +117,7 @@ pub async fn manifest_last(raw: Arc<dyn ObjectStore>) {
     write_checkpoint(&store, &regions, vec![], &opts)
         .await
         .unwrap();
-    let writes = recording.completed_writes.lock().unwrap().clone();
+    let writes = recording.hooks().completed_writes.lock().unwrap().clone();
     assert!(writes.len() > 2, "{writes:?}");
     assert_eq!(
         writes.last().unwrap(),
@@ -125,7 +125,7 @@ pub async fn manifest_last(raw: Arc<dyn ObjectStore>) {
         "{writes:?}"
     );
 
-    *recording.fail_writes_containing.lock().unwrap() = Some("half/segment-000001".into());
+    *recording.hooks().fail_writes_containing.lock().unwrap() = Some("half/segment-000001".into());
     let opts = WriteOptions {
         id: Some(id("half")),
         ..small_segments()
@@ -147,7 +147,7 @@ pub async fn manifest_last(raw: Arc<dyn ObjectStore>) {
     ));
 
     // The same id cannot be written twice.
-    *recording.fail_writes_containing.lock().unwrap() = None;
+    *recording.hooks().fail_writes_containing.lock().unwrap() = None;
     let opts = WriteOptions {
         id: Some(id("whole")),
         ..small_segments()

@@ -94,7 +94,7 @@ impl LinkEnv {
     /// Requests the object store of an object-store link has answered so
     /// far (GETs and ranged GETs); `None` for links with a block server.
     pub fn store_requests(&self) -> Option<u64> {
-        self.slow.as_ref().map(|s| s.requests())
+        self.slow.as_ref().map(|s| s.hooks().requests())
     }
 
     /// Whether blocks should come from a block server (and never straight
