@@ -44,7 +44,7 @@ fn write_workload(dir: &Path, runs: u64) {
         let mut t = 0;
         for (i, &page) in working.iter().enumerate() {
             // Each run skips a different tenth of the working set.
-            if (i as u64 + run) % 10 == 0 {
+            if (i as u64 + run).is_multiple_of(10) {
                 continue;
             }
             t += 150 + (i as u64 * 7 + run * 13) % 100;

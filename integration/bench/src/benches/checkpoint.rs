@@ -22,7 +22,7 @@ pub async fn run(
     cfg: CheckpointBench,
 ) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     ensure!(
-        cfg.memory_bytes > 0 && cfg.memory_bytes % 4096 == 0,
+        cfg.memory_bytes > 0 && cfg.memory_bytes.is_multiple_of(4096),
         "memory size must be a positive multiple of 4 KiB"
     );
     let tmp = match &cfg.dir {
