@@ -1,14 +1,14 @@
-//! The hand-off from a VMM to a page server (the fetch agent): wire types, parsing and encoding,
+//! The hand-off from a VMM to the fetch agent: wire types, parsing and encoding,
 //! free of I/O.
 //!
-//! The VMM connects to the page server's Unix stream socket and sends ONE message: the JSON text
+//! The VMM connects to the fetch agent's Unix stream socket and sends ONE message: the JSON text
 //! below, with the userfaultfd attached by SCM_RIGHTS. Two forms are accepted:
 //!
 //! - Firecracker's: a JSON array of `{"base_host_virt_addr", "size", "offset", "page_size"}`, one per
 //!   guest memory region, `offset` being the region's place in the concatenated guest memory (older
 //!   Firecrackers name the page size `page_size_kib` but put bytes in it);
 //! - thaw's: a JSON object `{"thaw_handoff": 1, "mappings": [...same entries...], "store": ...,
-//!   "checkpoint": ...}` that adds what the page server needs to find the memory.
+//!   "checkpoint": ...}` that adds what the fetch agent needs to find the memory.
 //!
 //! A page index (as in the checkpoint manifest) is a byte offset into the concatenated memory divided
 //! by the page size, so [`Handoff::locate`] maps a faulting host address to the page to fetch.
@@ -39,7 +39,7 @@ pub struct RegionMapping {
     pub guest_phys_addr: Option<u64>,
 }
 
-/// Everything a page server learns from a hand-off.
+/// Everything the fetch agent learns from a hand-off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
     /// Always [`HANDOFF_VERSION`] for thaw's form.

@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 use thaw_format::envelope::{self, EnvelopeError};
 
 const MAGIC: [u8; 8] = *b"THAWVMST";
-/// Version of the blob format this build writes and reads. Version 1 had a frame of its own
-/// (hash before the payload); it is refused by version.
+/// Version of the blob format this build writes. It also reads version 1, whose frame was its
+/// own (see [`open_v1`]), so checkpoints written before the envelope still restore.
 pub(crate) const FORMAT_VERSION: u16 = 2;
+/// Version 1's header: magic, version (u32), payload length (u64), BLAKE3 of the payload.
+const V1_HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Largest payload accepted (a real state is tens of KiB).
 const MAX_PAYLOAD: u64 = 64 << 20;
 
@@ -68,6 +70,35 @@ impl From<EnvelopeError> for StateBlobError {
             EnvelopeError::ChecksumMismatch => StateBlobError::ChecksumMismatch,
         }
     }
+}
+
+/// The payload of a version 1 blob, checked as the envelope checks its frame: length bound,
+/// declared length, then the payload's hash.
+fn open_v1(blob: &[u8]) -> Result<&[u8]> {
+    if blob.len() < V1_HEADER_LEN {
+        return Err(StateBlobError::TooShort {
+            len: blob.len(),
+            min: V1_HEADER_LEN,
+        });
+    }
+    let declared = u64::from_le_bytes(blob[12..20].try_into().expect("8 bytes"));
+    if declared > MAX_PAYLOAD {
+        return Err(StateBlobError::TooLarge {
+            len: declared,
+            max: MAX_PAYLOAD,
+        });
+    }
+    let payload = &blob[V1_HEADER_LEN..];
+    if declared != payload.len() as u64 {
+        return Err(StateBlobError::LengthMismatch {
+            declared,
+            actual: payload.len() as u64,
+        });
+    }
+    if blake3::hash(payload).as_bytes() != &blob[20..V1_HEADER_LEN] {
+        return Err(StateBlobError::ChecksumMismatch);
+    }
+    Ok(payload)
 }
 
 /// State of one vCPU, in the order it is restored (see `vstate::vcpu_state` for why that order).
@@ -130,7 +161,13 @@ impl VmState {
 
     /// Decodes and verifies a blob made by [`VmState::encode`].
     pub(crate) fn decode(blob: &[u8]) -> Result<VmState> {
-        let payload = envelope::open(blob, MAGIC, FORMAT_VERSION, MAX_PAYLOAD)?;
+        // Version 1's u32 version reads as version 1 with a zero reserved field in the envelope's
+        // header, so the version at offset 8 tells the frames apart.
+        let payload = if blob.len() >= 10 && blob[..8] == MAGIC && blob[8..10] == [1, 0] {
+            open_v1(blob)?
+        } else {
+            envelope::open(blob, MAGIC, FORMAT_VERSION, MAX_PAYLOAD)?
+        };
         let state: VmState = serde_json::from_slice(payload).map_err(StateBlobError::Parse)?;
         state.validate()?;
         Ok(state)
@@ -243,6 +280,38 @@ pub(crate) mod tests {
         assert_eq!(back.memory_bytes(), 1 << 20);
     }
 
+    /// Version 1's frame, as thaw wrote it before the envelope.
+    fn v1_blob(payload: &[u8]) -> Vec<u8> {
+        let mut blob = MAGIC.to_vec();
+        blob.extend_from_slice(&1u32.to_le_bytes());
+        blob.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        blob.extend_from_slice(blake3::hash(payload).as_bytes());
+        blob.extend_from_slice(payload);
+        blob
+    }
+
+    #[test]
+    fn version_1_blobs_still_decode_and_are_checked() {
+        let payload = serde_json::to_vec(&sample()).unwrap();
+        let blob = v1_blob(&payload);
+        let back = VmState::decode(&blob).unwrap();
+        assert_eq!(back.vcpus[0].regs.rip, 0x100000);
+
+        let mut flipped = blob.clone();
+        let n = flipped.len();
+        flipped[n - 3] ^= 1;
+        let err = VmState::decode(&flipped).unwrap_err().to_string();
+        assert!(err.contains("hash mismatch"), "{err}");
+        let err = VmState::decode(&blob[..n - 1]).unwrap_err().to_string();
+        assert!(err.contains("length"), "{err}");
+        let err = VmState::decode(&blob[..30]).unwrap_err().to_string();
+        assert!(err.contains("shorter"), "{err}");
+        let mut too_big = blob.clone();
+        too_big[12..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+        let err = VmState::decode(&too_big).unwrap_err().to_string();
+        assert!(err.contains("limit"), "{err}");
+    }
+
     #[test]
     fn corrupt_blobs_are_refused() {
         let blob = sample().encode().unwrap();
@@ -268,18 +337,6 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string()
             .contains("version"));
-        // A blob in the frame of format version 1 (hash before the payload) is refused by its
-        // version, not reported as corrupt.
-        let mut v1 = b"THAWVMST".to_vec();
-        v1.extend_from_slice(&1u32.to_le_bytes());
-        v1.extend_from_slice(&2u64.to_le_bytes());
-        v1.extend_from_slice(&[0; 32]);
-        v1.extend_from_slice(b"{}");
-        let err = VmState::decode(&v1).unwrap_err().to_string();
-        assert!(
-            err.contains("format version 1, this build reads version 2"),
-            "{err}"
-        );
         let mut too_big = blob.clone();
         too_big[12..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
         let err = VmState::decode(&too_big).unwrap_err().to_string();
