@@ -27,7 +27,7 @@ pub enum ReceiveError {
 }
 
 /// Reads one hand-off from `sock`: the message and the userfaultfd.
-pub fn receive(sock: &UnixStream) -> Result<(Handoff, Uffd), ReceiveError> {
+pub(crate) fn receive(sock: &UnixStream) -> Result<(Handoff, Uffd), ReceiveError> {
     let mut buf = vec![0u8; 64 << 10];
     let (n, file) = sock
         .recv_with_fd(&mut buf)

@@ -10,7 +10,10 @@ use tokio::net::TcpListener;
 use crate::agent::Agent;
 
 /// Binds `addr` and answers metrics requests until the runtime stops.
-pub async fn serve_metrics(addr: SocketAddr, agent: Arc<Agent>) -> std::io::Result<SocketAddr> {
+pub(crate) async fn serve_metrics(
+    addr: SocketAddr,
+    agent: Arc<Agent>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {

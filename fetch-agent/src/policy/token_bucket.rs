@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(super) struct TokenBucket {
     /// Bytes per second.
     rate: u64,
     /// Most tokens the bucket holds: 10 ms of rate, and at least one of the
@@ -16,7 +16,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket of `rate` bytes per second for items of at most `largest` bytes.
-    pub fn new(rate: u64, largest: u64, now: Instant) -> Self {
+    pub(super) fn new(rate: u64, largest: u64, now: Instant) -> Self {
         let burst = (rate / 100).max(largest).max(1);
         TokenBucket {
             rate: rate.max(1),
@@ -44,7 +44,7 @@ impl TokenBucket {
     }
 
     /// Takes `cost` tokens if the bucket holds them.
-    pub fn try_take(&mut self, cost: u64, now: Instant) -> bool {
+    pub(super) fn try_take(&mut self, cost: u64, now: Instant) -> bool {
         self.refill(now);
         let cost = cost.min(self.burst);
         if self.tokens >= cost {
@@ -56,7 +56,7 @@ impl TokenBucket {
     }
 
     /// How long until `cost` tokens are available.
-    pub fn wait_for(&self, cost: u64, now: Instant) -> Duration {
+    pub(super) fn wait_for(&self, cost: u64, now: Instant) -> Duration {
         let mut probe = self.clone();
         probe.refill(now);
         let cost = cost.min(self.burst);

@@ -15,7 +15,7 @@ use object_store::{GetResult, ObjectStore, Result};
 use crate::hooked_store::{GetRequest, HookedStore, RangeReads, StoreHooks};
 
 /// An object store that counts its reads ([`ReadCounter`]).
-pub type CountingStore = HookedStore<ReadCounter>;
+pub(crate) type CountingStore = HookedStore<ReadCounter>;
 
 impl CountingStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {

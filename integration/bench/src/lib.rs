@@ -5,7 +5,7 @@
 //! directories ([`workload_dir`]), and the evaluation page ([`report`]).
 
 pub mod benches;
-pub mod counting_store;
+pub(crate) mod counting_store;
 pub mod hooked_store;
 pub mod link;
 pub mod replay;

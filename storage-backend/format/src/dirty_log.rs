@@ -24,10 +24,10 @@ use super::error::FormatError;
 use super::manifest::MAX_TOTAL_PAGES;
 use super::wire::{Decoder, Encoder};
 
-pub const MAGIC: [u8; 8] = *b"THAWDLOG";
-pub const VERSION: u16 = 1;
+pub(crate) const MAGIC: [u8; 8] = *b"THAWDLOG";
+pub(crate) const VERSION: u16 = 1;
 /// A dirty log larger than this is refused before it is parsed.
-pub const MAX_DIRTY_LOG_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_DIRTY_LOG_BYTES: u64 = 256 << 20;
 
 /// Smallest encoding of a window: three 1-byte varints.
 const MIN_WINDOW_BYTES: usize = 3;

@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod block_codec;
-pub mod dirty_log;
+pub(crate) mod dirty_log;
 mod dirty_profile;
 mod encoding;
 pub mod envelope;

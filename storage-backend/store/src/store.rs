@@ -142,20 +142,20 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore
 /// Where checkpoints live inside a store: `checkpoints/ID/manifest`,
 /// `checkpoints/ID/segment-NNNNNN` and, when recorded,
 /// `checkpoints/ID/dirty-log`.
-pub mod keys {
+pub(crate) mod keys {
     use super::*;
 
-    pub const CHECKPOINTS: &str = "checkpoints";
+    pub(crate) const CHECKPOINTS: &str = "checkpoints";
 
-    pub fn manifest(id: &CheckpointId) -> Path {
+    pub(crate) fn manifest(id: &CheckpointId) -> Path {
         Path::from(format!("{CHECKPOINTS}/{id}/manifest"))
     }
 
-    pub fn dirty_log(id: &CheckpointId) -> Path {
+    pub(crate) fn dirty_log(id: &CheckpointId) -> Path {
         Path::from(format!("{CHECKPOINTS}/{id}/dirty-log"))
     }
 
-    pub fn segment(id: &CheckpointId, index: usize) -> String {
+    pub(crate) fn segment(id: &CheckpointId, index: usize) -> String {
         format!("{CHECKPOINTS}/{id}/segment-{index:06}")
     }
 }

@@ -3,7 +3,7 @@
 //! lazy restores the hand-off of guest memory to a fetch agent ([`handoff`]) and the connection
 //! to it (`agent_link`).
 
-pub mod agent_link;
+pub(crate) mod agent_link;
 pub mod checkpoint;
 pub mod dirty;
 pub mod dirty_tracker;

@@ -17,7 +17,7 @@ fn rank(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Percentiles of `samples`, `None` when there are none.
-pub fn percentiles(samples: &[f64]) -> Option<Percentiles> {
+pub(crate) fn percentiles(samples: &[f64]) -> Option<Percentiles> {
     if samples.is_empty() {
         return None;
     }
@@ -33,7 +33,7 @@ pub fn percentiles(samples: &[f64]) -> Option<Percentiles> {
 
 /// At most `points` (value, cumulative fraction) pairs tracing the empirical
 /// CDF of `samples`, evenly spaced in rank, always ending at the maximum.
-pub fn cdf(samples: &[f64], points: usize) -> Vec<(f64, f64)> {
+pub(crate) fn cdf(samples: &[f64], points: usize) -> Vec<(f64, f64)> {
     if samples.is_empty() || points == 0 {
         return Vec::new();
     }

@@ -3,7 +3,7 @@
 pub mod checkpoint;
 pub mod fault_latency;
 pub mod fleet;
-pub mod latency;
+pub(crate) mod latency;
 pub mod link;
 pub mod restore;
 pub mod resume;

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use userfaultfd::{Event, Uffd};
 
 /// A running floor handler; stops when dropped.
-pub struct FloorHandler {
+pub(super) struct FloorHandler {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -22,7 +22,7 @@ impl FloorHandler {
     /// # Safety
     /// `base .. base + source.len()` must be a range registered with `uffd`
     /// in this process's address space, mapped for as long as the handler runs.
-    pub unsafe fn start(
+    pub(super) unsafe fn start(
         uffd: Arc<Uffd>,
         base: u64,
         source: Arc<Vec<u8>>,

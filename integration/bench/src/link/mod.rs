@@ -2,10 +2,10 @@
 //! delay and a rate limit between fetch agent and block server, and an
 //! object-store wrapper that adds first-byte latency and a per-request rate.
 
-pub mod model;
-pub mod relay;
-pub mod slow_store;
-pub mod spec;
+pub(crate) mod model;
+pub(crate) mod relay;
+pub(crate) mod slow_store;
+pub(crate) mod spec;
 mod sys;
 mod udp_batch;
 

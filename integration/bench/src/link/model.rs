@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 /// The smallest bottleneck queue a link gets (see [`LinkParams::from_rtt`]).
-pub const MIN_BUFFER_BYTES: u64 = 256 << 10;
+pub(crate) const MIN_BUFFER_BYTES: u64 = 256 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkParams {
@@ -23,9 +23,9 @@ pub struct LinkParams {
 }
 
 /// IPv4 plus UDP headers: what a UDP payload adds up to an IP packet.
-pub const IPV4_UDP_HEADER_BYTES: usize = 28;
+pub(crate) const IPV4_UDP_HEADER_BYTES: usize = 28;
 /// IPv6 plus UDP headers.
-pub const IPV6_UDP_HEADER_BYTES: usize = 48;
+pub(crate) const IPV6_UDP_HEADER_BYTES: usize = 48;
 
 impl LinkParams {
     /// One direction of a link with round trip `rtt` and rate `bits_per_sec`,

@@ -67,7 +67,7 @@ pub enum RelayError {
 
 /// Counters of one direction, updated by the relay thread.
 #[derive(Debug, Default)]
-pub struct DirectionCounters {
+pub(crate) struct DirectionCounters {
     pub datagrams: AtomicU64,
     pub bytes: AtomicU64,
     /// Dropped by the model's full queue.

@@ -15,13 +15,13 @@ pub(super) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-pub struct Epoll {
+pub(super) struct Epoll {
     fd: OwnedFd,
     events: Vec<libc::epoll_event>,
 }
 
 impl Epoll {
-    pub fn new() -> io::Result<Self> {
+    pub(super) fn new() -> io::Result<Self> {
         // SAFETY: epoll_create1 takes no pointers; the returned descriptor is
         // fresh and owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
@@ -32,7 +32,7 @@ impl Epoll {
     }
 
     /// Watches `fd` for input, reporting it as `token`.
-    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    pub(super) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: token,
@@ -45,7 +45,7 @@ impl Epoll {
     /// Waits at most `timeout` (forever when `None`, not at all when zero)
     /// and returns the tokens of ready descriptors. epoll_pwait2 takes a
     /// timespec, so waits are not rounded to milliseconds as epoll_wait's are.
-    pub fn wait(
+    pub(super) fn wait(
         &mut self,
         timeout: Option<Duration>,
     ) -> io::Result<impl Iterator<Item = u64> + '_> {
@@ -85,17 +85,17 @@ impl Epoll {
 }
 
 /// An eventfd: written by one thread to wake another's epoll.
-pub struct EventFd(OwnedFd);
+pub(super) struct EventFd(OwnedFd);
 
 impl EventFd {
-    pub fn new() -> io::Result<Self> {
+    pub(super) fn new() -> io::Result<Self> {
         // SAFETY: no pointers; the descriptor is fresh.
         let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
         // SAFETY: `fd` was just created and is owned by nobody else.
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    pub fn signal(&self) -> io::Result<()> {
+    pub(super) fn signal(&self) -> io::Result<()> {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64, as eventfd requires.
         let n = unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
@@ -106,27 +106,27 @@ impl EventFd {
         }
     }
 
-    pub fn as_raw_fd(&self) -> RawFd {
+    pub(super) fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
 }
 
 /// Lets this thread's timed waits end within nanoseconds of their deadline
 /// instead of the default 50 µs slack.
-pub fn set_thread_timer_slack_ns(ns: u64) -> io::Result<()> {
+pub(super) fn set_thread_timer_slack_ns(ns: u64) -> io::Result<()> {
     // SAFETY: PR_SET_TIMERSLACK takes an integer and touches no memory.
     check(unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) })?;
     Ok(())
 }
 
-pub fn thread_id() -> i32 {
+pub(super) fn thread_id() -> i32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() }
 }
 
 /// CPU time a thread of this process has used, from the scheduler's
 /// nanosecond accounting.
-pub fn thread_cpu_time(tid: i32) -> Option<Duration> {
+pub(super) fn thread_cpu_time(tid: i32) -> Option<Duration> {
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
     Some(Duration::from_nanos(ns))
@@ -134,7 +134,7 @@ pub fn thread_cpu_time(tid: i32) -> Option<Duration> {
 
 /// Asks for socket buffers of `bytes` each way; as root the limit of
 /// net.core.{r,w}mem_max is lifted, otherwise the kernel caps silently.
-pub fn set_socket_buffers(fd: RawFd, bytes: usize) {
+pub(super) fn set_socket_buffers(fd: RawFd, bytes: usize) {
     let value = bytes as libc::c_int;
     for (forced, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),

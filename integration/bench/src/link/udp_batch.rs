@@ -18,7 +18,7 @@ use std::os::fd::RawFd;
 use super::sys::{check, set_int_option};
 
 /// Receive slot size: the largest UDP payload, and the largest GRO run.
-pub const MAX_DATAGRAM: usize = 65_536;
+pub(super) const MAX_DATAGRAM: usize = 65_536;
 /// The kernel's limit on segments in one GSO send (UDP_MAX_SEGMENTS).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Payload bytes of one GSO send: the run must fit one IP packet's 64 KiB.
@@ -33,20 +33,20 @@ struct Control([u8; CONTROL_BYTES]);
 
 /// Asks the kernel to hand `fd` runs of datagrams as one message (UDP_GRO).
 /// False when the kernel cannot; receiving still works, a datagram at a time.
-pub fn enable_gro(fd: RawFd) -> bool {
+pub(super) fn enable_gro(fd: RawFd) -> bool {
     set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
 /// Whether the kernel segments UDP sends on `fd` (UDP_SEGMENT), asked by
 /// setting the socket's default segment size to 0 (that is, none).
-pub fn gso_supported(fd: RawFd) -> bool {
+pub(super) fn gso_supported(fd: RawFd) -> bool {
     set_int_option(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0)
 }
 
 /// How many of the leading datagrams (destination, length) can leave as one
 /// GSO send of at most `max_segments`: one destination, every segment the
 /// first one's size but the last, which may be shorter. At least 1.
-pub fn gso_run(datagrams: &[(Option<SocketAddr>, usize)], max_segments: usize) -> usize {
+pub(super) fn gso_run(datagrams: &[(Option<SocketAddr>, usize)], max_segments: usize) -> usize {
     let Some(&(to, size)) = datagrams.first() else {
         return 0;
     };
@@ -69,7 +69,7 @@ pub fn gso_run(datagrams: &[(Option<SocketAddr>, usize)], max_segments: usize) -
 }
 
 /// Scratch space for receiving up to `slots` messages in one recvmmsg.
-pub struct RecvBatch {
+pub(super) struct RecvBatch {
     data: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
@@ -79,7 +79,7 @@ pub struct RecvBatch {
 }
 
 impl RecvBatch {
-    pub fn new(slots: usize) -> Self {
+    pub(super) fn new(slots: usize) -> Self {
         Self {
             data: vec![0; slots * MAX_DATAGRAM],
             // SAFETY: all-zero bytes are a valid sockaddr_storage, iovec and
@@ -96,7 +96,7 @@ impl RecvBatch {
 
     /// Receives what is queued on non-blocking `fd`, up to the batch size in
     /// messages; `WouldBlock` when nothing is.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(super) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let slots = self.headers.len();
         let base = self.data.as_mut_ptr();
         for i in 0..slots {
@@ -154,7 +154,7 @@ impl RecvBatch {
     /// The datagrams of the last receive, runs split back into datagrams:
     /// sender (if it could be decoded) and payload. Truncated messages are
     /// skipped.
-    pub fn datagrams(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8])> {
+    pub(super) fn datagrams(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8])> {
         (0..self.received).flat_map(move |i| {
             let h = &self.headers[i];
             let start = i * MAX_DATAGRAM;
@@ -173,7 +173,7 @@ impl RecvBatch {
 
 /// Scratch space for sending up to `messages` messages in one sendmmsg,
 /// each a GSO run of up to 64 datagrams when the socket supports it.
-pub struct SendBatch {
+pub(super) struct SendBatch {
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
     controls: Vec<Control>,
@@ -188,7 +188,7 @@ pub struct SendBatch {
 impl SendBatch {
     /// With `gso`, consecutive datagrams of one size to one address leave as
     /// one message; without, a message is one datagram.
-    pub fn new(messages: usize, gso: bool) -> Self {
+    pub(super) fn new(messages: usize, gso: bool) -> Self {
         let max_segments = if gso { MAX_GSO_SEGMENTS } else { 1 };
         let datagrams = messages * max_segments;
         Self {
@@ -206,14 +206,14 @@ impl SendBatch {
     }
 
     /// Datagrams one call takes at most.
-    pub fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         self.iovecs.len()
     }
 
     /// Sends `datagrams` (at most `capacity()`) on non-blocking `fd`, each to
     /// its address or, when `None`, to the socket's connected peer. Returns
     /// how many the kernel took, counted from the front.
-    pub fn send<'a>(
+    pub(super) fn send<'a>(
         &mut self,
         fd: RawFd,
         datagrams: impl IntoIterator<Item = (Option<SocketAddr>, &'a [u8])>,

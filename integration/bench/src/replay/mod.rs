@@ -10,8 +10,8 @@
 //! result.
 
 pub mod child;
-pub mod pacing;
-pub mod spawn;
+pub(crate) mod pacing;
+pub(crate) mod spawn;
 
 pub use child::{ReplayArgs, ReplayResult};
 pub use spawn::{replay, ReplayPlan};

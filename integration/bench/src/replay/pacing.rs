@@ -10,13 +10,13 @@
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     start: Instant,
     stalled: Duration,
 }
 
 impl Pacer {
-    pub fn new(start: Instant) -> Self {
+    pub(crate) fn new(start: Instant) -> Self {
         Pacer {
             start,
             stalled: Duration::ZERO,
@@ -24,17 +24,17 @@ impl Pacer {
     }
 
     /// When the touch recorded at `t_us` of guest progress is due.
-    pub fn due(&self, t_us: u64) -> Instant {
+    pub(crate) fn due(&self, t_us: u64) -> Instant {
         self.start + Duration::from_micros(t_us) + self.stalled
     }
 
     /// A touch took `took`: the guest made no progress meanwhile.
-    pub fn touched(&mut self, took: Duration) {
+    pub(crate) fn touched(&mut self, took: Duration) {
         self.stalled += took;
     }
 
     /// Time the guest has spent in touches so far.
-    pub fn stalled(&self) -> Duration {
+    pub(crate) fn stalled(&self) -> Duration {
         self.stalled
     }
 }
@@ -43,16 +43,16 @@ impl Pacer {
 /// same machine gets the CPU, as it would on another core of a real host),
 /// spin for the last stretch (sleeps overshoot by tens of µs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
+pub(crate) enum Wait {
     Sleep(Duration),
     Spin,
     Done,
 }
 
 /// Below this much time left, spin instead of sleeping.
-pub const SPIN_BELOW: Duration = Duration::from_micros(250);
+pub(crate) const SPIN_BELOW: Duration = Duration::from_micros(250);
 
-pub fn wait_step(now: Instant, deadline: Instant) -> Wait {
+pub(crate) fn wait_step(now: Instant, deadline: Instant) -> Wait {
     match deadline.checked_duration_since(now) {
         None => Wait::Done,
         Some(left) if left.is_zero() => Wait::Done,

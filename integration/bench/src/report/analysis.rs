@@ -4,9 +4,9 @@
 use super::rows::{find_duplicate, Link, Row, Strategy};
 
 /// `thaw`'s restore overhead may be at most this fraction of lazy-4k's (a ≥ 97% cut).
-pub const MAX_OVERHEAD_FRACTION_OF_LAZY: f64 = 0.03;
+pub(crate) const MAX_OVERHEAD_FRACTION_OF_LAZY: f64 = 0.03;
 /// `thaw`'s time to finish may be at most this multiple of the oracle's.
-pub const MAX_FINISH_RATIO_TO_ORACLE: f64 = 1.1;
+pub(crate) const MAX_FINISH_RATIO_TO_ORACLE: f64 = 1.1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {

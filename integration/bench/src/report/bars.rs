@@ -27,7 +27,7 @@ const BASELINE_STROKE: Stroke = Stroke {
 };
 
 /// The chart for `link`, or None when the evaluation has no rows over it.
-pub fn render(eval: &Evaluation, link: Link) -> Option<String> {
+pub(crate) fn render(eval: &Evaluation, link: Link) -> Option<String> {
     let groups: Vec<_> = eval.groups_of(link).collect();
     if groups.is_empty() {
         return None;

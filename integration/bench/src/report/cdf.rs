@@ -18,14 +18,14 @@ const BOTTOM: f64 = HEIGHT - 62.0;
 
 /// Whose faults a CDF chart shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CdfSource<'a> {
+pub(crate) enum CdfSource<'a> {
     /// Every workload's faults in one distribution, each workload weighted by its fault count.
     AllMerged,
     Workload(&'a str),
 }
 
 impl CdfSource<'_> {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             CdfSource::AllMerged => "all workloads merged, weighted by fault count".into(),
             CdfSource::Workload(w) => format!("workload {w}"),
@@ -44,7 +44,7 @@ impl CdfSource<'_> {
 /// their cumulative fractions weighted by fault count. Each input CDF is read as a step
 /// function (the fraction of its last point at or below the latency, 0 before its first).
 /// Rows without faults or without points carry no weight.
-pub fn merge(rows: &[&Row]) -> Vec<(f64, f64)> {
+pub(crate) fn merge(rows: &[&Row]) -> Vec<(f64, f64)> {
     let inputs: Vec<(&[(f64, f64)], f64)> = rows
         .iter()
         .filter(|r| r.faults > 0 && !r.fault_latency_cdf.is_empty())
@@ -74,7 +74,7 @@ pub fn merge(rows: &[&Row]) -> Vec<(f64, f64)> {
 }
 
 /// The chart for `link`, or None when no row over it has latency points.
-pub fn render(eval: &Evaluation, link: Link, source: CdfSource) -> Option<String> {
+pub(crate) fn render(eval: &Evaluation, link: Link, source: CdfSource) -> Option<String> {
     let mut lines = Vec::new();
     let mut without_faults = Vec::new();
     for strategy in Strategy::ALL {

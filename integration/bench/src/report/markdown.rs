@@ -18,7 +18,7 @@ use super::ReportMeta;
 
 /// Where one link's charts are, relative to the page (None: the chart has nothing to show).
 #[derive(Debug, Clone)]
-pub struct LinkCharts {
+pub(crate) struct LinkCharts {
     pub link: Link,
     pub time_to_finish: Option<String>,
     pub fault_latency: Option<String>,
@@ -69,7 +69,7 @@ fn strategy_sentence(strategy: Strategy) -> &'static str {
     }
 }
 
-pub fn render(
+pub(crate) fn render(
     eval: &Evaluation,
     meta: &ReportMeta,
     cdf_source: CdfSource,

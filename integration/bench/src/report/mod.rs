@@ -3,15 +3,15 @@
 //! and a [`ReportMeta`] (same input, same bytes); [`write_report`] and [`read_rows`] are the
 //! thin file-system driver around them.
 
-pub mod analysis;
-pub mod bars;
-pub mod cdf;
+pub(crate) mod analysis;
+pub(crate) mod bars;
+pub(crate) mod cdf;
 pub mod cli;
 pub mod format;
 pub mod host;
-pub mod markdown;
-pub mod rows;
-pub mod svg;
+pub(crate) mod markdown;
+pub(crate) mod rows;
+pub(crate) mod svg;
 
 use std::path::{Path, PathBuf};
 

@@ -195,7 +195,7 @@ pub fn parse_rows(text: &str, source_name: &str) -> Result<Vec<Row>, RowsError> 
 }
 
 /// The first two rows (indexes into `rows`) that measure the same workload, link and strategy.
-pub fn find_duplicate(rows: &[Row]) -> Option<(usize, usize)> {
+pub(crate) fn find_duplicate(rows: &[Row]) -> Option<(usize, usize)> {
     let mut seen = std::collections::BTreeMap::new();
     for (i, row) in rows.iter().enumerate() {
         if let Some(&first) = seen.get(&(row.workload.as_str(), row.link, row.strategy)) {

@@ -6,14 +6,14 @@ use std::fmt::Write as _;
 use super::format::xml_escape;
 use super::rows::Strategy;
 
-pub const FONT: &str = "DejaVu Sans, Helvetica, Arial, sans-serif";
-pub const AXIS_COLOUR: &str = "#333333";
-pub const GRID_COLOUR: &str = "#e3e3e3";
-pub const BASELINE_COLOUR: &str = "#000000";
+pub(crate) const FONT: &str = "DejaVu Sans, Helvetica, Arial, sans-serif";
+pub(crate) const AXIS_COLOUR: &str = "#333333";
+pub(crate) const GRID_COLOUR: &str = "#e3e3e3";
+pub(crate) const BASELINE_COLOUR: &str = "#000000";
 
 /// One colour per strategy, told apart by hue and by lightness (simple strategies light/warm,
 /// thaw a strong purple).
-pub fn strategy_colour(s: Strategy) -> &'static str {
+pub(crate) fn strategy_colour(s: Strategy) -> &'static str {
     match s {
         Strategy::Eager => "#8c8c8c",
         Strategy::Lazy4k => "#d62728",
@@ -27,7 +27,7 @@ pub fn strategy_colour(s: Strategy) -> &'static str {
 }
 
 #[derive(Clone, Copy)]
-pub enum Anchor {
+pub(crate) enum Anchor {
     Start,
     Middle,
     End,
@@ -45,7 +45,7 @@ impl Anchor {
 
 /// How a line is drawn.
 #[derive(Clone, Copy)]
-pub struct Stroke<'a> {
+pub(crate) struct Stroke<'a> {
     pub colour: &'a str,
     pub width: f64,
     /// An SVG dash array such as "6 3", or None for a solid line.
@@ -67,7 +67,7 @@ impl Stroke<'_> {
 
 /// Text placement and look.
 #[derive(Clone, Copy)]
-pub struct TextStyle {
+pub(crate) struct TextStyle {
     pub size: f64,
     pub anchor: Anchor,
     pub bold: bool,
@@ -76,7 +76,7 @@ pub struct TextStyle {
 }
 
 impl TextStyle {
-    pub const fn plain(size: f64, anchor: Anchor) -> Self {
+    pub(crate) const fn plain(size: f64, anchor: Anchor) -> Self {
         TextStyle {
             size,
             anchor,
@@ -87,14 +87,14 @@ impl TextStyle {
 }
 
 /// An SVG document under construction.
-pub struct Svg {
+pub(crate) struct Svg {
     out: String,
 }
 
 impl Svg {
     /// A `width` × `height` document on a white background (charts stay readable in dark
     /// themes and when converted to PNG).
-    pub fn new(width: f64, height: f64, title: &str) -> Self {
+    pub(crate) fn new(width: f64, height: f64, title: &str) -> Self {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -110,7 +110,7 @@ impl Svg {
 
     /// A chart's document: `title` in bold, then `subtitle` in a line under it, both from
     /// `left`, the chart's left edge.
-    pub fn chart(width: f64, height: f64, left: f64, title: &str, subtitle: &str) -> Self {
+    pub(crate) fn chart(width: f64, height: f64, left: f64, title: &str, subtitle: &str) -> Self {
         let mut svg = Svg::new(width, height, title);
         svg.text(
             (left, 26.0),
@@ -128,7 +128,7 @@ impl Svg {
         svg
     }
 
-    pub fn line(&mut self, (x1, y1): (f64, f64), (x2, y2): (f64, f64), stroke: Stroke) {
+    pub(crate) fn line(&mut self, (x1, y1): (f64, f64), (x2, y2): (f64, f64), stroke: Stroke) {
         let _ = writeln!(
             self.out,
             r#"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" {}/>"#,
@@ -137,7 +137,15 @@ impl Svg {
     }
 
     /// A filled rectangle; `tooltip` becomes its `<title>` (shown on hover in browsers).
-    pub fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: &str, tooltip: Option<&str>) {
+    pub(crate) fn rect(
+        &mut self,
+        x: f64,
+        y: f64,
+        w: f64,
+        h: f64,
+        fill: &str,
+        tooltip: Option<&str>,
+    ) {
         let _ = write!(
             self.out,
             r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}""#
@@ -150,7 +158,12 @@ impl Svg {
         }
     }
 
-    pub fn polyline(&mut self, points: &[(f64, f64)], stroke: Stroke, tooltip: Option<&str>) {
+    pub(crate) fn polyline(
+        &mut self,
+        points: &[(f64, f64)],
+        stroke: Stroke,
+        tooltip: Option<&str>,
+    ) {
         let mut coords = String::new();
         for (i, (x, y)) in points.iter().enumerate() {
             if i > 0 {
@@ -171,7 +184,7 @@ impl Svg {
         }
     }
 
-    pub fn text(&mut self, (x, y): (f64, f64), style: TextStyle, content: &str) {
+    pub(crate) fn text(&mut self, (x, y): (f64, f64), style: TextStyle, content: &str) {
         let weight = if style.bold {
             r#" font-weight="bold""#
         } else {
@@ -191,7 +204,7 @@ impl Svg {
         );
     }
 
-    pub fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         self.out.push_str("</svg>\n");
         self.out
     }
@@ -200,7 +213,7 @@ impl Svg {
 /// A base-10 logarithmic axis between two "nice" values (1, 2 or 5 times a power of ten),
 /// mapping values to pixels.
 #[derive(Debug, Clone, Copy)]
-pub struct LogAxis {
+pub(crate) struct LogAxis {
     low: f64,
     high: f64,
     /// Pixel of the axis' low end and high end (high may be smaller, as on a y axis).
@@ -210,7 +223,7 @@ pub struct LogAxis {
 
 /// A tick on an axis: where, and its label if it has one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tick {
+pub(crate) struct Tick {
     pub value: f64,
     pub label: Option<String>,
     /// A power of ten (drawn longer, with a grid line).
@@ -248,7 +261,7 @@ fn nice_ceil(v: f64) -> f64 {
 
 impl LogAxis {
     /// The narrowest nice span holding `min..=max` (0 < min ≤ max).
-    pub fn covering(min: f64, max: f64, low_px: f64, high_px: f64) -> Self {
+    pub(crate) fn covering(min: f64, max: f64, low_px: f64, high_px: f64) -> Self {
         let low = nice_floor(min);
         let mut high = nice_ceil(max);
         if high <= low * (1.0 + SLACK) {
@@ -262,12 +275,13 @@ impl LogAxis {
         }
     }
 
-    pub fn low(&self) -> f64 {
+    #[cfg(test)]
+    fn low(&self) -> f64 {
         self.low
     }
 
     /// Pixel of `v`, clamped to the axis (values ≤ 0 go to its low end).
-    pub fn px(&self, v: f64) -> f64 {
+    pub(crate) fn px(&self, v: f64) -> f64 {
         let span = (self.high / self.low).log10();
         let t = if v > 0.0 {
             ((v / self.low).log10() / span).clamp(0.0, 1.0)
@@ -280,7 +294,7 @@ impl LogAxis {
     /// A tick at every m × 10^k (m = 1..9) on the axis. Powers of ten and both ends are
     /// labelled; so are 2 and 5 × 10^k when the axis spans at most two decades (more would
     /// crowd). `label` writes a tick value.
-    pub fn ticks(&self, label: fn(f64) -> String) -> Vec<Tick> {
+    pub(crate) fn ticks(&self, label: fn(f64) -> String) -> Vec<Tick> {
         let label_minor = (self.high / self.low).log10() <= 2.0 + SLACK;
         let on_axis = |v: f64| v >= self.low * (1.0 - SLACK) && v <= self.high * (1.0 + SLACK);
         let is_end =
@@ -306,13 +320,13 @@ impl LogAxis {
 }
 
 /// What a legend entry shows beside its text.
-pub enum LegendMark<'a> {
+pub(crate) enum LegendMark<'a> {
     Swatch(&'a str),
     Line(Stroke<'a>),
 }
 
 /// A vertical legend whose first entry's top-left is at (`x`, `y`).
-pub fn legend(svg: &mut Svg, x: f64, y: f64, entries: &[(LegendMark, String)]) {
+pub(crate) fn legend(svg: &mut Svg, x: f64, y: f64, entries: &[(LegendMark, String)]) {
     const ROW: f64 = 20.0;
     for (i, (mark, text)) in entries.iter().enumerate() {
         let top = y + ROW * i as f64;

@@ -13,7 +13,7 @@ use super::Params;
 
 /// Kernel code paths. Each has its own text pages and data it touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KPath {
+pub(super) enum KPath {
     /// Back from the checkpoint: clock sources, interrupts, the idle loop.
     Resume,
     TimerTick,
@@ -60,7 +60,7 @@ impl KPath {
     }
 }
 
-pub struct Kernel {
+pub(super) struct Kernel {
     /// The first MiB: real-mode trampoline, boot parameters, ACPI tables.
     low: Mapping,
     code: CodeMap,
@@ -74,7 +74,7 @@ pub struct Kernel {
 impl Kernel {
     /// Where the kernel image goes (Linux loads at 16 MiB) and how big it
     /// is, in pages: reserve these before allocating anything else.
-    pub fn reserved(p: &Params) -> Vec<(u64, u64)> {
+    pub(super) fn reserved(p: &Params) -> Vec<(u64, u64)> {
         let image = Self::image_pages(p);
         vec![
             (0, p.pages(256) as u64),
@@ -91,7 +91,7 @@ impl Kernel {
         )
     }
 
-    pub fn boot(phys: &mut Physical, p: &Params, rng: &mut Rng) -> Self {
+    pub(super) fn boot(phys: &mut Physical, p: &Params, rng: &mut Rng) -> Self {
         let low = phys.place(0, p.pages(256) as u64, |i| {
             if i % 16 == 0 {
                 Content::KernelData
@@ -133,7 +133,7 @@ impl Kernel {
     }
 
     /// The kernel's lane after the restore: it resumes, then schedules.
-    pub fn resume(&self, rng: &mut Rng, speed: f64) -> Lane {
+    pub(super) fn resume(&self, rng: &mut Rng, speed: f64) -> Lane {
         let mut lane = Lane::new(0.0, speed);
         self.run(&mut lane, rng, KPath::Resume);
         self.run(&mut lane, rng, KPath::Schedule);
@@ -141,7 +141,7 @@ impl Kernel {
     }
 
     /// Runs `path` on `lane`.
-    pub fn run(&self, lane: &mut Lane, rng: &mut Rng, path: KPath) {
+    pub(super) fn run(&self, lane: &mut Lane, rng: &mut Rng, path: KPath) {
         let (text, data) = path.size();
         let key = mix(self.seed, path.id());
         lane.write(self.percpu.at((key % self.percpu.len() as u64) as usize));
@@ -169,7 +169,7 @@ impl Kernel {
 
     /// The slab page holding kernel object `key` (an inode, a socket, a
     /// task): always the same page for the same object in a checkpoint.
-    pub fn object(&self, key: u64) -> u64 {
+    pub(super) fn object(&self, key: u64) -> u64 {
         self.slab
             .at((mix(self.seed ^ 0x5ab, key) % self.slab.len() as u64) as usize)
     }

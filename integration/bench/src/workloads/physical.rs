@@ -14,26 +14,26 @@ use super::rng::Rng;
 /// Frames backing a virtually contiguous range: `frames[i]` holds virtual
 /// page `i`.
 #[derive(Debug, Clone, Default)]
-pub struct Mapping {
+pub(super) struct Mapping {
     pub frames: Vec<u64>,
 }
 
 impl Mapping {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.frames.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
     /// The frame of virtual page `i`.
-    pub fn at(&self, i: usize) -> u64 {
+    pub(super) fn at(&self, i: usize) -> u64 {
         self.frames[i]
     }
 
     /// Pages `start..start+len` (clamped to the mapping).
-    pub fn span(&self, start: usize, len: usize) -> &[u64] {
+    pub(super) fn span(&self, start: usize, len: usize) -> &[u64] {
         let start = start.min(self.frames.len());
         let end = (start + len).min(self.frames.len());
         &self.frames[start..end]
@@ -43,7 +43,7 @@ impl Mapping {
 /// Builds the physical memory of a checkpoint: fixed placements (the
 /// kernel image), allocations from fragmented free memory, and what is left
 /// free at the end.
-pub struct Physical {
+pub(super) struct Physical {
     contents: Vec<Content>,
     /// Free runs `(first frame, length)` in the order the allocator hands
     /// them out.
@@ -56,7 +56,7 @@ impl Physical {
     /// image) are kept out of the free lists. Free memory is cut into runs
     /// of 1 to 512 frames (buddy orders 0 to 9, mostly small after uptime)
     /// and shuffled.
-    pub fn new(total_pages: u64, reserved: &[(u64, u64)], rng: &mut Rng) -> Self {
+    pub(super) fn new(total_pages: u64, reserved: &[(u64, u64)], rng: &mut Rng) -> Self {
         let mut taken = vec![false; total_pages as usize];
         for &(start, len) in reserved {
             for f in start..(start + len).min(total_pages) {
@@ -94,7 +94,12 @@ impl Physical {
     }
 
     /// A fixed, physically contiguous range (must have been reserved).
-    pub fn place(&mut self, start: u64, len: u64, content: impl Fn(usize) -> Content) -> Mapping {
+    pub(super) fn place(
+        &mut self,
+        start: u64,
+        len: u64,
+        content: impl Fn(usize) -> Content,
+    ) -> Mapping {
         let frames: Vec<u64> = (start..start + len).collect();
         for (i, &f) in frames.iter().enumerate() {
             self.contents[f as usize] = content(i);
@@ -105,7 +110,7 @@ impl Physical {
     /// `len` frames from the free lists, in allocation order; virtual page
     /// `i` holds `content(i)`. Panics when memory runs out: the generators
     /// size their checkpoints to fit.
-    pub fn alloc(&mut self, len: usize, content: impl Fn(usize) -> Content) -> Mapping {
+    pub(super) fn alloc(&mut self, len: usize, content: impl Fn(usize) -> Content) -> Mapping {
         let mut frames = Vec::with_capacity(len);
         while frames.len() < len {
             let run = self
@@ -128,7 +133,7 @@ impl Physical {
 
     /// As [`Physical::alloc`] with one kind of content, a share `zero` of
     /// pages (chosen at random) never written.
-    pub fn alloc_mixed(
+    pub(super) fn alloc_mixed(
         &mut self,
         len: usize,
         content: Content,
@@ -143,7 +148,7 @@ impl Physical {
     /// in the order the allocator hands them out after the restore. A share
     /// `stale` of those keeps what a freed page held (the kernel does not
     /// clear freed pages), the rest are zero.
-    pub fn finish(mut self, stale: f64, rng: &mut Rng) -> Frames {
+    pub(super) fn finish(mut self, stale: f64, rng: &mut Rng) -> Frames {
         let stale_kinds = [
             Content::Heap,
             Content::Text(super::content::TextStyle::Log),
@@ -168,7 +173,7 @@ impl Physical {
 }
 
 /// Every frame at the checkpoint, once [`Physical`] is finished.
-pub struct Frames {
+pub(super) struct Frames {
     /// What each frame holds.
     pub contents: Vec<Content>,
     pub free: FreeList,
@@ -176,13 +181,13 @@ pub struct Frames {
 
 /// Free frames at the checkpoint, in the order the allocator hands them out.
 #[derive(Debug, Clone)]
-pub struct FreeList {
+pub(super) struct FreeList {
     frames: Vec<u64>,
 }
 
 impl FreeList {
     /// A cursor for one run after the restore.
-    pub fn cursor(&self) -> FreeCursor<'_> {
+    pub(super) fn cursor(&self) -> FreeCursor<'_> {
         FreeCursor { list: self, at: 0 }
     }
 }
@@ -190,13 +195,13 @@ impl FreeList {
 /// Allocation of fresh frames during one run. The same checkpoint hands
 /// out the same frames in the same order, but other CPUs and interrupts
 /// take some in between, differently each run.
-pub struct FreeCursor<'a> {
+pub(super) struct FreeCursor<'a> {
     list: &'a FreeList,
     at: usize,
 }
 
 impl FreeCursor<'_> {
-    pub fn take(&mut self, rng: &mut Rng) -> u64 {
+    pub(super) fn take(&mut self, rng: &mut Rng) -> u64 {
         if rng.chance(0.05) {
             self.at += rng.range(1, 8) as usize;
         }
@@ -207,7 +212,7 @@ impl FreeCursor<'_> {
 }
 
 /// The memory image: every page filled by its content kind, in parallel.
-pub fn render(contents: &[Content], seed: u64) -> Vec<u8> {
+pub(super) fn render(contents: &[Content], seed: u64) -> Vec<u8> {
     let mut image = vec![0u8; contents.len() * PAGE];
     image
         .par_chunks_mut(PAGE)

@@ -14,25 +14,25 @@ use super::Params;
 
 /// The text of a binary (kernel, program, library) and its code paths.
 #[derive(Debug, Clone)]
-pub struct CodeMap {
+pub(super) struct CodeMap {
     pub text: Mapping,
     seed: u64,
 }
 
 impl CodeMap {
-    pub fn new(text: Mapping, seed: u64) -> Self {
+    pub(super) fn new(text: Mapping, seed: u64) -> Self {
         Self { text, seed }
     }
 
     /// A binary's text of `pages` pages at full scale in fresh frames (a
     /// library, a binary in the page cache).
-    pub fn load(phys: &mut Physical, p: &Params, rng: &mut Rng, pages: usize) -> Self {
+    pub(super) fn load(phys: &mut Physical, p: &Params, rng: &mut Rng, pages: usize) -> Self {
         Self::new(phys.alloc(p.pages(pages), |_| Content::Code), rng.u64())
     }
 
     /// The text pages of path `id`: `len` pages within a window of
     /// `4 * len` pages around the path's spot, in call order.
-    pub fn path(&self, id: u64, len: usize) -> Vec<u64> {
+    pub(super) fn path(&self, id: u64, len: usize) -> Vec<u64> {
         let n = self.text.len() as u64;
         if n == 0 {
             return Vec::new();
@@ -51,7 +51,14 @@ impl CodeMap {
 
     /// Runs path `id` of `len` pages on `lane`: each page reached with
     /// probability 0.9 (branches), `us_per_page` of work per page (median).
-    pub fn run(&self, lane: &mut Lane, rng: &mut Rng, id: u64, len: usize, us_per_page: f64) {
+    pub(super) fn run(
+        &self,
+        lane: &mut Lane,
+        rng: &mut Rng,
+        id: u64,
+        len: usize,
+        us_per_page: f64,
+    ) {
         for page in self.path(id, len) {
             if rng.chance(0.9) {
                 lane.read(page);
@@ -64,7 +71,7 @@ impl CodeMap {
 /// A user process: its binary's text and data (page cache and private
 /// pages), libraries it maps, a heap and thread stacks.
 #[derive(Debug, Clone)]
-pub struct Program {
+pub(super) struct Program {
     pub code: CodeMap,
     pub data: Mapping,
     pub heap: Mapping,
@@ -72,7 +79,7 @@ pub struct Program {
 }
 
 /// Sizes of a program in pages at full scale.
-pub struct ProgramSize {
+pub(super) struct ProgramSize {
     pub text: usize,
     pub data: usize,
     pub heap: usize,
@@ -84,7 +91,7 @@ pub struct ProgramSize {
 impl ProgramSize {
     /// A daemon of the guest that stays idle in a workload (sshd,
     /// journald, cron): resident, never touched.
-    pub const IDLE_DAEMON: ProgramSize = ProgramSize {
+    pub(super) const IDLE_DAEMON: ProgramSize = ProgramSize {
         text: 120,
         data: 16,
         heap: 80,
@@ -95,7 +102,7 @@ impl ProgramSize {
 
 impl Program {
     /// `n` processes (or threads) of the same size, one after the other.
-    pub fn load_many(
+    pub(super) fn load_many(
         phys: &mut Physical,
         p: &Params,
         rng: &mut Rng,
@@ -105,7 +112,7 @@ impl Program {
         (0..n).map(|_| Self::load(phys, p, rng, size)).collect()
     }
 
-    pub fn load(phys: &mut Physical, p: &Params, rng: &mut Rng, size: &ProgramSize) -> Self {
+    pub(super) fn load(phys: &mut Physical, p: &Params, rng: &mut Rng, size: &ProgramSize) -> Self {
         let text = phys.alloc(p.pages(size.text), |_| Content::Code);
         let data = phys.alloc_mixed(p.pages(size.data), Content::Heap, 0.4, rng);
         let heap = phys.alloc_mixed(p.pages(size.heap), Content::Heap, size.heap_zero, rng);
@@ -128,7 +135,7 @@ impl Program {
 
     /// Entering the process after it was scheduled: the top of its stack,
     /// the data it always touches, the event loop's code.
-    pub fn wake(&self, lane: &mut Lane, rng: &mut Rng) {
+    pub(super) fn wake(&self, lane: &mut Lane, rng: &mut Rng) {
         let top = self.stack.len() - 1;
         lane.write(self.stack.at(top));
         lane.write(self.stack.at(top - 1));

@@ -5,10 +5,10 @@
 
 use crate::synthetic::SplitMix;
 
-pub struct Rng(SplitMix);
+pub(super) struct Rng(SplitMix);
 
 /// Mixes `value` into `state` (one splitmix64 round), for deriving seeds.
-pub fn mix(state: u64, value: u64) -> u64 {
+pub(super) fn mix(state: u64, value: u64) -> u64 {
     let mut z = state ^ value.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -16,7 +16,7 @@ pub fn mix(state: u64, value: u64) -> u64 {
 }
 
 /// A seed for the stream named `label` under `seed` (FNV-1a of the label).
-pub fn derive(seed: u64, label: &str) -> u64 {
+pub(super) fn derive(seed: u64, label: &str) -> u64 {
     let hash = label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
@@ -24,50 +24,50 @@ pub fn derive(seed: u64, label: &str) -> u64 {
 }
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Self(SplitMix::new(seed))
     }
 
     /// A generator for the stream `label` under `seed`.
-    pub fn derived(seed: u64, label: &str) -> Self {
+    pub(super) fn derived(seed: u64, label: &str) -> Self {
         Self::new(derive(seed, label))
     }
 
-    pub fn u64(&mut self) -> u64 {
+    pub(super) fn u64(&mut self) -> u64 {
         self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0.below(n)
     }
 
     /// Uniform index into a collection of `len` > 0 items.
-    pub fn index(&mut self, len: usize) -> usize {
+    pub(super) fn index(&mut self, len: usize) -> usize {
         self.0.below(len as u64) as usize
     }
 
     /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+    pub(super) fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi - lo + 1)
     }
 
     /// Uniform in `[0, 1)`.
-    pub fn f64(&mut self) -> f64 {
+    pub(super) fn f64(&mut self) -> f64 {
         (self.u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    pub fn chance(&mut self, p: f64) -> bool {
+    pub(super) fn chance(&mut self, p: f64) -> bool {
         self.f64() < p
     }
 
     /// Exponential with the given mean (waiting times of a Poisson process).
-    pub fn exp(&mut self, mean: f64) -> f64 {
+    pub(super) fn exp(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.f64()).ln()
     }
 
     /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
+    pub(super) fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.f64();
         let u2 = self.f64();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
@@ -75,15 +75,15 @@ impl Rng {
 
     /// Log-normal with the given median and shape `sigma`: CPU times and
     /// sizes, which are skewed with a long right tail.
-    pub fn lognormal(&mut self, median: f64, sigma: f64) -> f64 {
+    pub(super) fn lognormal(&mut self, median: f64, sigma: f64) -> f64 {
         median * (sigma * self.normal()).exp()
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(super) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.index(items.len())]
     }
 
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub(super) fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             items.swap(i, self.index(i + 1));
         }
@@ -91,12 +91,12 @@ impl Rng {
 }
 
 /// Zipf popularity over ranks `0..n`: rank `k` has weight `1 / (k+1)^s`.
-pub struct Zipf {
+pub(super) struct Zipf {
     cdf: Vec<f64>,
 }
 
 impl Zipf {
-    pub fn new(n: usize, s: f64) -> Self {
+    pub(super) fn new(n: usize, s: f64) -> Self {
         let mut total = 0.0;
         let mut cdf: Vec<f64> = (0..n.max(1))
             .map(|k| {
@@ -110,7 +110,7 @@ impl Zipf {
         Self { cdf }
     }
 
-    pub fn sample(&self, rng: &mut Rng) -> usize {
+    pub(super) fn sample(&self, rng: &mut Rng) -> usize {
         let u = rng.f64();
         self.cdf
             .partition_point(|&c| c <= u)

@@ -15,14 +15,14 @@ pub struct Touch {
 
 /// An actor's accesses in time. `speed` stretches its CPU work: runs of the
 /// same checkpoint differ a little in speed (caches, host noise).
-pub struct Lane {
+pub(super) struct Lane {
     t_us: f64,
     speed: f64,
     touches: Vec<(f64, u64, bool)>,
 }
 
 impl Lane {
-    pub fn new(start_us: f64, speed: f64) -> Self {
+    pub(super) fn new(start_us: f64, speed: f64) -> Self {
         Self {
             t_us: start_us,
             speed,
@@ -30,30 +30,30 @@ impl Lane {
         }
     }
 
-    pub fn now(&self) -> f64 {
+    pub(super) fn now(&self) -> f64 {
         self.t_us
     }
 
     /// CPU work taking `us` at nominal speed.
-    pub fn work(&mut self, us: f64) {
+    pub(super) fn work(&mut self, us: f64) {
         self.t_us += us.max(0.0) * self.speed;
     }
 
     /// Waiting (idle, network round trips, timers): wall time, not CPU.
-    pub fn wait(&mut self, us: f64) {
+    pub(super) fn wait(&mut self, us: f64) {
         self.t_us += us.max(0.0);
     }
 
     /// Waits until `t_us` if that is later.
-    pub fn wait_until(&mut self, t_us: f64) {
+    pub(super) fn wait_until(&mut self, t_us: f64) {
         self.t_us = self.t_us.max(t_us);
     }
 
-    pub fn read(&mut self, page: u64) {
+    pub(super) fn read(&mut self, page: u64) {
         self.touches.push((self.t_us, page, false));
     }
 
-    pub fn write(&mut self, page: u64) {
+    pub(super) fn write(&mut self, page: u64) {
         self.touches.push((self.t_us, page, true));
     }
 }
@@ -61,7 +61,7 @@ impl Lane {
 /// The trace of a run: every lane's accesses in time order (ties keep lane
 /// order), only the first touch of each page, times in whole microseconds
 /// counted from the first touch.
-pub fn merge(lanes: Vec<Lane>) -> Vec<Touch> {
+pub(super) fn merge(lanes: Vec<Lane>) -> Vec<Touch> {
     let mut all: Vec<(f64, u64, bool)> = lanes.into_iter().flat_map(|l| l.touches).collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     let origin = all.first().map_or(0.0, |t| t.0);

@@ -55,7 +55,7 @@ fn existing(dir: &Path) -> Existing {
 }
 
 /// Whether `dir` holds a complete workload written with `marker`.
-pub fn holds(dir: &Path, marker: &str) -> bool {
+pub(super) fn holds(dir: &Path, marker: &str) -> bool {
     if !matches!(existing(dir), Existing::Generated(m) if m == marker) {
         return false;
     }
@@ -77,7 +77,7 @@ pub fn holds(dir: &Path, marker: &str) -> bool {
 }
 
 /// The text of one trace file.
-pub fn trace_text(marker: &str, run: usize, touches: &[Touch]) -> String {
+pub(super) fn trace_text(marker: &str, run: usize, touches: &[Touch]) -> String {
     let mut text = String::with_capacity(touches.len() * 16 + 64);
     let _ = writeln!(text, "# {marker}, run {run}: t_us page_index r|w");
     for t in touches {
@@ -93,7 +93,7 @@ pub fn trace_text(marker: &str, run: usize, touches: &[Touch]) -> String {
 }
 
 /// workload.json.
-pub fn spec_json(generated: &Generated, marker: &str) -> String {
+pub(super) fn spec_json(generated: &Generated, marker: &str) -> String {
     let spec = serde_json::json!({
         "name": generated.name,
         "description": generated.description,
@@ -107,7 +107,7 @@ pub fn spec_json(generated: &Generated, marker: &str) -> String {
 
 /// Writes `generated` into `dir` (created if needed; an earlier generated
 /// workload there is replaced, anything else is refused).
-pub fn write(dir: &Path, generated: &Generated, marker: &str) -> Result<(), GenerateError> {
+pub(super) fn write(dir: &Path, generated: &Generated, marker: &str) -> Result<(), GenerateError> {
     if let Existing::Foreign = existing(dir) {
         return Err(GenerateError::NotGenerated {
             dir: dir.to_owned(),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-pub struct BlockCache {
+pub(crate) struct BlockCache {
     capacity: u64,
     used: u64,
     tick: u64,
@@ -16,7 +16,7 @@ pub struct BlockCache {
 }
 
 impl BlockCache {
-    pub fn new(capacity: u64) -> Self {
+    pub(crate) fn new(capacity: u64) -> Self {
         Self {
             capacity,
             used: 0,
@@ -26,7 +26,7 @@ impl BlockCache {
         }
     }
 
-    pub fn get(&mut self, hash: &[u8; 32]) -> Option<Bytes> {
+    pub(crate) fn get(&mut self, hash: &[u8; 32]) -> Option<Bytes> {
         self.tick += 1;
         let tick = self.tick;
         let (bytes, last) = self.entries.get_mut(hash)?;
@@ -38,7 +38,7 @@ impl BlockCache {
 
     /// Inserts, evicting least recently used entries to stay in capacity. An
     /// entry larger than the whole cache is not kept.
-    pub fn insert(&mut self, hash: [u8; 32], bytes: Bytes) {
+    pub(crate) fn insert(&mut self, hash: [u8; 32], bytes: Bytes) {
         let len = bytes.len() as u64;
         if len > self.capacity || self.entries.contains_key(&hash) {
             return;
@@ -58,20 +58,18 @@ impl BlockCache {
     }
 
     /// Whether `hash` is cached (without counting as a use).
-    pub fn contains(&self, hash: &[u8; 32]) -> bool {
+    pub(crate) fn contains(&self, hash: &[u8; 32]) -> bool {
         self.entries.contains_key(hash)
     }
 
-    pub fn used_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn used_bytes(&self) -> u64 {
         self.used
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

@@ -2,7 +2,7 @@
 //! fetch agents over QUIC, with a bounded cache and one store read per block
 //! however many agents ask for it at once.
 
-pub mod cache;
+pub(crate) mod cache;
 mod read_ahead;
 mod service;
 

@@ -13,19 +13,19 @@ use thaw_store::{write_checkpoint, MemoryRegion, Store, WriteOptions};
 use super::strategy::Layout;
 
 /// Checkpoint ids by layout, all in one store.
-pub struct Checkpoints {
+pub(crate) struct Checkpoints {
     ids: HashMap<Layout, CheckpointId>,
 }
 
 impl Checkpoints {
-    pub fn id(&self, layout: Layout) -> &CheckpointId {
+    pub(crate) fn id(&self, layout: Layout) -> &CheckpointId {
         &self.ids[&layout]
     }
 }
 
 /// Writes a checkpoint of `workload`'s memory for each layout. The profiled
 /// layout is learned from `learn` only; only the oracle sees `measured`.
-pub async fn write(
+pub(crate) async fn write(
     store: &Store,
     workload: &Workload,
     learn: &[&Trace],

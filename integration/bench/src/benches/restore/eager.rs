@@ -13,9 +13,9 @@ use thaw_format::block_codec::decode_block_into;
 use thaw_format::CheckpointId;
 
 /// Requests in flight at once while fetching everything.
-pub const EAGER_CONCURRENCY: usize = 64;
+pub(crate) const EAGER_CONCURRENCY: usize = 64;
 
-pub struct EagerFetch {
+pub(crate) struct EagerFetch {
     pub elapsed: Duration,
     pub requests: u64,
     pub bytes: u64,
@@ -23,7 +23,7 @@ pub struct EagerFetch {
 
 /// Fetches every block of checkpoint `id` from `source` into a memory image
 /// (checked against `expected`, the workload's memory).
-pub async fn fetch_all(
+pub(crate) async fn fetch_all(
     source: Arc<dyn BlockSource>,
     id: &CheckpointId,
     expected: &[u8],

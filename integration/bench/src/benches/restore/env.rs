@@ -19,12 +19,12 @@ use crate::link::{LinkSpec, RelayHandle, SlowStore, UdpRelay};
 const SERVER_CACHE_BYTES: u64 = 1 << 30;
 
 /// A development PKI written once for all runs.
-pub struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
-    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn create(dir: &Path) -> anyhow::Result<Self> {
         DevPki::generate()?.write_to(dir)?;
         Ok(Pki {
             dir: dir.to_owned(),
@@ -32,7 +32,7 @@ impl Pki {
     }
 }
 
-pub struct LinkEnv {
+pub(crate) struct LinkEnv {
     /// What the agent reads directly (its last-resort source; for the
     /// object-store link, its only one).
     pub agent_store: Store,
@@ -50,7 +50,7 @@ struct Relayed {
 
 impl LinkEnv {
     /// Starts the link's parts over `store`. Runs inside a tokio runtime.
-    pub fn start(link: &LinkSpec, store: &Store, pki: &Pki) -> anyhow::Result<Self> {
+    pub(crate) fn start(link: &LinkSpec, store: &Store, pki: &Pki) -> anyhow::Result<Self> {
         match link {
             LinkSpec::Relayed { .. } => {
                 let config = tls::server_config(
@@ -93,20 +93,20 @@ impl LinkEnv {
 
     /// Requests the object store of an object-store link has answered so
     /// far (GETs and ranged GETs); `None` for links with a block server.
-    pub fn store_requests(&self) -> Option<u64> {
+    pub(crate) fn store_requests(&self) -> Option<u64> {
         self.slow.as_ref().map(|s| s.hooks().requests())
     }
 
     /// Whether blocks should come from a block server (and never straight
     /// from the store, which would skip the link).
-    pub fn has_block_server(&self) -> bool {
+    pub(crate) fn has_block_server(&self) -> bool {
         self.relayed.is_some()
     }
 
     /// A new client of the link's block server, if it has one (a fresh
     /// QUIC connection, as a fresh agent would open). Runs inside a tokio
     /// runtime.
-    pub fn block_servers(&self) -> anyhow::Result<Vec<Arc<dyn BlockSource>>> {
+    pub(crate) fn block_servers(&self) -> anyhow::Result<Vec<Arc<dyn BlockSource>>> {
         let Some(r) = &self.relayed else {
             return Ok(Vec::new());
         };
@@ -119,7 +119,7 @@ impl LinkEnv {
     }
 
     /// Where an eager restore over this link reads blocks.
-    pub fn eager_source(&self) -> anyhow::Result<Arc<dyn BlockSource>> {
+    pub(crate) fn eager_source(&self) -> anyhow::Result<Arc<dyn BlockSource>> {
         match self.block_servers()?.pop() {
             Some(s) => Ok(s),
             None => Ok(Arc::new(ObjectStoreSource::new(self.agent_store.clone()))),

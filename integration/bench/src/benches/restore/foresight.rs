@@ -32,19 +32,19 @@ pub struct StallSplit {
 }
 
 /// The pages the learning traces touched.
-pub struct Foresight {
+pub(crate) struct Foresight {
     seen: HashSet<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the replay timed {timed} touches, the measured trace has {events}")]
-pub struct LengthMismatch {
+pub(crate) struct LengthMismatch {
     timed: usize,
     events: usize,
 }
 
 impl Foresight {
-    pub fn new(learn: &[&Trace]) -> Self {
+    pub(crate) fn new(learn: &[&Trace]) -> Self {
         Foresight {
             seen: learn
                 .iter()
@@ -59,7 +59,7 @@ impl Foresight {
 
     /// Splits the touches of `measured` that took longer than `stall_ns`
     /// (`touch_ns[i]` timed `measured[i]`).
-    pub fn split(
+    pub(crate) fn split(
         &self,
         measured: &[TraceEvent],
         touch_ns: &[u64],

@@ -9,10 +9,10 @@
 //! (cold cache) restores through the link. Restore overhead = time to
 //! finish − baseline.
 
-pub mod checkpoints;
-pub mod eager;
-pub mod env;
-pub mod foresight;
+pub(crate) mod checkpoints;
+pub(crate) mod eager;
+pub(crate) mod env;
+pub(crate) mod foresight;
 pub mod hops;
 pub mod strategy;
 

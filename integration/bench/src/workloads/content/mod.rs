@@ -16,7 +16,7 @@ pub const PAGE: usize = 4096;
 
 /// The kind of bytes on one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Content {
+pub(super) enum Content {
     /// Never written (free memory, untouched bss, unused buffers).
     Zero,
     /// x86-64 machine code (kernel, programs, libraries, JIT code cache).
@@ -47,7 +47,7 @@ pub enum Content {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TextStyle {
+pub(super) enum TextStyle {
     /// Log lines: timestamps, levels, modules, messages with numbers.
     Log,
     /// HTML, CSS and JavaScript.
@@ -60,7 +60,7 @@ pub enum TextStyle {
 
 impl Content {
     /// Fills `page` (4 KiB) from `seed`.
-    pub fn fill(self, page: &mut [u8], seed: u64) {
+    pub(super) fn fill(self, page: &mut [u8], seed: u64) {
         let mut rng = Rng::new(seed);
         match self {
             Content::Zero | Content::Explicit => page.fill(0),
@@ -81,7 +81,7 @@ impl Content {
 }
 
 /// The seed of page `index` of an image rendered from `seed`.
-pub fn page_seed(seed: u64, index: u64) -> u64 {
+pub(super) fn page_seed(seed: u64, index: u64) -> u64 {
     mix(seed, index)
 }
 
