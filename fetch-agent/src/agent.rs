@@ -4,7 +4,8 @@
 //! Firecracker's bare hand-off), and serves the restore on the connection's
 //! own thread until the VMM closes the connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,10 @@ pub enum AgentError {
     BadCheckpoint(String),
     #[error("opening store {spec}: {reason}")]
     Store { spec: String, reason: String },
+    #[error(
+        "the hand-off names store {spec}, which this agent does not serve (--store, --allow-store)"
+    )]
+    StoreNotAllowed { spec: String },
     #[error("no source could give the manifest of checkpoint {id}: {errors}")]
     Manifest { id: CheckpointId, errors: String },
     #[error("the hand-off maps {handed} bytes in pages of {handed_page}, checkpoint {id} has {stored} bytes in pages of {stored_page}")]
@@ -52,6 +57,13 @@ pub enum AgentError {
 pub struct AgentConfig {
     /// The store of hand-offs that name none (Firecracker's form).
     pub store: Option<String>,
+    /// Further stores a hand-off may name. A hand-off naming any other store
+    /// is refused: a VMM must not make the agent read memory (with the
+    /// agent's credentials) from wherever it likes.
+    pub allowed_stores: Vec<String>,
+    /// Users whose processes may hand memory over; empty: only the agent's
+    /// own user.
+    pub allowed_uids: Vec<u32>,
     /// The checkpoint of hand-offs that name none.
     pub checkpoint: Option<CheckpointId>,
     /// Sources tried before the object store, in order (block servers).
@@ -67,6 +79,10 @@ pub struct Agent {
     default_store: Option<String>,
     default_checkpoint: Option<CheckpointId>,
     block_servers: Vec<Arc<dyn BlockSource>>,
+    /// Location keys ([`Store::location_key`]) of the stores hand-offs may name.
+    allowed_stores: HashSet<String>,
+    allowed_uids: Vec<u32>,
+    /// Opened stores by location key.
     stores: Mutex<HashMap<String, Arc<ObjectStoreSource>>>,
     checkpoints: Mutex<HashMap<(String, CheckpointId), Arc<Checkpoint>>>,
     next_restore: AtomicU64,
@@ -85,6 +101,18 @@ impl Agent {
                 policy: config.policy,
                 trace_dir: config.trace_dir,
             }),
+            allowed_stores: config
+                .store
+                .iter()
+                .chain(&config.allowed_stores)
+                .map(|spec| Store::location_key(spec))
+                .collect(),
+            allowed_uids: if config.allowed_uids.is_empty() {
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                vec![unsafe { libc::geteuid() }]
+            } else {
+                config.allowed_uids
+            },
             default_store: config.store,
             default_checkpoint: config.checkpoint,
             block_servers: config.block_servers,
@@ -115,11 +143,11 @@ impl Agent {
 
     /// Serves hand-offs naming `spec` from `store` instead of opening the
     /// spec: for stores that cannot be named by a string (an in-memory
-    /// store, or one wrapped to emulate a link).
+    /// store, or one wrapped to emulate a link). Hand-offs may name it.
     pub fn register_store(&self, spec: &str, store: Store) {
         let source = Arc::new(ObjectStoreSource::new(store));
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
-        stores.insert(spec.to_owned(), source);
+        stores.insert(Store::location_key(spec), source);
     }
 
     /// Prometheus text of the agent's metrics.
@@ -131,6 +159,19 @@ impl Agent {
     pub fn serve(self: &Arc<Self>, listener: UnixListener) -> Result<(), AgentError> {
         for conn in listener.incoming() {
             let conn = conn.map_err(AgentError::Accept)?;
+            match peer_uid(&conn) {
+                Ok(uid) if self.allowed_uids.contains(&uid) => {}
+                Ok(uid) => {
+                    tracing::warn!(
+                        "refused a hand-off from uid {uid}: not an allowed user (--allow-uid)"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("refused a hand-off whose sender is unknown: {e}");
+                    continue;
+                }
+            }
             let this = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("thaw-restore".into())
@@ -245,17 +286,51 @@ impl Agent {
         self.checkpoints.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The source of store `spec`, opened on first use, if it is one
+    /// hand-offs may name. Opening never creates a directory.
     fn object_store(&self, spec: &str) -> Result<Arc<dyn BlockSource>, AgentError> {
+        let key = Store::location_key(spec);
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = stores.get(spec) {
+        if let Some(s) = stores.get(&key) {
             return Ok(s.clone());
         }
-        let store = Store::open(spec).map_err(|e| AgentError::Store {
+        if !self.allowed_stores.contains(&key) {
+            return Err(AgentError::StoreNotAllowed {
+                spec: spec.to_owned(),
+            });
+        }
+        let store = Store::open_existing(spec).map_err(|e| AgentError::Store {
             spec: spec.to_owned(),
             reason: e.to_string(),
         })?;
         let source = Arc::new(ObjectStoreSource::new(store));
-        stores.insert(spec.to_owned(), source.clone());
+        stores.insert(key, source.clone());
         Ok(source)
     }
+}
+
+/// The user of the process at the other end of `conn` (SO_PEERCRED: the
+/// credentials it connected with, which it cannot forge).
+fn peer_uid(conn: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred on
+    // this stack frame, and reads the open socket `conn` owns.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }

@@ -29,6 +29,19 @@ pub struct Args {
     /// Checkpoint of hand-offs that name none (Firecracker's form).
     #[arg(long)]
     pub checkpoint: Option<CheckpointId>,
+    /// A further store hand-offs may name (repeatable). A hand-off naming a
+    /// store neither here nor in --store is refused.
+    #[arg(long = "allow-store")]
+    pub allowed_stores: Vec<String>,
+    /// A user (uid) whose processes may hand memory over (repeatable)
+    /// [default: the agent's own user]. Others are refused by their
+    /// credentials on the socket (SO_PEERCRED).
+    #[arg(long = "allow-uid")]
+    pub allowed_uids: Vec<u32>,
+    /// Group (gid) that may connect to the socket: the socket becomes 0660 in
+    /// this group instead of 0600.
+    #[arg(long)]
+    pub socket_group: Option<u32>,
     /// Block server (HOST:PORT) to fetch from over QUIC; repeat for more,
     /// tried in order, then the object store.
     #[arg(long = "block-server", requires = "ca")]
@@ -118,6 +131,8 @@ impl Args {
         }
         Ok(AgentConfig {
             store: Some(self.store.clone()),
+            allowed_stores: self.allowed_stores.clone(),
+            allowed_uids: self.allowed_uids.clone(),
             checkpoint: self.checkpoint.clone(),
             block_servers,
             policy: self.policy(),
@@ -173,7 +188,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("binding the metrics endpoint {addr}"))?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
-    let listener = bind(&args.socket)?;
+    let listener = bind(&args.socket, args.socket_group)?;
     tracing::info!("fetch agent listening on {}", args.socket.display());
     let serving = {
         let agent: Arc<Agent> = agent.clone();
@@ -187,9 +202,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// Binds the socket, replacing a stale socket file left by a dead agent.
-fn bind(path: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+/// Binds the socket, replacing a stale socket file left by a dead agent, and
+/// lets only the agent's user (or `group`) connect: whoever can connect can
+/// ask for any checkpoint the agent serves.
+fn bind(
+    path: &std::path::Path,
+    group: Option<u32>,
+) -> anyhow::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         anyhow::ensure!(
             meta.file_type().is_socket(),
@@ -201,8 +222,19 @@ fn bind(path: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListen
         }
         std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     }
-    std::os::unix::net::UnixListener::bind(path)
-        .with_context(|| format!("binding {}", path.display()))
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
 }
 
 #[cfg(test)]

@@ -131,6 +131,8 @@ pub fn start_agent_on(
     let agent = Agent::new(
         AgentConfig {
             store: Some(fx.store_spec.clone()),
+            allowed_stores: Vec::new(),
+            allowed_uids: Vec::new(),
             checkpoint: Some(fx.id.clone()),
             block_servers,
             policy,

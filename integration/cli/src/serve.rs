@@ -15,8 +15,9 @@ pub struct BlockServerArgs {
     /// Store to serve: a directory, file://DIR or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub store: String,
-    /// UDP address to listen on.
-    #[arg(long, default_value = "0.0.0.0:4433")]
+    /// UDP address to listen on: loopback unless told otherwise (a fleet's
+    /// block servers listen on their host's address, e.g. 0.0.0.0:4433).
+    #[arg(long, default_value = "127.0.0.1:4433")]
     pub listen: SocketAddr,
     /// Threads serving connections (default: one per CPU). One connection is
     /// served by one thread at a time, so more threads help many clients, not one.
@@ -32,8 +33,12 @@ pub struct BlockServerArgs {
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
     /// Require client certificates signed by this CA (mutual TLS).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_client_auth")]
     pub client_ca: Option<PathBuf>,
+    /// Serve any client, with or without a certificate. Whoever reaches the
+    /// port can then read every checkpoint of the store.
+    #[arg(long, requires = "cert")]
+    pub no_client_auth: bool,
     /// Development mode: use (creating if absent) a self-signed CA, server and
     /// client certificate in DIR, with mutual TLS.
     #[arg(long)]
@@ -49,6 +54,12 @@ pub async fn run(args: BlockServerArgs) -> anyhow::Result<()> {
             tls::server_config(&pki.server, Some(&pki.ca_pem))?
         }
         (None, Some(cert), Some(key)) => {
+            if args.client_ca.is_none() && !args.no_client_auth {
+                bail!(
+                    "--cert and --key without --client-ca would serve clients without \
+                     certificates: give --client-ca CA.pem, or --no-client-auth to mean it"
+                );
+            }
             let ca = args
                 .client_ca
                 .as_deref()

@@ -95,6 +95,8 @@ fn start_agent(sock: &std::path::Path, store: &str) -> tokio::runtime::Runtime {
     let agent = Agent::new(
         AgentConfig {
             store: Some(store.to_string()),
+            allowed_stores: Vec::new(),
+            allowed_uids: Vec::new(),
             checkpoint: None,
             block_servers: Vec::new(),
             policy: Default::default(),

@@ -263,21 +263,41 @@ impl DevPki {
     }
 
     /// Writes `ca.pem`, `server.pem`, `server.key`, `client.pem`,
-    /// `client.key` into `dir`.
+    /// `client.key` into `dir`: the directory 0700 and the keys 0600, so
+    /// other local users can neither read the keys nor swap the files.
     pub fn write_to(&self, dir: &Path) -> Result<(), TlsError> {
-        let write = |name: &str, text: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|source| TlsError::Write { path, source })
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let failed = |path: &Path| {
+            let path = path.to_owned();
+            move |source| TlsError::Write { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
-        write("ca.pem", &self.ca_pem)?;
-        write("server.pem", &self.server.cert_pem)?;
-        write("server.key", &self.server.key_pem)?;
-        write("client.pem", &self.client.cert_pem)?;
-        write("client.key", &self.client.key_pem)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(failed(dir))?;
+        // An existing directory keeps its mode through create: set it.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(failed(dir))?;
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.join(name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(failed(&path))?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .and_then(|()| file.write_all(text.as_bytes()))
+                .map_err(failed(&path))
+        };
+        write("ca.pem", &self.ca_pem, 0o644)?;
+        write("server.pem", &self.server.cert_pem, 0o644)?;
+        write("server.key", &self.server.key_pem, 0o600)?;
+        write("client.pem", &self.client.cert_pem, 0o644)?;
+        write("client.key", &self.client.key_pem, 0o600)
     }
 }
 

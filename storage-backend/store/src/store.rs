@@ -39,7 +39,33 @@ pub struct Store {
 
 impl Store {
     /// Opens `spec`: a directory, `file://DIR`, `memory://` or `s3://BUCKET[/PREFIX]`.
+    /// A directory that does not exist yet is created.
     pub fn open(spec: &str) -> Result<Self, StoreSpecError> {
+        Self::open_with(spec, true)
+    }
+
+    /// As [`Store::open`], but a directory must exist already: for locations
+    /// that come from someone else (a VMM's hand-off), which must not make
+    /// this process create directories.
+    pub fn open_existing(spec: &str) -> Result<Self, StoreSpecError> {
+        Self::open_with(spec, false)
+    }
+
+    /// The location `spec` names, in one spelling: `file://` and trailing
+    /// slashes dropped, an existing directory as its canonical path. Two specs
+    /// naming one store give the same key.
+    pub fn location_key(spec: &str) -> String {
+        if spec.starts_with("s3://") || spec.starts_with("memory:") {
+            return spec.trim_end_matches('/').to_owned();
+        }
+        let dir = spec.strip_prefix("file://").unwrap_or(spec);
+        match std::fs::canonicalize(dir) {
+            Ok(path) => path.display().to_string(),
+            Err(_) => dir.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn open_with(spec: &str, create: bool) -> Result<Self, StoreSpecError> {
         let invalid = |reason: &str| StoreSpecError::Invalid {
             spec: spec.to_owned(),
             reason: reason.to_owned(),
@@ -61,8 +87,12 @@ impl Store {
             if dir.is_empty() {
                 return Err(invalid("empty directory path"));
             }
-            std::fs::create_dir_all(dir)
-                .map_err(|e| invalid(&format!("cannot create directory: {e}")))?;
+            if create {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| invalid(&format!("cannot create directory: {e}")))?;
+            } else if !std::path::Path::new(dir).is_dir() {
+                return Err(invalid("no such directory"));
+            }
             let local = LocalFileSystem::new_with_prefix(dir).map_err(backend)?;
             Arc::new(local.with_automatic_cleanup(true))
         };
@@ -180,5 +210,28 @@ mod tests {
         let path = dir.path().join("nested/store");
         Store::open(path.to_str().unwrap()).unwrap();
         assert!(path.is_dir());
+    }
+
+    #[test]
+    fn open_existing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent");
+        let err = Store::open_existing(path.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no such directory"), "{err}");
+        assert!(!path.exists());
+        Store::open_existing(dir.path().to_str().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn location_keys_name_one_store_in_one_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().to_str().unwrap().to_owned();
+        let key = Store::location_key(&plain);
+        assert_eq!(Store::location_key(&format!("file://{plain}/")), key);
+        assert_eq!(Store::location_key(&format!("{plain}/./")), key);
+        assert_ne!(Store::location_key(&format!("{plain}/other")), key);
+        assert_eq!(Store::location_key("s3://b/p/"), "s3://b/p");
     }
 }

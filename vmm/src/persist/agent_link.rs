@@ -187,6 +187,8 @@ fn serve_in_process(conn: UnixStream, spec: &str, store: Store) -> Result<Restor
     let agent = Agent::new(
         AgentConfig {
             store: None,
+            allowed_stores: Vec::new(),
+            allowed_uids: Vec::new(),
             checkpoint: None,
             block_servers: Vec::new(),
             policy: Default::default(),

@@ -144,6 +144,8 @@ pub async fn run(
         let agent = Agent::new(
             AgentConfig {
                 store: Some(store_spec.clone()),
+                allowed_stores: Vec::new(),
+                allowed_uids: Vec::new(),
                 checkpoint: Some(summary.id.clone()),
                 block_servers: vec![source.into_source()],
                 policy: Config {

@@ -130,6 +130,8 @@ fn restore_fleet(
         let agent = Agent::new(
             AgentConfig {
                 store: Some(spec.clone()),
+                allowed_stores: Vec::new(),
+                allowed_uids: Vec::new(),
                 checkpoint: Some(s.id.clone()),
                 block_servers: vec![source.into_source()],
                 policy: Default::default(),

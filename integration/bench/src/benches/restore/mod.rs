@@ -292,6 +292,8 @@ impl Run<'_> {
                 }
                 let config = AgentConfig {
                     store: None,
+                    allowed_stores: Vec::new(),
+                    allowed_uids: Vec::new(),
                     checkpoint: None,
                     block_servers: env.block_servers()?,
                     policy,
