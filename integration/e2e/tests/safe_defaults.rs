@@ -45,16 +45,14 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-#[test]
-fn block_server_listens_on_loopback_by_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("pki");
+/// Starts `thaw block-server` on `store` with `args`; returns it with the
+/// first line it prints (empty when it exits first).
+fn start_block_server(store: &Path, args: &[&std::ffi::OsStr]) -> (Killed, String) {
     let mut server = Killed(
         bins::thaw()
             .args(["block-server", "--store"])
-            .arg(dir.path().join("store"))
-            .arg("--dev-pki")
-            .arg(&pki)
+            .arg(store)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -64,6 +62,17 @@ fn block_server_listens_on_loopback_by_default() {
     BufReader::new(server.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    (server, line)
+}
+
+#[test]
+fn block_server_listens_on_loopback_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let (server, line) = start_block_server(
+        &dir.path().join("store"),
+        &["--dev-pki".as_ref(), pki.as_os_str()],
+    );
     let stderr = server.stderr();
     // Another process may hold the default port; then the error names the address.
     let shown = if line.is_empty() { &stderr } else { &line };
@@ -96,24 +105,18 @@ fn tls_without_client_certificates_needs_an_explicit_flag() {
         "{stderr}"
     );
 
-    let mut server = Killed(
-        bins::thaw()
-            .args(["block-server", "--listen", "127.0.0.1:0", "--store"])
-            .arg(dir.path().join("store"))
-            .arg("--cert")
-            .arg(pki.join("server.pem"))
-            .arg("--key")
-            .arg(pki.join("server.key"))
-            .arg("--no-client-auth")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (_server, line) = start_block_server(
+        &dir.path().join("store"),
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--cert".as_ref(),
+            pki.join("server.pem").as_os_str(),
+            "--key".as_ref(),
+            pki.join("server.key").as_os_str(),
+            "--no-client-auth".as_ref(),
+        ],
     );
-    let mut line = String::new();
-    BufReader::new(server.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
     assert!(line.contains("listening on 127.0.0.1:"), "{line}");
 }
 

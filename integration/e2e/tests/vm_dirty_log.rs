@@ -56,28 +56,6 @@ fn hot_pages() -> HashSet<u64> {
         .collect()
 }
 
-fn thaw_vmm(args: &[String]) -> Vec<serde_json::Value> {
-    let out = bins::thaw()
-        .arg("vm")
-        .args(args)
-        .args(["--json", "--serial=none", "--timeout=120s"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "thaw vm {args:?} failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
-fn event<'a>(lines: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
-    lines
-        .iter()
-        .find(|l| l["event"] == name)
-        .unwrap_or_else(|| panic!("no {name} event in {lines:?}"))
-}
-
 /// Stored pages in block order (zero pages are not stored).
 fn block_order(reader: &CheckpointReader) -> Vec<u64> {
     reader
@@ -117,8 +95,8 @@ fn a_checkpoint_after_dirty_logging_puts_the_hot_sets_first_and_restores_exactly
         "--dirty-window=100ms".into(),
     ];
     args.extend(guest_args());
-    let lines = thaw_vmm(&args);
-    let outcome = &event(&lines, "checkpoint")["checkpoint"];
+    let lines = bins::thaw_vm(&args);
+    let outcome = &bins::event(&lines, "checkpoint")["checkpoint"];
     let id = CheckpointId::new(outcome["id"].as_str().unwrap()).unwrap();
     let stats = &outcome["dirty"];
     let per_window: Vec<u64> = stats["pages_per_window"]
@@ -182,12 +160,12 @@ fn a_checkpoint_after_dirty_logging_puts_the_hot_sets_first_and_restores_exactly
     );
 
     // A fresh process restores it to the checksums of an uninterrupted run.
-    let lines = thaw_vmm(&[
+    let lines = bins::thaw_vm(&[
         "restore".to_string(),
         format!("--store={spec}"),
         format!("--id={id}"),
     ]);
-    let got: Vec<u64> = event(&lines, "done")["checksums"]
+    let got: Vec<u64> = bins::event(&lines, "done")["checksums"]
         .as_array()
         .unwrap()
         .iter()
@@ -213,8 +191,8 @@ fn without_dirty_logging_there_is_no_log_and_memory_stays_in_physical_order() {
         "--dirty-windows=0".into(),
     ];
     args.extend(guest_args());
-    let lines = thaw_vmm(&args);
-    let outcome = &event(&lines, "checkpoint")["checkpoint"];
+    let lines = bins::thaw_vm(&args);
+    let outcome = &bins::event(&lines, "checkpoint")["checkpoint"];
     assert!(outcome["dirty"].is_null(), "{outcome}");
     let id = CheckpointId::new(outcome["id"].as_str().unwrap()).unwrap();
     assert_eq!(rt.block_on(load_dirty_log(&store, &id)).unwrap(), None);

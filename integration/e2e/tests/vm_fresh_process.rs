@@ -51,31 +51,8 @@ impl Workload {
     }
 }
 
-/// Runs thaw vm with `args` and returns its JSON lines; panics with stderr on failure.
-fn thaw_vmm(args: &[String]) -> Vec<serde_json::Value> {
-    let out = bins::thaw()
-        .arg("vm")
-        .args(args)
-        .args(["--json", "--serial=none", "--timeout=120s"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "thaw vm {args:?} failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
-fn event<'a>(lines: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
-    lines
-        .iter()
-        .find(|l| l["event"] == name)
-        .unwrap_or_else(|| panic!("no {name} event in {lines:?}"))
-}
-
 fn checksums(lines: &[serde_json::Value]) -> Vec<u64> {
-    event(lines, "done")["checksums"]
+    bins::event(lines, "done")["checksums"]
         .as_array()
         .unwrap()
         .iter()
@@ -123,13 +100,13 @@ fn checkpoint_and_restore_everywhere(w: &Workload, at: &[&str]) {
         args.push(format!("--at={moment}"));
         args.push("--resume".into());
         args.extend(w.guest_args());
-        let lines = thaw_vmm(&args);
+        let lines = bins::thaw_vm(&args);
         assert_eq!(
             checksums(&lines),
             want,
             "original VM resumed after a checkpoint at {moment}"
         );
-        let id = event(&lines, "checkpoint")["checkpoint"]["id"]
+        let id = bins::event(&lines, "checkpoint")["checkpoint"]["id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -144,13 +121,13 @@ fn checkpoint_and_restore_everywhere(w: &Workload, at: &[&str]) {
                 format!("--id={id}"),
             ];
             args.extend(mode.clone());
-            let lines = thaw_vmm(&args);
+            let lines = bins::thaw_vm(&args);
             assert_eq!(
                 checksums(&lines),
                 want,
                 "restore {mode:?} of the checkpoint at {moment}"
             );
-            let resume_ms = event(&lines, "restored")["timings"]["resume_ms"]
+            let resume_ms = bins::event(&lines, "restored")["timings"]["resume_ms"]
                 .as_f64()
                 .unwrap();
             assert!(resume_ms > 0.0 && resume_ms < 30_000.0, "{resume_ms}");

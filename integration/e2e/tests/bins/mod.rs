@@ -1,7 +1,7 @@
 //! The workspace's binaries (`thaw`, `thaw-bench`) for tests that run them as
-//! processes. They live in other packages, so cargo does not build them for
-//! this one: the first use builds them (a no-op when up to date), so a test
-//! never runs a stale binary.
+//! processes, and reading what `thaw vm` reports. The binaries live in other
+//! packages, so cargo does not build them for this one: the first use builds
+//! them (a no-op when up to date), so a test never runs a stale binary.
 
 #![allow(dead_code)] // each test binary uses some of these
 
@@ -17,6 +17,31 @@ pub fn thaw() -> Command {
 /// `thaw-bench`, the benchmarks.
 pub fn thaw_bench() -> Command {
     Command::new(binary("thaw-bench"))
+}
+
+/// Runs `thaw vm ARGS --json` (test guest console off, two-minute timeout)
+/// and returns its JSON lines; panics with its stderr when it fails.
+pub fn thaw_vm(args: &[String]) -> Vec<serde_json::Value> {
+    let out = thaw()
+        .arg("vm")
+        .args(args)
+        .args(["--json", "--serial=none", "--timeout=120s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "thaw vm {args:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// The first JSON line of `lines` whose `event` is `name`.
+pub fn event<'a>(lines: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["event"] == name)
+        .unwrap_or_else(|| panic!("no {name} event in {lines:?}"))
 }
 
 /// The path of the workspace binary `name`, built with this test's profile.
