@@ -24,6 +24,7 @@ pub const MAX_REGIONS: usize = 4096;
 
 /// One guest memory region as the VMM mapped it (Firecracker's `GuestRegionUffdMapping`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RegionMappingFields")]
 pub struct RegionMapping {
     /// Host virtual address of the region in the VMM process.
     pub base_host_virt_addr: u64,
@@ -31,12 +32,53 @@ pub struct RegionMapping {
     pub size: u64,
     /// Offset of the region in the concatenated guest memory.
     pub offset: u64,
-    /// Page size of the mapping in bytes (`page_size_kib` in older Firecrackers, holding bytes).
-    #[serde(alias = "page_size_kib")]
+    /// Page size of the mapping in bytes. Firecracker 1.12 and later send it twice, as
+    /// `page_size` and the deprecated `page_size_kib` (which holds bytes too); 1.7 to 1.11 one
+    /// of them; 1.6 and older neither, their pages being 4 KiB.
     pub page_size: u64,
     /// Guest-physical address of the region (thaw's form only; Firecracker does not send it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_phys_addr: Option<u64>,
+}
+
+/// A region's fields as VMMs send them: the page size under either name, or none.
+#[derive(Deserialize)]
+struct RegionMappingFields {
+    base_host_virt_addr: u64,
+    size: u64,
+    offset: u64,
+    #[serde(default)]
+    page_size: Option<u64>,
+    #[serde(default)]
+    page_size_kib: Option<u64>,
+    #[serde(default)]
+    guest_phys_addr: Option<u64>,
+}
+
+/// Page size of a hand-off that names none (Firecracker 1.6 and older).
+const UNNAMED_PAGE_SIZE: u64 = 4096;
+
+impl TryFrom<RegionMappingFields> for RegionMapping {
+    type Error = String;
+
+    fn try_from(f: RegionMappingFields) -> Result<Self, String> {
+        let page_size = match (f.page_size, f.page_size_kib) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(format!(
+                    "page_size {a} and page_size_kib {b} disagree (both are bytes)"
+                ))
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => UNNAMED_PAGE_SIZE,
+        };
+        Ok(RegionMapping {
+            base_host_virt_addr: f.base_host_virt_addr,
+            size: f.size,
+            offset: f.offset,
+            page_size,
+            guest_phys_addr: f.guest_phys_addr,
+        })
+    }
 }
 
 /// Everything the fetch agent learns from a hand-off.
@@ -279,10 +321,6 @@ mod tests {
                 "power of two",
             ),
             (
-                br#"[{"base_host_virt_addr":4096,"size":4096,"offset":0}]"#,
-                "page_size",
-            ),
-            (
                 br#"[{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096},
                     {"base_host_virt_addr":8192,"size":4096,"offset":8192,"page_size":4096}]"#,
                 "host range overlaps",
@@ -306,5 +344,34 @@ mod tests {
             Handoff::parse(&big),
             Err(HandoffError::TooLarge(MAX_MESSAGE + 1))
         );
+    }
+
+    /// Firecracker's hand-off across its versions: 1.12 and later send the page size twice,
+    /// 1.7 to 1.11 under one name or the other, 1.6 and older not at all (4 KiB pages).
+    #[test]
+    fn every_firecracker_spelling_of_the_page_size_parses() {
+        let region = |page: &str| {
+            format!(
+                r#"[{{"base_host_virt_addr": 139637976727552, "size": 2097152, "offset": 0{page}}}]"#
+            )
+        };
+        for (page, expected) in [
+            (
+                r#", "page_size": 2097152, "page_size_kib": 2097152"#,
+                2097152,
+            ),
+            (r#", "page_size": 4096"#, 4096),
+            (r#", "page_size_kib": 4096"#, 4096),
+            ("", 4096),
+        ] {
+            let h =
+                Handoff::parse(region(page).as_bytes()).unwrap_or_else(|e| panic!("{page}: {e}"));
+            assert_eq!(h.mappings[0].page_size, expected, "{page}");
+        }
+        let err =
+            Handoff::parse(region(r#", "page_size": 4096, "page_size_kib": 2097152"#).as_bytes())
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("disagree"), "{err}");
     }
 }
