@@ -125,6 +125,12 @@ impl Args {
                 .with_context(|| format!("block server {spec}"))?;
             block_servers.push(source.into_source());
         }
+        // The stores hand-offs may name are compared by location, and a
+        // directory's is its canonical path: make sure they exist now (a bad
+        // location is reported here, before any VMM connects).
+        for spec in std::iter::once(&self.store).chain(&self.allowed_stores) {
+            thaw_store::Store::open(spec).with_context(|| format!("opening store {spec}"))?;
+        }
         if let Some(dir) = &self.trace_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating trace directory {}", dir.display()))?;
