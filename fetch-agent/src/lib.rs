@@ -17,6 +17,7 @@ pub mod cli;
 pub mod fetch;
 pub mod guest;
 pub(crate) mod handoff;
+#[cfg(feature = "block-server")]
 pub(crate) mod http;
 pub(crate) mod install;
 pub mod metrics;
