@@ -3,7 +3,18 @@
 //! disagree.
 
 use crate::vstate::memory::{GuestMemory, MemoryError};
-use kvm_bindings::kvm_segment;
+use kvm_bindings::{kvm_segment, kvm_sregs};
+
+/// Loads `code` into CS and `data` into every data segment register (DS, ES, FS, GS, SS): the
+/// flat 64-bit setup both guests start in.
+pub(crate) fn load_flat_segments(sregs: &mut kvm_sregs, code: kvm_segment, data: kvm_segment) {
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+}
 
 /// What a segment is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

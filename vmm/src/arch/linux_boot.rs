@@ -3,7 +3,7 @@
 //! boot CPU at the kernel's 64-bit entry point: long mode, identity-mapped page tables, flat
 //! segments, `%rsi` pointing at the zero page.
 
-use crate::arch::gdt::{Gdt, Segment, SegmentKind};
+use crate::arch::gdt::{self, Gdt, Segment, SegmentKind};
 use crate::arch::paging;
 use crate::vstate::kvm::KvmError;
 use crate::vstate::memory::{GuestMemory, MemoryError};
@@ -116,13 +116,11 @@ pub(crate) fn write_entry_tables(mem: &GuestMemory) -> Result<(), MemoryError> {
 pub(crate) fn setup_boot_cpu(fd: &VcpuFd, entry: u64) -> Result<(), KvmError> {
     let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
     let g = boot_gdt();
-    sregs.cs = BOOT_CODE.kvm_segment(g.code);
-    let data = BOOT_DATA.kvm_segment(g.data);
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
+    gdt::load_flat_segments(
+        &mut sregs,
+        BOOT_CODE.kvm_segment(g.code),
+        BOOT_DATA.kvm_segment(g.data),
+    );
     sregs.tr = kvm_segment {
         selector: 0,
         type_: 0xb,

@@ -8,7 +8,7 @@
 //! first memory region. Mirrors guest/layout.h. The vCPUs report through the report port device
 //! (`devices::report_port`), which owns the report records' layout.
 
-use crate::arch::gdt::{Gdt, Segment, SegmentKind};
+use crate::arch::gdt::{self, Gdt, Segment, SegmentKind};
 use crate::arch::paging;
 use crate::boot::BootError;
 use crate::devices::report_port::{self, REPORT_ADDR, REPORT_STRIDE};
@@ -212,13 +212,11 @@ pub(crate) fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(),
 pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
     let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
     let d = descriptors();
-    sregs.cs = USER_CODE.kvm_segment(d.user_code);
-    let data = USER_DATA.kvm_segment(d.user_data);
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
+    gdt::load_flat_segments(
+        &mut sregs,
+        USER_CODE.kvm_segment(d.user_code),
+        USER_DATA.kvm_segment(d.user_data),
+    );
     sregs.tr = TSS.kvm_segment(d.tss);
     sregs.ldt = kvm_segment {
         type_: 2,
