@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use thaw_format::CheckpointId;
+use thaw_format::{CheckpointId, ManifestTrust};
+use thaw_store::reader::open_manifest;
 use thaw_store::Store;
 use tokio::runtime::Handle;
 
@@ -38,8 +39,10 @@ pub enum AgentError {
         "the hand-off names store {spec}, which this agent does not serve (--store, --allow-store)"
     )]
     StoreNotAllowed { spec: String },
-    #[error("no source could give the manifest of checkpoint {id}: {errors}")]
+    #[error("no source could give a trusted manifest of checkpoint {id}: {errors}")]
     Manifest { id: CheckpointId, errors: String },
+    #[error("hand-off: {0}")]
+    Handoff(#[from] thaw_format::handoff::HandoffError),
     #[error("the hand-off maps {handed} bytes in pages of {handed_page}, checkpoint {id} has {stored} bytes in pages of {stored_page}")]
     Mismatch {
         id: CheckpointId,
@@ -66,6 +69,10 @@ pub struct AgentConfig {
     pub allowed_uids: Vec<u32>,
     /// The checkpoint of hand-offs that name none.
     pub checkpoint: Option<CheckpointId>,
+    /// What a manifest must pass when the hand-off pins no digest (Firecracker's
+    /// form): trusted signing keys, or explicitly none. A hand-off that pins a
+    /// digest (thaw's VMM verified that manifest) is served from exactly it.
+    pub trust: ManifestTrust,
     /// Sources tried before the object store, in order (block servers).
     pub block_servers: Vec<Arc<dyn BlockSource>>,
     pub policy: policy::Config,
@@ -74,17 +81,25 @@ pub struct AgentConfig {
     pub trace_dir: Option<PathBuf>,
 }
 
+/// A checkpoint the agent opened, with the manifest object it came from, so
+/// that each later restore checks it under its own trust.
+struct OpenedCheckpoint {
+    object: bytes::Bytes,
+    checkpoint: Arc<Checkpoint>,
+}
+
 pub struct Agent {
     ctx: Arc<AgentContext>,
     default_store: Option<String>,
     default_checkpoint: Option<CheckpointId>,
+    trust: ManifestTrust,
     block_servers: Vec<Arc<dyn BlockSource>>,
     /// Location keys ([`Store::location_key`]) of the stores hand-offs may name.
     allowed_stores: HashSet<String>,
     allowed_uids: Vec<u32>,
     /// Opened stores by location key.
     stores: Mutex<HashMap<String, Arc<ObjectStoreSource>>>,
-    checkpoints: Mutex<HashMap<(String, CheckpointId), Arc<Checkpoint>>>,
+    checkpoints: Mutex<HashMap<(String, CheckpointId), OpenedCheckpoint>>,
     next_restore: AtomicU64,
 }
 
@@ -115,6 +130,7 @@ impl Agent {
             },
             default_store: config.store,
             default_checkpoint: config.checkpoint,
+            trust: config.trust,
             block_servers: config.block_servers,
             stores: Mutex::new(HashMap::new()),
             checkpoints: Mutex::new(HashMap::new()),
@@ -204,8 +220,12 @@ impl Agent {
                 .clone()
                 .ok_or(AgentError::Missing("checkpoint"))?,
         };
+        let trust = match handoff.digest()? {
+            Some(digest) => ManifestTrust::Digest(digest),
+            None => self.trust.clone(),
+        };
         let opening = std::time::Instant::now();
-        let checkpoint = self.checkpoint(&spec, &id)?;
+        let checkpoint = self.checkpoint(&spec, &id, &trust)?;
         tracing::debug!(checkpoint = %id, "opened in {:?}", opening.elapsed());
         let m = &checkpoint.manifest;
         let handed_page = handoff.mappings[0].page_size;
@@ -241,48 +261,70 @@ impl Agent {
         Ok(result?)
     }
 
-    /// The checkpoint `id` of store `spec`, opened once and shared by every
-    /// restore of it.
-    fn checkpoint(&self, spec: &str, id: &CheckpointId) -> Result<Arc<Checkpoint>, AgentError> {
+    /// The checkpoint `id` of store `spec`, its manifest passing `trust`:
+    /// opened once and shared by every restore of it, and checked against each
+    /// restore's trust. A source whose manifest does not pass is skipped.
+    fn checkpoint(
+        &self,
+        spec: &str,
+        id: &CheckpointId,
+        trust: &ManifestTrust,
+    ) -> Result<Arc<Checkpoint>, AgentError> {
         let key = (spec.to_owned(), id.clone());
-        if let Some(c) = self.lock_checkpoints().get(&key) {
-            return Ok(c.clone());
+        let mut errors = Vec::new();
+        if let Some(opened) = self.lock_checkpoints().get(&key) {
+            match open_manifest(id, &opened.object, trust) {
+                Ok(_) => return Ok(opened.checkpoint.clone()),
+                Err(e) => errors.push(format!("the manifest opened before: {e}")),
+            }
         }
         let mut sources = self.block_servers.clone();
         sources.push(self.object_store(spec)?);
-        let mut errors = Vec::new();
-        let mut manifest = None;
+        let mut found = None;
         for s in &sources {
-            match self.ctx.runtime.block_on(s.manifest(id)) {
-                Ok(m) => {
-                    manifest = Some(m);
+            let opened = self
+                .ctx
+                .runtime
+                .block_on(s.manifest_object(id))
+                .map_err(|e| e.to_string())
+                .and_then(|object| {
+                    let verified = open_manifest(id, &object, trust)
+                        .map_err(|e| format!("{}: {e}", s.name()))?;
+                    Ok((object, verified))
+                });
+            match opened {
+                Ok(v) => {
+                    found = Some(v);
                     break;
                 }
                 Err(e) => {
                     tracing::warn!("manifest of {id}: {e}");
-                    errors.push(e.to_string());
+                    errors.push(e);
                 }
             }
         }
-        let manifest = manifest.ok_or_else(|| AgentError::Manifest {
+        let (object, verified) = found.ok_or_else(|| AgentError::Manifest {
             id: id.clone(),
             errors: errors.join("; "),
         })?;
         let checkpoint = Arc::new(Checkpoint {
             id: id.clone(),
-            manifest,
+            manifest: Arc::new(verified.manifest),
             sources,
         });
-        Ok(self
-            .lock_checkpoints()
-            .entry(key)
-            .or_insert(checkpoint)
-            .clone())
+        self.lock_checkpoints().insert(
+            key,
+            OpenedCheckpoint {
+                object,
+                checkpoint: checkpoint.clone(),
+            },
+        );
+        Ok(checkpoint)
     }
 
     fn lock_checkpoints(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, CheckpointId), Arc<Checkpoint>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, CheckpointId), OpenedCheckpoint>> {
         self.checkpoints.lock().unwrap_or_else(|e| e.into_inner())
     }
 

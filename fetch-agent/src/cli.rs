@@ -33,6 +33,17 @@ pub struct Args {
     /// store neither here nor in --store is refused.
     #[arg(long = "allow-store")]
     pub allowed_stores: Vec<String>,
+    /// Trust checkpoints signed by the keys in this file (repeatable), for
+    /// hand-offs that pin no manifest digest (Firecracker's form) [default:
+    /// every *.pub file in $THAW_KEY_DIR or ~/.config/thaw/keys]. thaw's VMM
+    /// pins the digest of the manifest it verified: the agent serves exactly
+    /// that manifest, whichever source gives it.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
+    /// Serve unsigned (or any) checkpoints to hand-offs that pin no digest.
+    /// Insecure: whoever can write the store chooses the guest's memory.
+    #[arg(long, conflicts_with = "trust")]
+    pub insecure_unsigned: bool,
     /// A user (uid) whose processes may hand memory over (repeatable)
     /// [default: the agent's own user]. Others are refused by their
     /// credentials on the socket (SO_PEERCRED).
@@ -135,8 +146,24 @@ impl Args {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating trace directory {}", dir.display()))?;
         }
+        let key_dir = thaw_store::keys::default_key_dir();
+        let trust = match thaw_store::keys::resolve_trust(
+            &self.trust,
+            self.insecure_unsigned,
+            key_dir.as_deref(),
+        ) {
+            Ok(trust) => trust,
+            // Hand-offs pinning a digest are still served; others are refused
+            // one by one, saying why.
+            Err(thaw_store::keys::KeyFileError::NoTrust { dir }) => {
+                tracing::warn!("no trusted signing key in {dir}: only hand-offs that pin a manifest digest (thaw's VMM) can be served");
+                thaw_format::ManifestTrust::Keys(Vec::new())
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(AgentConfig {
             store: Some(self.store.clone()),
+            trust,
             allowed_stores: self.allowed_stores.clone(),
             allowed_uids: self.allowed_uids.clone(),
             checkpoint: self.checkpoint.clone(),

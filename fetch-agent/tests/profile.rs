@@ -44,7 +44,9 @@ fn first_touches(order: &[u64]) -> Vec<u64> {
 fn page_map(fx: &Fixture) -> PageMap {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = Store::open(&fx.store_spec).unwrap();
-    let reader = rt.block_on(CheckpointReader::open(&store, &fx.id)).unwrap();
+    let reader = rt
+        .block_on(CheckpointReader::open(&store, &fx.id, &common::trust()))
+        .unwrap();
     PageMap::new(reader.manifest())
 }
 

@@ -23,7 +23,8 @@ use fetch_agent::policy::Priority;
 use fetch_agent::source::{BlockSource, ObjectStoreSource, SourceError};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use thaw_format::{CheckpointId, Manifest};
+use thaw_format::CheckpointId;
+use thaw_store::reader::open_manifest;
 use thaw_store::Store;
 use tokio::sync::{oneshot, Notify};
 
@@ -117,11 +118,11 @@ impl BlockSource for PriorityOrderedSource {
         true
     }
 
-    fn manifest<'a>(
+    fn manifest_object<'a>(
         &'a self,
         checkpoint: &'a CheckpointId,
-    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
-        self.inner.manifest(checkpoint)
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        self.inner.manifest_object(checkpoint)
     }
 }
 
@@ -131,7 +132,12 @@ fn a_fault_joining_a_streaming_fetch_is_answered_ahead_of_the_stream() {
     let rt = common::runtime();
     rt.block_on(async {
         let inner = ObjectStoreSource::new(Store::open(&fx.store_spec).unwrap());
-        let manifest = inner.manifest(&fx.id).await.unwrap();
+        let object = inner.manifest_object(&fx.id).await.unwrap();
+        let manifest = Arc::new(
+            open_manifest(&fx.id, &object, &common::trust())
+                .unwrap()
+                .manifest,
+        );
         let blocks = manifest.blocks.len();
         assert!(blocks > 2 * JOIN_AFTER, "{blocks} blocks");
         let mut stored = HashMap::new();

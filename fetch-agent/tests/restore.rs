@@ -15,7 +15,7 @@ use fetch_agent::metrics::SourceKind;
 use fetch_agent::policy::{Config, Priority};
 use fetch_agent::source::{BlockSource, ObjectStoreSource, SourceError};
 use futures::future::BoxFuture;
-use thaw_format::{CheckpointId, Manifest};
+use thaw_format::CheckpointId;
 use thaw_store::{CheckpointReader, Store};
 
 const PAGES: usize = 1024;
@@ -201,11 +201,11 @@ impl BlockSource for Corrupting {
             Ok(Bytes::from(b))
         })
     }
-    fn manifest<'a>(
+    fn manifest_object<'a>(
         &'a self,
         checkpoint: &'a CheckpointId,
-    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
-        self.0.manifest(checkpoint)
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        self.0.manifest_object(checkpoint)
     }
 }
 
@@ -262,7 +262,9 @@ fn a_corrupt_block_in_the_store_is_never_installed() {
     // Flip a byte inside block 0's stored bytes.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = Store::open(&fx.store_spec).unwrap();
-    let reader = rt.block_on(CheckpointReader::open(&store, &fx.id)).unwrap();
+    let reader = rt
+        .block_on(CheckpointReader::open(&store, &fx.id, &common::trust()))
+        .unwrap();
     let entry = reader.manifest().blocks[0].clone();
     let victim_page = entry.pages[0].start;
     let mut seg = std::fs::OpenOptions::new()
@@ -386,11 +388,11 @@ impl BlockSource for Counting {
                 .collect())
         })
     }
-    fn manifest<'a>(
+    fn manifest_object<'a>(
         &'a self,
         checkpoint: &'a CheckpointId,
-    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
-        self.inner.manifest(checkpoint)
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        self.inner.manifest_object(checkpoint)
     }
 }
 

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use thaw_block_protocol::client::BlockClient;
 use thaw_block_protocol::tls::{self, Identity};
 use thaw_block_protocol::wire;
-use thaw_format::{CheckpointId, Manifest};
+use thaw_format::CheckpointId;
 
 use crate::metrics::SourceKind;
 use crate::policy::Priority;
@@ -109,15 +109,14 @@ impl BlockSource for BlockServerSource {
         true
     }
 
-    fn manifest<'a>(
+    fn manifest_object<'a>(
         &'a self,
         checkpoint: &'a CheckpointId,
-    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
         Box::pin(async move {
             self.client
-                .manifest(checkpoint)
+                .manifest_object(checkpoint)
                 .await
-                .map(Arc::new)
                 .map_err(|e| SourceError::new(&self.name, e))
         })
     }

@@ -8,11 +8,12 @@
 pub mod block_server;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use thaw_format::{CheckpointId, Manifest};
+use thaw_format::{CheckpointId, ManifestTrust};
+use thaw_store::reader::read_manifest_object;
 use thaw_store::{CheckpointReader, Store};
 
 use crate::metrics::SourceKind;
@@ -84,11 +85,13 @@ pub trait BlockSource: Send + Sync {
         false
     }
 
-    /// The checkpoint's manifest, decoded and validated.
-    fn manifest<'a>(
+    /// The checkpoint's manifest object as the source has it, signature
+    /// section included, not yet verified: the agent opens it under its trust
+    /// (a source is never trusted for content).
+    fn manifest_object<'a>(
         &'a self,
         checkpoint: &'a CheckpointId,
-    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>>;
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>>;
 
     /// Opens what the source needs (a connection) ahead of the first
     /// restore, so no guest waits for a handshake. Nothing by default.
@@ -124,9 +127,12 @@ impl ObjectStoreSource {
         if let Some(r) = known {
             return Ok(r);
         }
-        let reader = CheckpointReader::open(&self.store, checkpoint)
-            .await
-            .map_err(|e| SourceError::new(&self.name, e))?;
+        // Unverified: this manifest only locates stored bytes, and every block is
+        // checked against the manifest the agent verified (see crate::fetch).
+        let reader =
+            CheckpointReader::open(&self.store, checkpoint, &ManifestTrust::InsecureUnsigned)
+                .await
+                .map_err(|e| SourceError::new(&self.name, e))?;
         self.readers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -180,13 +186,14 @@ impl BlockSource for ObjectStoreSource {
         })
     }
 
-    fn manifest<'a>(
+    fn manifest_object<'a>(
         &'a self,
         checkpoint: &'a CheckpointId,
-    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
         Box::pin(async move {
-            let reader = self.reader(checkpoint).await?;
-            Ok(Arc::new(reader.manifest().clone()))
+            read_manifest_object(&self.store, checkpoint)
+                .await
+                .map_err(|e| SourceError::new(&self.name, e))
         })
     }
 }

@@ -70,6 +70,15 @@ pub fn checkpoint(pages: usize) -> Fixture {
 }
 
 /// A checkpoint of `memory` in a local-directory store.
+/// The key fixtures are signed with; agents started here trust it.
+pub fn signing_key() -> thaw_format::signature::SigningKey {
+    thaw_format::signature::SigningKey::from_bytes(&[0x42; 32])
+}
+
+pub fn trust() -> thaw_format::ManifestTrust {
+    thaw_format::ManifestTrust::Keys(vec![signing_key().verifying_key()])
+}
+
 pub fn checkpoint_of(memory: Vec<u8>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
@@ -84,7 +93,10 @@ pub fn checkpoint_of(memory: Vec<u8>) -> Fixture {
                 bytes: &memory,
             }],
             b"state".to_vec(),
-            &WriteOptions::default(),
+            &WriteOptions {
+                signing_key: Some(signing_key()),
+                ..WriteOptions::default()
+            },
         ))
         .unwrap();
     Fixture {
@@ -134,6 +146,7 @@ pub fn start_agent_on(
             allowed_stores: Vec::new(),
             allowed_uids: Vec::new(),
             checkpoint: Some(fx.id.clone()),
+            trust: trust(),
             block_servers,
             policy,
             fetch: FetchConfig {

@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use thaw_format::signature::{key_id, Verified};
 use thaw_format::workload::parse_trace;
-use thaw_format::CheckpointId;
+use thaw_format::{CheckpointId, ManifestTrust};
+
+use crate::keys::KeyArgs;
 use thaw_format::{layout_from_traces, with_neighbours};
 use thaw_store::catalog::list_checkpoints;
 use thaw_store::reader::{load_manifest, DEFAULT_READ_CONCURRENCY};
@@ -14,25 +17,27 @@ use thaw_store::{CheckpointReader, Store};
 use thaw_format::units::format_bytes;
 
 /// `thaw checkpoint list STORE`
-pub async fn list(store: &Store) -> anyhow::Result<()> {
-    let entries = list_checkpoints(store).await?;
+pub async fn list(store: &Store, trust: &ManifestTrust) -> anyhow::Result<()> {
+    let entries = list_checkpoints(store, trust).await?;
     if entries.is_empty() {
         println!("no checkpoints in {}", store.location());
         return Ok(());
     }
     println!(
-        "{:<28} {:>10} {:>10} {:>8}  parent",
-        "id", "memory", "stored", "blocks"
+        "{:<28} {:>10} {:>10} {:>8}  {:<16}  parent",
+        "id", "memory", "stored", "blocks", "signed by"
     );
     for e in entries {
         match e.manifest {
-            Ok(m) => println!(
-                "{:<28} {:>10} {:>10} {:>8}  {}",
+            Ok(v) => println!(
+                "{:<28} {:>10} {:>10} {:>8}  {:<16}  {}",
                 e.id,
-                format_bytes(m.total_bytes()),
-                format_bytes(m.stored_bytes()),
-                m.blocks.len(),
-                m.parent
+                format_bytes(v.manifest.total_bytes()),
+                format_bytes(v.manifest.stored_bytes()),
+                v.manifest.blocks.len(),
+                signer(&v.verified),
+                v.manifest
+                    .parent
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "-".into())
             ),
@@ -42,16 +47,27 @@ pub async fn list(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `thaw checkpoint verify STORE ID`: fetches and hash-checks every block.
-pub async fn verify(store: &Store, id: &CheckpointId) -> anyhow::Result<()> {
+/// Who signed a listed or verified checkpoint.
+fn signer(verified: &Verified) -> String {
+    match verified {
+        Verified::SignedBy(key) => key_id(key),
+        Verified::DigestMatched => "digest".into(),
+        Verified::Unsigned => "not checked".into(),
+    }
+}
+
+/// `thaw checkpoint verify STORE ID`: checks the manifest's signature, then fetches and
+/// hash-checks every block.
+pub async fn verify(store: &Store, id: &CheckpointId, trust: &ManifestTrust) -> anyhow::Result<()> {
     let started = Instant::now();
-    let reader = CheckpointReader::open(store, id).await?;
+    let reader = CheckpointReader::open(store, id, trust).await?;
     let report = reader
         .verify(DEFAULT_READ_CONCURRENCY)
         .await
         .with_context(|| format!("checkpoint {id} failed verification"))?;
     println!(
-        "checkpoint {id}: OK, {} blocks, {} stored, verified in {:.2} s",
+        "checkpoint {id}: OK, signed by {}, {} blocks, {} stored, verified in {:.2} s",
+        signer(reader.verified()),
         report.blocks,
         format_bytes(report.stored_bytes),
         started.elapsed().as_secs_f64()
@@ -63,11 +79,17 @@ pub async fn verify(store: &Store, id: &CheckpointId) -> anyhow::Result<()> {
 pub async fn relayout(
     store: &Store,
     id: &CheckpointId,
+    keys: &KeyArgs,
     traces: &[PathBuf],
     new_id: Option<CheckpointId>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let total_pages = load_manifest(store, id).await?.total_pages();
+    let trust = keys.trust()?;
+    let signing_key = keys.signing_key()?;
+    let total_pages = load_manifest(store, id, &trust)
+        .await?
+        .manifest
+        .total_pages();
     let mut profiles = Vec::with_capacity(traces.len());
     for path in traces {
         let text = std::fs::read_to_string(path)
@@ -81,7 +103,7 @@ pub async fn relayout(
     }
     let layout = with_neighbours(layout_from_traces(&profiles), total_pages);
     let layout_pages = layout.len();
-    let summary = thaw_store::relayout::relayout(store, id, layout, new_id)
+    let summary = thaw_store::relayout::relayout(store, id, layout, new_id, &trust, signing_key)
         .await
         .with_context(|| format!("relayout of checkpoint {id}"))?;
     println!(

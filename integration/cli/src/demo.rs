@@ -84,6 +84,16 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let pki = opts.pki.clone().unwrap_or_else(|| work.path().join("pki"));
     DevPki::load_or_generate(&pki)?;
+    // Checkpoints are signed and restores check the signature: a development key pair in the
+    // default key directory, made once, is what later commands (`thaw checkpoint verify`) find.
+    let key_dir = crate::keys::key_dir()?;
+    let (signer, created) = thaw_store::keys::ensure(&key_dir)?;
+    if created {
+        println!(
+            "made a development signing key pair in {} (thaw keygen)",
+            key_dir.display()
+        );
+    }
     let pages = opts.memory_bytes / 4096;
     let guest: Vec<String> = vec![
         format!("--memory={}", opts.memory_bytes),
@@ -174,6 +184,14 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
     let rows = [
         ("checkpoint", id.clone()),
+        (
+            "signed by",
+            format!(
+                "{} ({})",
+                thaw_format::signature::key_id(&signer),
+                key_dir.display()
+            ),
+        ),
         ("resume time", format!("{resume_ms:.2} ms")),
         (
             "faults served",

@@ -8,5 +8,6 @@
 pub mod commands;
 pub mod daemon;
 pub mod demo;
+pub mod keys;
 pub mod serve;
 pub mod vm;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use thaw_cli::commands;
+use thaw_cli::keys::KeyArgs;
 use thaw_format::units::parse_size;
 use thaw_format::CheckpointId;
 use thaw_store::Store;
@@ -39,6 +40,12 @@ enum Command {
         #[arg(long)]
         pki: Option<PathBuf>,
     },
+    /// Make a checkpoint signing key pair (signing.key, 0600, and signing.pub) in --dir or the
+    /// default key directory ($THAW_KEY_DIR, else ~/.config/thaw/keys).
+    Keygen {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Inspect checkpoints in a store.
     Checkpoint {
         #[command(subcommand)]
@@ -54,14 +61,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CheckpointCommand {
-    /// List the complete checkpoints of a store.
-    List { store: String },
-    /// Fetch and hash-check every block of a checkpoint.
-    Verify { store: String, id: CheckpointId },
+    /// List the complete checkpoints of a store, each checked against the trusted keys.
+    List {
+        store: String,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Check a checkpoint's signature, then fetch and hash-check every block.
+    Verify {
+        store: String,
+        id: CheckpointId,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
     /// Rewrite a checkpoint with a layout learned from restore traces (the old one stays as it is).
     Relayout {
         store: String,
         id: CheckpointId,
+        #[command(flatten)]
+        keys: KeyArgs,
         /// A fault trace in the workload format; repeat to merge several restores.
         #[arg(long = "trace", required = true)]
         traces: Vec<PathBuf>,
@@ -118,17 +136,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             tokio::task::spawn_blocking(move || thaw_cli::demo::run(opts)).await?
         }
+        Command::Keygen { dir } => thaw_cli::keys::keygen(dir.as_deref()),
         Command::Checkpoint { command } => match command {
-            CheckpointCommand::List { store } => commands::list(&open_store(&store)?).await,
-            CheckpointCommand::Verify { store, id } => {
-                commands::verify(&open_store(&store)?, &id).await
+            CheckpointCommand::List { store, keys } => {
+                commands::list(&open_store(&store)?, &keys.trust()?).await
+            }
+            CheckpointCommand::Verify { store, id, keys } => {
+                commands::verify(&open_store(&store)?, &id, &keys.trust()?).await
             }
             CheckpointCommand::Relayout {
                 store,
                 id,
+                keys,
                 traces,
                 new_id,
-            } => commands::relayout(&open_store(&store)?, &id, &traces, new_id).await,
+            } => commands::relayout(&open_store(&store)?, &id, &keys, &traces, new_id).await,
         },
         // The vmm is synchronous and makes its own runtime: run it on a plain thread.
         Command::Vm(args) => std::thread::spawn(move || thaw_cli::vm::run(args))

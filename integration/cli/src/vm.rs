@@ -19,6 +19,8 @@ use vmm::persist::restore::{restore, RestoreMode};
 use vmm::vstate::kvm::DEFAULT_KVM_PATH;
 use vmm::vstate::vm::{Vm, VmConfig};
 
+use crate::keys::KeyArgs;
+
 /// `thaw vm …`
 #[derive(Debug, Args)]
 pub struct VmArgs {
@@ -130,6 +132,8 @@ pub struct RunArgs {
     /// Stop right after the checkpoint instead of resuming the original VM.
     #[arg(long)]
     pub stop_after_checkpoint: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +155,8 @@ pub struct CheckpointArgs {
     /// Resume the original VM after the checkpoint and run it to the end.
     #[arg(long)]
     pub resume: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +177,8 @@ pub struct RestoreArgs {
     /// For a Linux guest: run this long after the restore, then stop.
     #[arg(long, value_parser = parse_duration)]
     pub run_for: Option<Duration>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 use thaw_format::units::{parse_duration, parse_size};
@@ -308,9 +316,12 @@ fn run_and_maybe_checkpoint(
     on_serial: Option<&str>,
     stop_after: bool,
     dirty: DirtyConfig,
+    keys: &KeyArgs,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = ck.map(|(spec, _)| open_store(spec)).transpose()?;
+    // Keys are checked before the guest runs: a missing key is no reason to lose a run.
+    let write_options = ck.map(|_| keys.write_options()).transpose()?;
     let watch: Watch = (m.until_serial.is_some() || on_serial.is_some())
         .then(|| std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
     let mut vm = boot(m, g, &watch)?;
@@ -372,9 +383,10 @@ fn run_and_maybe_checkpoint(
                 }
             }
         }
+        let opts = write_options.unwrap_or_default();
         let outcome = match tracker {
-            Some(t) => checkpoint_with_dirty_log(&vm, &rt, store, &Default::default(), t)?,
-            None => checkpoint(&vm, &rt, store, &Default::default())?,
+            Some(t) => checkpoint_with_dirty_log(&vm, &rt, store, &opts, t)?,
+            None => checkpoint(&vm, &rt, store, &opts)?,
         };
         emit(
             m.json,
@@ -394,6 +406,7 @@ fn run_and_maybe_checkpoint(
 fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = open_store(&a.store)?;
+    let trust = a.keys.trust()?;
     let mode = match (&a.agent, a.eager) {
         (Some(p), _) => RestoreMode::Agent(p.clone()),
         (None, true) => RestoreMode::Eager,
@@ -410,7 +423,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let t0 = Instant::now();
-    let mut r = restore(&config, &rt, &store, &a.store, &a.id, &mode)
+    let mut r = restore(&config, &rt, &store, &a.store, &a.id, &trust, &mode)
         .with_context(|| format!("restoring checkpoint {} from {}", a.id, a.store))?;
     emit(
         a.machine.json,
@@ -455,6 +468,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             None,
             a.stop_after_checkpoint,
             a.dirty.config(),
+            &a.keys,
         ),
         VmCommand::Checkpoint(a) => run_and_maybe_checkpoint(
             &a.machine,
@@ -463,6 +477,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             a.on_serial.as_deref(),
             !a.resume,
             a.dirty.config(),
+            &a.keys,
         ),
         VmCommand::Restore(a) => restore_cmd(&a),
     }

@@ -17,6 +17,22 @@ use thaw_format::decode_block;
 use thaw_format::CheckpointId;
 use thaw_store::Store;
 
+/// The manifest a block server gives, decoded: these tests' checkpoints are written unsigned
+/// and this file is about the protocol (signatures are checked by the agent, see trust.rs).
+trait ManifestOf {
+    async fn manifest(&self, id: &CheckpointId) -> Result<thaw_format::Manifest, ClientError>;
+}
+
+impl ManifestOf for BlockClient {
+    async fn manifest(&self, id: &CheckpointId) -> Result<thaw_format::Manifest, ClientError> {
+        let object = self.manifest_object(id).await?;
+        let trust = thaw_format::ManifestTrust::InsecureUnsigned;
+        Ok(thaw_store::reader::open_manifest(id, &object, &trust)
+            .unwrap()
+            .manifest)
+    }
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     store: Store,

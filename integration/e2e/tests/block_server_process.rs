@@ -42,7 +42,21 @@ async fn serves_a_store_with_a_development_pki() {
     let pki = DevPki::load_or_generate(&pki_dir).unwrap();
     let config = tls::client_config(&pki.ca_pem, Some(&pki.client)).unwrap();
     let client = BlockClient::new(addr, SERVER_NAME, config).unwrap();
-    let m = client.manifest(&id).await.unwrap();
+    // The manifest object is passed on as stored, for the client to verify.
+    let object = client.manifest_object(&id).await.unwrap();
+    assert_eq!(
+        object,
+        thaw_store::reader::read_manifest_object(&store, &id)
+            .await
+            .unwrap()
+    );
+    let m = thaw_store::reader::open_manifest(
+        &id,
+        &object,
+        &thaw_format::ManifestTrust::InsecureUnsigned,
+    )
+    .unwrap()
+    .manifest;
     let stored = client.fetch_stored(&id, 0, Priority::Demand).await.unwrap();
     let raw = decode_block(&m.blocks[0], &stored).unwrap();
     let first = m.blocks[0].page_iter().next().unwrap() as usize * 4096;
@@ -55,7 +69,7 @@ async fn serves_a_store_with_a_development_pki() {
         tls::client_config(&pki.ca_pem, None).unwrap(),
     )
     .unwrap();
-    assert!(anonymous.manifest(&id).await.is_err());
+    assert!(anonymous.manifest_object(&id).await.is_err());
     server.kill().unwrap();
     server.wait().unwrap();
 }

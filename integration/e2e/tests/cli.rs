@@ -39,6 +39,7 @@ async fn list_and_verify_over_s3() {
     }];
     let opts = WriteOptions {
         segment_bytes: 1 << 20,
+        signing_key: Some(bins::signing_key()),
         ..WriteOptions::default()
     };
     let id = write_checkpoint(&store, &regions, vec![], &opts)
@@ -56,7 +57,9 @@ async fn list_and_verify_over_s3() {
     assert!(text(&out).contains("OK"), "{}", text(&out));
 
     // Corrupt one block: verify fails, naming the block and its object.
-    let reader = CheckpointReader::open(&store, &id).await.unwrap();
+    let reader = CheckpointReader::open(&store, &id, &bins::trust())
+        .await
+        .unwrap();
     let entry = reader.manifest().blocks[3].clone();
     let key = reader.manifest().objects[entry.object as usize].clone();
     let path = Path::from(key.as_str());

@@ -39,7 +39,7 @@ async fn hop_marks_time_each_demand_fetch() {
         tls::client_config(&pki.ca_pem, None).unwrap(),
     )
     .unwrap();
-    c.manifest(&id).await.unwrap();
+    c.manifest_object(&id).await.unwrap();
     for block in [0, 1, 2] {
         c.fetch_stored(&id, block, Priority::Demand).await.unwrap();
     }

@@ -26,6 +26,7 @@ async fn relayout_from_traces() {
     }];
     let opts = WriteOptions {
         id: Some(CheckpointId::new("base").unwrap()),
+        signing_key: Some(bins::signing_key()),
         ..WriteOptions::default()
     };
     write_checkpoint(&store, &regions, b"state".to_vec(), &opts)
@@ -56,18 +57,23 @@ async fn relayout_from_traces() {
     );
 
     for id in ["base", "relaid"] {
-        let reader = CheckpointReader::open(&store, &CheckpointId::new(id).unwrap())
-            .await
-            .unwrap();
+        let reader =
+            CheckpointReader::open(&store, &CheckpointId::new(id).unwrap(), &bins::trust())
+                .await
+                .unwrap();
         let mut back = vec![0u8; memory.len()];
         reader.read_all_into(&mut back, 4).await.unwrap();
         assert!(back == memory, "{id} reads back different memory");
         reader.verify(4).await.unwrap();
         assert_eq!(reader.state_blob(), b"state");
     }
-    let relaid = CheckpointReader::open(&store, &CheckpointId::new("relaid").unwrap())
-        .await
-        .unwrap();
+    let relaid = CheckpointReader::open(
+        &store,
+        &CheckpointId::new("relaid").unwrap(),
+        &bins::trust(),
+    )
+    .await
+    .unwrap();
     let first: Vec<u64> = relaid.manifest().blocks[0]
         .pages
         .iter()

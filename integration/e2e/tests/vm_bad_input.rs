@@ -137,6 +137,7 @@ fn corrupt_state_and_incompatible_cpu() {
     for (id, blob) in [("good", good), ("corrupt", corrupt), ("foreign", foreign)] {
         let opts = WriteOptions {
             id: Some(CheckpointId::new(id).unwrap()),
+            signing_key: Some(bins::signing_key()),
             ..Default::default()
         };
         rt.block_on(thaw_store::write_checkpoint(&store, &regions, blob, &opts))
@@ -150,14 +151,14 @@ fn corrupt_state_and_incompatible_cpu() {
 
     let cfg = config();
     for mode in [RestoreMode::Eager, RestoreMode::Lazy] {
-        let err = restore(&cfg, &rt, &store, &spec, "corrupt", &mode)
+        let err = restore(&cfg, &rt, &store, &spec, "corrupt", &bins::trust(), &mode)
             .err()
             .unwrap();
         assert!(matches!(err, RestoreError::State(_)), "{err}");
         assert!(err.to_string().contains("hash mismatch"), "{err}");
         assert_eq!(vcpu_threads(), 0, "no vCPU may run after a failed restore");
 
-        let err = restore(&cfg, &rt, &store, &spec, "foreign", &mode)
+        let err = restore(&cfg, &rt, &store, &spec, "foreign", &bins::trust(), &mode)
             .err()
             .unwrap();
         let name = cpuid::feature_name(reg, bit);
@@ -168,7 +169,7 @@ fn corrupt_state_and_incompatible_cpu() {
         assert!(err.to_string().contains(&name), "{err} should name {name}");
         assert_eq!(vcpu_threads(), 0);
 
-        let err = restore(&cfg, &rt, &store, &spec, "missing", &mode)
+        let err = restore(&cfg, &rt, &store, &spec, "missing", &bins::trust(), &mode)
             .err()
             .unwrap();
         assert!(err.to_string().contains("not found"), "{err}");
@@ -177,15 +178,32 @@ fn corrupt_state_and_incompatible_cpu() {
         kvm_path: "/nonexistent/kvm".into(),
         ..config()
     };
-    let err = restore(&no_kvm, &rt, &store, &spec, "good", &RestoreMode::Lazy)
-        .err()
-        .unwrap();
+    let err = restore(
+        &no_kvm,
+        &rt,
+        &store,
+        &spec,
+        "good",
+        &bins::trust(),
+        &RestoreMode::Lazy,
+    )
+    .err()
+    .unwrap();
     assert!(
         matches!(err, RestoreError::Vm(VmError::Kvm(KvmError::Open { .. }))),
         "{err}"
     );
     // The good one restores (and runs: the guest never finishes, so pause and stop it).
-    let mut r = restore(&cfg, &rt, &store, &spec, "good", &RestoreMode::Lazy).unwrap();
+    let mut r = restore(
+        &cfg,
+        &rt,
+        &store,
+        &spec,
+        "good",
+        &bins::trust(),
+        &RestoreMode::Lazy,
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     r.vm.pause().unwrap();
     r.vm.stop().unwrap();

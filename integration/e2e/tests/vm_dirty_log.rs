@@ -130,7 +130,9 @@ fn a_checkpoint_after_dirty_logging_puts_the_hot_sets_first_and_restores_exactly
 
     // The checkpoint is laid out by the log: stored pages follow the log's order, then the rest
     // in physical order.
-    let reader = rt.block_on(CheckpointReader::open(&store, &id)).unwrap();
+    let reader = rt
+        .block_on(CheckpointReader::open(&store, &id, &bins::trust()))
+        .unwrap();
     let order = block_order(&reader);
     let zero: HashSet<u64> = reader
         .manifest()
@@ -196,7 +198,9 @@ fn without_dirty_logging_there_is_no_log_and_memory_stays_in_physical_order() {
     assert!(outcome["dirty"].is_null(), "{outcome}");
     let id = CheckpointId::new(outcome["id"].as_str().unwrap()).unwrap();
     assert_eq!(rt.block_on(load_dirty_log(&store, &id)).unwrap(), None);
-    let reader = rt.block_on(CheckpointReader::open(&store, &id)).unwrap();
+    let reader = rt
+        .block_on(CheckpointReader::open(&store, &id, &bins::trust()))
+        .unwrap();
     let order = block_order(&reader);
     assert!(order.windows(2).all(|w| w[0] < w[1]));
 }

@@ -75,6 +75,9 @@ fn start_agent(sock: &std::path::Path, store: &str) -> tokio::runtime::Runtime {
             allowed_stores: Vec::new(),
             allowed_uids: Vec::new(),
             checkpoint: None,
+            // No key: thaw's VMM pins the digest of the manifest it verified, and that is all
+            // this agent serves.
+            trust: thaw_format::ManifestTrust::Keys(Vec::new()),
             block_servers: Vec::new(),
             policy: Default::default(),
             fetch: Default::default(),

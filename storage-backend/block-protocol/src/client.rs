@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::wire::{self, hop, Priority, ProtocolError, Request, Status, RESPONSE_HEADER_LEN};
-use thaw_format::{CheckpointId, FormatError, Manifest};
+use thaw_format::CheckpointId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -32,12 +32,6 @@ pub enum ClientError {
         addr: SocketAddr,
         status: Status,
         message: String,
-    },
-    #[error("block server {addr} sent an invalid manifest: {source}")]
-    BadManifest {
-        addr: SocketAddr,
-        #[source]
-        source: FormatError,
     },
 }
 
@@ -112,20 +106,17 @@ impl BlockClient {
         self.request(&req, priority).await
     }
 
-    /// A checkpoint's manifest, decoded and validated.
-    pub async fn manifest(&self, checkpoint: &CheckpointId) -> Result<Manifest, ClientError> {
-        let bytes = self
-            .request(
-                &Request::Manifest {
-                    checkpoint: checkpoint.clone(),
-                },
-                Priority::Demand,
-            )
-            .await?;
-        thaw_format::decode(&bytes).map_err(|source| ClientError::BadManifest {
-            addr: self.addr,
-            source,
-        })
+    /// A checkpoint's manifest object as the server's store holds it,
+    /// neither decoded nor verified: the caller opens it under its own trust
+    /// (`thaw_store::reader::open_manifest`), since the server is not trusted.
+    pub async fn manifest_object(&self, checkpoint: &CheckpointId) -> Result<Bytes, ClientError> {
+        self.request(
+            &Request::Manifest {
+                checkpoint: checkpoint.clone(),
+            },
+            Priority::Demand,
+        )
+        .await
     }
 
     async fn request(&self, req: &Request, priority: Priority) -> Result<Bytes, ClientError> {

@@ -87,6 +87,14 @@ fn encode_as(m: &Manifest, version: u16) -> Vec<u8> {
     super::envelope::seal(MAGIC, version, &e.buf)
 }
 
+/// Checks a manifest's frame (magic, version, length, checksum) without
+/// decoding its body: cheap, and says "not a manifest" before anything asks
+/// whether it is signed.
+pub fn check_frame(input: &[u8]) -> Result<(), FormatError> {
+    super::envelope::open_versions(input, MAGIC, OLDEST_VERSION..=VERSION, MAX_MANIFEST_BYTES)?;
+    Ok(())
+}
+
 /// Parses and validates a manifest.
 pub fn decode(input: &[u8]) -> Result<Manifest, FormatError> {
     let (version, body) =

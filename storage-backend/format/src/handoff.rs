@@ -13,6 +13,7 @@
 //! A page index (as in the checkpoint manifest) is a byte offset into the concatenated memory divided
 //! by the page size, so [`Handoff::locate`] maps a faulting host address to the page to fetch.
 
+use crate::signature::ManifestDigest;
 use serde::{Deserialize, Serialize};
 
 /// Version of thaw's object form.
@@ -96,6 +97,11 @@ pub struct Handoff {
     /// Name of the VM, for logs and metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_id: Option<String>,
+    /// The digest (64 hex digits) of the manifest the VMM verified and restored the VM state
+    /// from: the agent serves memory only from a manifest with this digest, whichever source
+    /// gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
 }
 
 /// Why a hand-off message was refused.
@@ -115,6 +121,8 @@ pub enum HandoffError {
     TooManyRegions(usize),
     #[error("region {index}: {msg}")]
     Region { index: usize, msg: String },
+    #[error("manifest_digest: {0}")]
+    BadDigest(String),
 }
 
 impl Handoff {
@@ -126,7 +134,17 @@ impl Handoff {
             store: None,
             checkpoint: None,
             vm_id: None,
+            manifest_digest: None,
         }
+    }
+
+    /// The manifest digest the hand-off pins, if any.
+    pub fn digest(&self) -> Result<Option<ManifestDigest>, HandoffError> {
+        self.manifest_digest
+            .as_deref()
+            .map(ManifestDigest::from_hex)
+            .transpose()
+            .map_err(|e| HandoffError::BadDigest(e.to_string()))
     }
 
     /// Parses either form and validates the mappings.
@@ -187,6 +205,7 @@ impl Handoff {
         if self.mappings.len() > MAX_REGIONS {
             return Err(HandoffError::TooManyRegions(self.mappings.len()));
         }
+        self.digest()?;
         let bad = |index: usize, msg: String| HandoffError::Region { index, msg };
         for (i, m) in self.mappings.iter().enumerate() {
             if m.page_size < 4096 || !m.page_size.is_power_of_two() {
@@ -277,6 +296,21 @@ mod tests {
     fn thaw_form_round_trips() {
         let h = thaw();
         assert_eq!(Handoff::parse(&h.encode()).unwrap(), h);
+    }
+
+    #[test]
+    fn a_pinned_manifest_digest_round_trips_and_a_bad_one_is_refused() {
+        let mut h = thaw();
+        assert_eq!(h.digest().unwrap(), None);
+        let digest = ManifestDigest::of(b"a manifest");
+        h.manifest_digest = Some(digest.to_hex());
+        let back = Handoff::parse(&h.encode()).unwrap();
+        assert_eq!(back.digest().unwrap(), Some(digest));
+        h.manifest_digest = Some("12ab".into());
+        assert!(matches!(
+            Handoff::parse(&h.encode()),
+            Err(HandoffError::BadDigest(_))
+        ));
     }
 
     #[test]

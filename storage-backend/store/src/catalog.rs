@@ -5,17 +5,22 @@
 use object_store::path::Path;
 
 use crate::error::CheckpointError;
-use crate::reader::load_manifest;
+use crate::reader::{load_manifest, VerifiedManifest};
 use crate::store::{keys, Store};
-use thaw_format::{CheckpointId, Manifest};
+use thaw_format::{CheckpointId, ManifestTrust};
 
-/// One entry of a listing: the manifest, or why it could not be read.
+/// One entry of a listing: the manifest, or why it could not be read or was
+/// not trusted.
 pub struct CatalogEntry {
     pub id: CheckpointId,
-    pub manifest: Result<Manifest, CheckpointError>,
+    pub manifest: Result<VerifiedManifest, CheckpointError>,
 }
 
-pub async fn list_checkpoints(store: &Store) -> Result<Vec<CatalogEntry>, CheckpointError> {
+/// The store's complete checkpoints, each manifest opened under `trust`.
+pub async fn list_checkpoints(
+    store: &Store,
+    trust: &ManifestTrust,
+) -> Result<Vec<CatalogEntry>, CheckpointError> {
     let prefix = Path::from(keys::CHECKPOINTS);
     let listing = store
         .object_store()
@@ -28,7 +33,7 @@ pub async fn list_checkpoints(store: &Store) -> Result<Vec<CatalogEntry>, Checkp
         let Ok(id) = CheckpointId::new(name) else {
             continue;
         };
-        match load_manifest(store, &id).await {
+        match load_manifest(store, &id, trust).await {
             Err(CheckpointError::NotFound { .. }) => continue,
             manifest => entries.push(CatalogEntry { id, manifest }),
         }

@@ -118,7 +118,7 @@ pub async fn write_checkpoint_with_dirty_log(
 mod tests {
     use super::*;
     use crate::reader::CheckpointReader;
-    use thaw_format::DirtyWindow;
+    use thaw_format::{DirtyWindow, ManifestTrust};
 
     const PS: usize = 4096;
 
@@ -165,7 +165,9 @@ mod tests {
         let summary = write_checkpoint_with_dirty_log(&store, &regions, vec![1], &opts, &log)
             .await
             .unwrap();
-        let reader = CheckpointReader::open(&store, &summary.id).await.unwrap();
+        let reader = CheckpointReader::open(&store, &summary.id, &ManifestTrust::InsecureUnsigned)
+            .await
+            .unwrap();
         let blocks: Vec<Vec<u64>> = reader
             .manifest()
             .blocks
@@ -206,7 +208,9 @@ mod tests {
         let summary = write_checkpoint_with_dirty_log(&store, &regions, vec![], &opts, &small)
             .await
             .unwrap();
-        let reader = CheckpointReader::open(&store, &summary.id).await.unwrap();
+        let reader = CheckpointReader::open(&store, &summary.id, &ManifestTrust::InsecureUnsigned)
+            .await
+            .unwrap();
         let first = &reader.manifest().blocks[0];
         let pages: Vec<u64> = first.pages.iter().flat_map(|r| r.start..r.end()).collect();
         assert_eq!(pages, vec![9, 8]);

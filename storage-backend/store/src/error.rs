@@ -1,6 +1,8 @@
 //! Errors of reading and writing checkpoints in a store.
 
-use thaw_format::{BlockCodecError, CheckpointId, DirtyLogError, FormatError, LayoutError};
+use thaw_format::{
+    BlockCodecError, CheckpointId, DirtyLogError, FormatError, LayoutError, SignatureError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -13,6 +15,12 @@ pub enum CheckpointError {
         id: CheckpointId,
         #[source]
         source: FormatError,
+    },
+    #[error("checkpoint {id} is not trusted: {source}")]
+    Untrusted {
+        id: CheckpointId,
+        #[source]
+        source: SignatureError,
     },
     #[error("dirty log of checkpoint {id} is invalid: {source}")]
     BadDirtyLog {

@@ -9,6 +9,7 @@ pub mod catalog;
 mod cpu;
 pub mod dirty_log;
 mod error;
+pub mod keys;
 mod memory;
 pub mod reader;
 pub mod relayout;

@@ -12,41 +12,85 @@ use rayon::prelude::*;
 use crate::error::CheckpointError;
 use crate::store::{keys, Store};
 use thaw_format::block_codec::{decode_block_into, verify_stored, BlockCodecError};
-use thaw_format::{BlockEntry, CheckpointId, Manifest, PageRun};
+use thaw_format::signature::{self, Verified};
+use thaw_format::{BlockEntry, CheckpointId, Manifest, ManifestDigest, ManifestTrust, PageRun};
 
 /// Blocks fetched at once by whole-checkpoint reads.
 pub const DEFAULT_READ_CONCURRENCY: usize = 32;
 /// Blocks decoded together on all cores by whole-checkpoint reads.
 const READ_BATCH: usize = 256;
 
-/// Fetches and validates a checkpoint's manifest.
-pub async fn load_manifest(store: &Store, id: &CheckpointId) -> Result<Manifest, CheckpointError> {
+/// A manifest that passed a [`ManifestTrust`], with the digest of the frame
+/// it was decoded from (what a VMM hands its fetch agent).
+#[derive(Debug, Clone)]
+pub struct VerifiedManifest {
+    pub manifest: Manifest,
+    pub digest: ManifestDigest,
+    pub verified: Verified,
+}
+
+/// Fetches a checkpoint's manifest object and opens it under `trust`.
+pub async fn load_manifest(
+    store: &Store,
+    id: &CheckpointId,
+    trust: &ManifestTrust,
+) -> Result<VerifiedManifest, CheckpointError> {
+    let object = read_manifest_object(store, id).await?;
+    open_manifest(id, &object, trust)
+}
+
+/// A checkpoint's manifest object as stored, signature section included:
+/// what a block server passes on, for its clients to verify.
+pub async fn read_manifest_object(
+    store: &Store,
+    id: &CheckpointId,
+) -> Result<Bytes, CheckpointError> {
     let key = keys::manifest(id);
     let bytes = match store.object_store().get(&key).await {
         Ok(r) => r.bytes().await,
         Err(e) => Err(e),
     };
-    let bytes = match bytes {
-        Ok(b) => b,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(CheckpointError::NotFound {
-                id: id.clone(),
-                store: store.location().to_owned(),
-            })
-        }
-        Err(e) => return Err(CheckpointError::object(key.as_ref(), e)),
-    };
-    let manifest = thaw_format::decode(&bytes).map_err(|source| CheckpointError::BadManifest {
+    match bytes {
+        Ok(b) => Ok(b),
+        Err(object_store::Error::NotFound { .. }) => Err(CheckpointError::NotFound {
+            id: id.clone(),
+            store: store.location().to_owned(),
+        }),
+        Err(e) => Err(CheckpointError::object(key.as_ref(), e)),
+    }
+}
+
+/// Opens manifest object bytes from anywhere (the store, a block server):
+/// checks the signature or digest under `trust` before decoding, then decodes,
+/// validates and checks the id.
+pub fn open_manifest(
+    id: &CheckpointId,
+    object: &[u8],
+    trust: &ManifestTrust,
+) -> Result<VerifiedManifest, CheckpointError> {
+    let untrusted = |source| CheckpointError::Untrusted {
         id: id.clone(),
         source,
-    })?;
+    };
+    let bad = |source| CheckpointError::BadManifest {
+        id: id.clone(),
+        source,
+    };
+    let split = signature::split(object).map_err(untrusted)?;
+    thaw_format::check_frame(split.frame).map_err(bad)?;
+    let verified = trust.check(&split).map_err(untrusted)?;
+    let manifest = thaw_format::decode(split.frame).map_err(bad)?;
     if &manifest.id != id {
         return Err(CheckpointError::BadManifest {
             id: id.clone(),
             source: thaw_format::FormatError::BadCheckpointId(manifest.id.to_string()),
         });
     }
-    Ok(manifest)
+    Ok(VerifiedManifest {
+        manifest,
+        digest: split.digest,
+        verified,
+    })
 }
 
 /// A verified block: its pages (in block order) and their bytes.
@@ -78,28 +122,56 @@ pub struct CheckpointReader {
 struct Inner {
     store: Store,
     manifest: Manifest,
+    digest: ManifestDigest,
+    verified: Verified,
     object_paths: Vec<Path>,
 }
 
 impl CheckpointReader {
-    pub async fn open(store: &Store, id: &CheckpointId) -> Result<Self, CheckpointError> {
-        let manifest = load_manifest(store, id).await?;
+    /// Opens checkpoint `id`, whose manifest must pass `trust`.
+    pub async fn open(
+        store: &Store,
+        id: &CheckpointId,
+        trust: &ManifestTrust,
+    ) -> Result<Self, CheckpointError> {
+        Ok(Self::new(store, load_manifest(store, id, trust).await?))
+    }
+
+    /// A reader of a manifest already opened (see [`open_manifest`]).
+    pub fn new(store: &Store, verified: VerifiedManifest) -> Self {
+        let VerifiedManifest {
+            manifest,
+            digest,
+            verified,
+        } = verified;
         let object_paths = manifest
             .objects
             .iter()
             .map(|k| Path::from(k.as_str()))
             .collect();
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 store: store.clone(),
                 manifest,
+                digest,
+                verified,
                 object_paths,
             }),
-        })
+        }
     }
 
     pub fn manifest(&self) -> &Manifest {
         &self.inner.manifest
+    }
+
+    /// The digest of the manifest as stored (see [`ManifestDigest`]).
+    pub fn digest(&self) -> ManifestDigest {
+        self.inner.digest
+    }
+
+    /// How the manifest passed its trust check.
+    pub fn verified(&self) -> &Verified {
+        &self.inner.verified
     }
 
     /// The VM state blob (its hash was checked when the manifest was opened).
@@ -366,4 +438,107 @@ impl CheckpointReader {
 pub struct VerifyReport {
     pub blocks: usize,
     pub stored_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{write_checkpoint, MemoryRegion, WriteOptions};
+    use thaw_format::signature::{self, SigningKey};
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    async fn write(
+        store: &Store,
+        id: &str,
+        opts: WriteOptions,
+    ) -> Result<CheckpointId, CheckpointError> {
+        let memory: Vec<u8> = (0..64 * 4096).map(|i| (i / 4096) as u8 | 1).collect();
+        let regions = [MemoryRegion {
+            guest_phys_addr: 0,
+            bytes: &memory,
+        }];
+        let opts = WriteOptions {
+            id: Some(CheckpointId::new(id).unwrap()),
+            ..opts
+        };
+        Ok(write_checkpoint(store, &regions, b"state".to_vec(), &opts)
+            .await?
+            .id)
+    }
+
+    #[tokio::test]
+    async fn manifests_open_only_under_a_trust_they_pass() {
+        let store = Store::open("memory://").unwrap();
+        let signed = WriteOptions {
+            signing_key: Some(key(1)),
+            ..WriteOptions::default()
+        };
+        let id = write(&store, "signed", signed.clone()).await.unwrap();
+        let trusted = ManifestTrust::Keys(vec![key(1).verifying_key()]);
+        let reader = CheckpointReader::open(&store, &id, &trusted).await.unwrap();
+        assert_eq!(
+            reader.verified(),
+            &Verified::SignedBy(key(1).verifying_key())
+        );
+        let object = read_manifest_object(&store, &id).await.unwrap();
+        assert_eq!(reader.digest(), signature::split(&object).unwrap().digest);
+        // The digest pins exactly this manifest.
+        CheckpointReader::open(&store, &id, &ManifestTrust::Digest(reader.digest()))
+            .await
+            .unwrap();
+
+        let other = ManifestTrust::Keys(vec![key(2).verifying_key()]);
+        let err = CheckpointReader::open(&store, &id, &other)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, CheckpointError::Untrusted { .. }), "{err}");
+
+        let unsigned = write(&store, "unsigned", WriteOptions::default())
+            .await
+            .unwrap();
+        let err = CheckpointReader::open(&store, &unsigned, &trusted)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not signed"), "{err}");
+        CheckpointReader::open(&store, &unsigned, &ManifestTrust::InsecureUnsigned)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_child_dedups_only_against_a_trusted_parent() {
+        let store = Store::open("memory://").unwrap();
+        let parent = write(&store, "parent", WriteOptions::default())
+            .await
+            .unwrap();
+        // Unsigned parent, signing child: the parent's blocks are not taken on trust.
+        let child = WriteOptions {
+            parent: Some(parent.clone()),
+            signing_key: Some(key(1)),
+            ..WriteOptions::default()
+        };
+        let err = write(&store, "child", child.clone()).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::Untrusted { .. }), "{err}");
+        // A parent signed by the writer's own key is trusted without saying so.
+        let signed_parent = write(
+            &store,
+            "signed-parent",
+            WriteOptions {
+                signing_key: Some(key(1)),
+                ..WriteOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let child = WriteOptions {
+            parent: Some(signed_parent),
+            ..child
+        };
+        write(&store, "child", child).await.unwrap();
+    }
 }

@@ -15,19 +15,23 @@ use crate::memory::MemoryRegion;
 use crate::reader::{CheckpointReader, DEFAULT_READ_CONCURRENCY};
 use crate::store::Store;
 use crate::writer::{write_checkpoint, WriteOptions, WriteSummary};
-use thaw_format::CheckpointId;
+use thaw_format::signature::SigningKey;
+use thaw_format::{CheckpointId, ManifestTrust};
 
 /// Writes checkpoint `new_id` (generated when `None`) holding the memory and
 /// state of `old_id`, its pages ordered by `layout` (pages it omits follow in
-/// physical order, as for any write). Block size and upload settings are the
-/// writer's defaults.
+/// physical order, as for any write). The old checkpoint must pass `trust`;
+/// the new one is signed with `signing_key` (unsigned when `None`). Block
+/// size and upload settings are the writer's defaults.
 pub async fn relayout(
     store: &Store,
     old_id: &CheckpointId,
     layout: Vec<u64>,
     new_id: Option<CheckpointId>,
+    trust: &ManifestTrust,
+    signing_key: Option<SigningKey>,
 ) -> Result<WriteSummary, CheckpointError> {
-    let reader = CheckpointReader::open(store, old_id).await?;
+    let reader = CheckpointReader::open(store, old_id, trust).await?;
     let manifest = reader.manifest();
     let mut memory = vec![0u8; manifest.total_bytes() as usize];
     reader
@@ -58,6 +62,9 @@ pub async fn relayout(
         parent: Some(old_id.clone()),
         page_size: manifest.page_size,
         layout,
+        signing_key,
+        // The parent is the manifest just verified, to the byte.
+        parent_trust: ManifestTrust::Digest(reader.digest()),
         ..WriteOptions::default()
     };
     write_checkpoint(store, &regions, reader.state_blob().to_vec(), &opts).await
@@ -68,6 +75,22 @@ mod tests {
     use super::*;
 
     const PS: usize = 4096;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn trust() -> ManifestTrust {
+        ManifestTrust::Keys(vec![key().verifying_key()])
+    }
+
+    fn signed(id: Option<CheckpointId>) -> WriteOptions {
+        WriteOptions {
+            id,
+            signing_key: Some(key()),
+            ..WriteOptions::default()
+        }
+    }
 
     /// 256 pages over two regions: every fourth page zero, the others
     /// distinct.
@@ -83,7 +106,7 @@ mod tests {
     }
 
     async fn read_all(store: &Store, id: &CheckpointId) -> (Vec<u8>, CheckpointReader) {
-        let reader = CheckpointReader::open(store, id).await.unwrap();
+        let reader = CheckpointReader::open(store, id, &trust()).await.unwrap();
         let mut out = vec![0xAAu8; reader.manifest().total_bytes() as usize];
         reader.read_all_into(&mut out, 8).await.unwrap();
         (out, reader)
@@ -106,10 +129,7 @@ mod tests {
             },
         ];
         let old = CheckpointId::new("old").unwrap();
-        let opts = WriteOptions {
-            id: Some(old.clone()),
-            ..WriteOptions::default()
-        };
+        let opts = signed(Some(old.clone()));
         write_checkpoint(&store, &regions, b"vm state".to_vec(), &opts)
             .await
             .unwrap();
@@ -119,9 +139,16 @@ mod tests {
         let trace: Vec<u64> = vec![200, 5, 130, 3, 64, 201, 6, 7, 100, 250];
         let layout = thaw_format::layout_from_traces(std::slice::from_ref(&trace));
         let new = CheckpointId::new("new").unwrap();
-        let summary = relayout(&store, &old, layout, Some(new.clone()))
-            .await
-            .unwrap();
+        let summary = relayout(
+            &store,
+            &old,
+            layout,
+            Some(new.clone()),
+            &trust(),
+            Some(key()),
+        )
+        .await
+        .unwrap();
         assert_eq!(summary.id, new);
         // Only the blocks the layout changed are new: 16 aligned blocks of
         // 16 pages before; the layout's 8 non-zero pages make one block and
@@ -173,13 +200,16 @@ mod tests {
             &store,
             &regions,
             vec![],
-            &WriteOptions::default(),
+            &signed(None),
             &log,
         )
         .await
         .unwrap()
         .id;
-        let new = relayout(&store, &old, vec![6, 5], None).await.unwrap().id;
+        let new = relayout(&store, &old, vec![6, 5], None, &trust(), Some(key()))
+            .await
+            .unwrap()
+            .id;
         assert_ne!(new, old);
         let loaded = crate::dirty_log::load_dirty_log(&store, &new)
             .await
@@ -196,7 +226,9 @@ mod tests {
     async fn relayout_of_a_missing_checkpoint_or_bad_layout_fails_cleanly() {
         let store = Store::open("memory://").unwrap();
         let missing = CheckpointId::new("nope").unwrap();
-        let err = relayout(&store, &missing, vec![], None).await.unwrap_err();
+        let err = relayout(&store, &missing, vec![], None, &trust(), Some(key()))
+            .await
+            .unwrap_err();
         assert!(matches!(err, CheckpointError::NotFound { .. }), "{err}");
 
         let mem = vec![1u8; 4 * PS];
@@ -205,21 +237,25 @@ mod tests {
             guest_phys_addr: 0,
             bytes: &mem,
         }];
-        let opts = WriteOptions {
-            id: Some(old.clone()),
-            ..WriteOptions::default()
-        };
+        let opts = signed(Some(old.clone()));
         write_checkpoint(&store, &regions, vec![], &opts)
             .await
             .unwrap();
         let new = CheckpointId::new("new").unwrap();
-        let err = relayout(&store, &old, vec![9], Some(new.clone()))
-            .await
-            .unwrap_err();
+        let err = relayout(
+            &store,
+            &old,
+            vec![9],
+            Some(new.clone()),
+            &trust(),
+            Some(key()),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, CheckpointError::BadLayout(_)), "{err}");
         // Nothing of the failed write is visible; the old one still reads.
         assert!(matches!(
-            CheckpointReader::open(&store, &new).await,
+            CheckpointReader::open(&store, &new, &trust()).await,
             Err(CheckpointError::NotFound { .. })
         ));
         let (old_mem, _) = read_all(&store, &old).await;

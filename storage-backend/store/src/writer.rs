@@ -28,8 +28,10 @@ use crate::memory::{MemoryRegion, MemoryView};
 use crate::reader::load_manifest;
 use crate::store::{keys, Store};
 use thaw_format::block_codec::encode_block_with_hash;
+use thaw_format::signature::{self, SigningKey};
 use thaw_format::{
-    self, is_zero_page, plan_blocks, BlockEntry, CheckpointId, Codec, Manifest, PageRun, StateBlob,
+    self, is_zero_page, plan_blocks, BlockEntry, CheckpointId, Codec, Manifest, ManifestDigest,
+    ManifestTrust, PageRun, StateBlob,
 };
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,13 @@ pub struct WriteOptions {
     pub multipart_part_bytes: usize,
     /// Uploads in flight at once.
     pub upload_concurrency: usize,
+    /// Signs the manifest; `None` writes an unsigned checkpoint, which readers
+    /// accept only when told to.
+    pub signing_key: Option<SigningKey>,
+    /// What the parent's manifest must pass before its blocks are reused (the
+    /// signing key's own public key is trusted too). By default nothing: a
+    /// write with a parent needs a trusted key.
+    pub parent_trust: ManifestTrust,
 }
 
 impl Default for WriteOptions {
@@ -66,6 +75,8 @@ impl Default for WriteOptions {
             segment_bytes: 64 << 20,
             multipart_part_bytes: 16 << 20,
             upload_concurrency: 8,
+            signing_key: None,
+            parent_trust: ManifestTrust::Keys(Vec::new()),
         }
     }
 }
@@ -74,6 +85,10 @@ impl Default for WriteOptions {
 #[derive(Debug, Clone)]
 pub struct WriteSummary {
     pub id: CheckpointId,
+    /// The digest of the manifest written (see [`ManifestDigest`]).
+    pub digest: ManifestDigest,
+    /// Whether the manifest was signed.
+    pub signed: bool,
     pub total_pages: u64,
     pub zero_pages: u64,
     pub blocks: usize,
@@ -127,7 +142,13 @@ pub async fn write_checkpoint(
         });
     }
     let existing = match &opts.parent {
-        Some(parent) => existing_blocks(store, parent).await?,
+        Some(parent) => {
+            let trust = match &opts.signing_key {
+                Some(key) => opts.parent_trust.with_key(key.verifying_key()),
+                None => opts.parent_trust.clone(),
+            };
+            existing_blocks(store, parent, &trust).await?
+        }
         None => HashMap::new(),
     };
 
@@ -175,7 +196,12 @@ pub async fn write_checkpoint(
             id: id.clone(),
             source,
         })?;
-    let encoded = thaw_format::encode(&manifest);
+    let frame = thaw_format::encode(&manifest);
+    let digest = ManifestDigest::of(&frame);
+    let encoded = match &opts.signing_key {
+        Some(key) => signature::sign(&frame, key),
+        None => frame,
+    };
     let manifest_len = encoded.len() as u64;
     let put = PutOptions {
         mode: PutMode::Create,
@@ -194,6 +220,8 @@ pub async fn write_checkpoint(
     let zero_count = zero.iter().filter(|&&z| z).count() as u64;
     let summary = WriteSummary {
         id,
+        digest,
+        signed: opts.signing_key.is_some(),
         total_pages: view.total_pages(),
         zero_pages: zero_count,
         blocks: manifest.blocks.len(),
@@ -246,8 +274,9 @@ fn prepare_blocks(
 async fn existing_blocks(
     store: &Store,
     parent: &CheckpointId,
+    trust: &ManifestTrust,
 ) -> Result<HashMap<[u8; 32], ExistingBlock>, CheckpointError> {
-    let m = load_manifest(store, parent).await?;
+    let m = load_manifest(store, parent, trust).await?.manifest;
     Ok(m.blocks
         .iter()
         .map(|b| {

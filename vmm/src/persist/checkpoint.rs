@@ -27,6 +27,10 @@ type Result<T> = std::result::Result<T, CheckpointError>;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckpointOutcome {
     pub id: String,
+    /// The manifest's digest (64 hex digits): pins exactly this checkpoint.
+    pub digest: String,
+    /// Whether the manifest was signed.
+    pub signed: bool,
     /// Signal to all vCPUs parked.
     pub pause_ms: f64,
     /// Reading every piece of vCPU and VM state.
@@ -112,6 +116,8 @@ fn checkpoint_inner(
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     Ok(CheckpointOutcome {
         id: summary.id.to_string(),
+        digest: summary.digest.to_hex(),
+        signed: summary.signed,
         pause_ms: ms(t0, paused),
         save_state_ms: ms(t1, t2),
         write_ms: ms(t2, t3),

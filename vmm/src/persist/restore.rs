@@ -10,7 +10,7 @@ use crate::vstate::vm::{self, Vm, VmConfig, VmError};
 use futures::TryStreamExt;
 use std::path::PathBuf;
 use std::time::Instant;
-use thaw_format::{CheckpointId, FormatError};
+use thaw_format::{CheckpointId, FormatError, ManifestTrust};
 use thaw_store::{CheckpointReader, Store};
 
 /// A checkpoint could not be restored.
@@ -77,17 +77,18 @@ pub struct Restored {
     pub agent: Option<AgentLink>,
 }
 
-/// Opens a checkpoint's manifest and decodes its state blob.
+/// Opens a checkpoint's manifest under `trust` and decodes its state blob.
 pub(crate) fn open(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     id: &str,
+    trust: &ManifestTrust,
 ) -> Result<(CheckpointReader, VmState)> {
     let cid: CheckpointId = id.parse().map_err(|source| RestoreError::BadId {
         id: id.to_string(),
         source,
     })?;
-    let reader = rt.block_on(CheckpointReader::open(store, &cid))?;
+    let reader = rt.block_on(CheckpointReader::open(store, &cid, trust))?;
     let state = VmState::decode(reader.state_blob())?;
     let layout: Vec<(u64, u64)> = reader
         .manifest()
@@ -143,18 +144,20 @@ pub(crate) fn fill_memory(
 
 /// Restores checkpoint `id` from `store` and starts its vCPUs.
 ///
-/// Everything that can fail (manifest, state blob, CPU features, memory, KVM state) is checked
-/// before the first vCPU runs; on error no VM is left behind.
+/// Everything that can fail (manifest and its trust, state blob, CPU features, memory, KVM
+/// state) is checked before the first vCPU runs; on error no VM is left behind. A lazy restore's
+/// fetch agent is told the digest of the manifest verified here and serves memory from no other.
 pub fn restore(
     config: &VmConfig,
     rt: &tokio::runtime::Runtime,
     store: &Store,
     store_spec: &str,
     id: &str,
+    trust: &ManifestTrust,
     mode: &RestoreMode,
 ) -> Result<Restored> {
     let t0 = Instant::now();
-    let (reader, state) = open(rt, store, id)?;
+    let (reader, state) = open(rt, store, id, trust)?;
     let tc = Instant::now();
     vm::check_host(&config.kvm_path, &state)?;
     let t1 = Instant::now();
@@ -164,7 +167,9 @@ pub fn restore(
         RestoreMode::Eager => fill_memory(rt, &reader, &mut mem)?,
         RestoreMode::Lazy | RestoreMode::Agent(_) => {
             let uffd = handoff::register(&mem)?;
-            let msg = handoff::describe(&mem, Some(store_spec.to_string()), Some(id.to_string()));
+            let mut msg =
+                handoff::describe(&mem, Some(store_spec.to_string()), Some(id.to_string()));
+            msg.manifest_digest = Some(reader.digest().to_hex());
             let link = match mode {
                 RestoreMode::Agent(path) => AgentLink::connect(path)?,
                 _ => AgentLink::in_process(store_spec, store)?,

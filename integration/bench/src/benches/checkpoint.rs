@@ -10,6 +10,7 @@ use thaw_store::reader::DEFAULT_READ_CONCURRENCY;
 use thaw_store::{write_checkpoint, CheckpointReader, MemoryRegion, Store, WriteOptions};
 
 use crate::synthetic;
+use thaw_format::ManifestTrust;
 
 pub struct CheckpointBench {
     pub memory_bytes: u64,
@@ -52,7 +53,8 @@ pub async fn run(
     let mut dest = vec![1u8; image.len()];
     let cpu = super::process_cpu_seconds();
     let started = Instant::now();
-    let reader = CheckpointReader::open(&store, &summary.id).await?;
+    let reader =
+        CheckpointReader::open(&store, &summary.id, &ManifestTrust::InsecureUnsigned).await?;
     reader
         .read_all_into(&mut dest, DEFAULT_READ_CONCURRENCY)
         .await?;

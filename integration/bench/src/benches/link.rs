@@ -24,6 +24,7 @@ use thaw_store::Store;
 use super::stream::fetch_all;
 use crate::link::{LinkSpec, SlowStore, UdpRelay};
 use crate::synthetic;
+use thaw_format::ManifestTrust;
 
 pub struct LinkBench {
     pub link: LinkSpec,
@@ -199,7 +200,11 @@ async fn relayed(
         SERVER_NAME,
         tls::client_config(&pki.ca_pem, Some(&pki.client))?,
     )?);
-    let blocks = client.manifest(&id).await?.blocks.len() as u32;
+    let object = client.manifest_object(&id).await?;
+    let blocks = thaw_store::reader::open_manifest(&id, &object, &ManifestTrust::InsecureUnsigned)?
+        .manifest
+        .blocks
+        .len() as u32;
     // Fill the server's cache so the figures below are the link's.
     fetch_all(&client, &id, blocks, cfg.concurrency).await?;
 

@@ -16,6 +16,22 @@ use vmm::persist::restore::{restore, RestoreMode};
 use vmm::vstate::kvm::DEFAULT_KVM_PATH;
 use vmm::vstate::vm::VmConfig;
 
+/// The bench's own signing key: restores check signatures as users' do.
+fn key() -> thaw_format::signature::SigningKey {
+    thaw_format::signature::SigningKey::from_bytes(&[0x5e; 32])
+}
+
+fn signed() -> thaw_store::WriteOptions {
+    thaw_store::WriteOptions {
+        signing_key: Some(key()),
+        ..Default::default()
+    }
+}
+
+fn trust() -> thaw_format::ManifestTrust {
+    thaw_format::ManifestTrust::Keys(vec![key().verifying_key()])
+}
+
 /// Options of the resume benchmark.
 #[derive(Debug, Clone)]
 pub struct ResumeBench {
@@ -78,7 +94,7 @@ fn checkpoint_after_first_pass(
             None => bail!("timed out: first pass of the benchmark guest"),
         }
     }
-    let outcome = checkpoint(&vm, rt, store, &Default::default())?;
+    let outcome = checkpoint(&vm, rt, store, &signed())?;
     vm.stop()?;
     Ok((outcome, params))
 }
@@ -114,7 +130,15 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         (RestoreMode::Lazy, "finish_s_lazy"),
     ] {
         let t0 = Instant::now();
-        let mut r = restore(&config(kvm, SMALL), &rt, &store, &spec, &small.id, &mode)?;
+        let mut r = restore(
+            &config(kvm, SMALL),
+            &rt,
+            &store,
+            &spec,
+            &small.id,
+            &trust(),
+            &mode,
+        )?;
         let done = wait_done(&mut r.vm, TIMEOUT)?;
         let finish = t0.elapsed().as_secs_f64();
         r.vm.stop()?;
@@ -154,7 +178,7 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
     let mut vm = boot_test_guest(&config(kvm, large), &params)?;
     vm.start()?;
     std::thread::sleep(Duration::from_millis(300));
-    let big = checkpoint(&vm, &rt, &store, &Default::default())?;
+    let big = checkpoint(&vm, &rt, &store, &signed())?;
     vm.stop()?;
     drop(vm);
     let key = if large == 4 << 30 {
@@ -172,6 +196,7 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
         &store,
         &spec,
         &big.id,
+        &trust(),
         &RestoreMode::Lazy,
     )?;
     out.insert(format!("resume_ms_{key}"), json!(r.timings.resume_ms));

@@ -15,6 +15,7 @@ use thaw_format::CheckpointId;
 use thaw_store::Store;
 
 use crate::synthetic;
+use thaw_format::ManifestTrust;
 
 pub struct StreamBench {
     pub memory_bytes: u64,
@@ -84,7 +85,11 @@ pub async fn run(cfg: StreamBench) -> anyhow::Result<serde_json::Map<String, ser
         SERVER_NAME,
         tls::client_config(&pki.ca_pem, Some(&pki.client))?,
     )?);
-    let blocks = client.manifest(&id).await?.blocks.len() as u32;
+    let object = client.manifest_object(&id).await?;
+    let blocks = thaw_store::reader::open_manifest(&id, &object, &ManifestTrust::InsecureUnsigned)?
+        .manifest
+        .blocks
+        .len() as u32;
 
     // The first pass reads the store and fills the server's cache; the
     // second measures the protocol alone.

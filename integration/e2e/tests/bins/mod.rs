@@ -5,18 +5,45 @@
 
 #![allow(dead_code)] // each test binary uses some of these
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// `thaw`, the product binary.
+/// `thaw`, the product binary, using the tests' key directory.
 pub fn thaw() -> Command {
-    Command::new(binary("thaw"))
+    let mut cmd = Command::new(binary("thaw"));
+    cmd.env("THAW_KEY_DIR", key_dir());
+    cmd
 }
 
-/// `thaw-bench`, the benchmarks.
+/// `thaw-bench`, the benchmarks, using the tests' key directory.
 pub fn thaw_bench() -> Command {
-    Command::new(binary("thaw-bench"))
+    let mut cmd = Command::new(binary("thaw-bench"));
+    cmd.env("THAW_KEY_DIR", key_dir());
+    cmd
+}
+
+/// The key directory of every process started here (`$THAW_KEY_DIR`): a signing key pair made
+/// once, so checkpoints the binaries write are signed and their restores check signatures, as
+/// a user's do.
+pub fn key_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("thaw-test-keys");
+        thaw_store::keys::ensure(&dir).expect("the tests' signing key pair");
+        dir
+    })
+}
+
+/// The tests' signing key (what `thaw` signs with here).
+pub fn signing_key() -> thaw_format::signature::SigningKey {
+    thaw_store::keys::load_signing_key(&key_dir().join(thaw_store::keys::SIGNING_KEY_FILE))
+        .expect("the tests' signing key")
+}
+
+/// Trusting the tests' signing key only.
+pub fn trust() -> thaw_format::ManifestTrust {
+    thaw_format::ManifestTrust::Keys(vec![signing_key().verifying_key()])
 }
 
 /// Runs `thaw vm ARGS --json` (test guest console off, two-minute timeout)

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use thaw_bench::synthetic;
-use thaw_format::CheckpointId;
+use thaw_format::signature::SigningKey;
 use thaw_format::Codec;
+use thaw_format::{CheckpointId, ManifestTrust};
 use thaw_store::catalog::list_checkpoints;
 use thaw_store::{
     write_checkpoint, CheckpointError, CheckpointReader, MemoryRegion, Store, WriteOptions,
@@ -17,12 +18,29 @@ use super::recording_store::{RecordingStore, WriteRecorder};
 
 const MIB: usize = 1 << 20;
 
-/// Small segments so that a few MiB of memory spread over several objects.
+/// Small segments so that a few MiB of memory spread over several objects;
+/// signed with the test key.
 fn small_segments() -> WriteOptions {
     WriteOptions {
         segment_bytes: MIB,
+        ..signed()
+    }
+}
+
+/// Checkpoints of these scenarios are signed, and read back trusting the key.
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[0x11; 32])
+}
+
+fn signed() -> WriteOptions {
+    WriteOptions {
+        signing_key: Some(key()),
         ..WriteOptions::default()
     }
+}
+
+fn trust() -> ManifestTrust {
+    ManifestTrust::Keys(vec![key().verifying_key()])
 }
 
 fn id(s: &str) -> CheckpointId {
@@ -51,7 +69,9 @@ pub async fn round_trip(store: &Store) {
         "{summary:?}"
     );
 
-    let reader = CheckpointReader::open(store, &summary.id).await.unwrap();
+    let reader = CheckpointReader::open(store, &summary.id, &trust())
+        .await
+        .unwrap();
     let m = reader.manifest();
     assert_eq!(m.regions.len(), 2);
     assert_eq!(reader.state_blob(), b"state");
@@ -72,7 +92,7 @@ pub async fn round_trip(store: &Store) {
     }
     reader.verify(8).await.unwrap();
 
-    let listed = list_checkpoints(store).await.unwrap();
+    let listed = list_checkpoints(store, &trust()).await.unwrap();
     assert!(listed
         .iter()
         .any(|e| e.id == summary.id && e.manifest.is_ok()));
@@ -88,12 +108,14 @@ pub async fn multipart_round_trip(store: &Store) {
     let opts = WriteOptions {
         segment_bytes: 12 * MIB,
         multipart_part_bytes: 5 * MIB,
-        ..WriteOptions::default()
+        ..signed()
     };
     let summary = write_checkpoint(store, &regions, vec![], &opts)
         .await
         .unwrap();
-    let reader = CheckpointReader::open(store, &summary.id).await.unwrap();
+    let reader = CheckpointReader::open(store, &summary.id, &trust())
+        .await
+        .unwrap();
     let mut back = vec![0; memory.len()];
     reader.read_all_into(&mut back, 8).await.unwrap();
     assert!(back == memory);
@@ -134,7 +156,7 @@ pub async fn manifest_last(raw: Arc<dyn ObjectStore>) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("injected failure"), "{err}");
-    let listed: Vec<_> = list_checkpoints(&store)
+    let listed: Vec<_> = list_checkpoints(&store, &trust())
         .await
         .unwrap()
         .into_iter()
@@ -142,7 +164,7 @@ pub async fn manifest_last(raw: Arc<dyn ObjectStore>) {
         .collect();
     assert_eq!(listed, vec![id("whole")]);
     assert!(matches!(
-        CheckpointReader::open(&store, &id("half")).await,
+        CheckpointReader::open(&store, &id("half"), &trust()).await,
         Err(CheckpointError::NotFound { .. })
     ));
 
@@ -193,7 +215,9 @@ pub async fn dedup_against_parent(store: &Store) {
         "{child:?} vs {parent:?}"
     );
 
-    let reader = CheckpointReader::open(store, &child.id).await.unwrap();
+    let reader = CheckpointReader::open(store, &child.id, &trust())
+        .await
+        .unwrap();
     assert_eq!(reader.manifest().parent.as_ref(), Some(&parent.id));
     let mut back = vec![0; memory.len()];
     reader.read_all_into(&mut back, 8).await.unwrap();
@@ -212,7 +236,9 @@ pub async fn corruption_is_named(store: &Store) {
     let summary = write_checkpoint(store, &regions, vec![], &small_segments())
         .await
         .unwrap();
-    let reader = CheckpointReader::open(store, &summary.id).await.unwrap();
+    let reader = CheckpointReader::open(store, &summary.id, &trust())
+        .await
+        .unwrap();
     let m = reader.manifest().clone();
     let victim = (m.blocks.len() / 2) as u32;
     let entry = &m.blocks[victim as usize];
@@ -257,12 +283,12 @@ pub async fn garbage_manifest_is_refused(store: &Store) {
         )
         .await
         .unwrap();
-    let err = CheckpointReader::open(store, &id("garbage"))
+    let err = CheckpointReader::open(store, &id("garbage"), &trust())
         .await
         .err()
         .unwrap();
     assert!(err.to_string().contains("not a thaw manifest"), "{err}");
-    let listed = list_checkpoints(store).await.unwrap();
+    let listed = list_checkpoints(store, &trust()).await.unwrap();
     assert!(listed
         .iter()
         .any(|e| e.id == id("garbage") && e.manifest.is_err()));

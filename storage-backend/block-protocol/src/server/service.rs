@@ -13,8 +13,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use super::cache::BlockCache;
 use super::read_ahead::{read_ahead_run, READ_AHEAD_BLOCKS};
 use crate::wire::{self, hop, Priority, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
-use thaw_format::{CheckpointId, Manifest};
-use thaw_store::reader::CheckpointReader;
+use thaw_format::{CheckpointId, Manifest, ManifestTrust};
+use thaw_store::reader::{open_manifest, read_manifest_object, CheckpointReader};
 use thaw_store::CheckpointError;
 use thaw_store::Store;
 
@@ -61,12 +61,12 @@ struct Inner {
     store: Store,
     stats: ServerStats,
     cache: Mutex<BlockCache>,
-    /// Opened checkpoints with their encoded manifests (immutable once written).
+    /// Opened checkpoints with their manifest objects (immutable once written).
     checkpoints: Mutex<HashMap<CheckpointId, Flight<Arc<OpenCheckpoint>>>>,
     block_flights: Mutex<HashMap<[u8; 32], Flight<Bytes>>>,
 }
 
-/// An opened checkpoint with its encoded manifest (what a client asks first).
+/// An opened checkpoint with its manifest object as stored (what a client asks first).
 type OpenCheckpoint = (CheckpointReader, Bytes);
 
 /// One store read of a run of blocks, shared by every request waiting for
@@ -234,9 +234,15 @@ impl BlockServer {
                     let id = id.clone();
                     async move {
                         inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-                        let reader = CheckpointReader::open(&inner.store, &id).await?;
-                        let encoded = Bytes::from(thaw_format::encode(reader.manifest()));
-                        Ok(Arc::new((reader, encoded)))
+                        // Passed on as stored, signature and all: clients check it
+                        // against their own trust; this server is not trusted and
+                        // decodes it only to find blocks.
+                        let object = read_manifest_object(&inner.store, &id).await?;
+                        let opened = open_manifest(&id, &object, &ManifestTrust::InsecureUnsigned)?;
+                        Ok(Arc::new((
+                            CheckpointReader::new(&inner.store, opened),
+                            object,
+                        )))
                     }
                     .boxed()
                     .shared()
