@@ -214,6 +214,30 @@ data "aws_iam_policy_document" "bucket" {
     }
   }
 
+  # A checkpoint exists once its manifest does, and thaw writes manifests with
+  # a create-only PutObject (If-None-Match: *). Refusing any other manifest
+  # write means no role can replace a manifest, signed or not; segments may be
+  # overwritten by a checkpoint host, which can only make restores of that
+  # checkpoint fail verification (blocks are checked against the signed
+  # manifest) and versioning keeps the previous object.
+  statement {
+    sid       = "ManifestsAreCreateOnly"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.checkpoints.arn}/${var.checkpoint_prefix}/checkpoints/*/manifest"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:if-none-match"
+      values   = ["true"]
+    }
+  }
+
   statement {
     sid       = "OnlyTheOperatorDeletes"
     effect    = "Deny"
