@@ -22,9 +22,9 @@
 //! answer comes first; dropping the other stops its stream.
 //!
 //! Failing sources: each source's health is tracked ([`SourceMonitor`]).
-//! A fetch waits for one source at most its adapted timeout; a source
-//! silent for a whole timeout (or unreachable) goes down: fetches in flight
-//! to it move to the next source at once, new fetches skip it, and a probe
+//! A fetch waits for one source at most its adapted timeout; a source that
+//! answered nothing since a fetch that timed out was sent (or that cannot
+//! be reached) goes down: fetches in flight to it move to the next source at once, new fetches skip it, and a probe
 //! brings it back when it answers. So a source dying costs the guest about
 //! one timeout in total, not one per fetch (docs/design.md, "Failing
 //! sources").
@@ -281,7 +281,7 @@ impl Fetcher {
                 }
             },
             _ = tokio::time::sleep(timeout) => {
-                let verdict = self.monitor.timed_out(source, tracked, target);
+                let verdict = self.monitor.timed_out(source, tracked, started, target);
                 tracing::warn!(
                     source = source.name(),
                     "no answer within {timeout:?} ({}), trying the next source",

@@ -9,8 +9,8 @@
 //!   at most [`HealthConfig::max_timeout`]. An object store answering in
 //!   3 s is slow, not dead.
 //! - **Down.** A fetch that times out marks its source down only if the
-//!   source has been silent (no answer to any fetch) for a whole timeout: a
-//!   busy source still answering others is slow for that fetch, not dead.
+//!   source has answered nothing (to any fetch) since that fetch was sent:
+//!   a busy source still answering others is slow for that fetch, not dead.
 //!   An error meaning the source cannot be reached (connection lost or
 //!   refused) marks it down at once; an error answer (not found, bad
 //!   request) proves it alive.
@@ -66,10 +66,10 @@ pub enum State {
 /// What a fetch's timeout means for its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutVerdict {
-    /// The source answered other fetches within the last timeout: slow for
+    /// The source answered other fetches since this one was sent: slow for
     /// this one, still up.
     Slow,
-    /// Silent for a whole timeout: the source is now down (start probing;
+    /// Silent since this fetch was sent: the source is now down (start probing;
     /// fetches in flight to it go elsewhere).
     WentDown,
     /// It was down already.
@@ -140,15 +140,12 @@ impl SourceHealth {
         self.go_down(now)
     }
 
-    /// A fetch waited [`Self::timeout`] without an answer.
-    pub fn timed_out(&mut self, now: Instant) -> TimeoutVerdict {
+    /// A fetch sent at `asked_at` waited its timeout without an answer.
+    pub fn timed_out(&mut self, now: Instant, asked_at: Instant) -> TimeoutVerdict {
         if !self.is_up() {
             return TimeoutVerdict::StillDown;
         }
-        let answered_lately = self
-            .last_answer
-            .is_some_and(|t| now.saturating_duration_since(t) < self.timeout());
-        if answered_lately {
+        if self.last_answer.is_some_and(|t| t >= asked_at) {
             TimeoutVerdict::Slow
         } else {
             self.go_down(now);
@@ -267,27 +264,35 @@ mod tests {
         let t0 = Instant::now();
         let mut h = health(500);
         h.answered(t0, MS * 2);
-        // Answered 600 ms ago, more than a timeout: silent, down.
-        assert_eq!(h.timed_out(t0 + MS * 600), TimeoutVerdict::WentDown);
+        // Nothing answered since the fetch was sent (1 ms after the last
+        // answer): silent, down.
+        assert_eq!(
+            h.timed_out(t0 + MS * 501, t0 + MS),
+            TimeoutVerdict::WentDown
+        );
         assert_eq!(
             h.state(),
             State::Down {
-                since: t0 + MS * 600,
+                since: t0 + MS * 501,
                 failed_probes: 0
             }
         );
-        assert_eq!(h.timed_out(t0 + MS * 700), TimeoutVerdict::StillDown);
+        assert_eq!(
+            h.timed_out(t0 + MS * 700, t0 + MS * 200),
+            TimeoutVerdict::StillDown
+        );
         // Never answered at all: also silent.
         let mut fresh = health(500);
-        assert_eq!(fresh.timed_out(t0), TimeoutVerdict::WentDown);
+        assert_eq!(fresh.timed_out(t0 + MS * 500, t0), TimeoutVerdict::WentDown);
     }
 
     #[test]
     fn a_timeout_while_the_source_answers_others_is_slowness() {
         let t0 = Instant::now();
         let mut h = health(500);
+        // Queued behind others: they were answered after it was sent.
         h.answered(t0 + MS * 300, MS * 2);
-        assert_eq!(h.timed_out(t0 + MS * 600), TimeoutVerdict::Slow);
+        assert_eq!(h.timed_out(t0 + MS * 500, t0), TimeoutVerdict::Slow);
         assert!(h.is_up());
     }
 

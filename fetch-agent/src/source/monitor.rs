@@ -127,17 +127,18 @@ impl SourceMonitor {
         }
     }
 
-    /// A fetch waited its timeout. Returns whether its source is slow (up)
-    /// rather than down.
+    /// A fetch sent at `asked_at` waited its timeout: what that means for
+    /// its source.
     pub fn timed_out(
         self: &Arc<Self>,
         source: &Arc<dyn BlockSource>,
         tracked: &Arc<Tracked>,
+        asked_at: Instant,
         target: ProbeTarget,
     ) -> TimeoutVerdict {
-        let verdict = tracked.lock().timed_out(Instant::now());
+        let verdict = tracked.lock().timed_out(Instant::now(), asked_at);
         if verdict == TimeoutVerdict::WentDown {
-            let reason = format!("silent for {:?}", tracked.timeout());
+            let reason = format!("nothing answered for {:?}", asked_at.elapsed());
             self.went_down(source, tracked, target, &reason);
         }
         verdict
