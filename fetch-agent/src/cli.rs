@@ -102,7 +102,9 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
-    /// How long one source may take for one block before the next is tried.
+    /// How long one source may take for one block before the next is tried
+    /// (longer for a source observed to be slow). A source that answers
+    /// nothing for this long is skipped until a background probe reaches it.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub source_timeout: Duration,
     /// Threads of the agent's async runtime (QUIC, fetches, installs of

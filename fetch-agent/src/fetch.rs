@@ -20,6 +20,14 @@
 //! every lower-priority answer queued before it. The fetcher therefore asks
 //! such a source for the block again at demand priority and takes whichever
 //! answer comes first; dropping the other stops its stream.
+//!
+//! Failing sources: each source's health is tracked ([`SourceMonitor`]).
+//! A fetch waits for one source at most its adapted timeout; a source that
+//! answered nothing since a fetch that timed out was sent (or that cannot
+//! be reached) goes down: fetches in flight to it move to the next source at once, new fetches skip it, and a probe
+//! brings it back when it answers. So a source dying costs the guest about
+//! one timeout in total, not one per fetch (docs/design.md, "Failing
+//! sources").
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,7 +42,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::cache::{BlockCache, FlightError, FlightPriority, Join};
 use crate::metrics::{Counters, Metrics};
 use crate::policy::Priority;
-use crate::source::BlockSource;
+use crate::source::health::TimeoutVerdict;
+use crate::source::monitor::{ProbeTarget, SourceMonitor, Tracked};
+use crate::source::{BlockSource, SourceError};
 
 /// Most blocks one run reads in one request: 1 MiB of 64 KiB blocks, the
 /// size object stores serve at full rate (and object_store's own limit for
@@ -104,7 +114,10 @@ pub struct Checkpoint {
 
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
-    /// How long one source may take for one block before the next is tried.
+    /// How long one source may take for one block before the next is
+    /// tried, and before a source silent that long is taken out of use:
+    /// the floor of each source's timeout, which grows with the latency
+    /// the source is observed to have (see [`crate::source::health`]).
     pub source_timeout: Duration,
     /// Prefetch fetches in flight at once (agent-wide).
     pub prefetch_slots: usize,
@@ -122,13 +135,65 @@ impl Default for FetchConfig {
     }
 }
 
+/// Why one source did not deliver a block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailureReason {
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("given up: the source went down while this fetch waited")]
+    WentDown,
+    #[error("{0}")]
+    Failed(String),
+    #[error("bytes refused: {0}")]
+    BadBytes(String),
+    #[error("{asked} blocks asked, {returned} returned")]
+    ShortRun { asked: usize, returned: usize },
+}
+
+/// One source's failure to deliver a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFailure {
+    pub source: String,
+    pub reason: FailureReason,
+}
+
+/// Every source's failure for one block, in the order they were tried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceFailures(pub Vec<SourceFailure>);
+
+impl SourceFailures {
+    fn push(&mut self, source: &dyn BlockSource, reason: FailureReason) {
+        self.0.push(SourceFailure {
+            source: source.name().to_owned(),
+            reason,
+        });
+    }
+}
+
+impl std::fmt::Display for SourceFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no source to ask");
+        }
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.source, e.reason)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// Every source of the checkpoint was tried once; `errors` says why
+    /// each did not deliver.
     #[error("block {block} of checkpoint {checkpoint}: no source delivered it ({errors})")]
     AllSourcesFailed {
         checkpoint: CheckpointId,
         block: u32,
-        errors: String,
+        errors: SourceFailures,
     },
     #[error("block {block}: {0}", block = .1)]
     Flight(#[source] FlightError, u32),
@@ -162,6 +227,13 @@ pub struct Fetcher {
     prefetch: Semaphore,
     stream: Semaphore,
     metrics: Arc<Metrics>,
+    monitor: Arc<SourceMonitor>,
+}
+
+/// How asking one source for something ended.
+enum Asked<T> {
+    Got(T),
+    Failed(FailureReason),
 }
 
 impl Fetcher {
@@ -169,10 +241,63 @@ impl Fetcher {
         Arc::new(Fetcher {
             prefetch: Semaphore::new(config.prefetch_slots.max(1)),
             stream: Semaphore::new(config.stream_slots.max(1)),
+            monitor: SourceMonitor::new(config.source_timeout, metrics.clone()),
             cache,
             config,
             metrics,
         })
+    }
+
+    /// The sources' health.
+    pub fn monitor(&self) -> &Arc<SourceMonitor> {
+        &self.monitor
+    }
+
+    /// Waits for `source`'s answer to `asked` at most the source's timeout,
+    /// and only while the source is up (if it was when asked); tells the
+    /// monitor what happened.
+    async fn ask<T>(
+        &self,
+        source: &Arc<dyn BlockSource>,
+        tracked: &Arc<Tracked>,
+        target: ProbeTarget,
+        asked: impl std::future::Future<Output = Result<T, SourceError>>,
+    ) -> Asked<T> {
+        let timeout = tracked.timeout();
+        let watch_down = tracked.is_up();
+        let started = Instant::now();
+        let went_down = tracked.went_down();
+        tokio::pin!(went_down);
+        tokio::select! {
+            biased;
+            answer = asked => match answer {
+                Ok(v) => {
+                    self.monitor.answered(&**source, tracked, started.elapsed());
+                    Asked::Got(v)
+                }
+                Err(e) => {
+                    self.monitor.failed(source, tracked, &e, target);
+                    Asked::Failed(FailureReason::Failed(e.reason()))
+                }
+            },
+            _ = tokio::time::sleep(timeout) => {
+                let verdict = self.monitor.timed_out(source, tracked, started, target);
+                tracing::warn!(
+                    source = source.name(),
+                    "no answer within {timeout:?} ({}), trying the next source",
+                    match verdict {
+                        TimeoutVerdict::Slow => "slow: it answers others",
+                        TimeoutVerdict::WentDown => "silent: now down",
+                        TimeoutVerdict::StillDown => "down",
+                    }
+                );
+                Asked::Failed(FailureReason::TimedOut(timeout))
+            }
+            _ = &mut went_down, if watch_down => {
+                tracing::debug!(source = source.name(), "source went down: asking the next one");
+                Asked::Failed(FailureReason::WentDown)
+            }
+        }
     }
 
     pub fn cache(&self) -> &Arc<BlockCache> {
@@ -246,7 +371,7 @@ impl Fetcher {
                 drop(permit);
                 let mut shared = Vec::with_capacity(results.len());
                 for ((_, lead), result) in leads.into_iter().zip(results) {
-                    lead.complete(result.clone().map_err(FlightError));
+                    lead.complete(result.clone().map_err(|e| FlightError(e.to_string())));
                     shared.push(result);
                 }
                 Arc::new((shared, latency))
@@ -361,35 +486,42 @@ impl Fetcher {
         checkpoint: &Checkpoint,
         blocks: &[u32],
         restore: &Counters,
-    ) -> Vec<Result<Bytes, String>> {
+    ) -> Vec<Result<Bytes, SourceFailures>> {
         let mut results: Vec<Option<Bytes>> = vec![None; blocks.len()];
-        let mut errors: Vec<Vec<String>> = vec![Vec::new(); blocks.len()];
+        let mut errors: Vec<SourceFailures> = vec![SourceFailures::default(); blocks.len()];
         let mut todo: Vec<usize> = (0..blocks.len()).collect();
-        for source in &checkpoint.sources {
+        for (source, tracked) in self.monitor.order(&checkpoint.sources) {
             if todo.is_empty() {
                 break;
             }
             let asked: Vec<u32> = todo.iter().map(|&i| blocks[i]).collect();
-            let fetched = tokio::time::timeout(
-                self.config.source_timeout,
-                source.fetch_stored_run(&checkpoint.id, &asked, Priority::Stream),
-            )
-            .await;
+            let target = ProbeTarget {
+                checkpoint: checkpoint.id.clone(),
+                block: asked[0],
+            };
+            let fetched = self
+                .ask(
+                    &source,
+                    &tracked,
+                    target,
+                    source.fetch_stored_run(&checkpoint.id, &asked, Priority::Stream),
+                )
+                .await;
             let failure = match fetched {
-                Ok(Ok(stored)) if stored.len() == asked.len() => {
+                Asked::Got(stored) if stored.len() == asked.len() => {
                     let mut left = Vec::new();
                     for (&i, bytes) in todo.iter().zip(stored) {
                         match self.accept(
                             checkpoint,
                             blocks[i],
-                            &**source,
+                            &*source,
                             &bytes,
                             Priority::Stream,
                             restore,
                         ) {
                             Ok(data) => results[i] = Some(data),
                             Err(e) => {
-                                errors[i].push(e);
+                                errors[i].push(&*source, e);
                                 left.push(i);
                             }
                         }
@@ -397,29 +529,27 @@ impl Fetcher {
                     todo = left;
                     continue;
                 }
-                Ok(Ok(stored)) => format!(
-                    "{}: {} blocks asked, {} returned",
-                    source.name(),
-                    asked.len(),
-                    stored.len()
-                ),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("{}: timed out", source.name()),
+                Asked::Got(stored) => FailureReason::ShortRun {
+                    asked: asked.len(),
+                    returned: stored.len(),
+                },
+                Asked::Failed(reason) => reason,
             };
             tracing::warn!(
                 blocks = asked.len(),
+                source = source.name(),
                 "run fetch failed, trying the next source: {failure}"
             );
             self.metrics.counters.count_source_error();
             restore.count_source_error();
             for &i in &todo {
-                errors[i].push(failure.clone());
+                errors[i].push(&*source, failure.clone());
             }
         }
         results
             .into_iter()
             .zip(errors)
-            .map(|(r, e)| r.ok_or_else(|| e.join("; ")))
+            .map(|(r, e)| r.ok_or(e))
             .collect()
     }
 
@@ -433,7 +563,7 @@ impl Fetcher {
         stored: &Bytes,
         priority: Priority,
         restore: &Counters,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, FailureReason> {
         let entry = &checkpoint.manifest.blocks[block as usize];
         let mut data = vec![0u8; entry.raw_len as usize];
         match decode_block_into(entry, stored, &mut data) {
@@ -451,7 +581,7 @@ impl Fetcher {
                 );
                 self.metrics.counters.count_bad_block();
                 restore.count_bad_block();
-                Err(format!("{}: {e}", source.name()))
+                Err(FailureReason::BadBytes(e.to_string()))
             }
         }
     }
@@ -475,7 +605,8 @@ impl Fetcher {
         }
     }
 
-    /// Tries each source in order until one delivers bytes that decode to
+    /// Tries each source (those up first, in order; see
+    /// [`SourceMonitor::order`]) until one delivers bytes that decode to
     /// the manifest's hash. Bad bytes are counted and never returned.
     async fn fetch_verified(
         &self,
@@ -484,45 +615,40 @@ impl Fetcher {
         fp: &FlightPriority,
         restore: &Counters,
     ) -> Result<Bytes, FetchError> {
-        let mut errors = Vec::new();
-        for source in &checkpoint.sources {
+        let mut errors = SourceFailures::default();
+        for (source, tracked) in self.monitor.order(&checkpoint.sources) {
             let priority = fp.get();
-            let fetched = tokio::time::timeout(
-                self.config.source_timeout,
-                fetch_hedged(&**source, &checkpoint.id, block, fp),
-            )
-            .await;
+            let target = ProbeTarget {
+                checkpoint: checkpoint.id.clone(),
+                block,
+            };
+            let fetched = self
+                .ask(
+                    &source,
+                    &tracked,
+                    target,
+                    fetch_hedged(&*source, &checkpoint.id, block, fp),
+                )
+                .await;
             let stored = match fetched {
-                Ok(Ok(stored)) => stored,
-                Ok(Err(e)) => {
-                    tracing::warn!(block, "fetch failed, trying the next source: {e}");
+                Asked::Got(stored) => stored,
+                Asked::Failed(reason) => {
+                    tracing::debug!(block, source = source.name(), "fetch failed: {reason}");
                     self.metrics.counters.count_source_error();
                     restore.count_source_error();
-                    errors.push(e.to_string());
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        block,
-                        source = source.name(),
-                        "fetch timed out after {:?}, trying the next source",
-                        self.config.source_timeout
-                    );
-                    self.metrics.counters.count_source_error();
-                    restore.count_source_error();
-                    errors.push(format!("{}: timed out", source.name()));
+                    errors.push(&*source, reason);
                     continue;
                 }
             };
-            match self.accept(checkpoint, block, &**source, &stored, priority, restore) {
+            match self.accept(checkpoint, block, &*source, &stored, priority, restore) {
                 Ok(data) => return Ok(data),
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(&*source, e),
             }
         }
         Err(FetchError::AllSourcesFailed {
             checkpoint: checkpoint.id.clone(),
             block,
-            errors: errors.join("; "),
+            errors,
         })
     }
 }

@@ -240,6 +240,10 @@ pub struct Metrics {
     pub counters: Counters,
     pub restores_started: AtomicU64,
     pub restores_active: AtomicU64,
+    /// Times a source was taken out of use (silent for a timeout, or
+    /// unreachable), and times one came back (a probe or late answer).
+    pub sources_down: AtomicU64,
+    pub sources_recovered: AtomicU64,
 }
 
 impl Metrics {
@@ -306,6 +310,16 @@ impl Metrics {
                 "thaw_agent_bad_blocks_total",
                 "Blocks refused because their hash did not match.",
                 c.bad_blocks.load(Ordering::Relaxed),
+            ),
+            (
+                "thaw_agent_sources_down_total",
+                "Times a source was taken out of use (silent for its timeout, or unreachable).",
+                self.sources_down.load(Ordering::Relaxed),
+            ),
+            (
+                "thaw_agent_sources_recovered_total",
+                "Times a source out of use answered a probe and came back.",
+                self.sources_recovered.load(Ordering::Relaxed),
             ),
             (
                 "thaw_agent_restores_started_total",

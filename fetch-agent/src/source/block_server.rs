@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use thaw_block_protocol::client::BlockClient;
+use thaw_block_protocol::client::{BlockClient, ClientError};
 use thaw_block_protocol::tls::{self, Identity};
 use thaw_block_protocol::wire;
 use thaw_format::CheckpointId;
@@ -77,6 +77,16 @@ impl BlockServerSource {
         })
     }
 
+    /// A client error as a source error: unreachable when the connection
+    /// failed, a plain failure when the server answered.
+    fn error(&self, e: ClientError) -> SourceError {
+        if e.is_unreachable() {
+            SourceError::unreachable(&self.name, e)
+        } else {
+            SourceError::new(&self.name, e)
+        }
+    }
+
     pub fn into_source(self) -> Arc<dyn BlockSource> {
         Arc::new(self)
     }
@@ -101,7 +111,7 @@ impl BlockSource for BlockServerSource {
             self.client
                 .fetch_stored(checkpoint, block, wire_priority(priority))
                 .await
-                .map_err(|e| SourceError::new(&self.name, e))
+                .map_err(|e| self.error(e))
         })
     }
 
@@ -127,7 +137,11 @@ impl BlockSource for BlockServerSource {
                 .connection()
                 .await
                 .map(drop)
-                .map_err(|e| SourceError::new(&self.name, e))
+                .map_err(|e| self.error(e))
         })
+    }
+
+    fn reset(&self) {
+        self.client.forget_connection();
     }
 }

@@ -6,6 +6,8 @@
 
 #[cfg(feature = "block-server")]
 pub mod block_server;
+pub mod health;
+pub mod monitor;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +28,13 @@ pub enum SourceError {
         source_name: String,
         message: String,
     },
+    /// The source cannot be reached (no connection, connection lost): it
+    /// is taken out of use until a probe reaches it again.
+    #[error("{source_name}: unreachable: {message}")]
+    Unreachable {
+        source_name: String,
+        message: String,
+    },
 }
 
 impl SourceError {
@@ -33,6 +42,25 @@ impl SourceError {
         SourceError::Failed {
             source_name: source_name.to_owned(),
             message: message.to_string(),
+        }
+    }
+
+    pub fn unreachable(source_name: &str, message: impl std::fmt::Display) -> Self {
+        SourceError::Unreachable {
+            source_name: source_name.to_owned(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, SourceError::Unreachable { .. })
+    }
+
+    /// What went wrong, without the source's name.
+    pub fn reason(&self) -> String {
+        match self {
+            SourceError::Failed { message, .. } => message.clone(),
+            SourceError::Unreachable { message, .. } => format!("unreachable: {message}"),
         }
     }
 }
@@ -98,6 +126,11 @@ pub trait BlockSource: Send + Sync {
     fn connect(&self) -> BoxFuture<'_, Result<(), SourceError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// The source stopped answering: drop what may be dead without anyone
+    /// knowing yet (a connection to a killed server), so the next request
+    /// starts afresh. Requests in flight may fail. Nothing by default.
+    fn reset(&self) {}
 }
 
 /// Reads blocks straight from the object store: one ranged GET per block,

@@ -61,6 +61,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2048)]
         blocks: usize,
     },
+    /// Losing a block server mid-restore: the test guest restored through two block servers,
+    /// clean and with the serving one SIGKILLed (`thaw` processes).
+    Failover {
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Clean and killed restores each (medians reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The agent's --source-timeout.
+        #[arg(long, default_value = "2s", value_parser = thaw_format::units::parse_duration)]
+        source_timeout: std::time::Duration,
+    },
     /// Object-store reads when a fleet of hosts restores one checkpoint through one block server.
     Fleet {
         /// Where to write the JSON results.
@@ -212,6 +225,20 @@ async fn run(cli: Cli, hop_log: Option<bench::restore::hops::HopLog>) -> anyhow:
             })
             .await?
         }
+        BenchCommand::Failover {
+            json,
+            runs,
+            source_timeout,
+        } => tokio::task::spawn_blocking(move || {
+            bench::failover::run(bench::failover::FailoverBench {
+                json,
+                runs,
+                source_timeout,
+                thaw: None,
+            })
+        })
+        .await?
+        .map(drop),
         BenchCommand::Fleet {
             json,
             memory,

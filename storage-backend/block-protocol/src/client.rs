@@ -1,10 +1,16 @@
 //! The client side of the block protocol: fetches stored block bytes and
 //! manifests from a block server over one long-lived QUIC connection, one
 //! stream per request, reconnecting when the connection is lost.
+//!
+//! A reconnect never blocks other requests behind a lock: the handshake in
+//! progress is shared by whoever needs the connection meanwhile, and each
+//! caller bounds its own wait (a fetch's timeout).
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::wire::{self, hop, Priority, ProtocolError, Request, Status, RESPONSE_HEADER_LEN};
 use thaw_format::CheckpointId;
@@ -35,11 +41,34 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// Whether the server could not be reached or the connection failed
+    /// (as opposed to an answer: a refusal, a bad frame or manifest).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::Connection { .. }
+                | ClientError::Stream { .. }
+        )
+    }
+}
+
+/// A handshake in progress, awaited by every request that needs it.
+type Handshake = Shared<BoxFuture<'static, Result<quinn::Connection, String>>>;
+
+enum Slot {
+    Empty,
+    Connecting(Handshake),
+    Live(quinn::Connection),
+}
+
 pub struct BlockClient {
     addr: SocketAddr,
     server_name: String,
     endpoint: quinn::Endpoint,
-    connection: tokio::sync::Mutex<Option<quinn::Connection>>,
+    /// Held only to look at or replace the slot, never across an await.
+    connection: Mutex<Slot>,
 }
 
 impl BlockClient {
@@ -60,7 +89,7 @@ impl BlockClient {
             addr,
             server_name: server_name.to_owned(),
             endpoint,
-            connection: tokio::sync::Mutex::new(None),
+            connection: Mutex::new(Slot::Empty),
         })
     }
 
@@ -68,26 +97,63 @@ impl BlockClient {
         self.addr
     }
 
-    /// The live connection, connecting (again) if there is none.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.connection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live connection, connecting (again) if there is none; joins a
+    /// handshake already under way.
     pub async fn connection(&self) -> Result<quinn::Connection, ClientError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(c) = slot.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
         let connect_err = |reason: String| ClientError::Connect {
             addr: self.addr,
             reason,
         };
-        let conn = self
-            .endpoint
-            .connect(self.addr, &self.server_name)
-            .map_err(|e| connect_err(e.to_string()))?
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let handshake = {
+            let mut slot = self.slot();
+            match &*slot {
+                Slot::Live(c) if c.close_reason().is_none() => return Ok(c.clone()),
+                Slot::Connecting(h) => h.clone(),
+                _ => {
+                    let connecting = self
+                        .endpoint
+                        .connect(self.addr, &self.server_name)
+                        .map_err(|e| connect_err(e.to_string()))?;
+                    let h: Handshake = async move { connecting.await.map_err(|e| e.to_string()) }
+                        .boxed()
+                        .shared();
+                    *slot = Slot::Connecting(h.clone());
+                    h
+                }
+            }
+        };
+        let result = handshake.clone().await;
+        let mut slot = self.slot();
+        let current = matches!(&*slot, Slot::Connecting(h) if h.ptr_eq(&handshake));
+        match result {
+            Ok(conn) => {
+                if current {
+                    *slot = Slot::Live(conn.clone());
+                }
+                Ok(conn)
+            }
+            Err(reason) => {
+                if current {
+                    *slot = Slot::Empty;
+                }
+                Err(connect_err(reason))
+            }
+        }
+    }
+
+    /// Closes the connection (or abandons the handshake) so the next
+    /// request connects afresh: for a server that stopped answering, whose
+    /// connection QUIC would only give up after its idle timeout. Requests
+    /// in flight on it fail.
+    pub fn forget_connection(&self) {
+        let old = std::mem::replace(&mut *self.slot(), Slot::Empty);
+        if let Slot::Live(c) = old {
+            c.close(0u32.into(), b"server stopped answering");
+        }
     }
 
     /// A block's stored bytes (to be decoded and hash-checked by the caller

@@ -1,6 +1,7 @@
 //! Benchmarks: each prints a table and writes its figures as JSON.
 
 pub mod checkpoint;
+pub mod failover;
 pub mod fault_latency;
 pub mod fleet;
 pub(crate) mod latency;
