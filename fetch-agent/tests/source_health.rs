@@ -58,11 +58,11 @@ impl BlockSource for Switchable {
         })
     }
 
-    fn manifest<'a>(
+    fn manifest_object<'a>(
         &'a self,
         checkpoint: &'a CheckpointId,
-    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
-        self.inner.manifest(checkpoint)
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        self.inner.manifest_object(checkpoint)
     }
 }
 
@@ -87,10 +87,10 @@ impl BlockSource for Refusing {
         Box::pin(async move { Err(SourceError::new("refusing", format!("no block {block}"))) })
     }
 
-    fn manifest<'a>(
+    fn manifest_object<'a>(
         &'a self,
         _checkpoint: &'a CheckpointId,
-    ) -> BoxFuture<'a, Result<Arc<Manifest>, SourceError>> {
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
         Box::pin(async { Err(SourceError::new("refusing", "no manifest")) })
     }
 }
@@ -117,7 +117,12 @@ async fn setup(fx: &common::Fixture) -> Setup {
         answered: AtomicUsize::new(0),
     });
     let store = Arc::new(open());
-    let manifest = store.manifest(&fx.id).await.unwrap();
+    let object = store.manifest_object(&fx.id).await.unwrap();
+    let manifest = Arc::new(
+        thaw_store::reader::open_manifest(&fx.id, &object, &common::trust())
+            .unwrap()
+            .manifest,
+    );
     let fetcher = Fetcher::new(
         BlockCache::new(64 << 20),
         FetchConfig {

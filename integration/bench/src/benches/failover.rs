@@ -87,6 +87,8 @@ pub struct Rig {
     dir: tempfile::TempDir,
     store: String,
     pki: PathBuf,
+    /// The rig's own signing key pair ($THAW_KEY_DIR of every process it runs).
+    keys: PathBuf,
     id: String,
 }
 
@@ -117,7 +119,10 @@ impl Rig {
         let store = store.to_str().context("UTF-8 path")?.to_owned();
         let pki = dir.path().join("pki");
         DevPki::load_or_generate(&pki).context("development PKI")?;
+        let keys = dir.path().join("keys");
+        thaw_store::keys::generate(&keys).context("signing key pair")?;
         let out = Command::new(thaw)
+            .env("THAW_KEY_DIR", &keys)
             .args([
                 "vm",
                 "checkpoint",
@@ -144,8 +149,16 @@ impl Rig {
             dir,
             store,
             pki,
+            keys,
             id,
         })
+    }
+
+    /// The `thaw` binary, with the rig's key directory.
+    fn thaw(&self) -> Command {
+        let mut cmd = Command::new(&self.thaw);
+        cmd.env("THAW_KEY_DIR", &self.keys);
+        cmd
     }
 
     pub fn checkpoint_id(&self) -> &str {
@@ -166,7 +179,8 @@ impl Rig {
     }
 
     fn block_server(&self, n: usize) -> anyhow::Result<(Process, SocketAddr)> {
-        let mut child = Command::new(&self.thaw)
+        let mut child = self
+            .thaw()
             .args(["block-server", "--listen", "127.0.0.1:0", "--store"])
             .arg(&self.store)
             .arg("--dev-pki")
@@ -218,7 +232,7 @@ impl Rig {
         let socket = self.dir.path().join("agent.sock");
         let _ = std::fs::remove_file(&socket);
         let metrics = free_tcp_port()?;
-        let mut agent = Command::new(&self.thaw);
+        let mut agent = self.thaw();
         agent
             .args(["agent", "--socket"])
             .arg(&socket)
@@ -261,7 +275,8 @@ impl Rig {
 
         let started = Instant::now();
         let mut vmm = Process {
-            child: Command::new(&self.thaw)
+            child: self
+                .thaw()
                 .args(["vm", "restore", &format!("--store={}", self.store)])
                 .arg(format!("--id={}", self.id))
                 .arg(format!("--agent={}", socket.display()))
