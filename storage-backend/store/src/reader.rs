@@ -22,10 +22,7 @@ const READ_BATCH: usize = 256;
 /// Fetches and validates a checkpoint's manifest.
 pub async fn load_manifest(store: &Store, id: &CheckpointId) -> Result<Manifest, CheckpointError> {
     let key = keys::manifest(id);
-    let bytes = match store.object_store().get(&key).await {
-        Ok(r) => r.bytes().await,
-        Err(e) => Err(e),
-    };
+    let bytes = crate::capped_read::read_manifest(store, &key).await;
     let bytes = match bytes {
         Ok(b) => b,
         Err(object_store::Error::NotFound { .. }) => {
