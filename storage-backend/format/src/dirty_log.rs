@@ -124,6 +124,13 @@ pub enum DirtyLogError {
     PagesUnsorted { window: usize, page: u64 },
     #[error("dirty log window {window} ends before it starts or overlaps the window before it")]
     WindowsOutOfOrder { window: usize },
+    #[error("dirty log covers {log_pages} pages of {log_page_size} bytes, but the memory is {pages} pages of {page_size} bytes")]
+    WrongMemory {
+        log_pages: u64,
+        log_page_size: u64,
+        pages: u64,
+        page_size: u64,
+    },
 }
 
 crate::envelope::impl_from_envelope!(DirtyLogError);
@@ -196,6 +203,21 @@ impl DirtyLog {
                 }
                 free_from = Some(run.start + run.len);
             }
+        }
+        Ok(())
+    }
+
+    /// Checks that the log describes a memory of `pages` pages of
+    /// `page_size` bytes (its checkpoint's): only then may its page lists be
+    /// expanded.
+    pub fn check_memory(&self, page_size: u64, pages: u64) -> Result<(), DirtyLogError> {
+        if self.page_size != page_size || self.total_pages != pages {
+            return Err(DirtyLogError::WrongMemory {
+                log_pages: self.total_pages,
+                log_page_size: self.page_size,
+                pages,
+                page_size,
+            });
         }
         Ok(())
     }
@@ -464,6 +486,18 @@ mod tests {
             touching.validate(),
             Err(DirtyLogError::PagesUnsorted { window: 0, page: 5 })
         );
+    }
+
+    #[test]
+    fn a_log_fits_only_the_memory_it_was_recorded_for() {
+        let log = sample();
+        assert_eq!(log.check_memory(4096, 1000), Ok(()));
+        let err = log.check_memory(4096, 64).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dirty log covers 1000 pages of 4096 bytes, but the memory is 64 pages of 4096 bytes"
+        );
+        assert!(log.check_memory(8192, 1000).is_err());
     }
 
     #[test]
