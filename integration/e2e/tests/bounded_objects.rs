@@ -22,6 +22,7 @@ const RSS_BOUND: u64 = 100 << 20;
 
 /// What `thaw checkpoint verify DIR ID` printed, whether it succeeded, and
 /// its peak RSS in bytes (from `wait4`, for this child alone).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
 fn verify(dir: &Path, id: &str) -> (String, bool, u64) {
     let out = tempfile::tempfile().unwrap();
     let child = bins::thaw()
@@ -219,8 +220,7 @@ async fn capped_reads_work_over_s3() {
     store.object_store().put(&key, padded.into()).await.unwrap();
     let err = thaw_store::reader::load_manifest(&store, &id)
         .await
-        .err()
-        .expect("a padded manifest is refused");
+        .expect_err("a padded manifest is refused");
     assert!(
         err.to_string().contains("refused before reading it"),
         "{err}"
