@@ -11,6 +11,7 @@ use thaw_format::{CheckpointId, ManifestTrust};
 use crate::keys::KeyArgs;
 use thaw_format::{layout_from_traces, with_neighbours};
 use thaw_store::catalog::list_checkpoints;
+use thaw_store::dirty_log::load_dirty_log;
 use thaw_store::reader::{load_manifest, DEFAULT_READ_CONCURRENCY};
 use thaw_store::{CheckpointReader, Store};
 
@@ -57,10 +58,17 @@ fn signer(verified: &Verified) -> String {
 }
 
 /// `thaw checkpoint verify STORE ID`: checks the manifest's signature, then fetches and
-/// hash-checks every block.
+/// hash-checks every block, and checks the dirty log, if the checkpoint has one, against its
+/// memory.
 pub async fn verify(store: &Store, id: &CheckpointId, trust: &ManifestTrust) -> anyhow::Result<()> {
     let started = Instant::now();
     let reader = CheckpointReader::open(store, id, trust).await?;
+    let m = reader.manifest();
+    let log = load_dirty_log(store, id).await?;
+    if let Some(log) = &log {
+        log.check_memory(m.page_size, m.total_pages())
+            .with_context(|| format!("dirty log of checkpoint {id} does not fit its memory"))?;
+    }
     let report = reader
         .verify(DEFAULT_READ_CONCURRENCY)
         .await
@@ -72,6 +80,13 @@ pub async fn verify(store: &Store, id: &CheckpointId, trust: &ManifestTrust) -> 
         format_bytes(report.stored_bytes),
         started.elapsed().as_secs_f64()
     );
+    if let Some(log) = log {
+        let pages: u64 = log.windows.iter().map(|w| w.page_count()).sum();
+        println!(
+            "dirty log: OK, {} windows naming {pages} pages",
+            log.windows.len()
+        );
+    }
     Ok(())
 }
 

@@ -117,10 +117,10 @@ fn a_checkpoint_after_dirty_logging_puts_the_hot_sets_first_and_restores_exactly
         .unwrap()
         .expect("a dirty log beside the checkpoint");
     assert_eq!(log.total_pages, MEMORY / PAGE);
-    let counts: Vec<u64> = log.windows.iter().map(|w| w.pages.len() as u64).collect();
+    let counts: Vec<u64> = log.windows.iter().map(|w| w.page_count()).collect();
     assert_eq!(counts, per_window);
     assert_eq!(log.windows.last().unwrap().ended_us_before, 0);
-    let newest = &log.windows.last().unwrap().pages;
+    let newest: Vec<u64> = log.windows.last().unwrap().pages().collect();
     let hot_seen = newest.iter().filter(|p| hot.contains(p)).count();
     assert!(
         hot_seen * 10 >= hot.len() * 9,

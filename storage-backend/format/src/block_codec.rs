@@ -95,8 +95,32 @@ pub fn verify_stored(entry: &BlockEntry, stored: &[u8]) -> Result<(), BlockCodec
             }
             Ok(())
         }
-        None => decode_block_into(entry, stored, &mut vec![0u8; entry.raw_len as usize]),
+        None => {
+            // Checked before the raw-size buffer is allocated.
+            check_stored_len(entry, stored)?;
+            check_raw_len(entry, stored)?;
+            decode_block_into(entry, stored, &mut vec![0u8; entry.raw_len as usize])
+        }
     }
+}
+
+/// The raw length must be one the stored bytes can decode to (as a validated
+/// manifest guarantees), so decoding never allocates more than the codec's
+/// expansion of what was actually received.
+fn check_raw_len(entry: &BlockEntry, stored: &[u8]) -> Result<(), BlockCodecError> {
+    let fits = entry.codec.min_stored_len(entry.raw_len) <= stored.len() as u64
+        && stored.len() as u64 <= entry.codec.max_stored_len(entry.raw_len);
+    if !fits {
+        return Err(BlockCodecError::Decompress {
+            raw_len: entry.raw_len,
+            reason: format!(
+                "{} stored bytes cannot hold {} raw bytes with this codec",
+                stored.len(),
+                entry.raw_len
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Decodes stored bytes into `out` (exactly the block's raw length) and
@@ -107,7 +131,13 @@ pub fn decode_block_into(
     out: &mut [u8],
 ) -> Result<(), BlockCodecError> {
     check_stored_len(entry, stored)?;
-    debug_assert_eq!(out.len() as u64, entry.raw_len);
+    check_raw_len(entry, stored)?;
+    if out.len() as u64 != entry.raw_len {
+        return Err(BlockCodecError::Decompress {
+            raw_len: entry.raw_len,
+            reason: format!("the destination holds {} bytes", out.len()),
+        });
+    }
     match entry.codec {
         Codec::Raw => out.copy_from_slice(stored),
         Codec::Lz4 => {
@@ -133,6 +163,8 @@ pub fn decode_block_into(
 
 /// Decodes and verifies a block into a fresh buffer.
 pub fn decode_block(entry: &BlockEntry, stored: &[u8]) -> Result<Vec<u8>, BlockCodecError> {
+    check_stored_len(entry, stored)?;
+    check_raw_len(entry, stored)?;
     let mut out = vec![0u8; entry.raw_len as usize];
     decode_block_into(entry, stored, &mut out)?;
     Ok(out)

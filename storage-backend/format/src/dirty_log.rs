@@ -18,16 +18,19 @@
 //! ```
 //! Integers in the body are LEB128 varints. Pages are stored as runs because
 //! a guest writes in stretches (a hot set, a stack, a buffer) and KVM reports
-//! them as bitmaps in physical order anyway.
+//! them as bitmaps in physical order anyway. They stay runs once decoded: a
+//! few bytes can name billions of pages, so decoding and validation cost
+//! what the object holds, and only a caller that has checked the log against
+//! real memory expands it ([`DirtyLog::page_lists`]).
 
 use super::error::FormatError;
-use super::manifest::MAX_TOTAL_PAGES;
+use super::manifest::{PageRun, MAX_TOTAL_PAGES};
 use super::wire::{Decoder, Encoder};
 
-pub(crate) const MAGIC: [u8; 8] = *b"THAWDLOG";
+pub const MAGIC: [u8; 8] = *b"THAWDLOG";
 pub(crate) const VERSION: u16 = 1;
 /// A dirty log larger than this is refused before it is parsed.
-pub(crate) const MAX_DIRTY_LOG_BYTES: u64 = 256 << 20;
+pub const MAX_DIRTY_LOG_BYTES: u64 = 256 << 20;
 
 /// Smallest encoding of a window: three 1-byte varints.
 const MIN_WINDOW_BYTES: usize = 3;
@@ -43,9 +46,41 @@ pub struct DirtyWindow {
     /// When it closed, in microseconds before the pause (0: at the pause).
     pub ended_us_before: u64,
     /// Page indices written in the window (byte offset into the regions
-    /// concatenated / page size), ascending, each once. KVM's log says only
-    /// *that* a page was written in the window, not when or how often.
-    pub pages: Vec<u64>,
+    /// concatenated / page size) as runs: ascending, neither overlapping nor
+    /// touching, none empty. KVM's log says only *that* a page was written in
+    /// the window, not when or how often.
+    pub runs: Vec<PageRun>,
+}
+
+impl DirtyWindow {
+    /// A window holding `pages` (ascending, each once: see
+    /// [`DirtyLog::validate`]), merged into runs.
+    pub fn from_pages(started_us_before: u64, ended_us_before: u64, pages: &[u64]) -> Self {
+        let mut runs: Vec<PageRun> = Vec::new();
+        for &p in pages {
+            match runs.last_mut() {
+                Some(r) if r.start.checked_add(r.len) == Some(p) => r.len += 1,
+                _ => runs.push(PageRun { start: p, len: 1 }),
+            }
+        }
+        DirtyWindow {
+            started_us_before,
+            ended_us_before,
+            runs,
+        }
+    }
+
+    /// How many pages the window names.
+    pub fn page_count(&self) -> u64 {
+        self.runs.iter().fold(0, |n, r| n.saturating_add(r.len))
+    }
+
+    /// The window's pages, ascending.
+    pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs
+            .iter()
+            .flat_map(|r| r.start..r.start.saturating_add(r.len))
+    }
 }
 
 /// The windows recorded before one checkpoint, oldest first.
@@ -89,6 +124,13 @@ pub enum DirtyLogError {
     PagesUnsorted { window: usize, page: u64 },
     #[error("dirty log window {window} ends before it starts or overlaps the window before it")]
     WindowsOutOfOrder { window: usize },
+    #[error("dirty log covers {log_pages} pages of {log_page_size} bytes, but the memory is {pages} pages of {page_size} bytes")]
+    WrongMemory {
+        log_pages: u64,
+        log_page_size: u64,
+        pages: u64,
+        page_size: u64,
+    },
 }
 
 crate::envelope::impl_from_envelope!(DirtyLogError);
@@ -123,7 +165,8 @@ impl From<FormatError> for DirtyLogError {
 
 impl DirtyLog {
     /// Checks what decoding relies on: a valid page size, windows in time
-    /// order, pages ascending and inside memory.
+    /// order, runs ascending, apart and inside memory. Costs one step per
+    /// run, whatever the runs' lengths.
     pub fn validate(&self) -> Result<(), DirtyLogError> {
         if !self.page_size.is_power_of_two() || !(4096..=1 << 30).contains(&self.page_size) {
             return Err(DirtyLogError::BadPageSize(self.page_size));
@@ -136,32 +179,58 @@ impl DirtyLog {
                 return Err(DirtyLogError::WindowsOutOfOrder { window: i });
             }
             previous_end = Some(w.ended_us_before);
-            let mut last: Option<u64> = None;
-            for &page in &w.pages {
-                if page >= self.total_pages {
-                    return Err(DirtyLogError::PageOutOfRange {
+            // One past the last page of the run before (0: none yet).
+            let mut free_from: Option<u64> = None;
+            for run in &w.runs {
+                let end = run.start.checked_add(run.len);
+                match end {
+                    Some(end) if end <= self.total_pages => {}
+                    _ => {
+                        return Err(DirtyLogError::PageOutOfRange {
+                            window: i,
+                            page: run.start.saturating_add(run.len).saturating_sub(1),
+                            total: self.total_pages,
+                        })
+                    }
+                }
+                // Touching runs are one run: refused so that every log has
+                // one form and round-trips through its encoding unchanged.
+                if run.len == 0 || free_from.is_some_and(|f| run.start <= f) {
+                    return Err(DirtyLogError::PagesUnsorted {
                         window: i,
-                        page,
-                        total: self.total_pages,
+                        page: run.start,
                     });
                 }
-                if last.is_some_and(|l| page <= l) {
-                    return Err(DirtyLogError::PagesUnsorted { window: i, page });
-                }
-                last = Some(page);
+                free_from = Some(run.start + run.len);
             }
         }
         Ok(())
     }
 
-    /// The windows' page lists, oldest first, for
-    /// [`super::layout_from_dirty_windows`].
-    pub fn page_lists(&self) -> Vec<&[u64]> {
-        self.windows.iter().map(|w| w.pages.as_slice()).collect()
+    /// Checks that the log describes a memory of `pages` pages of
+    /// `page_size` bytes (its checkpoint's): only then may its page lists be
+    /// expanded.
+    pub fn check_memory(&self, page_size: u64, pages: u64) -> Result<(), DirtyLogError> {
+        if self.page_size != page_size || self.total_pages != pages {
+            return Err(DirtyLogError::WrongMemory {
+                log_pages: self.total_pages,
+                log_page_size: self.page_size,
+                pages,
+                page_size,
+            });
+        }
+        Ok(())
     }
 
-    /// Encodes the log. It must be valid (see [`DirtyLog::validate`]); runs
-    /// are derived from the ascending page lists.
+    /// The windows' pages, oldest first, for
+    /// [`super::layout_from_dirty_windows`]. Takes memory in proportion to
+    /// the pages the log names: check it against the memory it describes
+    /// first.
+    pub fn page_lists(&self) -> Vec<Vec<u64>> {
+        self.windows.iter().map(|w| w.pages().collect()).collect()
+    }
+
+    /// Encodes the log. It must be valid (see [`DirtyLog::validate`]).
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::default();
         e.varint(self.page_size);
@@ -170,26 +239,31 @@ impl DirtyLog {
         for w in &self.windows {
             e.varint(w.started_us_before);
             e.varint(w.ended_us_before);
-            let runs = runs_of(&w.pages);
-            e.varint(runs.len() as u64);
+            e.varint(w.runs.len() as u64);
             let mut next_free = 0u64;
-            for (start, len) in runs {
-                e.varint(start - next_free);
-                e.varint(len);
-                next_free = start + len;
+            for r in &w.runs {
+                e.varint(r.start - next_free);
+                e.varint(r.len);
+                next_free = r.start + r.len;
             }
         }
         super::envelope::seal(MAGIC, VERSION, &e.buf)
     }
 
     /// Parses and validates a log made by [`DirtyLog::encode`]. Bounded: the
-    /// length and checksum are checked before any field is read, and every
-    /// count against the bytes left.
+    /// length and checksum are checked before any field is read, every count
+    /// against the bytes left, and runs are kept as runs.
     pub fn decode(input: &[u8]) -> Result<DirtyLog, DirtyLogError> {
         let body = super::envelope::open(input, MAGIC, VERSION, MAX_DIRTY_LOG_BYTES)?;
         let log = decode_body(body)?;
         log.validate()?;
         Ok(log)
+    }
+
+    /// Parses a body alone (no frame, no checksum, no validation): the part
+    /// a fuzzer should reach without forging a checksum.
+    pub fn decode_body(body: &[u8]) -> Result<DirtyLog, DirtyLogError> {
+        decode_body(body)
     }
 }
 
@@ -197,7 +271,6 @@ fn decode_body(body: &[u8]) -> Result<DirtyLog, DirtyLogError> {
     let mut d = Decoder::new(body);
     let page_size = d.varint("page_size")?;
     let total_pages = d.varint("total_pages")?;
-    // Runs expand into page lists: bound memory by the manifest's own limit.
     if total_pages > MAX_TOTAL_PAGES {
         return Err(DirtyLogError::Malformed {
             field: "total_pages",
@@ -210,7 +283,7 @@ fn decode_body(body: &[u8]) -> Result<DirtyLog, DirtyLogError> {
         let started_us_before = d.varint("window start")?;
         let ended_us_before = d.varint("window end")?;
         let run_count = d.count("run count", MIN_RUN_BYTES)?;
-        let mut pages = Vec::new();
+        let mut runs: Vec<PageRun> = Vec::with_capacity(run_count);
         let mut next_free = 0u64;
         for _ in 0..run_count {
             let gap = d.varint("run gap")?;
@@ -232,13 +305,20 @@ fn decode_body(body: &[u8]) -> Result<DirtyLog, DirtyLogError> {
                     total: total_pages,
                 });
             };
-            pages.extend(end - len..end);
+            match runs.last_mut() {
+                // No gap: the run goes on (as the pages it encodes do).
+                Some(last) if gap == 0 => last.len += len,
+                _ => runs.push(PageRun {
+                    start: end - len,
+                    len,
+                }),
+            }
             next_free = end;
         }
         windows.push(DirtyWindow {
             started_us_before,
             ended_us_before,
-            pages,
+            runs,
         });
     }
     if !d.is_empty() {
@@ -251,18 +331,6 @@ fn decode_body(body: &[u8]) -> Result<DirtyLog, DirtyLogError> {
     })
 }
 
-/// Maximal runs `(start, len)` of consecutive pages in an ascending list.
-fn runs_of(pages: &[u64]) -> Vec<(u64, u64)> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for &p in pages {
-        match runs.last_mut() {
-            Some((start, len)) if *start + *len == p => *len += 1,
-            _ => runs.push((p, 1)),
-        }
-    }
-    runs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,16 +341,8 @@ mod tests {
             page_size: 4096,
             total_pages: 1000,
             windows: vec![
-                DirtyWindow {
-                    started_us_before: 500_000,
-                    ended_us_before: 250_000,
-                    pages: vec![0, 1, 2, 3, 10, 999],
-                },
-                DirtyWindow {
-                    started_us_before: 250_000,
-                    ended_us_before: 0,
-                    pages: vec![],
-                },
+                DirtyWindow::from_pages(500_000, 250_000, &[0, 1, 2, 3, 10, 999]),
+                DirtyWindow::from_pages(250_000, 0, &[]),
             ],
         }
     }
@@ -379,15 +439,77 @@ mod tests {
     }
 
     #[test]
+    fn a_log_naming_every_page_of_the_largest_memory_stays_runs() {
+        // 12 body bytes naming 2^32 pages in each of two windows: decoding
+        // keeps two runs instead of expanding 64 GiB of page indices.
+        let mut e = Encoder::default();
+        e.varint(4096);
+        e.varint(MAX_TOTAL_PAGES);
+        e.varint(2);
+        for (start, end) in [(2, 1), (1, 0)] {
+            e.varint(start);
+            e.varint(end);
+            e.varint(1);
+            e.varint(0);
+            e.varint(MAX_TOTAL_PAGES);
+        }
+        let log = DirtyLog::decode(&signed(&e.buf)).unwrap();
+        assert_eq!(
+            log.windows
+                .iter()
+                .map(|w| w.page_count())
+                .collect::<Vec<_>>(),
+            vec![MAX_TOTAL_PAGES; 2]
+        );
+        assert_eq!(log.windows[1].pages().nth(5), Some(5));
+    }
+
+    #[test]
+    fn runs_without_a_gap_decode_as_one() {
+        let mut e = Encoder::default();
+        e.varint(4096);
+        e.varint(100);
+        e.varint(1);
+        e.varint(5);
+        e.varint(0);
+        e.varint(2);
+        for (gap, len) in [(3, 2), (0, 4)] {
+            e.varint(gap);
+            e.varint(len);
+        }
+        let log = DirtyLog::decode(&signed(&e.buf)).unwrap();
+        assert_eq!(log.windows[0].runs, vec![PageRun { start: 3, len: 6 }]);
+        assert_eq!(DirtyLog::decode(&log.encode()).unwrap(), log);
+        let mut touching = log.clone();
+        touching.windows[0].runs = vec![PageRun { start: 3, len: 2 }, PageRun { start: 5, len: 4 }];
+        assert_eq!(
+            touching.validate(),
+            Err(DirtyLogError::PagesUnsorted { window: 0, page: 5 })
+        );
+    }
+
+    #[test]
+    fn a_log_fits_only_the_memory_it_was_recorded_for() {
+        let log = sample();
+        assert_eq!(log.check_memory(4096, 1000), Ok(()));
+        let err = log.check_memory(4096, 64).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dirty log covers 1000 pages of 4096 bytes, but the memory is 64 pages of 4096 bytes"
+        );
+        assert!(log.check_memory(8192, 1000).is_err());
+    }
+
+    #[test]
     fn validate_names_the_bad_window() {
         let mut log = sample();
-        log.windows[0].pages = vec![3, 2];
+        log.windows[0] = DirtyWindow::from_pages(500_000, 250_000, &[3, 2]);
         assert_eq!(
             log.validate(),
             Err(DirtyLogError::PagesUnsorted { window: 0, page: 2 })
         );
         let mut log = sample();
-        log.windows[1].pages = vec![1000];
+        log.windows[1] = DirtyWindow::from_pages(250_000, 0, &[1000]);
         assert!(matches!(
             log.validate(),
             Err(DirtyLogError::PageOutOfRange { window: 1, .. })
@@ -413,10 +535,9 @@ mod tests {
             let windows = sets
                 .into_iter()
                 .enumerate()
-                .map(|(i, s)| DirtyWindow {
-                    started_us_before: (n - i as u64) * 1000,
-                    ended_us_before: (n - i as u64 - 1) * 1000,
-                    pages: s.into_iter().filter(|&p| p < total).collect(),
+                .map(|(i, s)| {
+                    let pages: Vec<u64> = s.into_iter().filter(|&p| p < total).collect();
+                    DirtyWindow::from_pages((n - i as u64) * 1000, (n - i as u64 - 1) * 1000, &pages)
                 })
                 .collect();
             let log = DirtyLog { page_size: 4096, total_pages: total, windows };

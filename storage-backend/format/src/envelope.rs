@@ -95,6 +95,18 @@ pub fn open_versions(
     Ok((version, &signed[HEADER_LEN..]))
 }
 
+/// The length of the whole frame whose first bytes are `start`, as its
+/// header declares it (header + body + trailer), or `None` when `start` is
+/// shorter than a header or is not a frame of this magic. Lets a reader
+/// refuse an oversized object after reading its first bytes only.
+pub fn declared_frame_len(start: &[u8], magic: [u8; 8]) -> Option<u64> {
+    if start.len() < HEADER_LEN || start[..8] != magic {
+        return None;
+    }
+    let body = u64::from_le_bytes(start[12..20].try_into().expect("8 bytes"));
+    Some(body.saturating_add((HEADER_LEN + TRAILER_LEN) as u64))
+}
+
 /// Maps a frame error onto an error type with variants of the same names.
 macro_rules! impl_from_envelope {
     ($target:ty) => {
@@ -154,6 +166,12 @@ mod tests {
             open(&cut, M, 3, 100),
             Err(EnvelopeError::LengthMismatch { .. })
         ));
+        assert_eq!(
+            declared_frame_len(&framed[..HEADER_LEN], M),
+            Some(framed.len() as u64)
+        );
+        assert_eq!(declared_frame_len(&framed[..HEADER_LEN - 1], M), None);
+        assert_eq!(declared_frame_len(&framed, *b"OTHEROTH"), None);
         let mut flipped = framed;
         flipped[HEADER_LEN] ^= 1;
         assert_eq!(

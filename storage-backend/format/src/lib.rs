@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod block_codec;
-pub(crate) mod dirty_log;
+pub mod dirty_log;
 mod dirty_profile;
 mod encoding;
 pub mod envelope;
@@ -27,6 +27,8 @@ pub use block_codec::{decode_block, encode_block, is_zero_page, BlockCodecError,
 pub use dirty_log::{DirtyLog, DirtyLogError, DirtyWindow};
 pub use dirty_profile::layout_from_dirty_windows;
 pub use encoding::{check_frame, decode, decode_body, encode, MAX_MANIFEST_BYTES, VERSION};
+/// The first bytes of every manifest object (its frame's magic).
+pub const MANIFEST_MAGIC: [u8; 8] = encoding::MAGIC;
 pub use error::{FormatError, PageOwner};
 pub use layout::{plan_blocks, LayoutError};
 pub use manifest::{BlockEntry, CheckpointId, Codec, Manifest, PageRun, Region, StateBlob};

@@ -7,7 +7,7 @@ use super::error::{FormatError, PageOwner};
 /// the memory a reader allocates for one block whatever the manifest says.
 pub const MAX_BLOCK_PAGES: u64 = 4096;
 /// Largest guest memory a manifest may describe, in pages (16 TiB of 4 KiB
-/// pages); bounds the page bitmap built during validation.
+/// pages), so page indices and byte offsets stay far from overflow.
 pub const MAX_TOTAL_PAGES: u64 = 1 << 32;
 
 /// A checkpoint's name inside a store: also a path component, hence the
@@ -97,6 +97,18 @@ impl Codec {
         }
     }
 
+    /// The smallest stored length that can decode to `raw_len` bytes: a
+    /// reader allocates `raw_len` bytes once it holds the stored ones, so
+    /// this bounds that allocation by what the store really sent.
+    pub fn min_stored_len(self, raw_len: u64) -> u64 {
+        match self {
+            Codec::Raw => raw_len,
+            // Each lz4 input byte yields at most 255 output bytes (a match
+            // length continuation byte); any other byte yields fewer.
+            Codec::Lz4 => raw_len.div_ceil(255),
+        }
+    }
+
     /// The largest stored length that can decode to `raw_len` bytes.
     pub fn max_stored_len(self, raw_len: u64) -> u64 {
         match self {
@@ -127,8 +139,10 @@ pub struct BlockEntry {
 }
 
 impl BlockEntry {
+    /// Pages in the block (saturating: an unvalidated entry may claim runs
+    /// whose lengths overflow).
     pub fn page_count(&self) -> u64 {
-        self.pages.iter().map(|r| r.len).sum()
+        self.pages.iter().fold(0, |n, r| n.saturating_add(r.len))
     }
 
     /// Page indices in block order.
@@ -234,7 +248,8 @@ impl Manifest {
                 expected,
             });
         }
-        if b.stored_len == 0 || b.stored_len > b.codec.max_stored_len(b.raw_len) {
+        let stored_lens = b.codec.min_stored_len(b.raw_len)..=b.codec.max_stored_len(b.raw_len);
+        if b.stored_len == 0 || !stored_lens.contains(&b.stored_len) {
             return Err(FormatError::BadStoredLen {
                 block: index,
                 stored_len: b.stored_len,
@@ -258,79 +273,79 @@ impl Manifest {
         Ok(())
     }
 
-    /// Every page is in exactly one block or in the zero-page set.
+    /// Every page is in exactly one block or in the zero-page set. Checked
+    /// on the runs themselves, sorted: the cost follows the number of runs
+    /// the manifest holds, never the number of pages they claim.
     fn validate_page_coverage(&self, total: u64) -> Result<(), FormatError> {
-        let mut owners = PageOwners::new(total);
-        for run in &self.zero_pages {
-            owners.claim(run, PageOwner::ZeroPages)?;
-        }
-        for (i, b) in self.blocks.iter().enumerate() {
-            for run in &b.pages {
-                owners.claim(run, PageOwner::Block(i as u32))?;
+        // Claims in the order they are listed: zero pages, then each block.
+        let claims =
+            self.zero_pages
+                .iter()
+                .map(|r| (r, PageOwner::ZeroPages))
+                .chain(self.blocks.iter().enumerate().flat_map(|(i, b)| {
+                    b.pages.iter().map(move |r| (r, PageOwner::Block(i as u32)))
+                }));
+        let mut runs: Vec<Claim> = Vec::new();
+        for (order, (run, owner)) in claims.enumerate() {
+            let end = run.start.checked_add(run.len).filter(|&e| e <= total);
+            let Some(end) = end else {
+                return Err(FormatError::PageOutOfRange {
+                    page: run.start.max(total),
+                    total,
+                    owner,
+                });
+            };
+            if run.len > 0 {
+                runs.push(Claim {
+                    start: run.start,
+                    end,
+                    order,
+                    owner,
+                });
             }
         }
-        match owners.first_unclaimed() {
+        runs.sort_unstable_by_key(|c| (c.start, c.order));
+        // The run reaching furthest so far: any later run starting before its
+        // end shares pages with it.
+        let mut reach: Option<&Claim> = None;
+        let mut first_gap: Option<u64> = None;
+        for claim in &runs {
+            let covered = reach.map_or(0, |r| r.end);
+            match reach {
+                Some(r) if claim.start < r.end => {
+                    let (first, second) = if r.order < claim.order {
+                        (r, claim)
+                    } else {
+                        (claim, r)
+                    };
+                    return Err(FormatError::PageListedTwice {
+                        page: claim.start,
+                        first: first.owner,
+                        second: second.owner,
+                    });
+                }
+                _ => {}
+            }
+            if claim.start > covered && first_gap.is_none() {
+                first_gap = Some(covered);
+            }
+            reach = Some(claim);
+        }
+        let covered = reach.map_or(0, |r| r.end);
+        match first_gap.or((covered < total).then_some(covered)) {
             Some(page) => Err(FormatError::PageMissing { page }),
             None => Ok(()),
         }
     }
 }
 
-/// Which pages have been claimed so far during validation. Claims are checked
-/// run by run against a bitmap; a second claim looks up its first owner
-/// (slowly, only on the error path).
-struct PageOwners {
-    total: u64,
-    claimed: Vec<u64>,
-    history: Vec<(PageRun, PageOwner)>,
-}
-
-impl PageOwners {
-    fn new(total: u64) -> Self {
-        Self {
-            total,
-            claimed: vec![0; total.div_ceil(64) as usize],
-            history: Vec::new(),
-        }
-    }
-
-    fn claim(&mut self, run: &PageRun, owner: PageOwner) -> Result<(), FormatError> {
-        let end = run.start.checked_add(run.len).filter(|&e| e <= self.total);
-        if end.is_none() {
-            let page = run.start.max(self.total);
-            return Err(FormatError::PageOutOfRange {
-                page,
-                total: self.total,
-                owner,
-            });
-        }
-        for page in run.start..run.start + run.len {
-            let (word, bit) = ((page / 64) as usize, page % 64);
-            if self.claimed[word] & (1 << bit) != 0 {
-                let first = self
-                    .history
-                    .iter()
-                    .find(|(r, _)| (r.start..r.end()).contains(&page))
-                    .map(|(_, o)| *o)
-                    .unwrap_or(owner);
-                return Err(FormatError::PageListedTwice {
-                    page,
-                    first,
-                    second: owner,
-                });
-            }
-            self.claimed[word] |= 1 << bit;
-        }
-        self.history.push((*run, owner));
-        Ok(())
-    }
-
-    fn first_unclaimed(&self) -> Option<u64> {
-        self.claimed.iter().enumerate().find_map(|(i, &w)| {
-            let page = i as u64 * 64 + u64::from((!w).trailing_zeros());
-            (w != u64::MAX && page < self.total).then_some(page)
-        })
-    }
+/// One run of pages claimed by a block or the zero-page set, with its place
+/// in the manifest's listing (which decides which claim of a page was first).
+struct Claim {
+    start: u64,
+    end: u64,
+    order: usize,
+    owner: PageOwner,
 }
 
 pub fn validate_page_size(page_size: u64) -> Result<(), FormatError> {

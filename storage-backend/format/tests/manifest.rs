@@ -17,7 +17,8 @@ fn block(pages: Vec<PageRun>, offset: u64) -> BlockEntry {
         pages,
         object: 0,
         offset,
-        stored_len: 100,
+        // Small, as compressed blocks are, yet no smaller than lz4 can be.
+        stored_len: (n * 4096).div_ceil(255).max(100),
         raw_len: n * 4096,
         codec: Codec::Lz4,
         hash: [7; 32],
@@ -177,6 +178,115 @@ fn inconsistent_sizes() {
 }
 
 #[test]
+fn stored_lengths_a_codec_cannot_produce() {
+    // Raw blocks store exactly their raw bytes: a shorter one would leave the
+    // decoder half a destination to fill.
+    let err = decode_modified(|m| {
+        m.blocks[0].codec = Codec::Raw;
+        m.blocks[0].stored_len = m.blocks[0].raw_len - 1;
+    });
+    assert!(matches!(err, FormatError::BadStoredLen { block: 0, .. }));
+    // lz4 yields at most 255 bytes per stored byte: a manifest cannot make a
+    // reader allocate more than that for the bytes a store sends.
+    let err = decode_modified(|m| m.blocks[0].stored_len = 3 * 4096 / 255);
+    assert!(matches!(err, FormatError::BadStoredLen { block: 0, .. }));
+}
+
+/// Regions of `pages` pages, all zero pages, then `f`'s changes.
+fn zero_memory(pages: u64, f: impl FnOnce(&mut Manifest)) -> Manifest {
+    let mut m = sample();
+    m.regions = vec![Region {
+        guest_phys_addr: 0,
+        size: pages * 4096,
+    }];
+    m.blocks.clear();
+    m.prefetch_order.clear();
+    m.zero_pages = vec![run(0, pages)];
+    f(&mut m);
+    m
+}
+
+#[test]
+fn coverage_of_the_largest_memory_is_checked_by_runs_not_pages() {
+    // 16 TiB of zero pages: a page bitmap would be 512 MiB. Checked by
+    // runs, in a few bytes of memory (tests/bounded.rs measures it).
+    let max = thaw_format::manifest::MAX_TOTAL_PAGES;
+    let m = zero_memory(max, |_| {});
+    assert_eq!(decode(&encode(&m)).unwrap(), m);
+    let cut = zero_memory(max, |m| m.zero_pages = vec![run(0, max - 1)]);
+    assert_eq!(
+        decode(&encode(&cut)).unwrap_err(),
+        FormatError::PageMissing { page: max - 1 }
+    );
+    let twice = zero_memory(max, |m| m.zero_pages.push(run(max - 1, 1)));
+    assert_eq!(
+        decode(&encode(&twice)).unwrap_err(),
+        FormatError::PageListedTwice {
+            page: max - 1,
+            first: PageOwner::ZeroPages,
+            second: PageOwner::ZeroPages
+        }
+    );
+}
+
+#[test]
+fn run_lengths_that_overflow_are_refused() {
+    let err = decode_modified(|m| {
+        m.blocks[0].pages = vec![run(0, u64::MAX), run(1, u64::MAX)];
+    });
+    assert!(matches!(err, FormatError::BlockTooLarge { block: 0, .. }));
+    let err = decode_modified(|m| m.zero_pages.push(run(u64::MAX, 2)));
+    assert!(matches!(err, FormatError::PageOutOfRange { .. }));
+}
+
+/// Which pages each claim covers, the slow way: the reference the run-based
+/// check must agree with.
+fn coverage_by_pages(total: u64, claims: &[(PageRun, PageOwner)]) -> Result<(), FormatError> {
+    let mut owner: Vec<Option<PageOwner>> = vec![None; total as usize];
+    for (r, o) in claims {
+        if r.start + r.len > total {
+            return Err(FormatError::PageOutOfRange {
+                page: r.start.max(total),
+                total,
+                owner: *o,
+            });
+        }
+    }
+    let mut first_twice: Option<u64> = None;
+    for (r, o) in claims {
+        for p in r.start..r.end() {
+            if owner[p as usize].is_some() {
+                first_twice = Some(first_twice.map_or(p, |f| f.min(p)));
+            }
+            owner[p as usize].get_or_insert(*o);
+        }
+    }
+    if let Some(page) = first_twice {
+        return Err(FormatError::PageListedTwice {
+            page,
+            first: PageOwner::ZeroPages,
+            second: PageOwner::ZeroPages,
+        });
+    }
+    match owner.iter().position(|o| o.is_none()) {
+        Some(p) => Err(FormatError::PageMissing { page: p as u64 }),
+        None => Ok(()),
+    }
+}
+
+/// Errors compared by kind and page (owners are checked by the named tests).
+fn same_verdict(a: &Result<(), FormatError>, b: &Result<(), FormatError>) -> bool {
+    use FormatError::*;
+    match (a, b) {
+        (Ok(()), Ok(())) => true,
+        (Err(PageOutOfRange { page: x, .. }), Err(PageOutOfRange { page: y, .. })) => x == y,
+        (Err(PageListedTwice { page: x, .. }), Err(PageListedTwice { page: y, .. })) => x == y,
+        (Err(PageMissing { page: x }), Err(PageMissing { page: y })) => x == y,
+        _ => false,
+    }
+}
+
+#[test]
 fn bad_prefetch_order_and_state() {
     let err = decode_modified(|m| m.prefetch_order = vec![1, 1]);
     assert!(matches!(err, FormatError::BadPrefetchOrder { .. }));
@@ -208,6 +318,22 @@ proptest! {
         if let Ok(m) = decode_body(&mutated) {
             let _ = m.validate();
         }
+    }
+
+    #[test]
+    fn run_coverage_agrees_with_a_page_by_page_check(
+        total in 1u64..40,
+        runs in proptest::collection::vec((0u64..44, 0u64..12), 0..8),
+    ) {
+        // Every run a zero-page run, so any mix of them is one manifest.
+        let m = zero_memory(total, |m| {
+            m.zero_pages = runs.iter().map(|&(s, l)| run(s, l)).collect();
+        });
+        let claims: Vec<(PageRun, PageOwner)> =
+            m.zero_pages.iter().map(|r| (*r, PageOwner::ZeroPages)).collect();
+        let expected = coverage_by_pages(total, &claims);
+        let got = m.validate();
+        prop_assert!(same_verdict(&got, &expected), "{:?} vs {:?}", got, expected);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! inside it), read back, and used as the checkpoint's layout when no other
 //! is given.
 
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::{PutMode, PutOptions};
 
 use crate::error::CheckpointError;
 use crate::memory::MemoryRegion;
@@ -50,10 +50,7 @@ pub async fn load_dirty_log(
     id: &CheckpointId,
 ) -> Result<Option<DirtyLog>, CheckpointError> {
     let key = keys::dirty_log(id);
-    let bytes = match store.object_store().get(&key).await {
-        Ok(r) => r.bytes().await,
-        Err(e) => Err(e),
-    };
+    let bytes = crate::capped_read::read_dirty_log(store, &key).await;
     let bytes = match bytes {
         Ok(b) => b,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -118,6 +115,7 @@ pub async fn write_checkpoint_with_dirty_log(
 mod tests {
     use super::*;
     use crate::reader::CheckpointReader;
+    use object_store::ObjectStoreExt;
     use thaw_format::{DirtyWindow, ManifestTrust};
 
     const PS: usize = 4096;
@@ -135,16 +133,8 @@ mod tests {
             page_size: PS as u64,
             total_pages,
             windows: vec![
-                DirtyWindow {
-                    started_us_before: 2000,
-                    ended_us_before: 1000,
-                    pages: vec![3, 40, 41],
-                },
-                DirtyWindow {
-                    started_us_before: 1000,
-                    ended_us_before: 0,
-                    pages: vec![41, 60, 61, 62, 63],
-                },
+                DirtyWindow::from_pages(2000, 1000, &[3, 40, 41]),
+                DirtyWindow::from_pages(1000, 0, &[41, 60, 61, 62, 63]),
             ],
         }
     }
@@ -203,8 +193,8 @@ mod tests {
         };
         let mut small = log(64);
         small.total_pages = 16;
-        small.windows[0].pages = vec![3];
-        small.windows[1].pages = vec![5];
+        small.windows[0] = DirtyWindow::from_pages(2000, 1000, &[3]);
+        small.windows[1] = DirtyWindow::from_pages(1000, 0, &[5]);
         let summary = write_checkpoint_with_dirty_log(&store, &regions, vec![], &opts, &small)
             .await
             .unwrap();
@@ -241,8 +231,8 @@ mod tests {
         assert!(matches!(err, CheckpointError::BadDirtyLog { .. }), "{err}");
 
         let mut fits = log(16);
-        fits.windows[0].pages = vec![3];
-        fits.windows[1].pages = vec![5];
+        fits.windows[0] = DirtyWindow::from_pages(2000, 1000, &[3]);
+        fits.windows[1] = DirtyWindow::from_pages(1000, 0, &[5]);
         let opts = WriteOptions {
             id: Some(CheckpointId::new("one").unwrap()),
             ..WriteOptions::default()

@@ -30,6 +30,12 @@ pub enum CheckpointError {
     },
     #[error("object {key} is missing from the store")]
     MissingObject { key: String },
+    #[error("object {key} is {source}")]
+    ObjectTooLarge {
+        key: String,
+        #[source]
+        source: crate::capped_read::TooLarge,
+    },
     #[error("object {key}: {source}")]
     Object {
         key: String,
@@ -63,6 +69,17 @@ impl CheckpointError {
             object_store::Error::NotFound { .. } => Self::MissingObject {
                 key: key.to_owned(),
             },
+            object_store::Error::Generic { store, source }
+                if store == crate::capped_read::REFUSAL
+                    && source.is::<crate::capped_read::TooLarge>() =>
+            {
+                Self::ObjectTooLarge {
+                    key: key.to_owned(),
+                    source: *source
+                        .downcast()
+                        .expect("checked to be a TooLarge just above"),
+                }
+            }
             source => Self::Object {
                 key: key.to_owned(),
                 source,

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capped_read;
 pub mod catalog;
 mod cpu;
 pub mod dirty_log;

@@ -46,11 +46,7 @@ pub async fn read_manifest_object(
     id: &CheckpointId,
 ) -> Result<Bytes, CheckpointError> {
     let key = keys::manifest(id);
-    let bytes = match store.object_store().get(&key).await {
-        Ok(r) => r.bytes().await,
-        Err(e) => Err(e),
-    };
-    match bytes {
+    match crate::capped_read::read_manifest(store, &key).await {
         Ok(b) => Ok(b),
         Err(object_store::Error::NotFound { .. }) => Err(CheckpointError::NotFound {
             id: id.clone(),

@@ -190,11 +190,7 @@ mod tests {
         let log = DirtyLog {
             page_size: PS as u64,
             total_pages: 256,
-            windows: vec![DirtyWindow {
-                started_us_before: 250_000,
-                ended_us_before: 0,
-                pages: vec![100, 101],
-            }],
+            windows: vec![DirtyWindow::from_pages(250_000, 0, &[100, 101])],
         };
         let old = crate::dirty_log::write_checkpoint_with_dirty_log(
             &store,

@@ -153,11 +153,7 @@ impl DirtyWindows {
             windows: self
                 .closed
                 .into_iter()
-                .map(|w| DirtyWindow {
-                    started_us_before: before(w.started),
-                    ended_us_before: before(w.ended),
-                    pages: w.pages,
-                })
+                .map(|w| DirtyWindow::from_pages(before(w.started), before(w.ended), &w.pages))
                 .collect(),
         }
     }
@@ -230,7 +226,7 @@ mod tests {
         assert_eq!(log.windows[0].started_us_before, 120_000);
         assert_eq!(log.windows[0].ended_us_before, 50_000);
         assert_eq!(log.windows[1].ended_us_before, 0);
-        assert_eq!(log.windows[1].pages, vec![4, 5, 6]);
+        assert_eq!(log.windows[1].pages().collect::<Vec<_>>(), vec![4, 5, 6]);
     }
 
     #[test]
@@ -248,7 +244,10 @@ mod tests {
         assert_eq!(w.page_counts(), vec![2, 6]);
         let log = w.into_log(t0 + ms(210), 4096, 16);
         log.validate().unwrap();
-        assert_eq!(log.windows[1].pages, vec![2, 3, 4, 5, 9, 10]);
+        assert_eq!(
+            log.windows[1].pages().collect::<Vec<_>>(),
+            vec![2, 3, 4, 5, 9, 10]
+        );
         assert_eq!(log.windows[1].started_us_before, 110_000);
         assert_eq!(log.windows[1].ended_us_before, 0);
         let mut late = DirtyWindows::new(config, t0);

@@ -160,7 +160,7 @@ impl VmState {
     }
 
     /// Decodes and verifies a blob made by [`VmState::encode`].
-    pub(crate) fn decode(blob: &[u8]) -> Result<VmState> {
+    pub fn decode(blob: &[u8]) -> Result<VmState> {
         // Version 1's u32 version reads as version 1 with a zero reserved field in the envelope's
         // header, so the version at offset 8 tells the frames apart.
         let payload = if blob.len() >= 10 && blob[..8] == MAGIC && blob[8..10] == [1, 0] {

@@ -13,7 +13,7 @@ mod examples;
 mod properties;
 
 /// A manifest over `total` pages: `blocks` lists each block's page runs;
-/// every other page is a zero page. Blocks are 1000 stored bytes each.
+/// every other page is a zero page. Blocks are 1000 stored (lz4) bytes each.
 fn manifest(total: u64, blocks: &[Vec<PageRun>], order: Vec<u32>) -> Arc<Manifest> {
     let mut owned = vec![false; total as usize];
     let entries: Vec<BlockEntry> = blocks
@@ -31,7 +31,7 @@ fn manifest(total: u64, blocks: &[Vec<PageRun>], order: Vec<u32>) -> Arc<Manifes
                 offset: 0,
                 stored_len: 1000,
                 raw_len: pages * 4096,
-                codec: Codec::Raw,
+                codec: Codec::Lz4,
                 hash: [0; 32],
                 stored_hash: None,
             }

@@ -1,0 +1,4 @@
+//! libFuzzer driver of `thaw_fuzz::targets::handoff` (see ../../README.md).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| thaw_fuzz::targets::handoff(data));
