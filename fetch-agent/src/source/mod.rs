@@ -114,6 +114,12 @@ impl ObjectStoreSource {
         }
     }
 
+    /// The tenant key of the store handle, which opens the store's
+    /// encrypted checkpoints.
+    pub fn tenant_keys(&self) -> Option<&Arc<thaw_format::TenantKeys>> {
+        self.store.tenant_keys()
+    }
+
     async fn reader(&self, checkpoint: &CheckpointId) -> Result<CheckpointReader, SourceError> {
         let known = self
             .readers

@@ -13,6 +13,7 @@ mod memory;
 pub mod reader;
 pub mod relayout;
 pub mod store;
+pub mod tenant_key;
 mod writer;
 
 pub use error::CheckpointError;
