@@ -9,4 +9,5 @@ pub mod commands;
 pub mod daemon;
 pub mod demo;
 pub mod serve;
+pub mod tenant;
 pub mod vm;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use thaw_cli::commands;
+use thaw_cli::tenant::open_store_with_tenant_key;
 use thaw_format::units::parse_size;
 use thaw_format::CheckpointId;
 use thaw_store::Store;
@@ -56,8 +57,13 @@ enum Command {
 enum CheckpointCommand {
     /// List the complete checkpoints of a store.
     List { store: String },
-    /// Fetch and hash-check every block of a checkpoint.
-    Verify { store: String, id: CheckpointId },
+    /// Fetch and hash-check every block of a checkpoint (and decrypt it, when encrypted).
+    Verify {
+        store: String,
+        id: CheckpointId,
+        #[command(flatten)]
+        tenant: thaw_cli::vm::TenantKeyArg,
+    },
     /// Rewrite a checkpoint with a layout learned from restore traces (the old one stays as it is).
     Relayout {
         store: String,
@@ -68,6 +74,8 @@ enum CheckpointCommand {
         /// Id of the new checkpoint (generated when absent).
         #[arg(long = "id")]
         new_id: Option<CheckpointId>,
+        #[command(flatten)]
+        tenant: thaw_cli::vm::TenantKeyArg,
     },
 }
 
@@ -120,15 +128,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Checkpoint { command } => match command {
             CheckpointCommand::List { store } => commands::list(&open_store(&store)?).await,
-            CheckpointCommand::Verify { store, id } => {
-                commands::verify(&open_store(&store)?, &id).await
+            CheckpointCommand::Verify { store, id, tenant } => {
+                let store = open_store_with_tenant_key(&store, tenant.path.as_deref())?;
+                commands::verify(&store, &id).await
             }
             CheckpointCommand::Relayout {
                 store,
                 id,
                 traces,
                 new_id,
-            } => commands::relayout(&open_store(&store)?, &id, &traces, new_id).await,
+                tenant,
+            } => {
+                let store = open_store_with_tenant_key(&store, tenant.path.as_deref())?;
+                commands::relayout(&store, &id, &traces, new_id).await
+            }
         },
         // The vmm is synchronous and makes its own runtime: run it on a plain thread.
         Command::Vm(args) => std::thread::spawn(move || thaw_cli::vm::run(args))
