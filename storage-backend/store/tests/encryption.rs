@@ -179,3 +179,48 @@ async fn same_tenant_dedups_and_converges_other_tenants_do_not() {
         assert_ne!(x, other.fetch_stored(blk).await.unwrap());
     }
 }
+
+#[tokio::test]
+async fn relayout_of_an_encrypted_checkpoint_stays_encrypted_and_dedups() {
+    let plain = Store::open("memory://").unwrap();
+    let key = TenantKey::generate();
+    let store = plain.clone().with_tenant_key(&key);
+    let mem = memory();
+    // Written with the writer's default block size, as relayout writes.
+    let regions = [MemoryRegion {
+        guest_phys_addr: 0,
+        bytes: &mem,
+    }];
+    let opts = WriteOptions {
+        id: Some(CheckpointId::new("old").unwrap()),
+        ..WriteOptions::default()
+    };
+    write_checkpoint(&store, &regions, b"secret vcpu state".to_vec(), &opts)
+        .await
+        .unwrap();
+    let new = CheckpointId::new("new").unwrap();
+    // Pages 0-15 in reverse: the blocks holding them change, the others stay.
+    let layout: Vec<u64> = (0..16).rev().collect();
+    let summary = thaw_store::relayout::relayout(
+        &store,
+        &CheckpointId::new("old").unwrap(),
+        layout,
+        Some(new.clone()),
+    )
+    .await
+    .unwrap();
+    // Four blocks of 16 pages: the first is rewritten, the other three reused.
+    assert_eq!((summary.blocks, summary.reused_blocks), (4, 3));
+    let reader = open(&store, "new").await;
+    assert_eq!(reader.manifest().encryption.unwrap().key_id, key.id());
+    assert_eq!(reader.state_blob().unwrap(), b"secret vcpu state");
+    let mut out = vec![0u8; mem.len()];
+    reader.read_all_into(&mut out, 4).await.unwrap();
+    assert_eq!(out, mem);
+    // Without the key there is nothing to relayout from.
+    let err =
+        thaw_store::relayout::relayout(&plain, &CheckpointId::new("old").unwrap(), vec![], None)
+            .await
+            .unwrap_err();
+    assert!(matches!(err, CheckpointError::Encryption { .. }), "{err}");
+}
