@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use thaw_format::{CheckpointId, ManifestTrust};
+use thaw_format::{BlockOpener, CheckpointId, ManifestTrust};
 use thaw_store::reader::open_manifest;
 use thaw_store::Store;
 use tokio::runtime::Handle;
@@ -43,6 +43,14 @@ pub enum AgentError {
     Manifest { id: CheckpointId, errors: String },
     #[error("hand-off: {0}")]
     Handoff(#[from] thaw_format::handoff::HandoffError),
+    #[error(
+        "checkpoint {id}: {source} (the agent's --tenant-key, or tenant.key in its key directory)"
+    )]
+    TenantKey {
+        id: CheckpointId,
+        #[source]
+        source: thaw_format::CryptError,
+    },
     #[error("the hand-off maps {handed} bytes in pages of {handed_page}, checkpoint {id} has {stored} bytes in pages of {stored_page}")]
     Mismatch {
         id: CheckpointId,
@@ -279,7 +287,8 @@ impl Agent {
             }
         }
         let mut sources = self.block_servers.clone();
-        sources.push(self.object_store(spec)?);
+        let store = self.object_store(spec)?;
+        sources.push(store.clone());
         let mut found = None;
         for s in &sources {
             let opened = self
@@ -307,9 +316,20 @@ impl Agent {
             id: id.clone(),
             errors: errors.join("; "),
         })?;
+        let manifest = Arc::new(verified.manifest);
+        // The key comes with the store handle: the agent's own, or the one
+        // a VMM registered for its in-process agent.
+        let opener =
+            BlockOpener::for_manifest(&manifest, store.tenant_keys()).map_err(|source| {
+                AgentError::TenantKey {
+                    id: id.clone(),
+                    source,
+                }
+            })?;
         let checkpoint = Arc::new(Checkpoint {
             id: id.clone(),
-            manifest: Arc::new(verified.manifest),
+            manifest,
+            opener,
             sources,
         });
         self.lock_checkpoints().insert(
@@ -330,7 +350,7 @@ impl Agent {
 
     /// The source of store `spec`, opened on first use, if it is one
     /// hand-offs may name. Opening never creates a directory.
-    fn object_store(&self, spec: &str) -> Result<Arc<dyn BlockSource>, AgentError> {
+    fn object_store(&self, spec: &str) -> Result<Arc<ObjectStoreSource>, AgentError> {
         let key = Store::location_key(spec);
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = stores.get(&key) {

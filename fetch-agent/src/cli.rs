@@ -66,6 +66,10 @@ pub struct Args {
     /// Client key (PEM) for mutual TLS with the block servers.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Tenant key file that opens encrypted checkpoints [default: tenant.key
+    /// in $THAW_KEY_DIR, else in ~/.config/thaw/keys, when it exists].
+    #[arg(long)]
+    pub tenant_key: Option<PathBuf>,
     /// Blocks after a faulting one (in the checkpoint's prefetch order) to
     /// prefetch [default: the policy's, 4].
     #[arg(long)]
@@ -216,6 +220,16 @@ impl Args {
 /// Runs the agent until the accept loop fails or the process is interrupted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let agent = Agent::new(args.config()?, tokio::runtime::Handle::current());
+    // With a tenant key, the stores hand-offs may name are opened now with
+    // it: the agent decrypts their encrypted checkpoints.
+    if let Some(key) = thaw_store::tenant_key::load_tenant_key(args.tenant_key.as_deref())? {
+        tracing::info!("tenant key {} opens encrypted checkpoints", key.id());
+        for spec in std::iter::once(&args.store).chain(&args.allowed_stores) {
+            let store = thaw_store::Store::open_existing(spec)
+                .with_context(|| format!("opening store {spec}"))?;
+            agent.register_store(spec, store.with_tenant_key(&key));
+        }
+    }
     agent.connect().await;
     if let Some(addr) = args.metrics {
         let bound = crate::http::serve_metrics(addr, agent.clone())

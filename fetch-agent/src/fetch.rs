@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use thaw_format::block_codec::decode_block_into;
-use thaw_format::{CheckpointId, Manifest};
+use thaw_format::{BlockOpener, CheckpointId, Manifest};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::cache::{BlockCache, FlightError, FlightPriority, Join};
@@ -108,6 +108,8 @@ async fn fetch_hedged(
 pub struct Checkpoint {
     pub id: CheckpointId,
     pub manifest: Arc<Manifest>,
+    /// Decrypts its blocks when it is encrypted (the agent's tenant key).
+    pub opener: BlockOpener,
     /// Tried in order; the first that delivers a block with the right hash wins.
     pub sources: Vec<Arc<dyn BlockSource>>,
 }
@@ -313,7 +315,9 @@ impl Fetcher {
         priority: Priority,
         restore: Arc<Counters>,
     ) -> Request {
-        let hash = checkpoint.manifest.blocks[block as usize].hash;
+        let hash = checkpoint
+            .opener
+            .cache_key(&checkpoint.manifest.blocks[block as usize]);
         match self.cache.join(&hash, priority) {
             Join::Ready(data) => Request::Ready(data),
             Join::Follow(follow) => Self::follow(follow, block),
@@ -566,7 +570,7 @@ impl Fetcher {
     ) -> Result<Bytes, FailureReason> {
         let entry = &checkpoint.manifest.blocks[block as usize];
         let mut data = vec![0u8; entry.raw_len as usize];
-        match decode_block_into(entry, stored, &mut data) {
+        match decode_block_into(&checkpoint.opener, entry, stored, &mut data) {
             Ok(()) => {
                 for c in [&self.metrics.counters, restore] {
                     c.fetched(source.kind(), priority, stored.len() as u64);

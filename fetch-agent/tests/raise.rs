@@ -160,6 +160,7 @@ fn a_fault_joining_a_streaming_fetch_is_answered_ahead_of_the_stream() {
         let checkpoint = Arc::new(Checkpoint {
             id: fx.id.clone(),
             manifest,
+            opener: thaw_format::BlockOpener::Plain,
             sources: vec![source.clone() as Arc<dyn BlockSource>],
         });
         // Every streaming fetch under way at once: none waits for a slot

@@ -145,6 +145,7 @@ impl Setup {
         Arc::new(Checkpoint {
             id: self.id.clone(),
             manifest: self.manifest.clone(),
+            opener: thaw_format::BlockOpener::Plain,
             sources,
         })
     }

@@ -10,7 +10,7 @@ pub mod health;
 pub mod monitor;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -148,6 +148,12 @@ impl ObjectStoreSource {
             store,
             readers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The tenant key of the store handle, which opens the store's
+    /// encrypted checkpoints.
+    pub fn tenant_keys(&self) -> Option<&Arc<thaw_format::TenantKeys>> {
+        self.store.tenant_keys()
     }
 
     async fn reader(&self, checkpoint: &CheckpointId) -> Result<CheckpointReader, SourceError> {

@@ -75,12 +75,26 @@ pub fn key_dir() -> anyhow::Result<PathBuf> {
     default_key_dir().context("no key directory: set THAW_KEY_DIR or HOME")
 }
 
-/// `thaw keygen [--dir DIR]`: a new signing key pair.
-pub fn keygen(dir: Option<&Path>) -> anyhow::Result<()> {
+/// `thaw keygen [--dir DIR] [--tenant]`: a new signing key pair, and with `tenant` a tenant key
+/// (checkpoints written with it in the directory are encrypted).
+pub fn keygen(dir: Option<&Path>, tenant: bool) -> anyhow::Result<()> {
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => key_dir()?,
     };
+    if tenant {
+        let path = dir.join(thaw_store::tenant_key::TENANT_KEY_FILE);
+        let key = thaw_store::tenant_key::write_new_tenant_key(&path)?;
+        println!(
+            "tenant key {} written to {} (0600): checkpoints are encrypted with it; copy it to \
+             the hosts that restore them, never to block servers",
+            key.id(),
+            path.display()
+        );
+        if dir.join(keys::SIGNING_KEY_FILE).exists() {
+            return Ok(());
+        }
+    }
     let public = keys::generate(&dir)?;
     println!(
         "signing key {} written to {} (0600); its public key, to trust on restore hosts: {}\n{}",

@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod demo;
 pub mod keys;
 pub mod serve;
+pub mod tenant;
 pub mod vm;

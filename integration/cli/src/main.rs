@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use thaw_cli::commands;
 use thaw_cli::keys::KeyArgs;
+use thaw_cli::tenant::open_store_with_tenant_key;
 use thaw_format::units::parse_size;
 use thaw_format::CheckpointId;
 use thaw_store::Store;
@@ -40,11 +41,15 @@ enum Command {
         #[arg(long)]
         pki: Option<PathBuf>,
     },
-    /// Make a checkpoint signing key pair (signing.key, 0600, and signing.pub) in --dir or the
-    /// default key directory ($THAW_KEY_DIR, else ~/.config/thaw/keys).
+    /// Make a checkpoint signing key pair (signing.key, 0600, and signing.pub), and with --tenant
+    /// a tenant key, in --dir or the default key directory ($THAW_KEY_DIR, else
+    /// ~/.config/thaw/keys).
     Keygen {
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also write a tenant key (tenant.key): checkpoints written with it are encrypted.
+        #[arg(long)]
+        tenant: bool,
     },
     /// Inspect checkpoints in a store.
     Checkpoint {
@@ -67,12 +72,15 @@ enum CheckpointCommand {
         #[command(flatten)]
         keys: KeyArgs,
     },
-    /// Check a checkpoint's signature, then fetch and hash-check every block.
+    /// Check a checkpoint's signature, then fetch and hash-check every block (and decrypt it,
+    /// when encrypted).
     Verify {
         store: String,
         id: CheckpointId,
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        tenant: thaw_cli::vm::TenantKeyArg,
     },
     /// Rewrite a checkpoint with a layout learned from restore traces (the old one stays as it is).
     Relayout {
@@ -86,6 +94,8 @@ enum CheckpointCommand {
         /// Id of the new checkpoint (generated when absent).
         #[arg(long = "id")]
         new_id: Option<CheckpointId>,
+        #[command(flatten)]
+        tenant: thaw_cli::vm::TenantKeyArg,
     },
 }
 
@@ -136,13 +146,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             tokio::task::spawn_blocking(move || thaw_cli::demo::run(opts)).await?
         }
-        Command::Keygen { dir } => thaw_cli::keys::keygen(dir.as_deref()),
+        Command::Keygen { dir, tenant } => thaw_cli::keys::keygen(dir.as_deref(), tenant),
         Command::Checkpoint { command } => match command {
             CheckpointCommand::List { store, keys } => {
                 commands::list(&open_store(&store)?, &keys.trust()?).await
             }
-            CheckpointCommand::Verify { store, id, keys } => {
-                commands::verify(&open_store(&store)?, &id, &keys.trust()?).await
+            CheckpointCommand::Verify {
+                store,
+                id,
+                keys,
+                tenant,
+            } => {
+                let store = open_store_with_tenant_key(&store, tenant.path.as_deref())?;
+                commands::verify(&store, &id, &keys.trust()?).await
             }
             CheckpointCommand::Relayout {
                 store,
@@ -150,7 +166,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 keys,
                 traces,
                 new_id,
-            } => commands::relayout(&open_store(&store)?, &id, &keys, &traces, new_id).await,
+                tenant,
+            } => {
+                let store = open_store_with_tenant_key(&store, tenant.path.as_deref())?;
+                commands::relayout(&store, &id, &keys, &traces, new_id).await
+            }
         },
         // The vmm is synchronous and makes its own runtime: run it on a plain thread.
         Command::Vm(args) => std::thread::spawn(move || thaw_cli::vm::run(args))

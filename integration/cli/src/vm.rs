@@ -3,6 +3,7 @@
 //! Machine-readable results go to standard output as JSON lines when `--json` is given (the guest's
 //! console then goes to standard error unless `--serial` says otherwise).
 
+use crate::tenant::open_store_with_tenant_key;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use vmm::boot::testguest::{boot_test_guest, wait_done};
 use vmm::boot::testguest::{Params, Pattern};
 use vmm::devices::report_port;
 use vmm::devices::serial::SerialOutput;
-use vmm::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, open_store, runtime};
+use vmm::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, runtime};
 use vmm::persist::dirty::DirtyConfig;
 use vmm::persist::dirty_tracker::DirtyTracker;
 use vmm::persist::restore::{restore, RestoreMode};
@@ -134,6 +135,18 @@ pub struct RunArgs {
     pub stop_after_checkpoint: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub tenant: TenantKeyArg,
+}
+
+/// `--tenant-key`, shared by the commands that write or read checkpoints.
+#[derive(Debug, Args)]
+pub struct TenantKeyArg {
+    /// Tenant key file: checkpoints are written encrypted with it, and
+    /// encrypted ones read [default: tenant.key in $THAW_KEY_DIR, else in
+    /// ~/.config/thaw/keys, when it exists].
+    #[arg(long = "tenant-key")]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +170,8 @@ pub struct CheckpointArgs {
     pub resume: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub tenant: TenantKeyArg,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +194,8 @@ pub struct RestoreArgs {
     pub run_for: Option<Duration>,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub tenant: TenantKeyArg,
 }
 
 use thaw_format::units::{parse_duration, parse_size};
@@ -317,9 +334,12 @@ fn run_and_maybe_checkpoint(
     stop_after: bool,
     dirty: DirtyConfig,
     keys: &KeyArgs,
+    tenant_key: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let store = ck.map(|(spec, _)| open_store(spec)).transpose()?;
+    let store = ck
+        .map(|(spec, _)| open_store_with_tenant_key(spec, tenant_key))
+        .transpose()?;
     // Keys are checked before the guest runs: a missing key is no reason to lose a run.
     let write_options = ck.map(|_| keys.write_options()).transpose()?;
     let watch: Watch = (m.until_serial.is_some() || on_serial.is_some())
@@ -405,7 +425,7 @@ fn run_and_maybe_checkpoint(
 
 fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let store = open_store(&a.store)?;
+    let store = open_store_with_tenant_key(&a.store, a.tenant.path.as_deref())?;
     let trust = a.keys.trust()?;
     let mode = match (&a.agent, a.eager) {
         (Some(p), _) => RestoreMode::Agent(p.clone()),
@@ -469,6 +489,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             a.stop_after_checkpoint,
             a.dirty.config(),
             &a.keys,
+            a.tenant.path.as_deref(),
         ),
         VmCommand::Checkpoint(a) => run_and_maybe_checkpoint(
             &a.machine,
@@ -478,6 +499,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             !a.resume,
             a.dirty.config(),
             &a.keys,
+            a.tenant.path.as_deref(),
         ),
         VmCommand::Restore(a) => restore_cmd(&a),
     }

@@ -26,6 +26,9 @@ fn checkpoint_bench_writes_its_fields() {
     for key in [
         "write_gib_per_s",
         "read_gib_per_s",
+        "write_gib_per_s_encrypted",
+        "read_gib_per_s_encrypted",
+        "stored_bytes_encrypted",
         "compression_ratio",
         "zero_pages",
     ] {
@@ -36,7 +39,14 @@ fn checkpoint_bench_writes_its_fields() {
 #[test]
 fn stream_bench_writes_its_fields() {
     let v = bench(&["stream", "--memory", "16MiB"]);
-    assert!(v["stream_gb_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    for key in [
+        "stream_gb_per_s",
+        "stream_decoded_gb_per_s",
+        "stream_gb_per_s_encrypted",
+        "stream_decoded_gb_per_s_encrypted",
+    ] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
+    }
 }
 
 #[test]

@@ -13,8 +13,8 @@ use thaw_block_protocol::client::{BlockClient, ClientError};
 use thaw_block_protocol::server::{BlockServer, RunningServer};
 use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
 use thaw_block_protocol::wire::{Priority, Status};
-use thaw_format::decode_block;
 use thaw_format::CheckpointId;
+use thaw_format::{decode_block, BlockOpener};
 use thaw_store::Store;
 
 /// The manifest a block server gives, decoded: these tests' checkpoints are written unsigned
@@ -82,7 +82,7 @@ async fn serves_verified_blocks() {
             .fetch_stored(&f.id, i as u32, Priority::Demand)
             .await
             .unwrap();
-        let raw = decode_block(entry, &stored).unwrap();
+        let raw = decode_block(&BlockOpener::Plain, entry, &stored).unwrap();
         for (k, page) in entry.page_iter().enumerate() {
             let at = page as usize * 4096;
             assert_eq!(&raw[k * 4096..(k + 1) * 4096], &f.memory[at..at + 4096]);

@@ -11,7 +11,7 @@ use thaw_bench::synthetic;
 use thaw_block_protocol::client::BlockClient;
 use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
 use thaw_block_protocol::wire::Priority;
-use thaw_format::decode_block;
+use thaw_format::{decode_block, BlockOpener};
 use thaw_store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +58,7 @@ async fn serves_a_store_with_a_development_pki() {
     .unwrap()
     .manifest;
     let stored = client.fetch_stored(&id, 0, Priority::Demand).await.unwrap();
-    let raw = decode_block(&m.blocks[0], &stored).unwrap();
+    let raw = decode_block(&BlockOpener::Plain, &m.blocks[0], &stored).unwrap();
     let first = m.blocks[0].page_iter().next().unwrap() as usize * 4096;
     assert_eq!(&raw[..4096], &memory[first..first + 4096]);
 

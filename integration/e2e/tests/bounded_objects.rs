@@ -78,6 +78,7 @@ fn all_zero_manifest(id: &str, missing: u64) -> Vec<u8> {
         }],
         prefetch_order: vec![],
         state: StateBlob::new(vec![]),
+        encryption: None,
     })
 }
 

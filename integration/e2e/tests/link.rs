@@ -20,7 +20,7 @@ use thaw_block_protocol::client::BlockClient;
 use thaw_block_protocol::server::BlockServer;
 use thaw_block_protocol::tls::{self, DevPki, SERVER_NAME};
 use thaw_block_protocol::wire::Priority;
-use thaw_format::decode_block;
+use thaw_format::{decode_block, BlockOpener};
 use thaw_store::Store;
 
 /// A UDP server that sends every datagram back to its sender until dropped.
@@ -309,7 +309,7 @@ async fn quic_block_fetches_through_the_relay_pay_the_round_trip() {
             let t = started.elapsed();
             assert!(t >= rtt, "{}: block {i} in {t:?} < {rtt:?}", link.name());
             took.push(t);
-            let raw = decode_block(entry, &stored).unwrap();
+            let raw = decode_block(&BlockOpener::Plain, entry, &stored).unwrap();
             for (k, page) in entry.page_iter().enumerate() {
                 let at = page as usize * 4096;
                 assert_eq!(&raw[k * 4096..(k + 1) * 4096], &memory[at..at + 4096]);

@@ -65,7 +65,7 @@ async fn relayout_from_traces() {
         reader.read_all_into(&mut back, 4).await.unwrap();
         assert!(back == memory, "{id} reads back different memory");
         reader.verify(4).await.unwrap();
-        assert_eq!(reader.state_blob(), b"state");
+        assert_eq!(reader.state_blob().unwrap(), b"state");
     }
     let relaid = CheckpointReader::open(
         &store,

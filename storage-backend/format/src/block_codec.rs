@@ -1,8 +1,11 @@
-//! Turning a block's raw page bytes into stored bytes and back.
+//! Turning a block's raw page bytes into stored bytes and back: compressed
+//! when it pays, then encrypted when the checkpoint is (see `block_crypt`).
 
+use super::block_crypt::{BlockOpener, TenantKeys, TAG_LEN};
 use super::manifest::{BlockEntry, Codec, PageRun};
 
-/// A block ready to store: its codec, stored bytes and raw-bytes hash.
+/// A block ready to store: its codec, stored bytes and raw-bytes hash
+/// (keyed with the tenant's key when encrypted).
 #[derive(Debug, Clone)]
 pub struct EncodedBlock {
     pub codec: Codec,
@@ -39,6 +42,8 @@ pub enum BlockCodecError {
     HashMismatch,
     #[error("BLAKE3 hash of the stored bytes does not match the manifest")]
     StoredHashMismatch,
+    #[error("stored bytes do not decrypt with the block's key (tampered with, or the manifest entry altered)")]
+    Decrypt,
 }
 
 /// Compression is kept only when it saves at least 1/16 of the bytes: below
@@ -47,20 +52,37 @@ fn compression_pays(raw_len: usize, compressed_len: usize) -> bool {
     compressed_len <= raw_len - raw_len / 16
 }
 
+/// Encodes a block of a checkpoint stored in the clear.
 pub fn encode_block(raw: &[u8]) -> EncodedBlock {
-    let hash = *blake3::hash(raw).as_bytes();
-    encode_block_with_hash(raw, hash)
+    encode_block_with_hash(raw, block_hash(None, raw), None)
 }
 
-/// As [`encode_block`] when the hash is already known (the writer hashes
-/// first to find blocks it can reuse from a parent checkpoint).
-pub fn encode_block_with_hash(raw: &[u8], hash: [u8; 32]) -> EncodedBlock {
+/// The manifest's hash of a block's raw bytes: BLAKE3, keyed with the
+/// tenant's key when the checkpoint is encrypted.
+pub fn block_hash(keys: Option<&TenantKeys>, raw: &[u8]) -> [u8; 32] {
+    match keys {
+        Some(k) => k.block_hash(raw),
+        None => *blake3::hash(raw).as_bytes(),
+    }
+}
+
+/// Encodes a block whose [`block_hash`] is known (the writer hashes first to
+/// find blocks it can reuse from a parent checkpoint); encrypts it after
+/// compressing when `keys` is given.
+pub fn encode_block_with_hash(
+    raw: &[u8],
+    hash: [u8; 32],
+    keys: Option<&TenantKeys>,
+) -> EncodedBlock {
     let compressed = lz4_flex::block::compress(raw);
-    let (codec, stored) = if compression_pays(raw.len(), compressed.len()) {
+    let (codec, mut stored) = if compression_pays(raw.len(), compressed.len()) {
         (Codec::Lz4, compressed)
     } else {
         (Codec::Raw, raw.to_vec())
     };
+    if let Some(k) = keys {
+        k.seal_block(&hash, codec, raw.len() as u64, &mut stored);
+    }
     let stored_hash = *blake3::hash(&stored).as_bytes();
     EncodedBlock {
         codec,
@@ -95,27 +117,32 @@ pub fn verify_stored(entry: &BlockEntry, stored: &[u8]) -> Result<(), BlockCodec
             }
             Ok(())
         }
+        // Only manifests in the clear lack stored hashes (validation).
         None => {
             // Checked before the raw-size buffer is allocated.
             check_stored_len(entry, stored)?;
-            check_raw_len(entry, stored)?;
-            decode_block_into(entry, stored, &mut vec![0u8; entry.raw_len as usize])
+            check_raw_len(entry, stored.len() as u64)?;
+            decode_block_into(
+                &BlockOpener::Plain,
+                entry,
+                stored,
+                &mut vec![0u8; entry.raw_len as usize],
+            )
         }
     }
 }
 
-/// The raw length must be one the stored bytes can decode to (as a validated
-/// manifest guarantees), so decoding never allocates more than the codec's
-/// expansion of what was actually received.
-fn check_raw_len(entry: &BlockEntry, stored: &[u8]) -> Result<(), BlockCodecError> {
-    let fits = entry.codec.min_stored_len(entry.raw_len) <= stored.len() as u64
-        && stored.len() as u64 <= entry.codec.max_stored_len(entry.raw_len);
+/// The raw length must be one the (decrypted) stored bytes can decode to, as
+/// a validated manifest guarantees, so decoding never allocates more than the
+/// codec's expansion of what was actually received.
+fn check_raw_len(entry: &BlockEntry, plain_len: u64) -> Result<(), BlockCodecError> {
+    let fits = entry.codec.min_stored_len(entry.raw_len) <= plain_len
+        && plain_len <= entry.codec.max_stored_len(entry.raw_len);
     if !fits {
         return Err(BlockCodecError::Decompress {
             raw_len: entry.raw_len,
             reason: format!(
-                "{} stored bytes cannot hold {} raw bytes with this codec",
-                stored.len(),
+                "{plain_len} stored bytes cannot hold {} raw bytes with this codec",
                 entry.raw_len
             ),
         });
@@ -123,22 +150,60 @@ fn check_raw_len(entry: &BlockEntry, stored: &[u8]) -> Result<(), BlockCodecErro
     Ok(())
 }
 
-/// Decodes stored bytes into `out` (exactly the block's raw length) and
-/// checks the hash. On error `out` holds garbage and must not be used.
+/// Decodes stored bytes into `out` (exactly the block's raw length),
+/// decrypting them first with `opener`'s keys when the checkpoint is
+/// encrypted, and checks the hash. On error `out` holds garbage and must
+/// not be used.
 pub fn decode_block_into(
+    opener: &BlockOpener,
     entry: &BlockEntry,
     stored: &[u8],
     out: &mut [u8],
 ) -> Result<(), BlockCodecError> {
     check_stored_len(entry, stored)?;
-    check_raw_len(entry, stored)?;
+    let plain_len = match opener {
+        BlockOpener::Plain => stored.len(),
+        BlockOpener::Encrypted(_) => stored.len().saturating_sub(TAG_LEN),
+    };
+    check_raw_len(entry, plain_len as u64)?;
     if out.len() as u64 != entry.raw_len {
         return Err(BlockCodecError::Decompress {
             raw_len: entry.raw_len,
             reason: format!("the destination holds {} bytes", out.len()),
         });
     }
+    match opener {
+        BlockOpener::Plain => decode_plain(entry, stored, out)?,
+        BlockOpener::Encrypted(keys) => match entry.codec {
+            Codec::Raw if plain_len == out.len() => keys.open_block(entry, stored, out)?,
+            Codec::Raw => {
+                return Err(BlockCodecError::StoredLenMismatch {
+                    expected: entry.raw_len + TAG_LEN as u64,
+                    got: stored.len() as u64,
+                })
+            }
+            Codec::Lz4 => {
+                let mut compressed = vec![0u8; plain_len];
+                keys.open_block(entry, stored, &mut compressed)?;
+                decode_plain(entry, &compressed, out)?;
+            }
+        },
+    }
+    if block_hash(opener.keys(), out) != entry.hash {
+        return Err(BlockCodecError::HashMismatch);
+    }
+    Ok(())
+}
+
+/// Decompresses (or copies) a block's decrypted bytes into `out`.
+fn decode_plain(entry: &BlockEntry, stored: &[u8], out: &mut [u8]) -> Result<(), BlockCodecError> {
     match entry.codec {
+        Codec::Raw if stored.len() != out.len() => {
+            return Err(BlockCodecError::StoredLenMismatch {
+                expected: entry.raw_len,
+                got: stored.len() as u64,
+            })
+        }
         Codec::Raw => out.copy_from_slice(stored),
         Codec::Lz4 => {
             let n = lz4_flex::block::decompress_into(stored, out).map_err(|e| {
@@ -155,18 +220,17 @@ pub fn decode_block_into(
             }
         }
     }
-    if *blake3::hash(out).as_bytes() != entry.hash {
-        return Err(BlockCodecError::HashMismatch);
-    }
     Ok(())
 }
 
 /// Decodes and verifies a block into a fresh buffer.
-pub fn decode_block(entry: &BlockEntry, stored: &[u8]) -> Result<Vec<u8>, BlockCodecError> {
-    check_stored_len(entry, stored)?;
-    check_raw_len(entry, stored)?;
+pub fn decode_block(
+    opener: &BlockOpener,
+    entry: &BlockEntry,
+    stored: &[u8],
+) -> Result<Vec<u8>, BlockCodecError> {
     let mut out = vec![0u8; entry.raw_len as usize];
-    decode_block_into(entry, stored, &mut out)?;
+    decode_block_into(opener, entry, stored, &mut out)?;
     Ok(out)
 }
 
@@ -189,6 +253,7 @@ pub fn is_zero_page(page: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block_crypt::TenantKey;
 
     fn entry_for(e: &EncodedBlock) -> BlockEntry {
         let pages = vec![PageRun {
@@ -209,7 +274,10 @@ mod tests {
         let e = encode_block(&text);
         assert_eq!(e.codec, Codec::Lz4);
         assert!(e.stored.len() < 1000);
-        assert_eq!(decode_block(&entry_for(&e), &e.stored).unwrap(), text);
+        assert_eq!(
+            decode_block(&BlockOpener::Plain, &entry_for(&e), &e.stored).unwrap(),
+            text
+        );
 
         let mut x = 0x9e3779b97f4a7c15u64;
         let noise: Vec<u8> = (0..8192)
@@ -222,7 +290,10 @@ mod tests {
             .collect();
         let e = encode_block(&noise);
         assert_eq!(e.codec, Codec::Raw);
-        assert_eq!(decode_block(&entry_for(&e), &e.stored).unwrap(), noise);
+        assert_eq!(
+            decode_block(&BlockOpener::Plain, &entry_for(&e), &e.stored).unwrap(),
+            noise
+        );
     }
 
     #[test]
@@ -234,12 +305,12 @@ mod tests {
             let mut bad = e.stored.clone();
             bad[i] ^= 0x10;
             assert!(
-                decode_block(&entry, &bad).is_err(),
+                decode_block(&BlockOpener::Plain, &entry, &bad).is_err(),
                 "flip at {i} went unnoticed"
             );
         }
         assert_eq!(
-            decode_block(&entry, &e.stored[1..]),
+            decode_block(&BlockOpener::Plain, &entry, &e.stored[1..]),
             Err(BlockCodecError::StoredLenMismatch {
                 expected: e.stored.len() as u64,
                 got: e.stored.len() as u64 - 1
@@ -272,6 +343,90 @@ mod tests {
             verify_stored(&with, &bad),
             Err(BlockCodecError::StoredHashMismatch)
         );
+    }
+
+    fn text(len: usize) -> Vec<u8> {
+        b"the quick brown fox "
+            .iter()
+            .cycle()
+            .take(len)
+            .copied()
+            .collect()
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn encrypted(keys: &TenantKeys, raw: &[u8]) -> EncodedBlock {
+        encode_block_with_hash(raw, block_hash(Some(keys), raw), Some(keys))
+    }
+
+    #[test]
+    fn encrypted_blocks_round_trip_compressed_or_raw() {
+        let keys = std::sync::Arc::new(TenantKeys::new(&TenantKey::generate()));
+        let opener = BlockOpener::Encrypted(keys.clone());
+        for (raw, codec) in [(text(65536), Codec::Lz4), (noise(65536, 9), Codec::Raw)] {
+            let e = encrypted(&keys, &raw);
+            assert_eq!(e.codec, codec);
+            let plain = encode_block(&raw);
+            assert_eq!(e.stored.len(), plain.stored.len() + TAG_LEN);
+            // Nothing of the plaintext or its compressed form shows.
+            assert_ne!(&e.stored[..64], &plain.stored[..64]);
+            assert_ne!(e.hash, plain.hash);
+            let entry = entry_for(&e);
+            assert_eq!(verify_stored(&entry, &e.stored), Ok(()));
+            assert_eq!(decode_block(&opener, &entry, &e.stored).unwrap(), raw);
+        }
+    }
+
+    #[test]
+    fn encryption_is_convergent_per_tenant() {
+        let a = TenantKeys::new(&TenantKey::generate());
+        let b = TenantKeys::new(&TenantKey::generate());
+        let raw = text(8192);
+        assert_eq!(encrypted(&a, &raw).stored, encrypted(&a, &raw).stored);
+        assert_ne!(encrypted(&a, &raw).stored, encrypted(&b, &raw).stored);
+        assert_ne!(encrypted(&a, &raw).hash, encrypted(&b, &raw).hash);
+    }
+
+    #[test]
+    fn tampered_or_misread_encrypted_blocks_are_refused() {
+        let keys = std::sync::Arc::new(TenantKeys::new(&TenantKey::generate()));
+        let opener = BlockOpener::Encrypted(keys.clone());
+        let e = encrypted(&keys, &text(8192));
+        let entry = entry_for(&e);
+        for i in [0, e.stored.len() / 2, e.stored.len() - 1] {
+            let mut bad = e.stored.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(
+                decode_block(&opener, &entry, &bad),
+                Err(BlockCodecError::Decrypt)
+            );
+        }
+        let other =
+            BlockOpener::Encrypted(std::sync::Arc::new(TenantKeys::new(&TenantKey::generate())));
+        assert_eq!(
+            decode_block(&other, &entry, &e.stored),
+            Err(BlockCodecError::Decrypt)
+        );
+        // A manifest entry claiming another codec fails the tag too.
+        let relabelled = BlockEntry {
+            codec: Codec::Raw,
+            stored_len: entry.stored_len,
+            ..entry.clone()
+        };
+        assert!(decode_block(&opener, &relabelled, &e.stored).is_err());
+        // Read as if in the clear, ciphertext never passes.
+        assert!(decode_block(&BlockOpener::Plain, &entry, &e.stored).is_err());
     }
 
     #[test]

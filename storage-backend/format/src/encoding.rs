@@ -9,6 +9,10 @@
 //! the flag is 1, the BLAKE3 of its stored bytes. Version 1 manifests still
 //! decode, their blocks without a stored-bytes hash.
 //!
+//! Version 3 adds at the end of the body an encryption flag byte and, when
+//! it is 1, the cipher byte and the 16-byte id of the tenant key. Versions 1
+//! and 2 decode as checkpoints stored in the clear.
+//!
 //! A versioned binary encoding rather than JSON: a 4 GiB VM has tens of
 //! thousands of blocks, and the manifest sits on the restore path. Parsing is
 //! bounded: the header's length is checked against the input and a limit,
@@ -16,12 +20,13 @@
 //! left. Decoding ends with [`Manifest::validate`], so a decoded manifest is
 //! always consistent.
 
+use super::block_crypt::{Cipher, Encryption, KeyId};
 use super::error::FormatError;
 use super::manifest::{BlockEntry, CheckpointId, Codec, Manifest, PageRun, Region, StateBlob};
 use super::wire::{Decoder, Encoder};
 
 pub(crate) const MAGIC: [u8; 8] = *b"THAWMNFS";
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The oldest version [`decode`] reads.
 pub(crate) const OLDEST_VERSION: u16 = 1;
 /// A manifest larger than this is refused before it is parsed.
@@ -35,7 +40,8 @@ pub fn encode(m: &Manifest) -> Vec<u8> {
     encode_as(m, VERSION)
 }
 
-/// Encodes in `version` (1 drops the stored-bytes hashes).
+/// Encodes in `version` (1 drops the stored-bytes hashes; 1 and 2 cannot
+/// say that a checkpoint is encrypted).
 fn encode_as(m: &Manifest, version: u16) -> Vec<u8> {
     let mut e = Encoder::default();
     e.bytes(m.id.as_str().as_bytes());
@@ -83,6 +89,16 @@ fn encode_as(m: &Manifest, version: u16) -> Vec<u8> {
     }
     e.bytes(&m.state.bytes);
     e.fixed(&m.state.hash);
+    if version >= 3 {
+        match &m.encryption {
+            Some(enc) => {
+                e.u8(1);
+                e.u8(enc.cipher as u8);
+                e.fixed(&enc.key_id.0);
+            }
+            None => e.u8(0),
+        }
+    }
 
     super::envelope::seal(MAGIC, version, &e.buf)
 }
@@ -184,6 +200,10 @@ fn decode_body_of(version: u16, body: &[u8]) -> Result<Manifest, FormatError> {
     }
     let state_bytes = d.bytes("state blob")?.to_vec();
     let state_hash = d.hash("state hash")?;
+    let encryption = match version {
+        1 | 2 => None,
+        _ => decode_encryption(&mut d)?,
+    };
     if !d.is_empty() {
         return Err(FormatError::TrailingBytes(d.remaining()));
     }
@@ -201,7 +221,30 @@ fn decode_body_of(version: u16, body: &[u8]) -> Result<Manifest, FormatError> {
             bytes: state_bytes,
             hash: state_hash,
         },
+        encryption,
     })
+}
+
+fn decode_encryption(d: &mut Decoder<'_>) -> Result<Option<Encryption>, FormatError> {
+    match d.u8("encryption flag")? {
+        0 => Ok(None),
+        1 => {
+            let value = d.u8("cipher")?;
+            let cipher = Cipher::from_u8(value).ok_or(FormatError::UnknownCipher {
+                field: "cipher",
+                value,
+            })?;
+            let id = d.fixed("tenant key id", KeyId::LEN)?;
+            Ok(Some(Encryption {
+                cipher,
+                key_id: KeyId(id.try_into().expect("16 bytes")),
+            }))
+        }
+        v => Err(FormatError::ValueTooLarge {
+            field: "encryption flag",
+            value: u64::from(v),
+        }),
+    }
 }
 
 fn encode_runs(e: &mut Encoder, runs: &[PageRun]) {
@@ -248,6 +291,7 @@ mod tests {
                 bytes: vec![1, 2],
                 hash: *blake3::hash(&[1, 2]).as_bytes(),
             },
+            encryption: None,
         }
     }
 
@@ -261,5 +305,41 @@ mod tests {
         // A version 1 manifest (written before stored hashes) reads as one
         // whose blocks have none.
         assert_eq!(decode(&encode_as(&m, 1)).unwrap(), none);
+        // A version 2 manifest reads as one stored in the clear.
+        assert_eq!(decode(&encode_as(&m, 2)).unwrap(), m);
+    }
+
+    #[test]
+    fn encryption_round_trips_and_its_rules_are_checked() {
+        use crate::block_codec::{block_hash, encode_block_with_hash};
+        use crate::block_crypt::{TenantKey, TenantKeys};
+        let keys = TenantKeys::new(&TenantKey::generate());
+        let raw = [7u8; 4096];
+        let e = encode_block_with_hash(&raw, block_hash(Some(&keys), &raw), Some(&keys));
+        let mut m = one_block_manifest();
+        m.blocks = vec![e.entry(vec![PageRun { start: 0, len: 1 }], 0, 0)];
+        m.state = StateBlob::new(keys.seal_state(&m.id, b"state"));
+        m.encryption = Some(keys.encryption());
+        assert_eq!(decode(&encode(&m)).unwrap(), m);
+
+        let mut unhashed = m.clone();
+        unhashed.blocks[0].stored_hash = None;
+        assert_eq!(
+            decode(&encode(&unhashed)),
+            Err(FormatError::EncryptedWithoutStoredHash { block: 0 })
+        );
+        let mut unsealed = m.clone();
+        unsealed.state = StateBlob::new(b"state".to_vec());
+        assert_eq!(
+            decode(&encode(&unsealed)),
+            Err(FormatError::StateNotSealed { len: 5 })
+        );
+        // Without its tag a block is too short for an encrypted checkpoint.
+        let mut short = m.clone();
+        short.blocks[0].stored_len = crate::block_crypt::TAG_LEN as u64;
+        assert!(matches!(
+            decode(&encode(&short)),
+            Err(FormatError::BadStoredLen { .. })
+        ));
     }
 }

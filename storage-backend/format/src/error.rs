@@ -108,6 +108,12 @@ pub enum FormatError {
     BadPrefetchOrder { blocks: usize, reason: String },
     #[error("VM state blob does not match its hash")]
     StateHashMismatch,
+    #[error("block {block} of an encrypted checkpoint has no stored-bytes hash")]
+    EncryptedWithoutStoredHash { block: u32 },
+    #[error("state blob of an encrypted checkpoint is {len} bytes, too short to be sealed")]
+    StateNotSealed { len: usize },
+    #[error("manifest field {field} names unknown cipher {value}")]
+    UnknownCipher { field: &'static str, value: u8 },
 }
 
 crate::envelope::impl_from_envelope!(FormatError);

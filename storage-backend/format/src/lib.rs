@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod block_codec;
+pub mod block_crypt;
 pub mod dirty_log;
 mod dirty_profile;
 mod encoding;
@@ -24,6 +25,7 @@ mod wire;
 pub mod workload;
 
 pub use block_codec::{decode_block, encode_block, is_zero_page, BlockCodecError, EncodedBlock};
+pub use block_crypt::{BlockOpener, Cipher, CryptError, Encryption, KeyId, TenantKey, TenantKeys};
 pub use dirty_log::{DirtyLog, DirtyLogError, DirtyWindow};
 pub use dirty_profile::layout_from_dirty_windows;
 pub use encoding::{check_frame, decode, decode_body, encode, MAX_MANIFEST_BYTES, VERSION};

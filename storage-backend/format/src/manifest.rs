@@ -1,6 +1,7 @@
 //! The manifest: everything a reader needs to rebuild guest memory and VM
 //! state from a checkpoint's blocks, and the rules that make it consistent.
 
+use super::block_crypt::{Encryption, STATE_SALT_LEN, TAG_LEN};
 use super::error::{FormatError, PageOwner};
 
 /// Largest number of pages one block may hold (16 MiB of 4 KiB pages): bounds
@@ -131,10 +132,12 @@ pub struct BlockEntry {
     pub stored_len: u64,
     pub raw_len: u64,
     pub codec: Codec,
-    /// BLAKE3 of the raw (decoded) bytes.
+    /// BLAKE3 of the raw (decoded) bytes; in an encrypted checkpoint keyed
+    /// with the tenant's key, so the store cannot confirm guesses.
     pub hash: [u8; 32],
-    /// BLAKE3 of the stored bytes, so a block server can check them without
-    /// decoding. `None` in manifests of format version 1.
+    /// BLAKE3 of the stored bytes (the ciphertext when encrypted), so a
+    /// block server can check them without decoding or keys. `None` in
+    /// manifests of format version 1.
     pub stored_hash: Option<[u8; 32]>,
 }
 
@@ -151,7 +154,8 @@ impl BlockEntry {
     }
 }
 
-/// Opaque VM and device state, kept with its hash.
+/// Opaque VM and device state, kept with its hash. In an encrypted
+/// checkpoint `bytes` are the sealed state and `hash` covers them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StateBlob {
     pub bytes: Vec<u8>,
@@ -182,6 +186,8 @@ pub struct Manifest {
     /// Block indices in the order a restore should prefetch them.
     pub prefetch_order: Vec<u32>,
     pub state: StateBlob,
+    /// Present when blocks and state are encrypted with a tenant key.
+    pub encryption: Option<Encryption>,
 }
 
 impl Manifest {
@@ -224,6 +230,11 @@ impl Manifest {
         if *blake3::hash(&self.state.bytes).as_bytes() != self.state.hash {
             return Err(FormatError::StateHashMismatch);
         }
+        if self.encryption.is_some() && self.state.bytes.len() < STATE_SALT_LEN + TAG_LEN {
+            return Err(FormatError::StateNotSealed {
+                len: self.state.bytes.len(),
+            });
+        }
         Ok(())
     }
 
@@ -248,8 +259,19 @@ impl Manifest {
                 expected,
             });
         }
-        let stored_lens = b.codec.min_stored_len(b.raw_len)..=b.codec.max_stored_len(b.raw_len);
-        if b.stored_len == 0 || !stored_lens.contains(&b.stored_len) {
+        // An encrypted block carries its tag, and needs its stored hash: a
+        // block server checks what it serves by it, without keys.
+        let tag = if self.encryption.is_some() {
+            if b.stored_hash.is_none() {
+                return Err(FormatError::EncryptedWithoutStoredHash { block: index });
+            }
+            TAG_LEN as u64
+        } else {
+            0
+        };
+        let stored_lens =
+            b.codec.min_stored_len(b.raw_len) + tag..=b.codec.max_stored_len(b.raw_len) + tag;
+        if b.stored_len <= tag || !stored_lens.contains(&b.stored_len) {
             return Err(FormatError::BadStoredLen {
                 block: index,
                 stored_len: b.stored_len,

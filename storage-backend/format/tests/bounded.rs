@@ -68,6 +68,7 @@ fn all_zero_manifest(zero_pages: Vec<PageRun>) -> Manifest {
         zero_pages,
         prefetch_order: vec![],
         state: StateBlob::new(vec![]),
+        encryption: None,
     }
 }
 

@@ -51,6 +51,7 @@ fn sample() -> Manifest {
         zero_pages: vec![run(4, 4), run(9, 3)],
         prefetch_order: vec![1, 0],
         state: StateBlob::new(b"vcpu state".to_vec()),
+        encryption: None,
     }
 }
 
@@ -357,6 +358,7 @@ proptest! {
             zero_pages: if zeros > 0 { vec![run(stored, zeros)] } else { vec![] },
             prefetch_order: (0..blocks as u32).rev().collect(),
             state: StateBlob::new(state),
+            encryption: None,
         };
         prop_assert_eq!(decode(&encode(&m)).unwrap(), m);
     }

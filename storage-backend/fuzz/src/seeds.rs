@@ -93,6 +93,7 @@ fn manifest() -> Manifest {
         ],
         prefetch_order: vec![1, 0],
         state,
+        encryption: None,
     };
     m.validate().expect("seed manifest is valid");
     m
@@ -118,6 +119,7 @@ fn largest_memory() -> Manifest {
         }],
         prefetch_order: vec![],
         state: StateBlob::new(vec![]),
+        encryption: None,
     }
 }
 

@@ -11,7 +11,7 @@ use thaw_format::block_codec::{decode_block, encode_block, verify_stored};
 use thaw_format::dirty_log::{DirtyLog, MAGIC as DIRTY_LOG_MAGIC};
 use thaw_format::envelope::seal;
 use thaw_format::handoff::Handoff;
-use thaw_format::{BlockEntry, Codec, PageRun, MANIFEST_MAGIC};
+use thaw_format::{BlockEntry, BlockOpener, Codec, PageRun, TenantKey, TenantKeys, MANIFEST_MAGIC};
 use vmm::persist::state::VmState;
 
 /// A named fuzz target.
@@ -177,7 +177,14 @@ pub fn block_codec(data: &[u8]) {
         hash: *blake3::hash(&[]).as_bytes(),
         stored_hash: None,
     };
-    if let Ok(raw) = decode_block(&entry, stored) {
+    if let Ok(raw) = decode_block(&BlockOpener::Plain, &entry, stored) {
+        assert_eq!(raw.len() as u64, raw_len);
+    }
+    // The same bytes as an encrypted block: opened (and refused) without panicking.
+    let keys = BlockOpener::Encrypted(std::sync::Arc::new(TenantKeys::new(
+        &TenantKey::from_bytes([9; 32]),
+    )));
+    if let Ok(raw) = decode_block(&keys, &entry, stored) {
         assert_eq!(raw.len() as u64, raw_len);
     }
     let _ = verify_stored(&entry, stored);
@@ -195,6 +202,9 @@ pub fn block_codec(data: &[u8]) {
         0,
         0,
     );
-    assert_eq!(decode_block(&entry, &encoded.stored).as_ref(), Ok(&raw));
+    assert_eq!(
+        decode_block(&BlockOpener::Plain, &entry, &encoded.stored).as_ref(),
+        Ok(&raw)
+    );
     assert_eq!(verify_stored(&entry, &encoded.stored), Ok(()));
 }

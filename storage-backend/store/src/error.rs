@@ -1,7 +1,8 @@
 //! Errors of reading and writing checkpoints in a store.
 
 use thaw_format::{
-    BlockCodecError, CheckpointId, DirtyLogError, FormatError, LayoutError, SignatureError,
+    BlockCodecError, CheckpointId, CryptError, DirtyLogError, FormatError, LayoutError,
+    SignatureError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,12 @@ pub enum CheckpointError {
     DestinationSize { expected: u64, got: u64 },
     #[error("block {0} does not exist in this checkpoint")]
     NoSuchBlock(u32),
+    #[error("checkpoint {id}: {source}")]
+    Encryption {
+        id: CheckpointId,
+        #[source]
+        source: CryptError,
+    },
     #[error("background task failed: {0}")]
     Task(String),
 }

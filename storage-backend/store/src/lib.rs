@@ -15,6 +15,7 @@ mod memory;
 pub mod reader;
 pub mod relayout;
 pub mod store;
+pub mod tenant_key;
 mod writer;
 
 pub use error::CheckpointError;

@@ -1,5 +1,10 @@
 //! Reads a checkpoint back: the manifest, single blocks (one ranged GET
 //! each, verified before use), all of memory, and a full verification.
+//!
+//! An encrypted checkpoint opens without its tenant key (a block server
+//! serves and verifies its stored bytes so); decoding a block or reading
+//! the state blob then needs the key of the store handle, and says which
+//! key is missing or wrong.
 
 use std::sync::Arc;
 
@@ -13,7 +18,10 @@ use crate::error::CheckpointError;
 use crate::store::{keys, Store};
 use thaw_format::block_codec::{decode_block_into, verify_stored, BlockCodecError};
 use thaw_format::signature::{self, Verified};
-use thaw_format::{BlockEntry, CheckpointId, Manifest, ManifestDigest, ManifestTrust, PageRun};
+use thaw_format::{
+    BlockEntry, BlockOpener, CheckpointId, CryptError, Manifest, ManifestDigest, ManifestTrust,
+    PageRun,
+};
 
 /// Blocks fetched at once by whole-checkpoint reads.
 pub const DEFAULT_READ_CONCURRENCY: usize = 32;
@@ -121,6 +129,10 @@ struct Inner {
     digest: ManifestDigest,
     verified: Verified,
     object_paths: Vec<Path>,
+    /// How blocks are opened, or why they cannot be (no key, wrong key).
+    opener: Result<BlockOpener, CryptError>,
+    /// The VM state, decrypted when the checkpoint is encrypted.
+    state: Result<Vec<u8>, CryptError>,
 }
 
 impl CheckpointReader {
@@ -145,6 +157,11 @@ impl CheckpointReader {
             .iter()
             .map(|k| Path::from(k.as_str()))
             .collect();
+        let opener = BlockOpener::for_manifest(&manifest, store.tenant_keys());
+        let state = opener
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|o| o.state(&manifest));
         Self {
             inner: Arc::new(Inner {
                 store: store.clone(),
@@ -152,7 +169,22 @@ impl CheckpointReader {
                 digest,
                 verified,
                 object_paths,
+                opener,
+                state,
             }),
+        }
+    }
+
+    /// How this checkpoint's blocks are opened; an error naming the tenant
+    /// key when the store handle lacks it or has another.
+    pub fn opener(&self) -> Result<&BlockOpener, CheckpointError> {
+        self.inner.opener.as_ref().map_err(|e| self.crypt_error(e))
+    }
+
+    fn crypt_error(&self, source: &CryptError) -> CheckpointError {
+        CheckpointError::Encryption {
+            id: self.inner.manifest.id.clone(),
+            source: source.clone(),
         }
     }
 
@@ -170,9 +202,13 @@ impl CheckpointReader {
         &self.inner.verified
     }
 
-    /// The VM state blob (its hash was checked when the manifest was opened).
-    pub fn state_blob(&self) -> &[u8] {
-        &self.inner.manifest.state.bytes
+    /// The VM state blob (its hash was checked when the manifest was
+    /// opened; an encrypted one is decrypted and authenticated).
+    pub fn state_blob(&self) -> Result<&[u8], CheckpointError> {
+        match &self.inner.state {
+            Ok(state) => Ok(state),
+            Err(e) => Err(self.crypt_error(e)),
+        }
     }
 
     /// Several blocks' stored bytes, in the order asked. The ranges of each
@@ -232,9 +268,10 @@ impl CheckpointReader {
 
     /// Checks stored bytes against the manifest and decodes them.
     pub fn decode(&self, block: u32, stored: &[u8]) -> Result<Block, CheckpointError> {
+        let opener = self.opener()?;
         self.check_block(block, |entry| {
             let mut data = vec![0u8; entry.raw_len as usize];
-            decode_block_into(entry, stored, &mut data)?;
+            decode_block_into(opener, entry, stored, &mut data)?;
             Ok(Block {
                 index: block,
                 pages: entry.pages.clone(),
@@ -306,6 +343,7 @@ impl CheckpointReader {
         concurrency: usize,
     ) -> Result<(), CheckpointError> {
         let m = self.manifest();
+        self.opener()?;
         if dest.len() as u64 != m.total_bytes() {
             return Err(CheckpointError::DestinationSize {
                 expected: m.total_bytes(),
@@ -343,6 +381,7 @@ impl CheckpointReader {
         dest: &mut [u8],
     ) -> Result<(), CheckpointError> {
         let m = self.manifest();
+        let opener = self.opener()?;
         let ps = m.page_size as usize;
         let mut runs: Vec<(u64, u64, usize)> = batch
             .iter()
@@ -378,10 +417,10 @@ impl CheckpointReader {
                     source,
                 };
                 if let [(_, only)] = parts.as_mut_slice() {
-                    return decode_block_into(entry, stored, only).map_err(bad);
+                    return decode_block_into(opener, entry, stored, only).map_err(bad);
                 }
                 let mut raw = vec![0u8; entry.raw_len as usize];
-                decode_block_into(entry, stored, &mut raw).map_err(bad)?;
+                decode_block_into(opener, entry, stored, &mut raw).map_err(bad)?;
                 // Runs in block order, each to its slice.
                 let mut at = 0;
                 for run in &entry.pages {
@@ -401,6 +440,7 @@ impl CheckpointReader {
     /// stored bytes checked, or the error of the first bad block in block order.
     pub async fn verify(&self, concurrency: usize) -> Result<VerifyReport, CheckpointError> {
         let m = self.manifest();
+        self.state_blob()?;
         let results: Vec<(u32, Result<(), CheckpointError>)> =
             stream::iter(0..m.blocks.len() as u32)
                 .map(|b| {

@@ -67,7 +67,7 @@ pub async fn relayout(
         parent_trust: ManifestTrust::Digest(reader.digest()),
         ..WriteOptions::default()
     };
-    write_checkpoint(store, &regions, reader.state_blob().to_vec(), &opts).await
+    write_checkpoint(store, &regions, reader.state_blob()?.to_vec(), &opts).await
 }
 
 #[cfg(test)]
@@ -160,7 +160,7 @@ mod tests {
         let (new_mem, new_reader) = read_all(&store, &new).await;
         assert_eq!(new_mem, mem);
         assert_eq!(old_mem, mem);
-        assert_eq!(new_reader.state_blob(), b"vm state");
+        assert_eq!(new_reader.state_blob().unwrap(), b"vm state");
         assert_eq!(new_reader.manifest().parent.as_ref(), Some(&old));
         assert_eq!(
             crate::dirty_log::load_dirty_log(&store, &new)

@@ -16,7 +16,7 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
 
-use thaw_format::CheckpointId;
+use thaw_format::{CheckpointId, TenantKey, TenantKeys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreSpecError {
@@ -30,11 +30,13 @@ pub enum StoreSpecError {
     },
 }
 
-/// An object store plus the human-readable location it was opened from.
+/// An object store plus the human-readable location it was opened from,
+/// and the tenant key its user writes and reads checkpoints with, if any.
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     location: String,
+    tenant: Option<Arc<TenantKeys>>,
 }
 
 impl Store {
@@ -99,6 +101,7 @@ impl Store {
         Ok(Self {
             inner,
             location: spec.to_owned(),
+            tenant: None,
         })
     }
 
@@ -140,6 +143,7 @@ impl Store {
         Ok(Self {
             inner: with_prefix(Arc::new(s3), prefix),
             location: spec.to_owned(),
+            tenant: None,
         })
     }
 
@@ -148,7 +152,20 @@ impl Store {
         Self {
             inner,
             location: location.into(),
+            tenant: None,
         }
+    }
+
+    /// This handle with a tenant key: checkpoints it writes are encrypted
+    /// with it, and encrypted checkpoints it reads are opened with it.
+    pub fn with_tenant_key(mut self, key: &TenantKey) -> Self {
+        self.tenant = Some(Arc::new(TenantKeys::new(key)));
+        self
+    }
+
+    /// The tenant key's derived keys, when this handle has one.
+    pub fn tenant_keys(&self) -> Option<&Arc<TenantKeys>> {
+        self.tenant.as_ref()
     }
 
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {

@@ -12,6 +12,11 @@
 //! segment costs the same as a GET of a small object, so readers lose
 //! nothing, and dedup stays per block because a block entry may point into
 //! any object, including a parent checkpoint's segments.
+//!
+//! Encryption: when the store handle has a tenant key, blocks are hashed
+//! with the tenant's keyed hash and encrypted after compression, and the
+//! state blob is sealed, before anything leaves this host. Dedup against a
+//! parent then works only when the parent was written with the same key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,11 +32,11 @@ use crate::error::CheckpointError;
 use crate::memory::{MemoryRegion, MemoryView};
 use crate::reader::load_manifest;
 use crate::store::{keys, Store};
-use thaw_format::block_codec::encode_block_with_hash;
+use thaw_format::block_codec::{block_hash, encode_block_with_hash};
 use thaw_format::signature::{self, SigningKey};
 use thaw_format::{
     self, is_zero_page, plan_blocks, BlockEntry, CheckpointId, Codec, Manifest, ManifestDigest,
-    ManifestTrust, PageRun, StateBlob,
+    ManifestTrust, PageRun, StateBlob, TenantKeys,
 };
 
 #[derive(Debug, Clone)]
@@ -141,13 +146,14 @@ pub async fn write_checkpoint(
             store: store.location().to_owned(),
         });
     }
+    let keys = store.tenant_keys().map(|k| k.as_ref());
     let existing = match &opts.parent {
         Some(parent) => {
             let trust = match &opts.signing_key {
                 Some(key) => opts.parent_trust.with_key(key.verifying_key()),
                 None => opts.parent_trust.clone(),
             };
-            existing_blocks(store, parent, &trust).await?
+            existing_blocks(store, parent, &trust, keys).await?
         }
         None => HashMap::new(),
     };
@@ -166,7 +172,7 @@ pub async fn write_checkpoint(
     let mut encoding = std::time::Duration::ZERO;
     for batch in plan.chunks(batch_blocks) {
         let t = std::time::Instant::now();
-        let prepared = crate::cpu::run_cpu(|| prepare_blocks(&view, batch, &existing));
+        let prepared = crate::cpu::run_cpu(|| prepare_blocks(&view, batch, &existing, keys));
         encoding += t.elapsed();
         for (pages, block) in batch.iter().zip(prepared) {
             blocks.push(packer.add(pages.clone(), block).await?);
@@ -188,7 +194,11 @@ pub async fn write_checkpoint(
         prefetch_order: (0..blocks.len() as u32).collect(),
         blocks,
         zero_pages,
-        state: StateBlob::new(state),
+        state: StateBlob::new(match keys {
+            Some(k) => k.seal_state(&id, &state),
+            None => state,
+        }),
+        encryption: keys.map(TenantKeys::encryption),
     };
     manifest
         .validate()
@@ -250,6 +260,7 @@ fn prepare_blocks(
     view: &MemoryView<'_>,
     batch: &[Vec<PageRun>],
     existing: &HashMap<[u8; 32], ExistingBlock>,
+    keys: Option<&TenantKeys>,
 ) -> Vec<PreparedBlock> {
     batch
         .par_iter()
@@ -262,21 +273,32 @@ fn prepare_blocks(
                     &gathered
                 }
             };
-            let hash = *blake3::hash(raw).as_bytes();
+            let hash = block_hash(keys, raw);
             match existing.get(&hash) {
                 Some(found) => PreparedBlock::Existing(found.clone(), hash),
-                None => PreparedBlock::New(encode_block_with_hash(raw, hash)),
+                None => PreparedBlock::New(encode_block_with_hash(raw, hash, keys)),
             }
         })
         .collect()
 }
 
+/// The parent's blocks by hash, if they can stand in for this write's: the
+/// parent was written with the same tenant key, or both are in the clear.
 async fn existing_blocks(
     store: &Store,
     parent: &CheckpointId,
     trust: &ManifestTrust,
+    keys: Option<&TenantKeys>,
 ) -> Result<HashMap<[u8; 32], ExistingBlock>, CheckpointError> {
     let m = load_manifest(store, parent, trust).await?.manifest;
+    let ours = keys.map(TenantKeys::encryption);
+    if m.encryption != ours {
+        tracing::info!(
+            %parent,
+            "parent is encrypted differently (or not at all): no block is reused from it"
+        );
+        return Ok(HashMap::new());
+    }
     Ok(m.blocks
         .iter()
         .map(|b| {

@@ -89,7 +89,7 @@ pub(crate) fn open(
         source,
     })?;
     let reader = rt.block_on(CheckpointReader::open(store, &cid, trust))?;
-    let state = VmState::decode(reader.state_blob())?;
+    let state = VmState::decode(reader.state_blob()?)?;
     let layout: Vec<(u64, u64)> = reader
         .manifest()
         .regions

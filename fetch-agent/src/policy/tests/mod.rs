@@ -60,6 +60,7 @@ fn manifest(total: u64, blocks: &[Vec<PageRun>], order: Vec<u32>) -> Arc<Manifes
         zero_pages,
         prefetch_order: order,
         state: StateBlob::new(Vec::new()),
+        encryption: None,
     };
     m.validate().expect("test manifest is valid");
     Arc::new(m)

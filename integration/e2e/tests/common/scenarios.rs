@@ -74,7 +74,7 @@ pub async fn round_trip(store: &Store) {
         .unwrap();
     let m = reader.manifest();
     assert_eq!(m.regions.len(), 2);
-    assert_eq!(reader.state_blob(), b"state");
+    assert_eq!(reader.state_blob().unwrap(), b"state");
     assert!(m.blocks.iter().any(|b| b.codec == Codec::Lz4));
     assert!(m.blocks.iter().any(|b| b.codec == Codec::Raw));
 

@@ -85,6 +85,7 @@ mod tests {
                 bytes: vec![],
                 hash: *blake3::hash(&[]).as_bytes(),
             },
+            encryption: None,
         }
     }
 
