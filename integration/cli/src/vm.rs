@@ -373,8 +373,26 @@ fn run_and_maybe_checkpoint(
             }
         }
         let outcome = match tracker {
-            Some(t) => checkpoint_with_dirty_log(&vm, &rt, store, &Default::default(), t)?,
-            None => checkpoint(&vm, &rt, store, &Default::default())?,
+            Some(t) => checkpoint_with_dirty_log(&vm, &rt, store, &Default::default(), t),
+            None => checkpoint(&vm, &rt, store, &Default::default()),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) if !stop_after => {
+                // The original VM goes on whatever became of its checkpoint: resume it, say
+                // what failed now, run it to its end, and fail the command after.
+                vm.resume();
+                let e = anyhow::Error::new(e).context("checkpoint failed; the VM was resumed");
+                tracing::error!("{e:#}");
+                emit(
+                    m.json,
+                    serde_json::json!({"event": "checkpoint_failed", "error": format!("{e:#}")}),
+                );
+                finish(&mut vm, linux, m.timeout, m, &watch, t0)?;
+                vm.stop()?;
+                return Err(e);
+            }
+            Err(e) => return Err(e.into()),
         };
         emit(
             m.json,
@@ -422,8 +440,22 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     } else {
         a.machine.timeout
     };
-    finish(&mut r.vm, linux, limit, &a.machine, &watch, t0)?;
-    r.vm.stop()?;
+    let ran = finish(&mut r.vm, linux, limit, &a.machine, &watch, t0);
+    // Whatever ended the run (the guest finished, --timeout, the fetch agent failing), the vCPUs
+    // stop first. One that cannot (blocked in a fault nobody serves) is reported and the process
+    // ends with guest memory still registered with the userfaultfd (the link is dropped without
+    // `finish`), so the guest never runs on pages that did not arrive.
+    let stopped = r.vm.stop();
+    match (ran, stopped) {
+        (Ok(()), Ok(())) => {}
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(()), Err(stuck)) => return Err(stuck.into()),
+        (Err(e), Err(stuck)) => {
+            return Err(anyhow::anyhow!(
+                "{e:#}; then {stuck}: the process ends with guest memory still registered"
+            ))
+        }
+    }
     if let Some(report) = r
         .agent
         .take()
