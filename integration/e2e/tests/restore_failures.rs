@@ -358,7 +358,8 @@ fn every_source_failing_ends_the_restore() {
         return;
     }
     let f = Fixture::new();
-    let block = f.delete_its_object();
+    // Every block is in the one segment: whichever the guest waits for first fails.
+    f.delete_its_object();
     // A block server on the same (broken) store, then the store itself.
     let pki = f.dir.path().join("pki");
     let mut server = Killed(
@@ -392,9 +393,15 @@ fn every_source_failing_ends_the_restore() {
         ],
     );
     let ended = f.restore(&Mode::Agent(sock));
+    // Both sources are named with their reasons.
     ended.assert_failed(
         "every source failing",
-        &[&format!("block {block}"), "attempts", "missing"],
+        &[
+            "could not be fetched (5 attempts",
+            "block server 127.0.0.1",
+            "object store",
+            "missing",
+        ],
     );
 }
 
