@@ -2,9 +2,12 @@
 //! many at once. Per connection it receives the hand-off, opens the
 //! checkpoint it names (or the one given on the command line, for
 //! Firecracker's bare hand-off), and serves the restore on the connection's
-//! own thread until the VMM closes the connection.
+//! own thread until the VMM closes the connection. A restore that fails
+//! (the checkpoint cannot be opened, a block no source delivers) writes its
+//! reason on the connection ([`crate::hangup`]) before hanging up.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -211,9 +214,18 @@ impl Agent {
         Ok(())
     }
 
-    /// Serves one VMM connection to its end.
+    /// Serves one VMM connection to its end. On failure the VMM is told why
+    /// on the connection before it closes.
     pub fn handle(self: &Arc<Self>, conn: UnixStream) -> Result<RestoreReport, AgentError> {
-        let (handoff, uffd) = handoff::receive(&conn)?;
+        let result = self.serve_connection(&conn);
+        if let Err(e) = &result {
+            report_failure(&conn, e);
+        }
+        result
+    }
+
+    fn serve_connection(self: &Arc<Self>, conn: &UnixStream) -> Result<RestoreReport, AgentError> {
+        let (handoff, uffd) = handoff::receive(conn)?;
         let spec = handoff
             .store
             .clone()
@@ -263,8 +275,8 @@ impl Agent {
         let metrics = &self.ctx.metrics;
         metrics.restores_started.fetch_add(1, Ordering::Relaxed);
         metrics.restores_active.fetch_add(1, Ordering::Relaxed);
-        let driver = RestoreDriver::new(name, checkpoint, installer, self.ctx.clone());
-        let result = driver.serve(&conn);
+        let result = RestoreDriver::new(name, checkpoint, installer, self.ctx.clone())
+            .and_then(|driver| driver.serve(conn));
         metrics.restores_active.fetch_sub(1, Ordering::Relaxed);
         Ok(result?)
     }
@@ -368,6 +380,15 @@ impl Agent {
         let source = Arc::new(ObjectStoreSource::new(store));
         stores.insert(key, source.clone());
         Ok(source)
+    }
+}
+
+/// Tells the VMM why its restore ends, best effort: a VMM that hung up
+/// already, or never reads, is no error.
+fn report_failure(conn: &UnixStream, e: &AgentError) {
+    let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+    if let Err(w) = (&*conn).write_all(&crate::hangup::encode(&e.to_string())) {
+        tracing::debug!("telling the VMM why the restore ends: {w}");
     }
 }
 

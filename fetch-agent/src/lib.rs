@@ -17,6 +17,7 @@ pub mod cli;
 pub mod fetch;
 pub mod guest;
 pub(crate) mod handoff;
+pub mod hangup;
 #[cfg(feature = "block-server")]
 pub(crate) mod http;
 pub(crate) mod install;

@@ -3,6 +3,11 @@
 //! carries out its actions. Faults served from the host cache are handled
 //! right there on that thread; misses are fetched on the tokio runtime, which
 //! installs the block and wakes the waiters when it arrives.
+//!
+//! A failure on the runtime (a block failed for good, an install that went
+//! wrong) ends the restore as a failure on the fault thread would: it is
+//! recorded and the fault thread is woken through an eventfd in its poll set,
+//! so the session ends with that error instead of leaving faults unserved.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -10,12 +15,13 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use userfaultfd::{Event, EventBuffer};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::cache::{BlockCache, FlightPriority};
 use crate::fetch::{
@@ -53,6 +59,17 @@ pub enum RestoreError {
     Outside { addr: u64 },
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    /// No source delivered a block the guest waits for, attempt after
+    /// attempt ([`policy::MAX_FETCH_ATTEMPTS`]).
+    #[error("block {block} of checkpoint {checkpoint} could not be fetched ({attempts} attempts, each over every source); last failure: {reason}")]
+    BlockFailed {
+        checkpoint: String,
+        block: u32,
+        attempts: u32,
+        reason: String,
+    },
+    #[error("cannot create the restore's wake-up eventfd: {0}")]
+    Eventfd(std::io::Error),
 }
 
 /// How a restore ended.
@@ -83,6 +100,10 @@ pub struct RestoreDriver {
     counters: Arc<Counters>,
     closed: AtomicBool,
     stream_kick: Notify,
+    /// The first failure on the runtime, for the fault thread to end with.
+    failure: Mutex<Option<RestoreError>>,
+    /// Written when `failure` is set: wakes the fault thread's poll.
+    failure_wake: EventFd,
 }
 
 /// Blocks pinned from the cache while a decision is carried out.
@@ -94,13 +115,14 @@ impl RestoreDriver {
         checkpoint: Arc<Checkpoint>,
         installer: Installer,
         ctx: Arc<AgentContext>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, RestoreError> {
+        let failure_wake = EventFd::new(libc::EFD_NONBLOCK).map_err(RestoreError::Eventfd)?;
         let now = Instant::now();
         let mut policy = Restore::new(checkpoint.manifest.clone(), ctx.policy.clone(), now);
         if Fetcher::runs_pay_off(&checkpoint) {
             policy.set_stream_batch(STREAM_RUN_BLOCKS);
         }
-        Arc::new(RestoreDriver {
+        Ok(Arc::new(RestoreDriver {
             name,
             checkpoint,
             installer,
@@ -113,7 +135,9 @@ impl RestoreDriver {
             counters: Arc::new(Counters::default()),
             closed: AtomicBool::new(false),
             stream_kick: Notify::new(),
-        })
+            failure: Mutex::new(None),
+            failure_wake,
+        }))
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -124,8 +148,11 @@ impl RestoreDriver {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Serves faults until the VMM closes `conn` (or the uffd fails), then
-    /// frees the restore: writes the trace and logs the summary.
+    /// Serves faults until the VMM closes `conn`, or until the restore fails
+    /// (a block no source delivers, the uffd failing), then frees the
+    /// restore: writes the trace and logs the summary. On failure the faults
+    /// still waiting stay unserved (their vCPUs stay blocked): the caller
+    /// tells the VMM why before it hangs up.
     pub fn serve(self: &Arc<Self>, conn: &UnixStream) -> Result<RestoreReport, RestoreError> {
         if self.ctx.policy.stream.is_some() || self.ctx.policy.zero_fill_ahead {
             let this = self.clone();
@@ -184,10 +211,15 @@ impl RestoreDriver {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: self.failure_wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let mut events = EventBuffer::new(64);
         loop {
-            // SAFETY: `fds` is an array of two initialised pollfd structs that
+            // SAFETY: `fds` is an array of initialised pollfd structs that
             // outlives the call; the length passed matches.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
@@ -196,6 +228,11 @@ impl RestoreDriver {
                     continue;
                 }
                 return Err(RestoreError::Poll(e));
+            }
+            if fds[2].revents & libc::POLLIN != 0 {
+                if let Some(e) = self.take_failure() {
+                    return Err(e);
+                }
             }
             if fds[0].revents & libc::POLLIN != 0 {
                 let batch = self
@@ -385,7 +422,7 @@ impl RestoreDriver {
                 let this = self.clone();
                 self.ctx.runtime.spawn(async move {
                     if attempt > 0 {
-                        tokio::time::sleep(backoff(attempt)).await;
+                        tokio::time::sleep(policy::retry_delay(attempt)).await;
                     }
                     let result = pending.done.await;
                     if let Err(e) = this.fetch_done(block, result) {
@@ -416,7 +453,18 @@ impl RestoreDriver {
                 ),
                 Err(e) => {
                     tracing::warn!(restore = %self.name, "{e}");
-                    (st.policy.fetch_failed(block, now)?, None)
+                    let actions = match st.policy.fetch_failed(block, now) {
+                        Err(policy::PolicyError::BlockFailed { block, attempts }) => {
+                            return Err(RestoreError::BlockFailed {
+                                checkpoint: self.checkpoint.id.to_string(),
+                                block,
+                                attempts,
+                                reason: e.to_string(),
+                            });
+                        }
+                        other => other?,
+                    };
+                    (actions, None)
                 }
             }
         };
@@ -425,6 +473,8 @@ impl RestoreDriver {
         r
     }
 
+    /// A failure on the runtime: ends the restore (the fault thread returns
+    /// it), unless the VMM is gone anyway.
     fn failed(&self, e: RestoreError) {
         if let RestoreError::Install(i) = &e {
             if i.vmm_gone() {
@@ -432,9 +482,27 @@ impl RestoreDriver {
                 return;
             }
         }
-        if !self.closed.load(Ordering::SeqCst) {
-            tracing::error!(restore = %self.name, "{e}");
+        if self.closed.load(Ordering::SeqCst) {
+            return;
         }
+        let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+            drop(slot);
+            if let Err(e) = self.failure_wake.write(1) {
+                // Cannot happen short of a counter overflow; the fault thread
+                // would then still see the failure at its next event.
+                tracing::error!(restore = %self.name, "waking the fault thread: {e}");
+            }
+        }
+    }
+
+    fn take_failure(&self) -> Option<RestoreError> {
+        let _ = self.failure_wake.read();
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Background streaming under the bandwidth cap, until everything is
@@ -495,9 +563,4 @@ fn split_streaming(actions: Vec<Action>, runs: bool) -> (Vec<Action>, Vec<u32>) 
         }
     }
     (rest, streamed)
-}
-
-/// Wait before the `attempt`-th retry of a block no source delivered.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2))
 }

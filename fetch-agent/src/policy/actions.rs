@@ -129,4 +129,8 @@ pub enum PolicyError {
     PageOutOfRange { page: u64, total: u64 },
     #[error("block {0} does not exist in this checkpoint")]
     NoSuchBlock(u32),
+    /// No source delivered the block in this many attempts while faults
+    /// waited for it.
+    #[error("block {block} failed {attempts} fetch attempts, each over every source")]
+    BlockFailed { block: u32, attempts: u32 },
 }

@@ -21,10 +21,12 @@ use token_bucket::TokenBucket;
 
 mod actions;
 mod config;
+mod retry;
 mod token_bucket;
 mod window;
 pub use actions::{Action, FaultSource, InstallRun, Origin, PolicyError, Priority, Waiter};
 pub use config::{Config, InstallScope, StreamConfig, DEFAULT_STREAM_IN_FLIGHT};
+pub use retry::{retry_delay, MAX_FETCH_ATTEMPTS};
 pub use window::StreamWindow;
 
 /// Streaming installs at most this many cached blocks per poll, so one poll
@@ -440,9 +442,13 @@ impl Restore {
     }
 
     /// Every source failed to deliver the block. With faults waiting, it is
-    /// fetched again at demand priority (the driver backs off by `attempt`);
-    /// without, it goes back to absent and a later fault or the stream asks
-    /// again.
+    /// fetched again at demand priority (the driver waits
+    /// [`retry_delay`]`(attempt)` first), until the block has failed
+    /// [`MAX_FETCH_ATTEMPTS`] times: then it is failed
+    /// ([`PolicyError::BlockFailed`]) and the restore must end, since the
+    /// faults waiting for it can never be served. Without waiters it goes
+    /// back to absent (its failures still count) and a later fault or the
+    /// stream asks again.
     pub fn fetch_failed(&mut self, block: u32, _now: Instant) -> Result<Vec<Action>, PolicyError> {
         let state = self
             .blocks
@@ -463,6 +469,12 @@ impl Restore {
         }
         if waiters.is_empty() {
             return Ok(Vec::new());
+        }
+        let attempts = self.failures[block as usize];
+        if attempts >= MAX_FETCH_ATTEMPTS {
+            // The waiters stay unserved: their vCPUs stay blocked in the
+            // fault until the VMM stops them.
+            return Err(PolicyError::BlockFailed { block, attempts });
         }
         Ok(vec![self.start_fetch(block, Priority::Demand, waiters)])
     }

@@ -24,9 +24,18 @@ pub struct KeyArgs {
     /// signature. Insecure: whoever can write the store then chooses guest memory and state.
     #[arg(long, conflicts_with = "trust")]
     pub insecure_unsigned: bool,
+    /// Tenant key file: checkpoints are written encrypted with it, and encrypted ones read
+    /// [default: tenant.key in $THAW_KEY_DIR or ~/.config/thaw/keys, when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub tenant_key: Option<PathBuf>,
 }
 
 impl KeyArgs {
+    /// Opens store `spec` with the tenant key found as for `--tenant-key`, if any.
+    pub fn open_store(&self, spec: &str) -> anyhow::Result<thaw_store::Store> {
+        crate::tenant::open_store_with_tenant_key(spec, self.tenant_key.as_deref())
+    }
+
     /// What manifests must pass to be read.
     pub fn trust(&self) -> anyhow::Result<ManifestTrust> {
         Ok(keys::resolve_trust(

@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use thaw_cli::commands;
 use thaw_cli::keys::KeyArgs;
-use thaw_cli::tenant::open_store_with_tenant_key;
 use thaw_format::units::parse_size;
 use thaw_format::CheckpointId;
 use thaw_store::Store;
@@ -79,8 +78,6 @@ enum CheckpointCommand {
         id: CheckpointId,
         #[command(flatten)]
         keys: KeyArgs,
-        #[command(flatten)]
-        tenant: thaw_cli::vm::TenantKeyArg,
     },
     /// Rewrite a checkpoint with a layout learned from restore traces (the old one stays as it is).
     Relayout {
@@ -94,8 +91,6 @@ enum CheckpointCommand {
         /// Id of the new checkpoint (generated when absent).
         #[arg(long = "id")]
         new_id: Option<CheckpointId>,
-        #[command(flatten)]
-        tenant: thaw_cli::vm::TenantKeyArg,
     },
 }
 
@@ -151,14 +146,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             CheckpointCommand::List { store, keys } => {
                 commands::list(&open_store(&store)?, &keys.trust()?).await
             }
-            CheckpointCommand::Verify {
-                store,
-                id,
-                keys,
-                tenant,
-            } => {
-                let store = open_store_with_tenant_key(&store, tenant.path.as_deref())?;
-                commands::verify(&store, &id, &keys.trust()?).await
+            CheckpointCommand::Verify { store, id, keys } => {
+                commands::verify(&keys.open_store(&store)?, &id, &keys.trust()?).await
             }
             CheckpointCommand::Relayout {
                 store,
@@ -166,11 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 keys,
                 traces,
                 new_id,
-                tenant,
-            } => {
-                let store = open_store_with_tenant_key(&store, tenant.path.as_deref())?;
-                commands::relayout(&store, &id, &keys, &traces, new_id).await
-            }
+            } => commands::relayout(&keys.open_store(&store)?, &id, &keys, &traces, new_id).await,
         },
         // The vmm is synchronous and makes its own runtime: run it on a plain thread.
         Command::Vm(args) => std::thread::spawn(move || thaw_cli::vm::run(args))

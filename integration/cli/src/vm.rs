@@ -3,7 +3,6 @@
 //! Machine-readable results go to standard output as JSON lines when `--json` is given (the guest's
 //! console then goes to standard error unless `--serial` says otherwise).
 
-use crate::tenant::open_store_with_tenant_key;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -135,18 +134,6 @@ pub struct RunArgs {
     pub stop_after_checkpoint: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
-    #[command(flatten)]
-    pub tenant: TenantKeyArg,
-}
-
-/// `--tenant-key`, shared by the commands that write or read checkpoints.
-#[derive(Debug, Args)]
-pub struct TenantKeyArg {
-    /// Tenant key file: checkpoints are written encrypted with it, and
-    /// encrypted ones read [default: tenant.key in $THAW_KEY_DIR, else in
-    /// ~/.config/thaw/keys, when it exists].
-    #[arg(long = "tenant-key")]
-    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -170,8 +157,6 @@ pub struct CheckpointArgs {
     pub resume: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
-    #[command(flatten)]
-    pub tenant: TenantKeyArg,
 }
 
 #[derive(Debug, Args)]
@@ -194,8 +179,6 @@ pub struct RestoreArgs {
     pub run_for: Option<Duration>,
     #[command(flatten)]
     pub keys: KeyArgs,
-    #[command(flatten)]
-    pub tenant: TenantKeyArg,
 }
 
 use thaw_format::units::{parse_duration, parse_size};
@@ -334,12 +317,9 @@ fn run_and_maybe_checkpoint(
     stop_after: bool,
     dirty: DirtyConfig,
     keys: &KeyArgs,
-    tenant_key: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let store = ck
-        .map(|(spec, _)| open_store_with_tenant_key(spec, tenant_key))
-        .transpose()?;
+    let store = ck.map(|(spec, _)| keys.open_store(spec)).transpose()?;
     // Keys are checked before the guest runs: a missing key is no reason to lose a run.
     let write_options = ck.map(|_| keys.write_options()).transpose()?;
     let watch: Watch = (m.until_serial.is_some() || on_serial.is_some())
@@ -405,8 +385,26 @@ fn run_and_maybe_checkpoint(
         }
         let opts = write_options.unwrap_or_default();
         let outcome = match tracker {
-            Some(t) => checkpoint_with_dirty_log(&vm, &rt, store, &opts, t)?,
-            None => checkpoint(&vm, &rt, store, &opts)?,
+            Some(t) => checkpoint_with_dirty_log(&vm, &rt, store, &opts, t),
+            None => checkpoint(&vm, &rt, store, &opts),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) if !stop_after => {
+                // The original VM goes on whatever became of its checkpoint: resume it, say
+                // what failed now, run it to its end, and fail the command after.
+                vm.resume();
+                let e = anyhow::Error::new(e).context("checkpoint failed; the VM was resumed");
+                tracing::error!("{e:#}");
+                emit(
+                    m.json,
+                    serde_json::json!({"event": "checkpoint_failed", "error": format!("{e:#}")}),
+                );
+                finish(&mut vm, linux, m.timeout, m, &watch, t0)?;
+                vm.stop()?;
+                return Err(e);
+            }
+            Err(e) => return Err(e.into()),
         };
         emit(
             m.json,
@@ -425,7 +423,7 @@ fn run_and_maybe_checkpoint(
 
 fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let store = open_store_with_tenant_key(&a.store, a.tenant.path.as_deref())?;
+    let store = a.keys.open_store(&a.store)?;
     let trust = a.keys.trust()?;
     let mode = match (&a.agent, a.eager) {
         (Some(p), _) => RestoreMode::Agent(p.clone()),
@@ -455,8 +453,22 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     } else {
         a.machine.timeout
     };
-    finish(&mut r.vm, linux, limit, &a.machine, &watch, t0)?;
-    r.vm.stop()?;
+    let ran = finish(&mut r.vm, linux, limit, &a.machine, &watch, t0);
+    // Whatever ended the run (the guest finished, --timeout, the fetch agent failing), the vCPUs
+    // stop first. One that cannot (blocked in a fault nobody serves) is reported and the process
+    // ends with guest memory still registered with the userfaultfd (the link is dropped without
+    // `finish`), so the guest never runs on pages that did not arrive.
+    let stopped = r.vm.stop();
+    match (ran, stopped) {
+        (Ok(()), Ok(())) => {}
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(()), Err(stuck)) => return Err(stuck.into()),
+        (Err(e), Err(stuck)) => {
+            return Err(anyhow::anyhow!(
+                "{e:#}; then {stuck}: the process ends with guest memory still registered"
+            ))
+        }
+    }
     if let Some(report) = r
         .agent
         .take()
@@ -489,7 +501,6 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             a.stop_after_checkpoint,
             a.dirty.config(),
             &a.keys,
-            a.tenant.path.as_deref(),
         ),
         VmCommand::Checkpoint(a) => run_and_maybe_checkpoint(
             &a.machine,
@@ -499,7 +510,6 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             !a.resume,
             a.dirty.config(),
             &a.keys,
-            a.tenant.path.as_deref(),
         ),
         VmCommand::Restore(a) => restore_cmd(&a),
     }

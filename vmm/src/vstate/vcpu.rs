@@ -7,6 +7,11 @@
 //! instruction (on some KVMs, including this software one, RIP has already moved past the `out`;
 //! on hardware KVM it moves during that run) and returns at once, so saved state never carries a
 //! half-done instruction.
+//!
+//! Stopping is bounded: a vCPU thread blocked in a page fault nobody serves (a lazily restored
+//! VM whose fetch agent failed or stopped) may not come out of KVM_RUN for a signal. Such a thread
+//! is reported and left behind; its process must then exit (which ends it) without closing the
+//! userfaultfd first, or the kernel would fill the missing pages with zeros and let it run.
 
 use crate::devices::{BusAction, PortBus};
 use crate::persist::state::VcpuState;
@@ -33,6 +38,8 @@ pub enum VcpuError {
     Spawn { cpu: u32, source: std::io::Error },
     #[error("timed out: vCPU {cpu} did not pause")]
     PauseTimeout { cpu: u32 },
+    #[error("vCPU {cpu} did not leave KVM_RUN within {waited:?} of being told to stop (blocked in a page fault nobody serves)")]
+    StopTimeout { cpu: u32, waited: Duration },
     #[error("vCPU {cpu}: {what}")]
     ThreadGone { cpu: u32, what: &'static str },
     #[error("vCPU {cpu}: {source}")]
@@ -462,31 +469,49 @@ impl VcpuHandle {
         let _ = self.commands.send(ParkedCommand::Resume);
     }
 
-    /// Stops the thread and returns how it ended.
-    pub(crate) fn stop(&mut self) -> VcpuEnd {
+    /// Tells the thread to stop and kicks it out of KVM_RUN; [`VcpuHandle::stop_by`] waits.
+    pub(crate) fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.commands.send(ParkedCommand::Stop);
-        match self.thread.take() {
-            None => VcpuEnd::Stopped,
-            Some(t) => {
-                while !t.is_finished() {
-                    let _ = t.kill(kick_signal());
-                    let _ = self.commands.send(ParkedCommand::Stop);
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-                t.join().unwrap_or(VcpuEnd::Failed(VcpuError::ThreadGone {
+        self.kick();
+    }
+
+    /// Stops the thread and returns how it ended, waiting (and kicking) until `deadline`. A thread
+    /// still running then is left behind (detached) and reported as
+    /// [`VcpuError::StopTimeout`]: it can only be in KVM_RUN, blocked in a page fault.
+    pub(crate) fn stop_by(&mut self, deadline: Instant) -> VcpuEnd {
+        self.request_stop();
+        let Some(t) = self.thread.take() else {
+            return VcpuEnd::Stopped;
+        };
+        let asked = Instant::now();
+        while !t.is_finished() {
+            if Instant::now() >= deadline {
+                // Dropping the handle detaches the thread; it ends with the process.
+                return VcpuEnd::Failed(VcpuError::StopTimeout {
                     cpu: self.id,
-                    what: "vCPU thread panicked",
-                }))
+                    waited: asked.elapsed(),
+                });
             }
+            let _ = t.kill(kick_signal());
+            let _ = self.commands.send(ParkedCommand::Stop);
+            std::thread::sleep(Duration::from_micros(500));
         }
+        t.join().unwrap_or(VcpuEnd::Failed(VcpuError::ThreadGone {
+            cpu: self.id,
+            what: "vCPU thread panicked",
+        }))
     }
 }
 
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
         if self.thread.is_some() {
-            self.stop();
+            self.stop_by(Instant::now() + STOP_TIMEOUT);
         }
     }
 }
+
+/// How long stopping a vCPU waits for its thread to leave KVM_RUN. A kick takes it out within
+/// microseconds unless it is blocked in a page fault that is never served.
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(3);

@@ -12,7 +12,7 @@ use crate::persist::state::{GuestKind, VmState};
 use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::VcpuError;
-use crate::vstate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle};
+use crate::vstate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle, STOP_TIMEOUT};
 use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SREGS2,
@@ -58,7 +58,8 @@ pub enum VmError {
     NotPaused,
     #[error("guest stopped: {0}")]
     GuestStopped(String),
-    /// Ended from another thread (its fetch agent went away).
+    /// Ended from another thread (its fetch agent failed or went away); the vCPUs were stopped
+    /// first.
     #[error(transparent)]
     Aborted(Box<dyn StdError + Send + Sync>),
 }
@@ -103,11 +104,14 @@ pub struct Vm {
     baseline: CpuBaseline,
     required: RequiredFeatures,
     abort: AbortHandle,
+    /// vCPUs that did not stop when told to (blocked in a page fault): see [`Vm::stop`].
+    stuck: Vec<u32>,
     _serial_irq: EventFd,
 }
 
-/// Lets another thread end a running VM with an error (e.g. its fetch agent went away): the
-/// next [`Vm::next_event`] returns it as [`VmError::Aborted`] instead of waiting on.
+/// Lets another thread end a running VM with an error (e.g. its fetch agent failed): the next
+/// [`Vm::next_event`] stops the vCPUs and returns it as [`VmError::Aborted`] instead of waiting
+/// on.
 #[derive(Clone, Default)]
 pub(crate) struct AbortHandle(Arc<Mutex<Option<VmError>>>);
 
@@ -269,6 +273,7 @@ impl Vm {
             baseline: config.cpu_baseline,
             required,
             abort: AbortHandle::default(),
+            stuck: Vec::new(),
             _serial_irq: serial_irq,
         })
     }
@@ -482,11 +487,15 @@ impl Vm {
     }
 
     /// Waits for the next guest event; fails if a vCPU thread died or the VM was aborted
-    /// through its [`AbortHandle`].
+    /// through its [`AbortHandle`]. An aborted VM's vCPUs are stopped before the error returns
+    /// (see [`Vm::stop`] for one that cannot be).
     pub fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestEvent>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.abort.take() {
+                if let Err(stop) = self.stop() {
+                    tracing::error!("stopping the aborted VM: {stop}");
+                }
                 return Err(e);
             }
             let now = Instant::now();
@@ -509,7 +518,7 @@ impl Vm {
     fn check_threads(&mut self) -> Result<()> {
         if let Some(i) = self.running.iter().position(|h| h.is_finished()) {
             let id = self.running[i].id;
-            return match self.running[i].stop() {
+            return match self.running[i].stop_by(Instant::now() + STOP_TIMEOUT) {
                 VcpuEnd::Failed(e) => Err(e.into()),
                 VcpuEnd::GuestStopped(why) => {
                     Err(VmError::GuestStopped(format!("vCPU {id}: {why}")))
@@ -520,17 +529,38 @@ impl Vm {
         Ok(())
     }
 
-    /// Stops all vCPU threads; returns the first failure among them.
+    /// Stops all vCPU threads, each kicked out of KVM_RUN, waiting a bounded time
+    /// ([`STOP_TIMEOUT`] in all); returns the first failure among them.
+    ///
+    /// A vCPU blocked in a page fault nobody serves (a lazy restore whose fetch agent failed or
+    /// stopped) may not come out: it is left behind and reported as
+    /// [`VcpuError::StopTimeout`], now and by every later call. Its guest memory's userfaultfd
+    /// must then stay open until the process exits (which ends the thread), or the kernel would
+    /// fill the missing page with zeros and the guest would run on them.
     pub fn stop(&mut self) -> Result<()> {
+        for h in &self.running {
+            h.request_stop();
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
         let mut first = Ok(());
         for h in self.running.iter_mut() {
-            if let VcpuEnd::Failed(e) = h.stop() {
-                if first.is_ok() {
-                    first = Err(e.into());
+            match h.stop_by(deadline) {
+                VcpuEnd::Failed(VcpuError::StopTimeout { cpu, waited }) => {
+                    tracing::error!("vCPU {cpu} did not stop within {waited:?}");
+                    self.stuck.push(cpu);
                 }
+                VcpuEnd::Failed(e) if first.is_ok() => first = Err(e.into()),
+                _ => {}
             }
         }
         self.running.clear();
+        if let Some(&cpu) = self.stuck.first() {
+            return Err(VcpuError::StopTimeout {
+                cpu,
+                waited: STOP_TIMEOUT,
+            }
+            .into());
+        }
         first
     }
 }

@@ -250,6 +250,66 @@ fn failed_fetch_is_retried_only_when_someone_waits() {
 }
 
 #[test]
+fn a_block_failing_every_attempt_while_a_fault_waits_is_failed() {
+    let t0 = Instant::now();
+    let mut r = Restore::new(simple(), config(0), t0);
+    r.fault(0, t0, &mut never).unwrap();
+    for attempt in 1..MAX_FETCH_ATTEMPTS {
+        assert_eq!(
+            r.fetch_failed(0, t0).unwrap(),
+            vec![Action::Fetch {
+                block: 0,
+                priority: Priority::Demand,
+                attempt
+            }]
+        );
+    }
+    assert_eq!(
+        r.fetch_failed(0, t0),
+        Err(PolicyError::BlockFailed {
+            block: 0,
+            attempts: MAX_FETCH_ATTEMPTS
+        })
+    );
+    // Failed: nothing retries it, nothing is installed.
+    assert_eq!(r.in_flight(0), None);
+    assert!(r.poll(t0, &mut never).iter().all(|a| !matches!(
+        a,
+        Action::Fetch { block: 0, .. } | Action::Install { block: 0, .. }
+    )));
+}
+
+#[test]
+fn failures_without_waiters_count_towards_the_limit() {
+    let t0 = Instant::now();
+    let mut r = Restore::new(simple(), config(1), t0);
+    // Block 1 is prefetched after block 0's fault and fails with nobody
+    // waiting, MAX - 1 times over as many faults on block 0's pages.
+    for _ in 1..MAX_FETCH_ATTEMPTS {
+        r.fault(0, t0, &mut never).unwrap();
+        assert!(r.fetch_failed(1, t0).unwrap().is_empty());
+        assert_eq!(r.in_flight(1), None);
+    }
+    // A fault on it starts its last attempt, whose failure fails it.
+    let actions = r.fault(4, t0, &mut never).unwrap();
+    assert_eq!(
+        actions[0],
+        Action::Fetch {
+            block: 1,
+            priority: Priority::Demand,
+            attempt: MAX_FETCH_ATTEMPTS - 1
+        }
+    );
+    assert_eq!(
+        r.fetch_failed(1, t0),
+        Err(PolicyError::BlockFailed {
+            block: 1,
+            attempts: MAX_FETCH_ATTEMPTS
+        })
+    );
+}
+
+#[test]
 fn streaming_follows_the_order_under_the_bandwidth_cap() {
     let t0 = Instant::now();
     let blocks: Vec<Vec<PageRun>> = (0..20)

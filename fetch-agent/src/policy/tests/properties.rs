@@ -221,7 +221,18 @@ proptest! {
                         model.in_cache.insert(block);
                         r.block_ready(block, now, None).unwrap()
                     } else {
-                        r.fetch_failed(block, now).unwrap()
+                        match r.fetch_failed(block, now) {
+                            Ok(actions) => actions,
+                            Err(e) => {
+                                // Only a block with waiters is failed, after the
+                                // last attempt; the restore ends there.
+                                prop_assert_eq!(e, PolicyError::BlockFailed {
+                                    block,
+                                    attempts: MAX_FETCH_ATTEMPTS,
+                                });
+                                return Ok(());
+                            }
+                        }
                     };
                     model.apply(&m, actions);
                 }
@@ -358,7 +369,16 @@ proptest! {
                         model.in_cache.insert(block);
                         r.block_ready(block, now, None).unwrap()
                     } else {
-                        let a = r.fetch_failed(block, now).unwrap();
+                        let a = match r.fetch_failed(block, now) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                prop_assert_eq!(e, PolicyError::BlockFailed {
+                                    block,
+                                    attempts: MAX_FETCH_ATTEMPTS,
+                                });
+                                return Ok(());
+                            }
+                        };
                         fetches += a.len() as u64;
                         a
                     };
