@@ -53,7 +53,7 @@ fn signer(verified: &Verified) -> String {
     match verified {
         Verified::SignedBy(key) => key_id(key),
         Verified::DigestMatched => "digest".into(),
-        Verified::Unsigned => "not checked".into(),
+        Verified::Unsigned => "unchecked".into(),
     }
 }
 
@@ -74,10 +74,10 @@ pub async fn verify(store: &Store, id: &CheckpointId, trust: &ManifestTrust) -> 
         .await
         .with_context(|| format!("checkpoint {id} failed verification"))?;
     println!(
-        "checkpoint {id}: OK, signed by {}, {} blocks, {} stored, verified in {:.2} s",
-        signer(reader.verified()),
+        "checkpoint {id}: OK, {} blocks, {} stored, signed by {}, verified in {:.2} s",
         report.blocks,
         format_bytes(report.stored_bytes),
+        signer(reader.verified()),
         started.elapsed().as_secs_f64()
     );
     if let Some(log) = log {

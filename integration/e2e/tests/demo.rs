@@ -11,9 +11,13 @@ fn demo_runs_the_whole_pipeline() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // A key directory of its own, empty: the demo makes the development key pair in it.
+    let keys = dir.path().join("keys");
+    let store = dir.path().join("store");
     let out = bins::thaw()
+        .env("THAW_KEY_DIR", &keys)
         .args(["demo", "--memory", "32MiB", "--store"])
-        .arg(dir.path().join("store"))
+        .arg(&store)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -34,5 +38,29 @@ fn demo_runs_the_whole_pipeline() {
     assert!(
         text.contains("identical to the uninterrupted run"),
         "{text}"
+    );
+    assert!(
+        text.contains("made a development signing key pair"),
+        "{text}"
+    );
+
+    // Right after the demo, verifying its checkpoint needs no flag: the key is found.
+    let id = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("checkpoint "))
+        .map(|rest| rest.trim().to_owned())
+        .unwrap_or_else(|| panic!("no checkpoint row in\n{text}"));
+    let out = bins::thaw()
+        .env("THAW_KEY_DIR", &keys)
+        .args(["checkpoint", "verify"])
+        .arg(&store)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let verified = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && verified.contains("OK,") && verified.contains("signed by"),
+        "{verified}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

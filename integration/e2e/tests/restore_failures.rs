@@ -92,7 +92,9 @@ impl Fixture {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let store = Store::open(&self.store).unwrap();
         let id: CheckpointId = self.id.parse().unwrap();
-        let reader = rt.block_on(CheckpointReader::open(&store, &id, &bins::trust())).unwrap();
+        let reader = rt
+            .block_on(CheckpointReader::open(&store, &id, &bins::trust()))
+            .unwrap();
         let m = reader.manifest();
         let page = CODE_ADDR / m.page_size;
         let (index, block) = m
