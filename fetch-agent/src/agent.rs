@@ -112,12 +112,19 @@ pub struct Agent {
     stores: Mutex<HashMap<String, Arc<ObjectStoreSource>>>,
     checkpoints: Mutex<HashMap<(String, CheckpointId), OpenedCheckpoint>>,
     next_restore: AtomicU64,
+    /// How long one source may take to give a manifest before the next is asked.
+    manifest_timeout: std::time::Duration,
 }
+
+/// A manifest is one read of at most a few MiB: a source gets this many block timeouts for it
+/// (a slow store still answers in time, a dead block server does not stall a restore's start).
+const MANIFEST_TIMEOUT_FACTOR: u32 = 4;
 
 impl Agent {
     pub fn new(config: AgentConfig, runtime: Handle) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let cache = BlockCache::new(config.cache_bytes);
+        let manifest_timeout = config.fetch.source_timeout * MANIFEST_TIMEOUT_FACTOR;
         let fetcher = Fetcher::new(cache, config.fetch, metrics.clone());
         Arc::new(Agent {
             ctx: Arc::new(AgentContext {
@@ -146,6 +153,7 @@ impl Agent {
             stores: Mutex::new(HashMap::new()),
             checkpoints: Mutex::new(HashMap::new()),
             next_restore: AtomicU64::new(1),
+            manifest_timeout,
         })
     }
 
@@ -306,8 +314,18 @@ impl Agent {
             let opened = self
                 .ctx
                 .runtime
-                .block_on(s.manifest_object(id))
-                .map_err(|e| e.to_string())
+                // The timer is made inside the runtime (block_on's future runs there).
+                .block_on(async {
+                    tokio::time::timeout(self.manifest_timeout, s.manifest_object(id)).await
+                })
+                .map_err(|_| {
+                    format!(
+                        "{}: no manifest within {:?}",
+                        s.name(),
+                        self.manifest_timeout
+                    )
+                })
+                .and_then(|r| r.map_err(|e| e.to_string()))
                 .and_then(|object| {
                     let verified = open_manifest(id, &object, trust)
                         .map_err(|e| format!("{}: {e}", s.name()))?;

@@ -209,6 +209,54 @@ impl BlockSource for Corrupting {
     }
 }
 
+/// A block server that took the connection and then went silent: it answers
+/// nothing, not even the manifest.
+struct Silent;
+
+impl BlockSource for Silent {
+    fn name(&self) -> &str {
+        "silent"
+    }
+    fn kind(&self) -> SourceKind {
+        SourceKind::BlockServer
+    }
+    fn fetch_stored<'a>(
+        &'a self,
+        _checkpoint: &'a CheckpointId,
+        _block: u32,
+        _priority: Priority,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        Box::pin(futures::future::pending())
+    }
+    fn manifest_object<'a>(
+        &'a self,
+        _checkpoint: &'a CheckpointId,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        Box::pin(futures::future::pending())
+    }
+}
+
+#[test]
+fn a_source_silent_from_the_start_does_not_stall_the_restore() {
+    let fx = checkpoint(256);
+    let running = start_agent(&fx, policy(2), vec![Arc::new(Silent)], None);
+    let guest = MappedGuest::new(fx.memory.len()).unwrap();
+    let msg = guest
+        .handoff(Some(&fx.store_spec), Some(fx.id.as_str()))
+        .encode();
+    let _conn = guest.hand_off(&fx.socket(), &msg).unwrap();
+    // The manifest and every block come from the store after the silent server's timeouts.
+    touch_all_and_check(&guest, &fx.memory);
+    let c = &running.agent.metrics().counters;
+    assert_eq!(
+        c.blocks[SourceKind::BlockServer as usize]
+            .iter()
+            .map(|x| x.load(Ordering::SeqCst))
+            .sum::<u64>(),
+        0
+    );
+}
+
 /// Restores a checkpoint whose first source corrupts every block it
 /// delivers (the store of the hand-off comes next), touches every page and
 /// checks all of memory.

@@ -24,7 +24,7 @@ fn spec(block_servers: usize, fault: Option<Fault>) -> RunSpec {
     RunSpec {
         block_servers,
         fault,
-        fault_after: Duration::from_millis(800),
+        fault_after: Duration::from_millis(200),
         source_timeout: SOURCE_TIMEOUT,
     }
 }

@@ -203,12 +203,15 @@ fn hand_off_as(uid: u32, gid: u32, sock: &Path, message: Vec<u8>, limit: Duratio
 /// Whether the agent closes `conn` within `limit`, sending nothing.
 fn closed_by_peer(conn: &UnixStream, limit: Duration) -> bool {
     conn.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 1];
-    // Closed with the message unread, the socket is reset rather than ended.
-    match (&*conn).read(&mut buf) {
-        Ok(0) => true,
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-        Ok(_) => false,
+    let mut buf = [0u8; 4096];
+    // The agent may say why before it hangs up (one line); closed with the message unread, the
+    // socket is reset rather than ended.
+    loop {
+        match (&*conn).read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }
 
