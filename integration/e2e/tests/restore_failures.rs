@@ -111,7 +111,11 @@ impl Fixture {
     fn flip_a_bit(&self) -> u32 {
         let (block, object, offset, len) = self.code_block();
         let mut bytes = std::fs::read(&object).unwrap();
-        bytes[(offset + len / 2) as usize] ^= 0x10;
+        // The block's last byte: always a literal of the decoded bytes (lz4
+        // ends every block with literals; raw blocks are all literal), so
+        // the flip always changes what the block decodes to. A flip in the
+        // middle can land in a match offset that copies equal bytes.
+        bytes[(offset + len - 1) as usize] ^= 0x10;
         std::fs::write(&object, bytes).unwrap();
         block
     }
