@@ -104,15 +104,27 @@ pub fn ensure(dir: &Path) -> Result<(VerifyingKey, bool), KeyFileError> {
     }
 }
 
-fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), KeyFileError> {
+/// Creates key file `path` with `mode` (its directory 0700 if missing),
+/// never replacing an existing file: a key that readers depend on is never
+/// lost. An existing file is an `AlreadyExists` error.
+pub(crate) fn create_key_file(path: &Path, mode: u32, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(text.as_bytes()).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), KeyFileError> {
+    create_key_file(path, mode, text.as_bytes()).map_err(io(path))
 }
 
 /// Loads a secret key file, refusing one that other users can read.

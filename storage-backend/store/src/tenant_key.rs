@@ -5,8 +5,6 @@
 //! `$HOME/.config/thaw/keys`; the tenant key is `tenant.key` in it, 32 raw
 //! bytes, written 0600 in a directory made 0700.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use thaw_format::{CryptError, TenantKey};
@@ -71,32 +69,16 @@ pub fn read_tenant_key(path: &Path) -> Result<TenantKey, KeyFileError> {
 /// directories 0700. An existing file is never overwritten (its
 /// checkpoints would become unreadable).
 pub fn write_new_tenant_key(path: &Path) -> Result<TenantKey, KeyFileError> {
-    let failed = |source| KeyFileError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(failed)?;
-    }
     let key = TenantKey::generate();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => KeyFileError::Exists {
-                path: path.to_owned(),
-            },
-            _ => failed(e),
-        })?;
-    file.write_all(key.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(failed)?;
+    crate::keys::create_key_file(path, 0o600, key.as_bytes()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => KeyFileError::Exists {
+            path: path.to_owned(),
+        },
+        _ => KeyFileError::Write {
+            path: path.to_owned(),
+            source: e,
+        },
+    })?;
     Ok(key)
 }
 
