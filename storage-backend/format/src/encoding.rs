@@ -103,21 +103,33 @@ fn encode_as(m: &Manifest, version: u16) -> Vec<u8> {
     super::envelope::seal(MAGIC, version, &e.buf)
 }
 
-/// Checks a manifest's frame (magic, version, length, checksum) without
-/// decoding its body: cheap, and says "not a manifest" before anything asks
-/// whether it is signed.
-pub fn check_frame(input: &[u8]) -> Result<(), FormatError> {
-    super::envelope::open_versions(input, MAGIC, OLDEST_VERSION..=VERSION, MAX_MANIFEST_BYTES)?;
-    Ok(())
+/// A manifest's frame whose magic, version, length and checksum were
+/// checked, its body not yet decoded: cheap to get, so a reader can say "not
+/// a manifest" before asking whether it is signed, and decode once after.
+pub struct ManifestFrame<'a> {
+    version: u16,
+    body: &'a [u8],
+}
+
+impl ManifestFrame<'_> {
+    /// Decodes and validates the body.
+    pub fn decode(&self) -> Result<Manifest, FormatError> {
+        let manifest = decode_body_of(self.version, self.body)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+}
+
+/// Checks a manifest's frame without decoding its body.
+pub fn open_frame(input: &[u8]) -> Result<ManifestFrame<'_>, FormatError> {
+    let (version, body) =
+        super::envelope::open_versions(input, MAGIC, OLDEST_VERSION..=VERSION, MAX_MANIFEST_BYTES)?;
+    Ok(ManifestFrame { version, body })
 }
 
 /// Parses and validates a manifest.
 pub fn decode(input: &[u8]) -> Result<Manifest, FormatError> {
-    let (version, body) =
-        super::envelope::open_versions(input, MAGIC, OLDEST_VERSION..=VERSION, MAX_MANIFEST_BYTES)?;
-    let manifest = decode_body_of(version, body)?;
-    manifest.validate()?;
-    Ok(manifest)
+    open_frame(input)?.decode()
 }
 
 /// Parses the body alone (no checksum, no validation): the part a fuzzer

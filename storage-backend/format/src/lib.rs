@@ -28,7 +28,9 @@ pub use block_codec::{decode_block, encode_block, is_zero_page, BlockCodecError,
 pub use block_crypt::{BlockOpener, Cipher, CryptError, Encryption, KeyId, TenantKey, TenantKeys};
 pub use dirty_log::{DirtyLog, DirtyLogError, DirtyWindow};
 pub use dirty_profile::layout_from_dirty_windows;
-pub use encoding::{check_frame, decode, decode_body, encode, MAX_MANIFEST_BYTES, VERSION};
+pub use encoding::{
+    decode, decode_body, encode, open_frame, ManifestFrame, MAX_MANIFEST_BYTES, VERSION,
+};
 /// The first bytes of every manifest object (its frame's magic).
 pub const MANIFEST_MAGIC: [u8; 8] = encoding::MAGIC;
 pub use error::{FormatError, PageOwner};

@@ -81,9 +81,9 @@ pub fn open_manifest(
         source,
     };
     let split = signature::split(object).map_err(untrusted)?;
-    thaw_format::check_frame(split.frame).map_err(bad)?;
+    let frame = thaw_format::open_frame(split.frame).map_err(bad)?;
     let verified = trust.check(&split).map_err(untrusted)?;
-    let manifest = thaw_format::decode(split.frame).map_err(bad)?;
+    let manifest = frame.decode().map_err(bad)?;
     if &manifest.id != id {
         return Err(CheckpointError::BadManifest {
             id: id.clone(),
