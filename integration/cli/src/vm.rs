@@ -12,6 +12,7 @@ use vmm::boot::testguest::{boot_test_guest, wait_done};
 use vmm::boot::testguest::{Params, Pattern};
 use vmm::devices::report_port;
 use vmm::devices::serial::SerialOutput;
+use vmm::devices::virtio::block::DiskConfig;
 use vmm::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, runtime};
 use vmm::persist::dirty::DirtyConfig;
 use vmm::persist::dirty_tracker::DirtyTracker;
@@ -92,6 +93,10 @@ pub struct GuestArgs {
     pub initrd: Option<PathBuf>,
     #[arg(long, requires = "kernel", default_value = vmm::boot::linux::DEFAULT_CMDLINE)]
     pub cmdline: String,
+    /// A virtio-blk disk on a raw image file, PATH or PATH,ro (repeatable; Linux sees them as
+    /// /dev/vda, /dev/vdb, ... in this order).
+    #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Dirty-page tracking before a checkpoint: its windows are stored with the checkpoint and lay
@@ -177,11 +182,19 @@ pub struct RestoreArgs {
     /// For a Linux guest: run this long after the restore, then stop.
     #[arg(long, value_parser = parse_duration)]
     pub run_for: Option<Duration>,
+    /// Replace the checkpoint's disks (PATH or PATH,ro; repeatable): none reopens the saved
+    /// paths, otherwise one per saved disk, in order.
+    #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
 
 use thaw_format::units::{parse_duration, parse_size};
+
+fn parse_disk(arg: &str) -> Result<DiskConfig, String> {
+    DiskConfig::parse(arg).map_err(|e| e.to_string())
+}
 
 /// The console buffer watched for `--until-serial` / `--on-serial` markers, if any.
 type Watch = Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>;
@@ -231,6 +244,7 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
         vcpus: g.vcpus,
         cpu_baseline: g.cpu_baseline,
         serial: serial_output(m, watch),
+        disks: g.disks.clone(),
     };
     Ok(match &g.kernel {
         Some(kernel) => vmm::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
@@ -438,6 +452,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     let config = VmConfig {
         kvm_path: a.machine.kvm.clone(),
         serial: serial_output(&a.machine, &watch),
+        disks: a.disks.clone(),
         ..Default::default()
     };
     let t0 = Instant::now();

@@ -1,13 +1,14 @@
 //! Booting a stock Linux x86-64 kernel (bzImage or ELF vmlinux) with an initramfs and a command
 //! line: linux-loader puts the kernel at 1 MiB, the initrd goes as high in low memory as the
 //! kernel allows, and `arch::linux_boot` writes the zero page and enters the kernel in
-//! long mode.
+//! long mode. virtio devices are announced on the command line (`virtio_mmio.device=...`).
 //!
 //! One vCPU only: the Debian cloud kernel does not parse MP tables, and thaw does not yet write
 //! ACPI tables (MADT) that would let it find more CPUs. `boot` refuses more than one vCPU.
 
 use crate::arch::linux_boot::{self, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
 use crate::boot::BootError;
+use crate::devices::virtio;
 use crate::persist::state::GuestKind;
 use crate::vstate::memory::{self, GuestMemory};
 use crate::vstate::vm::{Vm, VmConfig};
@@ -43,7 +44,13 @@ pub fn boot(
         });
     }
     let mem = GuestMemory::new(&memory::layout(config.memory_bytes))?;
-    let entry = load_kernel(&mem, kernel, initrd, cmdline)?;
+    let devices = virtio::linux_cmdline(config.disks.len());
+    let cmdline = if devices.is_empty() {
+        cmdline.to_string()
+    } else {
+        format!("{cmdline} {devices}")
+    };
+    let entry = load_kernel(&mem, kernel, initrd, &cmdline)?;
     let vm = Vm::create(config, mem, GuestKind::Linux, None, None)?;
     linux_boot::setup_boot_cpu(&vm.pending_vcpus()[0].fd, entry)?;
     Ok(vm)

@@ -6,8 +6,10 @@
 //! hardware expects.
 
 pub(crate) mod i8042;
+pub(crate) mod mmio;
 pub mod report_port;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::Arc;
 

@@ -8,6 +8,7 @@
 
 use crate::arch::cpuid::{CpuBaseline, RequiredFeatures};
 use crate::devices::serial::UartState;
+use crate::devices::virtio::device::VirtioDeviceState;
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
@@ -145,6 +146,9 @@ pub struct VmState {
     pub pit: kvm_pit_state2,
     pub clock: kvm_clock_data,
     pub serial: UartState,
+    /// virtio-mmio devices in bus order (absent in checkpoints from before virtio).
+    #[serde(default)]
+    pub virtio: Vec<VirtioDeviceState>,
 }
 
 impl VmState {
@@ -268,6 +272,7 @@ pub(crate) mod tests {
                 scratch: 0,
                 in_buffer: vec![],
             },
+            virtio: vec![],
         }
     }
 

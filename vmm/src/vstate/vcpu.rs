@@ -1,4 +1,4 @@
-//! vCPU threads: the KVM_RUN loop, port I/O dispatch, and pausing at any moment.
+//! vCPU threads: the KVM_RUN loop, port I/O and MMIO dispatch, and pausing at any moment.
 //!
 //! Pausing: the controller sets the shared `pause` flag and kicks each vCPU thread with a real-time
 //! signal. The signal handler sets `immediate_exit` in that thread's `kvm_run`, so KVM_RUN returns
@@ -13,6 +13,7 @@
 //! is reported and left behind; its process must then exit (which ends it) without closing the
 //! userfaultfd first, or the kernel would fill the missing pages with zeros and let it run.
 
+use crate::devices::mmio::MmioBus;
 use crate::devices::{BusAction, PortBus};
 use crate::persist::state::VcpuState;
 use crate::vstate::kvm::KvmError;
@@ -149,6 +150,7 @@ pub(crate) struct VcpuHandle {
 struct VcpuThread {
     vcpu: Vcpu,
     bus: Arc<PortBus>,
+    mmio: Arc<MmioBus>,
     pause: Arc<PauseFlag>,
     parked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -314,11 +316,15 @@ impl VcpuThread {
                     self.bus.read(port, data);
                     BusAction::Continue
                 }
-                Ok(VcpuExit::MmioRead(_, data)) => {
-                    data.fill(0xff);
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.mmio.read(addr, data);
                     BusAction::Continue
                 }
-                Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::Hlt) => BusAction::Continue,
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                    BusAction::Continue
+                }
+                Ok(VcpuExit::Hlt) => BusAction::Continue,
                 Ok(VcpuExit::Shutdown) => BusAction::Stop(format!(
                     "triple fault or shutdown (KVM_EXIT_SHUTDOWN) {}",
                     self.where_am_i()
@@ -381,6 +387,7 @@ impl VcpuHandle {
     pub(crate) fn spawn(
         vcpu: Vcpu,
         bus: Arc<PortBus>,
+        mmio: Arc<MmioBus>,
         pause: Arc<PauseFlag>,
         caps: Arc<VcpuCaps>,
         memory: Arc<GuestMemory>,
@@ -393,6 +400,7 @@ impl VcpuHandle {
         let vcpu_thread = VcpuThread {
             vcpu,
             bus,
+            mmio,
             pause,
             parked: parked.clone(),
             stop: stop.clone(),

@@ -3,10 +3,14 @@
 use crate::arch::cpuid::MissingCpuFeature;
 use crate::arch::cpuid::{self, CpuBaseline, RequiredFeatures};
 use crate::devices::i8042::{self, ResetLine};
+use crate::devices::mmio::MmioBus;
 use crate::devices::report_port::{self, ReportPort};
 use crate::devices::serial::{
     SerialError, SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN,
 };
+use crate::devices::virtio::block::DiskConfig;
+use crate::devices::virtio::device::VirtioMmio;
+use crate::devices::virtio::{self, VirtioError};
 use crate::devices::{GuestEvent, PortBus};
 use crate::persist::state::{GuestKind, VmState};
 use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
@@ -47,6 +51,8 @@ pub enum VmError {
     Eventfd(#[source] std::io::Error),
     #[error(transparent)]
     Serial(#[from] SerialError),
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
     #[error("checkpoint does not match this VM: memory layout {vm:x?} differs from the checkpoint's {checkpoint:x?}")]
     LayoutMismatch {
         vm: Vec<(u64, u64)>,
@@ -74,6 +80,9 @@ pub struct VmConfig {
     pub vcpus: u32,
     pub cpu_baseline: CpuBaseline,
     pub serial: SerialOutput,
+    /// virtio-blk disks, in order (at restore: none to reopen the saved ones, or one per saved
+    /// disk to replace them).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl Default for VmConfig {
@@ -84,6 +93,7 @@ impl Default for VmConfig {
             vcpus: 1,
             cpu_baseline: CpuBaseline::Host,
             serial: SerialOutput::Stdout,
+            disks: Vec::new(),
         }
     }
 }
@@ -95,6 +105,8 @@ pub struct Vm {
     memory: Arc<GuestMemory>,
     uart: Arc<Uart>,
     bus: Arc<PortBus>,
+    mmio: Arc<MmioBus>,
+    virtio: Vec<Arc<VirtioMmio>>,
     events: Receiver<GuestEvent>,
     pause: Arc<PauseFlag>,
     caps: Arc<VcpuCaps>,
@@ -258,12 +270,16 @@ impl Vm {
             let port = ReportPort::new(memory.clone(), tx);
             bus.insert(report_port::PORT, 1, Arc::new(port));
         }
+        let mut mmio = MmioBus::new();
+        let virtio = virtio::attach_disks(&fd, &memory, &config.disks, &mut mmio)?;
         Ok(Vm {
             kvm,
             fd,
             memory,
             uart,
             bus: Arc::new(bus),
+            mmio: Arc::new(mmio),
+            virtio,
             events,
             pause: Arc::new(PauseFlag::default()),
             caps: Arc::new(caps),
@@ -296,6 +312,7 @@ impl Vm {
             vcpus: state.vcpus.len() as u32,
             memory_bytes: state.memory_bytes(),
             cpu_baseline: state.cpu_baseline,
+            disks: virtio::restore_disks(&config.disks, &state.virtio)?,
             ..config.clone()
         };
         let cpuids: Vec<Vec<kvm_cpuid_entry2>> =
@@ -309,6 +326,10 @@ impl Vm {
             Some(&state.required_features),
         )?;
         vm.required = state.required_features.clone();
+        for (index, (dev, saved)) in vm.virtio.iter().zip(&state.virtio).enumerate() {
+            dev.restore(&saved.transport)
+                .map_err(|source| VirtioError::State { index, source })?;
+        }
         // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
         for (vcpu, s) in vm.pending.iter().zip(&state.vcpus) {
             vcpu_state::restore(&vcpu.fd, s, &vm.caps).map_err(|source| VcpuError::State {
@@ -337,6 +358,10 @@ impl Vm {
         vm.fd
             .set_clock(&clock)
             .map_err(KvmError::ioctl("KVM_SET_CLOCK"))?;
+        // Device interrupts the guest had not acknowledged, now that the IOAPIC is restored.
+        for dev in &vm.virtio {
+            dev.raise_pending();
+        }
         Ok(vm)
     }
 
@@ -366,6 +391,7 @@ impl Vm {
             let h = VcpuHandle::spawn(
                 vcpu,
                 self.bus.clone(),
+                self.mmio.clone(),
                 self.pause.clone(),
                 self.caps.clone(),
                 self.memory.clone(),
@@ -437,6 +463,7 @@ impl Vm {
                 .get_clock()
                 .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?,
             serial: self.uart.state(),
+            virtio: self.virtio.iter().map(|d| d.save()).collect(),
         })
     }
 

@@ -1,0 +1,193 @@
+//! One virtio-mmio device on the MMIO bus: the transport's registers, a device model behind them,
+//! guest memory for the rings and buffers, and the interrupt line (an eventfd KVM turns into an
+//! edge on the device's IOAPIC pin).
+
+use super::block::BlockState;
+use super::transport::{Effect, Transport, TransportState, TransportStateError};
+use crate::devices::mmio::MmioDevice;
+use crate::vstate::memory::GuestMemory;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use virtio_queue::Queue;
+use vm_memory::{GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Offset of the device-specific config space in the register window.
+const CONFIG_OFFSET: u64 = 0x100;
+
+/// A device model found a queue it cannot serve without a reset (a malformed descriptor chain or
+/// ring): the transport then sets DEVICE_NEEDS_RESET.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Broken(pub String);
+
+/// What sits behind a transport: a virtio device type.
+pub(crate) trait DeviceModel: Send {
+    /// The virtio device ID (2 for a block device).
+    fn device_id(&self) -> u32;
+    /// Device feature bits (VERSION_1 is added by the transport).
+    fn features(&self) -> u64;
+    /// Max size of each queue.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Reads the device-specific config space; bytes past its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Serves the available buffers of queue `index`. True when any buffer was used.
+    fn process_queue(
+        &mut self,
+        index: u16,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, Broken>;
+    /// What a checkpoint needs to build the same model again.
+    fn save(&self) -> ModelState;
+}
+
+/// A device model as saved: its configuration (it holds no in-flight requests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ModelState {
+    Block(BlockState),
+}
+
+/// One virtio device in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioDeviceState {
+    pub transport: TransportState,
+    pub model: ModelState,
+}
+
+struct Inner {
+    transport: Transport,
+    model: Box<dyn DeviceModel>,
+}
+
+/// A virtio device on the MMIO bus.
+pub(crate) struct VirtioMmio {
+    inner: Mutex<Inner>,
+    irq: EventFd,
+    /// vm-memory's view of guest memory (for `virtio-queue`); declared before `_memory` so it is
+    /// dropped first: it borrows the mappings `_memory` owns.
+    mem: GuestMemoryMmap,
+    _memory: Arc<GuestMemory>,
+}
+
+impl VirtioMmio {
+    /// A device serving `model` over `memory`, interrupting through `irq`.
+    pub(crate) fn new(
+        model: Box<dyn DeviceModel>,
+        memory: Arc<GuestMemory>,
+        irq: EventFd,
+    ) -> Result<VirtioMmio, crate::vstate::memory::MemoryError> {
+        let transport = Transport::new(
+            model.device_id(),
+            model.features(),
+            &model.queue_max_sizes(),
+        );
+        Ok(VirtioMmio {
+            inner: Mutex::new(Inner { transport, model }),
+            irq,
+            mem: memory.as_vm_memory()?,
+            _memory: memory,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the registers half written in a way that
+        // matters more than losing the device: keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn raise(&self) {
+        if let Err(e) = self.irq.write(1) {
+            tracing::error!("virtio interrupt lost: {e}");
+        }
+    }
+
+    fn notify(&self, inner: &mut Inner, index: u16) {
+        let Inner { transport, model } = inner;
+        let Some(queue) = transport.queue_mut(index) else {
+            return;
+        };
+        match model.process_queue(index, queue, &self.mem) {
+            Ok(false) => {}
+            Ok(true) => {
+                transport.signal_used();
+                self.raise();
+            }
+            Err(Broken(why)) => {
+                tracing::warn!(
+                    "virtio device {}: queue {index}: {why}; the device needs a reset",
+                    model.device_id()
+                );
+                transport.mark_broken();
+                self.raise();
+            }
+        }
+    }
+
+    /// The device's full state.
+    pub(crate) fn save(&self) -> VirtioDeviceState {
+        let inner = self.lock();
+        VirtioDeviceState {
+            transport: inner.transport.save(),
+            model: inner.model.save(),
+        }
+    }
+
+    /// Puts saved transport registers back (checked against guest memory).
+    pub(crate) fn restore(&self, state: &TransportState) -> Result<(), TransportStateError> {
+        let mem = &self.mem;
+        self.lock().transport.restore(state, |addr, len| {
+            usize::try_from(len)
+                .is_ok_and(|len| mem.check_range(GuestAddress(addr), len, Permissions::ReadWrite))
+        })
+    }
+
+    /// Raises the interrupt line again if the restored device had an interrupt pending: the
+    /// edge the driver has not acknowledged yet may have been lost with the old process.
+    pub(crate) fn raise_pending(&self) {
+        if self.lock().transport.interrupt_status() != 0 {
+            self.raise();
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn transport_status(&self) -> u32 {
+        self.lock().transport.status()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn features(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (
+            inner.transport.device_features(),
+            inner.transport.driver_features(),
+        )
+    }
+}
+
+impl MmioDevice for VirtioMmio {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_OFFSET {
+            self.lock().model.read_config(offset - CONFIG_OFFSET, data);
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
+            let v = self.lock().transport.read(offset).unwrap_or(0);
+            data.copy_from_slice(&v.to_le_bytes());
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        // The config space of thaw's devices is read-only; registers take aligned 32-bit stores.
+        if offset >= CONFIG_OFFSET || data.len() != 4 || !offset.is_multiple_of(4) {
+            return;
+        }
+        let value = u32::from_le_bytes(data.try_into().expect("4 bytes"));
+        let mut inner = self.lock();
+        match inner.transport.write(offset, value) {
+            Effect::None | Effect::Reset => {}
+            Effect::Notify(q) => self.notify(&mut inner, q),
+        }
+    }
+}
