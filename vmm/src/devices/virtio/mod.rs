@@ -40,6 +40,12 @@ pub enum VirtioError {
     TooMany { count: usize },
     #[error("{given} --disk given at restore, but the checkpoint has {saved} disks: give none (reopen the saved paths) or one per saved disk, in order")]
     DiskCount { given: usize, saved: usize },
+    #[error("--disk {index} at restore is {given}, but the checkpoint's disk {index} is {saved} (the guest negotiated that): give it the same way")]
+    DiskMode {
+        index: usize,
+        given: &'static str,
+        saved: &'static str,
+    },
     #[error("corrupt or unsupported VM state blob: virtio device {index}: {source}")]
     State {
         index: usize,
@@ -82,15 +88,26 @@ pub(crate) fn restore_disks(
             saved: saved.len(),
         });
     }
+    let mode = |ro: bool| if ro { "read-only" } else { "read-write" };
     // A new path keeps the saved serial, so the guest sees the same disk.
-    Ok(overrides
+    overrides
         .iter()
         .zip(saved)
-        .map(|(o, s)| DiskConfig {
-            id: o.id.clone().or(s.id),
-            ..o.clone()
+        .enumerate()
+        .map(|(index, (o, s))| {
+            if o.read_only != s.read_only {
+                return Err(VirtioError::DiskMode {
+                    index,
+                    given: mode(o.read_only),
+                    saved: mode(s.read_only),
+                });
+            }
+            Ok(DiskConfig {
+                id: o.id.clone().or(s.id),
+                ..o.clone()
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Opens `disks` and puts a virtio-blk device for each on `bus`, in order, each interrupting
@@ -152,6 +169,57 @@ pub fn linux_cmdline(count: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use block::BlockState;
+    use transport::TransportState;
+
+    fn saved_disk(path: &str, read_only: bool) -> VirtioDeviceState {
+        VirtioDeviceState {
+            transport: TransportState {
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                driver_features: 0,
+                status: 0,
+                queue_sel: 0,
+                interrupt_status: 0,
+                config_generation: 0,
+                queues: vec![],
+            },
+            model: ModelState::Block(BlockState {
+                path: path.into(),
+                read_only,
+                id: "serial-1".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_restore_reopens_saved_disks_or_takes_matching_replacements() {
+        let saved = [saved_disk("/a.img", false), saved_disk("/b.img", true)];
+        let reopened = restore_disks(&[], &saved).unwrap();
+        assert_eq!(reopened[1].path, std::path::Path::new("/b.img"));
+        assert!(reopened[1].read_only);
+        assert_eq!(reopened[0].id.as_deref(), Some("serial-1"));
+
+        let given = [
+            DiskConfig::parse("/c.img").unwrap(),
+            DiskConfig::parse("/d.img,ro").unwrap(),
+        ];
+        let replaced = restore_disks(&given, &saved).unwrap();
+        assert_eq!(replaced[0].path, std::path::Path::new("/c.img"));
+        assert_eq!(
+            replaced[0].id.as_deref(),
+            Some("serial-1"),
+            "the guest sees the same serial"
+        );
+
+        let e = restore_disks(&given[..1], &saved).unwrap_err();
+        assert!(e.to_string().contains("1 --disk given"), "{e}");
+        let e = restore_disks(&[given[1].clone(), given[0].clone()], &saved).unwrap_err();
+        assert!(
+            e.to_string().contains("--disk 0 at restore is read-only"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn devices_get_windows_and_pins_in_order_and_skip_the_rtc_and_acpi_pins() {

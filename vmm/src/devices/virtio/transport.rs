@@ -54,8 +54,6 @@ pub enum TransportStateError {
     },
     #[error("driver features {driver:#x} include some the device does not offer ({device:#x})")]
     Features { driver: u64, device: u64 },
-    #[error("queue select {0} names no queue")]
-    QueueSelect(u32),
 }
 
 /// One virtqueue as saved (what the driver configured and how far the device got).
@@ -384,9 +382,6 @@ impl Transport {
                 driver: state.driver_features,
                 device: self.device_features,
             });
-        }
-        if state.queue_sel as usize >= self.queues.len() && state.queue_sel != 0 {
-            return Err(TransportStateError::QueueSelect(state.queue_sel));
         }
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, (saved, current)) in state.queues.iter().zip(&self.queues).enumerate() {
