@@ -13,6 +13,7 @@ use vmm::boot::testguest::{Params, Pattern};
 use vmm::devices::report_port;
 use vmm::devices::serial::SerialOutput;
 use vmm::devices::virtio::block::DiskConfig;
+use vmm::devices::virtio::net::NetConfig;
 use vmm::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, runtime};
 use vmm::persist::dirty::DirtyConfig;
 use vmm::persist::dirty_tracker::DirtyTracker;
@@ -97,6 +98,10 @@ pub struct GuestArgs {
     /// /dev/vda, /dev/vdb, ... in this order).
     #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-net interface on an existing tap device, tap=NAME[,mac=MAC] (repeatable; Linux
+    /// sees eth0, eth1, ... in this order).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
 }
 
 /// Dirty-page tracking before a checkpoint: its windows are stored with the checkpoint and lay
@@ -186,6 +191,10 @@ pub struct RestoreArgs {
     /// paths, otherwise one per saved disk, in order.
     #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// Put the checkpoint's network interfaces on these taps (tap=NAME; repeatable): none
+    /// reopens the saved taps, otherwise one per saved interface, in order. The MAC stays.
+    #[arg(long = "net", value_name = "tap=NAME", value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -194,6 +203,10 @@ use thaw_format::units::{parse_duration, parse_size};
 
 fn parse_disk(arg: &str) -> Result<DiskConfig, String> {
     DiskConfig::parse(arg).map_err(|e| e.to_string())
+}
+
+fn parse_net(arg: &str) -> Result<NetConfig, String> {
+    NetConfig::parse(arg).map_err(|e| e.to_string())
 }
 
 /// The console buffer watched for `--until-serial` / `--on-serial` markers, if any.
@@ -245,6 +258,7 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
         cpu_baseline: g.cpu_baseline,
         serial: serial_output(m, watch),
         disks: g.disks.clone(),
+        nets: g.nets.clone(),
     };
     Ok(match &g.kernel {
         Some(kernel) => vmm::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
@@ -453,6 +467,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         kvm_path: a.machine.kvm.clone(),
         serial: serial_output(&a.machine, &watch),
         disks: a.disks.clone(),
+        nets: a.nets.clone(),
         ..Default::default()
     };
     let t0 = Instant::now();

@@ -44,7 +44,7 @@ pub fn boot(
         });
     }
     let mem = GuestMemory::new(&memory::layout(config.memory_bytes))?;
-    let devices = virtio::linux_cmdline(config.disks.len());
+    let devices = virtio::linux_cmdline(config.disks.len() + config.nets.len());
     let cmdline = if devices.is_empty() {
         cmdline.to_string()
     } else {

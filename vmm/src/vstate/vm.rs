@@ -10,6 +10,7 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::block::DiskConfig;
 use crate::devices::virtio::device::VirtioMmio;
+use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::{self, VirtioError};
 use crate::devices::{GuestEvent, PortBus};
 use crate::persist::state::{GuestKind, VmState};
@@ -83,6 +84,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in order (at restore: none to reopen the saved ones, or one per saved
     /// disk to replace them).
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces on existing taps, in order (at restore: none to reopen the saved
+    /// taps, or one per saved interface to use other taps).
+    pub nets: Vec<NetConfig>,
 }
 
 impl Default for VmConfig {
@@ -94,6 +98,7 @@ impl Default for VmConfig {
             cpu_baseline: CpuBaseline::Host,
             serial: SerialOutput::Stdout,
             disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 }
@@ -271,7 +276,7 @@ impl Vm {
             bus.insert(report_port::PORT, 1, Arc::new(port));
         }
         let mut mmio = MmioBus::new();
-        let virtio = virtio::attach_disks(&fd, &memory, &config.disks, &mut mmio)?;
+        let virtio = virtio::attach(&fd, &memory, &config.disks, &config.nets, &mut mmio)?;
         Ok(Vm {
             kvm,
             fd,
@@ -308,11 +313,13 @@ impl Vm {
                 checkpoint: state.memory.clone(),
             });
         }
+        let (disks, nets) = virtio::restore_devices(&config.disks, &config.nets, &state.virtio)?;
         let cfg = VmConfig {
             vcpus: state.vcpus.len() as u32,
             memory_bytes: state.memory_bytes(),
             cpu_baseline: state.cpu_baseline,
-            disks: virtio::restore_disks(&config.disks, &state.virtio)?,
+            disks,
+            nets,
             ..config.clone()
         };
         let cpuids: Vec<Vec<kvm_cpuid_entry2>> =
@@ -407,11 +414,19 @@ impl Vm {
         for h in &self.running {
             h.wait_parked(PAUSE_TIMEOUT)?;
         }
+        // Device threads (virtio-net receive) finish what they are doing and stop touching
+        // queues and memory.
+        for dev in &self.virtio {
+            dev.quiesce(true);
+        }
         Ok(())
     }
 
     /// Lets paused vCPUs run again.
     pub fn resume(&self) {
+        for dev in &self.virtio {
+            dev.quiesce(false);
+        }
         self.pause.set(false);
         for h in &self.running {
             h.resume();
@@ -565,6 +580,9 @@ impl Vm {
     /// must then stay open until the process exits (which ends the thread), or the kernel would
     /// fill the missing page with zeros and the guest would run on them.
     pub fn stop(&mut self) -> Result<()> {
+        for dev in &self.virtio {
+            dev.shutdown();
+        }
         for h in &self.running {
             h.request_stop();
         }

@@ -8,7 +8,7 @@
 //! with no status byte to answer in (malformed: a loop, an index past the queue, a table
 //! outside memory, no writable last descriptor) breaks the device until the driver resets it.
 
-use super::device::{Broken, DeviceModel, ModelState};
+use super::device::{descriptors, Broken, DeviceModel, ModelState};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -276,29 +276,6 @@ impl Block {
             }
         }
         u32::try_from(total).ok()
-    }
-}
-
-/// The descriptors of a chain, or why it cannot be served. `virtio-queue` ends a chain early
-/// (without an error) on a loop, a next index past the queue, an unreadable descriptor or over
-/// 4 GiB in all: then the last descriptor returned still says it has a next one.
-fn descriptors(
-    chain: impl Iterator<Item = Descriptor>,
-    queue_size: u16,
-) -> Result<Vec<Descriptor>, Broken> {
-    let mut descs: Vec<Descriptor> = Vec::new();
-    for d in chain {
-        descs.push(d);
-        if descs.len() > usize::from(queue_size) {
-            break;
-        }
-    }
-    match descs.last() {
-        None => Err(Broken("empty descriptor chain (head index past the queue or table outside guest memory)".into())),
-        Some(d) if d.has_next() => Err(Broken(
-            "descriptor chain does not end (a loop, a next index past the queue, a descriptor outside guest memory, or over 4 GiB)".into(),
-        )),
-        Some(_) => Ok(descs),
     }
 }
 

@@ -3,11 +3,13 @@
 //! edge on the device's IOAPIC pin).
 
 use super::block::BlockState;
+use super::net::NetState;
 use super::transport::{Effect, Transport, TransportState, TransportStateError};
 use crate::devices::mmio::MmioDevice;
 use crate::vstate::memory::GuestMemory;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
 use vm_memory::{GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
 use vmm_sys_util::eventfd::EventFd;
@@ -40,6 +42,36 @@ pub(crate) trait DeviceModel: Send {
     ) -> Result<bool, Broken>;
     /// What a checkpoint needs to build the same model again.
     fn save(&self) -> ModelState;
+    /// Wakes the device's own thread, if it has one.
+    fn wake(&self) {}
+    /// For a device with a receive thread: the fd it waits on for input, its wake-up eventfd,
+    /// and whether to watch the input now (not while a frame waits for a driver buffer).
+    fn receive_waits(&self) -> Option<(i32, i32, bool)> {
+        None
+    }
+}
+
+/// The descriptors of a chain, or why it cannot be served. `virtio-queue` ends a chain early
+/// (without an error) on a loop, a next index past the queue, an unreadable descriptor or over
+/// 4 GiB in all: then the last descriptor returned still says it has a next one.
+pub(crate) fn descriptors(
+    chain: impl Iterator<Item = Descriptor>,
+    queue_size: u16,
+) -> Result<Vec<Descriptor>, Broken> {
+    let mut descs: Vec<Descriptor> = Vec::new();
+    for d in chain {
+        descs.push(d);
+        if descs.len() > usize::from(queue_size) {
+            break;
+        }
+    }
+    match descs.last() {
+        None => Err(Broken("empty descriptor chain (head index past the queue or table outside guest memory)".into())),
+        Some(d) if d.has_next() => Err(Broken(
+            "descriptor chain does not end (a loop, a next index past the queue, a descriptor outside guest memory, or over 4 GiB)".into(),
+        )),
+        Some(_) => Ok(descs),
+    }
 }
 
 /// A device model as saved: its configuration (it holds no in-flight requests).
@@ -47,6 +79,7 @@ pub(crate) trait DeviceModel: Send {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ModelState {
     Block(BlockState),
+    Net(NetState),
 }
 
 /// One virtio device in a checkpoint.
@@ -59,6 +92,10 @@ pub struct VirtioDeviceState {
 struct Inner {
     transport: Transport,
     model: Box<dyn DeviceModel>,
+    /// Paused: the device's own thread must not touch the queues or guest memory.
+    quiesced: bool,
+    /// Shut down: the device's own thread ends.
+    stopped: bool,
 }
 
 /// A virtio device on the MMIO bus.
@@ -84,7 +121,12 @@ impl VirtioMmio {
             &model.queue_max_sizes(),
         );
         Ok(VirtioMmio {
-            inner: Mutex::new(Inner { transport, model }),
+            inner: Mutex::new(Inner {
+                transport,
+                model,
+                quiesced: false,
+                stopped: false,
+            }),
             irq,
             mem: memory.as_vm_memory()?,
             _memory: memory,
@@ -104,7 +146,9 @@ impl VirtioMmio {
     }
 
     fn notify(&self, inner: &mut Inner, index: u16) {
-        let Inner { transport, model } = inner;
+        let Inner {
+            transport, model, ..
+        } = inner;
         let Some(queue) = transport.queue_mut(index) else {
             return;
         };
@@ -123,6 +167,39 @@ impl VirtioMmio {
                 self.raise();
             }
         }
+    }
+
+    /// Stops (or lets go on) the device's own thread's work on queues and guest memory: a
+    /// paused VM's devices change nothing. Returns once any work under way is finished.
+    pub(crate) fn quiesce(&self, on: bool) {
+        let mut inner = self.lock();
+        inner.quiesced = on;
+        if !on {
+            inner.model.wake();
+        }
+    }
+
+    /// Ends the device's own thread.
+    pub(crate) fn shutdown(&self) {
+        let mut inner = self.lock();
+        inner.stopped = true;
+        inner.model.wake();
+    }
+
+    /// For the receive thread: serves queue `index` unless paused or not live, and says what
+    /// to wait on next (see [`DeviceModel::receive_waits`]); None once shut down.
+    pub(crate) fn service_receive(&self, index: u16) -> Option<(i32, i32, bool)> {
+        let mut inner = self.lock();
+        if inner.stopped {
+            return None;
+        }
+        let (input, wake, _) = inner.model.receive_waits()?;
+        if inner.quiesced || !inner.transport.is_live() {
+            return Some((input, wake, false));
+        }
+        self.notify(&mut inner, index);
+        let watch = inner.transport.is_live() && inner.model.receive_waits().is_some_and(|w| w.2);
+        Some((input, wake, watch))
     }
 
     /// The device's full state.

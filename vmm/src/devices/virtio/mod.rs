@@ -5,13 +5,16 @@
 //!   feature negotiation, queue setup, interrupt status and acknowledgement, config generation)
 //!   and its saved form.
 //! - [`block`]: virtio-blk on a raw image file.
+//! - [`net`]: virtio-net on an existing tap device ([`tap`]), with a receive thread.
 //! - [`device`]: a transport and a device model joined on the MMIO bus, with guest memory and the
 //!   interrupt line (an irqfd on one IOAPIC pin).
 //!
 //! Queues are processed synchronously when the driver notifies (the MMIO store, in the vCPU
 //! thread that made it). So a request is never half done when the VM pauses: the pause path
 //! completes a pending MMIO instruction before the vCPU parks, and a checkpoint holds only
-//! finished requests and untouched available buffers.
+//! finished requests and untouched available buffers. The one device thread, virtio-net's
+//! receive thread, works under the device lock and is quiesced by `Vm::pause` before state is
+//! saved.
 //!
 //! The rings themselves go through rust-vmm's `virtio-queue` (descriptor chain walking with its
 //! bounds and loop checks, used-ring updates); the constants come from `virtio-bindings`.
@@ -20,13 +23,18 @@ pub mod block;
 pub mod device;
 #[cfg(test)]
 mod driver_harness;
+pub mod net;
+#[cfg(test)]
+mod net_harness;
+pub mod tap;
 pub mod transport;
 
 use crate::devices::mmio::MmioBus;
 use crate::vstate::memory::{GuestMemory, MemoryError};
 use block::{Block, DiskConfig, DiskError};
-use device::{ModelState, VirtioDeviceState, VirtioMmio};
+use device::{DeviceModel, ModelState, VirtioDeviceState, VirtioMmio};
 use kvm_ioctls::VmFd;
+use net::{Net, NetConfig, NetError};
 use std::sync::Arc;
 use transport::TransportStateError;
 use vmm_sys_util::eventfd::EventFd;
@@ -36,6 +44,23 @@ use vmm_sys_util::eventfd::EventFd;
 pub enum VirtioError {
     #[error("disk {index}: {source}")]
     Disk { index: usize, source: DiskError },
+    #[error("network interface {index}: {source}")]
+    Net { index: usize, source: NetError },
+    #[error("{given} --net given at restore, but the checkpoint has {saved} network interfaces: give none (reopen the saved taps) or one per saved interface, in order")]
+    NetCount { given: usize, saved: usize },
+    #[error("--net {index} at restore gives MAC {given:02x?}, but the guest knows the interface as {saved:02x?}: a restore keeps the MAC")]
+    NetMac {
+        index: usize,
+        given: [u8; 6],
+        saved: [u8; 6],
+    },
+    #[error("corrupt or unsupported VM state blob: virtio device {index} is a disk after a network interface (disks come first)")]
+    DeviceOrder { index: usize },
+    #[error("cannot start the receive thread of network interface {index}: {source}")]
+    RxThread {
+        index: usize,
+        source: std::io::Error,
+    },
     #[error("{count} virtio devices configured; at most {MAX_DEVICES} fit (one IOAPIC pin each)")]
     TooMany { count: usize },
     #[error("{given} --disk given at restore, but the checkpoint has {saved} disks: give none (reopen the saved paths) or one per saved disk, in order")]
@@ -68,17 +93,66 @@ pub enum VirtioError {
     Memory(#[from] MemoryError),
 }
 
-/// The disks a restore opens: the saved ones, or `overrides` (same count and order) when given.
-pub(crate) fn restore_disks(
-    overrides: &[DiskConfig],
+/// The disks and network interfaces a restore opens: the saved ones, or the overrides (same
+/// count and order) when given.
+pub(crate) fn restore_devices(
+    disks: &[DiskConfig],
+    nets: &[NetConfig],
     saved: &[VirtioDeviceState],
+) -> Result<(Vec<DiskConfig>, Vec<NetConfig>), VirtioError> {
+    let mut saved_disks = Vec::new();
+    let mut saved_nets = Vec::new();
+    for (index, d) in saved.iter().enumerate() {
+        match &d.model {
+            ModelState::Block(_) if !saved_nets.is_empty() => {
+                return Err(VirtioError::DeviceOrder { index })
+            }
+            ModelState::Block(b) => saved_disks.push(b.clone()),
+            ModelState::Net(n) => saved_nets.push(n.clone()),
+        }
+    }
+    let disks = restore_disks(disks, &saved_disks)?;
+    let nets = if nets.is_empty() {
+        saved_nets
+            .iter()
+            .map(|n| NetConfig {
+                tap: n.tap.clone(),
+                mac: Some(n.mac),
+            })
+            .collect()
+    } else {
+        if nets.len() != saved_nets.len() {
+            return Err(VirtioError::NetCount {
+                given: nets.len(),
+                saved: saved_nets.len(),
+            });
+        }
+        // The tap may differ (the restore host's network is its own); the MAC may not.
+        nets.iter()
+            .zip(&saved_nets)
+            .enumerate()
+            .map(|(index, (given, s))| match given.mac {
+                Some(mac) if mac != s.mac => Err(VirtioError::NetMac {
+                    index,
+                    given: mac,
+                    saved: s.mac,
+                }),
+                _ => Ok(NetConfig {
+                    tap: given.tap.clone(),
+                    mac: Some(s.mac),
+                }),
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok((disks, nets))
+}
+
+/// The disks a restore opens: the saved ones, or `overrides` (same count and order) when given.
+fn restore_disks(
+    overrides: &[DiskConfig],
+    saved: &[block::BlockState],
 ) -> Result<Vec<DiskConfig>, VirtioError> {
-    let saved: Vec<DiskConfig> = saved
-        .iter()
-        .map(|d| match &d.model {
-            ModelState::Block(b) => DiskConfig::from(b),
-        })
-        .collect();
+    let saved: Vec<DiskConfig> = saved.iter().map(DiskConfig::from).collect();
     if overrides.is_empty() {
         return Ok(saved);
     }
@@ -110,26 +184,44 @@ pub(crate) fn restore_disks(
         .collect()
 }
 
-/// Opens `disks` and puts a virtio-blk device for each on `bus`, in order, each interrupting
-/// through an irqfd on its own IOAPIC pin (see [`placement`]).
-pub(crate) fn attach_disks(
+/// Opens `disks` and `nets` and puts a virtio device for each on `bus`, disks first, in order,
+/// each interrupting through an irqfd on its own IOAPIC pin (see [`placement`]). Network
+/// interfaces get their receive thread.
+pub(crate) fn attach(
     vm: &VmFd,
     memory: &Arc<GuestMemory>,
     disks: &[DiskConfig],
+    nets: &[NetConfig],
     bus: &mut MmioBus,
 ) -> Result<Vec<Arc<VirtioMmio>>, VirtioError> {
-    if disks.len() > MAX_DEVICES {
-        return Err(VirtioError::TooMany { count: disks.len() });
+    let count = disks.len() + nets.len();
+    if count > MAX_DEVICES {
+        return Err(VirtioError::TooMany { count });
     }
-    let mut devices = Vec::with_capacity(disks.len());
+    let mut models: Vec<Box<dyn DeviceModel>> = Vec::with_capacity(count);
     for (index, disk) in disks.iter().enumerate() {
-        let (base, gsi) = placement(index).ok_or(VirtioError::TooMany { count: disks.len() })?;
         let model = Block::open(disk).map_err(|source| VirtioError::Disk { index, source })?;
+        models.push(Box::new(model));
+    }
+    for (index, net) in nets.iter().enumerate() {
+        let model = Net::open(net, index).map_err(|source| VirtioError::Net { index, source })?;
+        models.push(Box::new(model));
+    }
+    let mut devices = Vec::with_capacity(count);
+    for (index, model) in models.into_iter().enumerate() {
+        let (base, gsi) = placement(index).ok_or(VirtioError::TooMany { count })?;
         let irq = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|source| VirtioError::Eventfd { index, source })?;
         vm.register_irqfd(&irq, gsi)
             .map_err(|source| VirtioError::Irqfd { index, gsi, source })?;
-        let dev = Arc::new(VirtioMmio::new(Box::new(model), memory.clone(), irq)?);
+        let receives = model.receive_waits().is_some();
+        let dev = Arc::new(VirtioMmio::new(model, memory.clone(), irq)?);
+        if receives {
+            net::spawn_rx_thread(dev.clone()).map_err(|source| VirtioError::RxThread {
+                index: index - disks.len(),
+                source,
+            })?;
+        }
         bus.insert(base, MMIO_SIZE, dev.clone());
         devices.push(dev);
     }
@@ -195,7 +287,7 @@ mod tests {
     #[test]
     fn a_restore_reopens_saved_disks_or_takes_matching_replacements() {
         let saved = [saved_disk("/a.img", false), saved_disk("/b.img", true)];
-        let reopened = restore_disks(&[], &saved).unwrap();
+        let reopened = restore_devices(&[], &[], &saved).unwrap().0;
         assert_eq!(reopened[1].path, std::path::Path::new("/b.img"));
         assert!(reopened[1].read_only);
         assert_eq!(reopened[0].id.as_deref(), Some("serial-1"));
@@ -204,7 +296,7 @@ mod tests {
             DiskConfig::parse("/c.img").unwrap(),
             DiskConfig::parse("/d.img,ro").unwrap(),
         ];
-        let replaced = restore_disks(&given, &saved).unwrap();
+        let replaced = restore_devices(&given, &[], &saved).unwrap().0;
         assert_eq!(replaced[0].path, std::path::Path::new("/c.img"));
         assert_eq!(
             replaced[0].id.as_deref(),
@@ -212,13 +304,40 @@ mod tests {
             "the guest sees the same serial"
         );
 
-        let e = restore_disks(&given[..1], &saved).unwrap_err();
+        let e = restore_devices(&given[..1], &[], &saved).unwrap_err();
         assert!(e.to_string().contains("1 --disk given"), "{e}");
-        let e = restore_disks(&[given[1].clone(), given[0].clone()], &saved).unwrap_err();
+        let e = restore_devices(&[given[1].clone(), given[0].clone()], &[], &saved).unwrap_err();
         assert!(
             e.to_string().contains("--disk 0 at restore is read-only"),
             "{e}"
         );
+
+        let mut with_net = saved.to_vec();
+        let mut net = saved_disk("/x", false);
+        net.model = ModelState::Net(net::NetState {
+            tap: "tap0".into(),
+            mac: [6, 0, 0, 0, 0, 9],
+        });
+        with_net.push(net.clone());
+        let (_, nets) = restore_devices(&[], &[], &with_net).unwrap();
+        assert_eq!(nets[0].tap, "tap0");
+        assert_eq!(nets[0].mac, Some([6, 0, 0, 0, 0, 9]));
+        let other = NetConfig::parse("tap=tap7").unwrap();
+        let (_, nets) = restore_devices(&[], std::slice::from_ref(&other), &with_net).unwrap();
+        assert_eq!(nets[0].tap, "tap7", "the restore host's tap");
+        assert_eq!(nets[0].mac, Some([6, 0, 0, 0, 0, 9]), "the MAC stays");
+        let e = restore_devices(&[], &[other.clone(), other], &with_net).unwrap_err();
+        assert!(e.to_string().contains("2 --net given"), "{e}");
+        let e = restore_devices(
+            &[],
+            &[NetConfig::parse("tap=tap7,mac=06:00:00:00:00:01").unwrap()],
+            &with_net,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("keeps the MAC"), "{e}");
+        let disordered = [net, saved[0].clone()];
+        let e = restore_devices(&[], &[], &disordered).unwrap_err();
+        assert!(e.to_string().contains("disks come first"), "{e}");
     }
 
     #[test]
