@@ -1,7 +1,8 @@
 //! Opt-in (slow: guest kernel code is emulated on this machine's KVM): the minimal Linux kernel
 //! (scripts/build-linux) with root on virtio-blk configures eth0 on virtio-net from its `ip=`
-//! parameter, and answers ping from the host through a tap in a network namespace this test
-//! makes (and deletes).
+//! parameter and is checkpointed once it runs init; restored lazily in a fresh process on the
+//! checkpoint host's tap and then on another host's (each host a network namespace this test
+//! makes and deletes, `--net tap=NAME` at restore), it answers ping from the host each time.
 //!
 //! `cargo test -p thaw-e2e --test vm_linux_virtio_net -- --ignored --nocapture`
 //!
@@ -79,65 +80,127 @@ impl Drop for Child {
     }
 }
 
+/// A network namespace ("host") with a tap at 10.99.0.1/24; every host's tap has the same MAC,
+/// as one network's gateway would.
+fn host(tag: &str, tap: &str) -> Netns {
+    let ns = Netns(format!("thaw-lnet-{tag}-{}", std::process::id()));
+    sh(Command::new("ip").args(["netns", "add", &ns.0]));
+    for args in [
+        vec!["tuntap", "add", "dev", tap, "mode", "tap"],
+        vec!["link", "set", tap, "address", "02:00:00:00:00:aa"],
+        vec!["addr", "add", "10.99.0.1/24", "dev", tap],
+        vec!["link", "set", tap, "up"],
+    ] {
+        sh(Command::new("ip").args(["-n", &ns.0]).args(args));
+    }
+    ns
+}
+
+fn thaw_in(ns: &Netns) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0])
+        .arg(bins::binary("thaw"))
+        .env("THAW_KEY_DIR", bins::key_dir())
+        .arg("vm");
+    cmd
+}
+
+/// Restores the checkpoint in `ns` (lazily, in a fresh process), pings the guest, stops it.
+fn restore_and_ping(ns: &Netns, store: &Path, id: &str, extra: &[String], log: &Path) -> u16 {
+    let _ = std::fs::remove_file(log);
+    let t = Instant::now();
+    let _vm = Child(
+        thaw_in(ns)
+            .arg("restore")
+            .arg(format!("--store={}", store.display()))
+            .arg(format!("--id={id}"))
+            .args(extra)
+            .arg(format!("--serial={}", log.display()))
+            .arg("--timeout=10m")
+            .spawn()
+            .unwrap(),
+    );
+    let answered = ping_in(&ns.0, [10, 99, 0, 2], 5);
+    eprintln!(
+        "restore in {}, ping: {answered} of 5 answered after {:?}",
+        ns.0,
+        t.elapsed()
+    );
+    answered
+}
+
 #[test]
 #[ignore = "opt-in, minutes: cargo test -p thaw-e2e --test vm_linux_virtio_net -- --ignored"]
-fn linux_configures_eth0_on_virtio_net_and_answers_ping_through_a_tap() {
+fn linux_answers_ping_over_virtio_net_before_and_after_a_restore_on_another_hosts_tap() {
     let dir = std::env::var_os("THAW_LINUX_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux-virtio-net"));
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = kernel();
     let img = root_image(&dir);
-    let ns = Netns(format!("thaw-lnet-{}", std::process::id()));
-    sh(Command::new("ip").args(["netns", "add", &ns.0]));
-    for args in [
-        vec!["tuntap", "add", "dev", "tap0", "mode", "tap"],
-        vec!["addr", "add", "10.99.0.1/24", "dev", "tap0"],
-        vec!["link", "set", "tap0", "up"],
-    ] {
-        sh(Command::new("ip").args(["-n", &ns.0]).args(args));
-    }
+    let a = host("a", "tap0");
+    let b = host("b", "tapb");
+    let store = dir.join("store");
+    let _ = std::fs::remove_dir_all(&store);
     let log = dir.join("console.log");
     let _ = std::fs::remove_file(&log);
     let t0 = Instant::now();
-    let _vm = Child(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0])
-            .arg(bins::binary("thaw"))
-            .env("THAW_KEY_DIR", bins::key_dir())
-            .args(["vm", "run", "--memory=128MiB", "--cpu-baseline=x86-64"])
-            .arg(format!("--kernel={}", kernel.display()))
-            .arg(format!(
-                "--cmdline={} noxsave root=/dev/vda rw ip=10.99.0.2::10.99.0.1:255.255.255.0::eth0:off",
-                vmm::boot::linux::DEFAULT_CMDLINE
-            ))
-            .arg(format!("--disk={}", img.display()))
-            .arg("--net=tap=tap0")
-            .arg(format!("--serial={}", log.display()))
-            .arg("--timeout=30m")
-            .spawn()
-            .unwrap(),
-    );
-    let console = || std::fs::read_to_string(&log).unwrap_or_default();
-    while !console().contains("Run /sbin/init as init process") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30 * 60),
-            "no init after 30 minutes: {}",
-            console()
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    eprintln!("boot to init: {:?}", t0.elapsed());
-    let c = console();
+    let out = thaw_in(&a)
+        .args([
+            "checkpoint",
+            "--memory=128MiB",
+            "--cpu-baseline=x86-64",
+            "--json",
+        ])
+        .arg(format!("--kernel={}", kernel.display()))
+        .arg(format!(
+            "--cmdline={} noxsave root=/dev/vda rw ip=10.99.0.2::10.99.0.1:255.255.255.0::eth0:off",
+            vmm::boot::linux::DEFAULT_CMDLINE
+        ))
+        .arg(format!("--disk={}", img.display()))
+        .arg("--net=tap=tap0")
+        .arg(format!("--store={}", store.display()))
+        .arg("--on-serial=Run /sbin/init as init process")
+        .arg(format!("--serial={}", log.display()))
+        .arg("--timeout=30m")
+        .output()
+        .unwrap();
     assert!(
-        c.contains("virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"),
-        "{c}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(c.contains("IP-Config: Complete"), "{c}");
-    let t1 = Instant::now();
-    let answered = ping_in(&ns.0, [10, 99, 0, 2], 5);
-    eprintln!("ping: {answered} replies in {:?}", t1.elapsed());
-    assert!(answered > 0, "the guest did not answer ping: {}", console());
+    eprintln!("boot to init and checkpoint: {:?}", t0.elapsed());
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        console.contains("virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"),
+        "{console}"
+    );
+    assert!(console.contains("IP-Config: Complete"), "{console}");
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["event"] == "checkpoint")
+        .expect("a checkpoint event");
+    let id = line["checkpoint"]["id"].as_str().unwrap().to_string();
+    // The image as it was at the checkpoint, for the second restore (the first one's kernel
+    // may write to the disk while it runs).
+    let img_b = dir.join("root-b.img");
+    std::fs::copy(&img, &img_b).unwrap();
+
+    let before = restore_and_ping(&a, &store, &id, &[], &dir.join("restore-a.log"));
+    assert!(before > 0, "no answer on the checkpoint host's tap");
+    let after = restore_and_ping(
+        &b,
+        &store,
+        &id,
+        &[
+            format!("--disk={}", img_b.display()),
+            "--net=tap=tapb".into(),
+        ],
+        &dir.join("restore-b.log"),
+    );
+    assert!(after > 0, "no answer on the other host's tap");
 }
 
 fn checksum(b: &[u8]) -> u16 {
