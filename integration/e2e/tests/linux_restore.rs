@@ -6,8 +6,9 @@
 //! (about 30 s in on an idle machine here, guest kernel code being emulated). A `thaw agent`
 //! process serves the checkpoint, and `thaw vm restore --agent` in a new process runs the
 //! kernel on until it prints "Run /init as init process" (about 50 s more). Timers,
-//! interrupts and kvmclock must survive the restore for that to happen. The test prints the
-//! boot-to-checkpoint, resume and restore-to-init times.
+//! interrupts and kvmclock must survive the restore for that to happen. On the way the kernel
+//! sets its clock from the CMOS RTC, which must read the host's wall-clock time. The test prints
+//! the boot-to-checkpoint, resume and restore-to-init times.
 
 mod bins;
 mod common;
@@ -22,6 +23,26 @@ const INIT_MARKER: &str = "Run /init as init process";
 /// Each of the two runs gets this long: about 30 s and 50 s on an idle machine, several times
 /// that on a loaded one.
 const RUN_TIMEOUT: &str = "15m";
+
+/// The host's wall clock, seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The Unix time of rtc_cmos's "setting system clock to DATE UTC (SECONDS)" line, if any.
+fn rtc_clock_set(console: &str) -> Option<i64> {
+    let line = console
+        .lines()
+        .find(|l| l.contains("rtc_cmos") && l.contains("setting system clock to"))?;
+    let secs = line.rsplit_once('(')?.1.split_once(')')?.0;
+    Some(
+        secs.parse()
+            .unwrap_or_else(|_| panic!("no seconds in {line:?}")),
+    )
+}
 
 struct Agent(Child);
 
@@ -82,6 +103,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
 
     bins::binary("thaw"); // built before the clock starts
     let started = Instant::now();
+    let boot_window = (unix_now(), 0);
     let lines = thaw_vm(
         &[
             "checkpoint".into(),
@@ -94,6 +116,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
         ],
         &boot_log,
     );
+    let boot_window = (boot_window.0, unix_now());
     let boot = std::fs::read_to_string(&boot_log).unwrap();
     assert!(boot.contains(CHECKPOINT_MARKER), "{}", tail(&boot, 40));
     assert!(
@@ -134,6 +157,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    let restore_window = (unix_now(), 0);
     let lines = thaw_vm(
         &[
             "restore".into(),
@@ -144,6 +168,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
         ],
         &restore_log,
     );
+    let restore_window = (restore_window.0, unix_now());
     let after = std::fs::read_to_string(&restore_log).unwrap();
     assert!(after.contains(INIT_MARKER), "{}", tail(&after, 40));
     assert!(
@@ -161,6 +186,22 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
     let stopped = bins::event(&lines, "stopped");
     assert_eq!(stopped["marker_seen"], true);
     let to_init_s = stopped["after_s"].as_f64().unwrap();
+    // The kernel set its clock from the CMOS RTC (before or after the checkpoint, as its
+    // initcalls ran): the wall-clock time it read is the host's at that run.
+    let (rtc_secs, window) = [(&after, restore_window), (&boot, boot_window)]
+        .into_iter()
+        .find_map(|(log, window)| rtc_clock_set(log).map(|secs| (secs, window)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no rtc_cmos \"setting system clock\" line:\n{}",
+                tail(&after, 60)
+            )
+        });
+    assert!(
+        rtc_secs >= window.0 - 2 && rtc_secs <= window.1 + 2,
+        "the guest's RTC read {rtc_secs}, outside the run's wall-clock window {window:?}"
+    );
+    eprintln!("the guest set its clock from the CMOS RTC to {rtc_secs} (host window {window:?})");
     eprintln!(
         "lazy restore through the fetch agent: resume {resume_ms:.1} ms, restore to \"{INIT_MARKER}\" \
          {to_init_s:.1} s"

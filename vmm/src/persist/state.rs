@@ -7,6 +7,7 @@
 //! clear error and never reaches KVM.
 
 use crate::arch::cpuid::{CpuBaseline, RequiredFeatures};
+use crate::devices::cmos::CmosState;
 use crate::devices::serial::UartState;
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
@@ -145,6 +146,9 @@ pub struct VmState {
     pub pit: kvm_pit_state2,
     pub clock: kvm_clock_data,
     pub serial: UartState,
+    /// The CMOS clock and RAM; blobs from before it restore a power-on CMOS.
+    #[serde(default)]
+    pub cmos: CmosState,
 }
 
 impl VmState {
@@ -268,6 +272,7 @@ pub(crate) mod tests {
                 scratch: 0,
                 in_buffer: vec![],
             },
+            cmos: CmosState::default(),
         }
     }
 
@@ -278,6 +283,15 @@ pub(crate) mod tests {
         assert_eq!(back.vcpus[0].regs.rip, 0x100000);
         assert_eq!(back.vcpus[0].msrs[0].data, 7);
         assert_eq!(back.memory_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn blobs_from_before_the_cmos_restore_a_power_on_cmos() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json.as_object_mut().unwrap().remove("cmos").unwrap();
+        let blob = envelope::seal(MAGIC, FORMAT_VERSION, json.to_string().as_bytes());
+        let back = VmState::decode(&blob).unwrap();
+        assert_eq!(back.cmos, CmosState::default());
     }
 
     /// Version 1's frame, as thaw wrote it before the envelope.

@@ -2,6 +2,7 @@
 
 use crate::arch::cpuid::MissingCpuFeature;
 use crate::arch::cpuid::{self, CpuBaseline, RequiredFeatures};
+use crate::devices::cmos::{CmosPort, CMOS_BASE, CMOS_LEN};
 use crate::devices::i8042::{self, ResetLine};
 use crate::devices::report_port::{self, ReportPort};
 use crate::devices::serial::{
@@ -94,6 +95,7 @@ pub struct Vm {
     fd: VmFd,
     memory: Arc<GuestMemory>,
     uart: Arc<Uart>,
+    cmos: Arc<CmosPort>,
     bus: Arc<PortBus>,
     events: Receiver<GuestEvent>,
     pause: Arc<PauseFlag>,
@@ -253,6 +255,8 @@ impl Vm {
         let (tx, events) = channel();
         let mut bus = PortBus::new();
         bus.insert(COM1_BASE, COM1_LEN, uart.clone());
+        let cmos = Arc::new(CmosPort::new());
+        bus.insert(CMOS_BASE, CMOS_LEN, cmos.clone());
         bus.insert(i8042::COMMAND_PORT, 1, Arc::new(ResetLine::new(tx.clone())));
         if guest == GuestKind::TestGuest {
             let port = ReportPort::new(memory.clone(), tx);
@@ -263,6 +267,7 @@ impl Vm {
             fd,
             memory,
             uart,
+            cmos,
             bus: Arc::new(bus),
             events,
             pause: Arc::new(PauseFlag::default()),
@@ -309,6 +314,7 @@ impl Vm {
             Some(&state.required_features),
         )?;
         vm.required = state.required_features.clone();
+        vm.cmos.restore(&state.cmos);
         // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
         for (vcpu, s) in vm.pending.iter().zip(&state.vcpus) {
             vcpu_state::restore(&vcpu.fd, s, &vm.caps).map_err(|source| VcpuError::State {
@@ -437,6 +443,7 @@ impl Vm {
                 .get_clock()
                 .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?,
             serial: self.uart.state(),
+            cmos: self.cmos.state(),
         })
     }
 
