@@ -46,7 +46,9 @@ pub struct MachineArgs {
     /// KVM device.
     #[arg(long, default_value = DEFAULT_KVM_PATH)]
     pub kvm: PathBuf,
-    /// Where the guest console goes: "stdout", "stderr"-less "none", or a file path.
+    /// Where the guest console goes: "stdout", "stderr"-less "none", or a file path. On this
+    /// terminal (stdout, or by default) the console is interactive: standard input goes to the
+    /// guest's COM1.
     #[arg(long)]
     pub serial: Option<String>,
     /// Print results as JSON lines on standard output.
@@ -206,6 +208,18 @@ fn serial_output(m: &MachineArgs, watch: &Watch) -> SerialOutput {
     }
 }
 
+/// Makes the console interactive when it is shown here (`--serial stdout`, or no `--serial`):
+/// standard input goes to COM1 until it ends or the VM stops. A closed or background standard
+/// input sends nothing.
+fn connect_console_input(m: &MachineArgs, vm: &mut Vm) -> anyhow::Result<()> {
+    if m.serial.as_deref().is_none_or(|s| s == "stdout") {
+        if let Some(stdin) = vmm::devices::serial_input::host_stdin() {
+            vm.connect_serial_input(stdin)?;
+        }
+    }
+    Ok(())
+}
+
 fn emit(json: bool, value: serde_json::Value) {
     if json {
         println!("{value}");
@@ -325,6 +339,7 @@ fn run_and_maybe_checkpoint(
     let watch: Watch = (m.until_serial.is_some() || on_serial.is_some())
         .then(|| std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
     let mut vm = boot(m, g, &watch)?;
+    connect_console_input(m, &mut vm)?;
     let t0 = Instant::now();
     vm.start()?;
     let linux = g.kernel.is_some();
@@ -447,6 +462,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         a.machine.json,
         serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),
     );
+    connect_console_input(&a.machine, &mut r.vm)?;
     let linux = r.state.guest == vmm::persist::state::GuestKind::Linux;
     let limit = if linux {
         a.run_for.unwrap_or(a.machine.timeout)

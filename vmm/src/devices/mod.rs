@@ -9,6 +9,7 @@ pub mod cmos;
 pub(crate) mod i8042;
 pub mod report_port;
 pub mod serial;
+pub mod serial_input;
 
 use std::sync::Arc;
 

@@ -8,6 +8,7 @@ use crate::devices::report_port::{self, ReportPort};
 use crate::devices::serial::{
     SerialError, SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN,
 };
+use crate::devices::serial_input::{SerialInput, SerialInputError};
 use crate::devices::{GuestEvent, PortBus};
 use crate::persist::state::{GuestKind, VmState};
 use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
@@ -48,6 +49,8 @@ pub enum VmError {
     Eventfd(#[source] std::io::Error),
     #[error(transparent)]
     Serial(#[from] SerialError),
+    #[error(transparent)]
+    SerialInput(#[from] SerialInputError),
     #[error("checkpoint does not match this VM: memory layout {vm:x?} differs from the checkpoint's {checkpoint:x?}")]
     LayoutMismatch {
         vm: Vec<(u64, u64)>,
@@ -96,6 +99,8 @@ pub struct Vm {
     memory: Arc<GuestMemory>,
     uart: Arc<Uart>,
     cmos: Arc<CmosPort>,
+    /// The thread feeding console input to the UART, once connected.
+    serial_input: Option<SerialInput>,
     bus: Arc<PortBus>,
     events: Receiver<GuestEvent>,
     pause: Arc<PauseFlag>,
@@ -268,6 +273,7 @@ impl Vm {
             memory,
             uart,
             cmos,
+            serial_input: None,
             bus: Arc::new(bus),
             events,
             pause: Arc::new(PauseFlag::default()),
@@ -344,6 +350,14 @@ impl Vm {
             .set_clock(&clock)
             .map_err(KvmError::ioctl("KVM_SET_CLOCK"))?;
         Ok(vm)
+    }
+
+    /// Feeds `source` (the host's standard input, see
+    /// [`crate::devices::serial_input::host_stdin`]) to COM1's receive FIFO until it ends or the
+    /// VM stops.
+    pub fn connect_serial_input(&mut self, source: std::fs::File) -> Result<()> {
+        self.serial_input = Some(SerialInput::spawn(self.uart.clone(), source)?);
+        Ok(())
     }
 
     /// Guest memory.
@@ -545,6 +559,8 @@ impl Vm {
     /// must then stay open until the process exits (which ends the thread), or the kernel would
     /// fill the missing page with zeros and the guest would run on them.
     pub fn stop(&mut self) -> Result<()> {
+        // Console input first: the guest will read no more of it.
+        drop(self.serial_input.take());
         for h in &self.running {
             h.request_stop();
         }
