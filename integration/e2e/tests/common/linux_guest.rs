@@ -149,14 +149,14 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Console lines that say the kernel failed: a panic, an oops, a BUG, a fault.
+/// Console lines that say the kernel failed: a panic, an oops, a BUG, a fault, an init that
+/// could not run.
 pub fn kernel_failures(console: &str) -> Vec<&str> {
-    const SIGNS: [&str; 7] = [
+    const SIGNS: [&str; 6] = [
         "Kernel panic",
         "Oops",
         "BUG:",
         "general protection fault",
-        "WARNING:",
         "segfault at",
         "Failed to execute /init",
     ];
