@@ -32,16 +32,16 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-/// The Unix time of rtc_cmos's "setting system clock to DATE UTC (SECONDS)" line, if any.
-fn rtc_clock_set(console: &str) -> Option<i64> {
+/// rtc_cmos's "setting system clock to DATE UTC (SECONDS)" line, if any, and its Unix time.
+fn rtc_clock_set(console: &str) -> Option<(&str, i64)> {
     let line = console
         .lines()
         .find(|l| l.contains("rtc_cmos") && l.contains("setting system clock to"))?;
     let secs = line.rsplit_once('(')?.1.split_once(')')?.0;
-    Some(
-        secs.parse()
-            .unwrap_or_else(|_| panic!("no seconds in {line:?}")),
-    )
+    let secs = secs
+        .parse()
+        .unwrap_or_else(|_| panic!("no seconds in {line:?}"));
+    Some((line, secs))
 }
 
 struct Agent(Child);
@@ -188,9 +188,9 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
     let to_init_s = stopped["after_s"].as_f64().unwrap();
     // The kernel set its clock from the CMOS RTC (before or after the checkpoint, as its
     // initcalls ran): the wall-clock time it read is the host's at that run.
-    let (rtc_secs, window) = [(&after, restore_window), (&boot, boot_window)]
+    let ((rtc_line, rtc_secs), window) = [(&after, restore_window), (&boot, boot_window)]
         .into_iter()
-        .find_map(|(log, window)| rtc_clock_set(log).map(|secs| (secs, window)))
+        .find_map(|(log, window)| rtc_clock_set(log).map(|found| (found, window)))
         .unwrap_or_else(|| {
             panic!(
                 "no rtc_cmos \"setting system clock\" line:\n{}",
@@ -201,7 +201,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
         rtc_secs >= window.0 - 2 && rtc_secs <= window.1 + 2,
         "the guest's RTC read {rtc_secs}, outside the run's wall-clock window {window:?}"
     );
-    eprintln!("the guest set its clock from the CMOS RTC to {rtc_secs} (host window {window:?})");
+    eprintln!("{rtc_line} (host wall clock during that run: {window:?})");
     eprintln!(
         "lazy restore through the fetch agent: resume {resume_ms:.1} ms, restore to \"{INIT_MARKER}\" \
          {to_init_s:.1} s"
