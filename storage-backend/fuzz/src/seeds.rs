@@ -238,6 +238,7 @@ fn state() -> VmState {
             scratch: 0,
             in_buffer: vec![],
         },
+        cmos: Default::default(),
     }
 }
 
