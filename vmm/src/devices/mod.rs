@@ -8,6 +8,7 @@
 pub(crate) mod i8042;
 pub mod report_port;
 pub mod serial;
+pub mod tap;
 
 use std::sync::Arc;
 
