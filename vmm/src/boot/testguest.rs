@@ -299,15 +299,30 @@ pub fn boot_test_guest(config: &VmConfig, params: &Params) -> Result<Vm, BootErr
 
 /// Waits until every vCPU of a running test guest reports done.
 pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished, RunError> {
+    let finished = wait_done_with(vm, timeout, &mut |_| false)?;
+    Ok(finished.expect("never interrupted"))
+}
+
+/// [`wait_done`], calling `between` with the VM at least every 100 ms (to serve a control API,
+/// which may pause, checkpoint or resume it); `between` returning true ends the wait early
+/// (`Ok(None)`).
+pub fn wait_done_with(
+    vm: &mut Vm,
+    timeout: Duration,
+    between: &mut dyn FnMut(&mut Vm) -> bool,
+) -> Result<Option<Finished>, RunError> {
     let n = vm.vcpu_count();
     let mut done: Vec<Option<u64>> = vec![None; n];
     let deadline = Instant::now() + timeout;
     while done.iter().any(|d| d.is_none()) {
+        if between(vm) {
+            return Ok(None);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(RunError::Timeout(timeout));
         }
-        match vm.next_event(left)? {
+        match vm.next_event(left.min(Duration::from_millis(100)))? {
             Some(GuestEvent::Report {
                 cpu,
                 code: report_port::CODE_DONE,
@@ -329,9 +344,9 @@ pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished, RunError> {
             Some(GuestEvent::Report { .. }) | None => {}
         }
     }
-    Ok(Finished {
+    Ok(Some(Finished {
         checksums: done.into_iter().map(|d| d.unwrap_or_default()).collect(),
-    })
+    }))
 }
 
 /// Computes on the host what vCPU `cpu` of the test guest ends with: the same algorithm as

@@ -1,15 +1,16 @@
 //! Port I/O devices and the bus that routes a vCPU's `in`/`out` to them.
 //!
 //! A VM's bus holds COM1 ([`serial`]), the CMOS real-time clock ([`cmos`]), the keyboard
-//! controller's reset line (`i8042`) and, for the test guest, its report port (`report_port`). Ports no device claims read as all ones
-//! (nothing drives the bus) and ignore writes, which is what a Linux guest probing for legacy
-//! hardware expects.
+//! controller's reset line (`i8042`) and, for the test guest, its report port (`report_port`).
+//! Ports no device claims read as all ones (nothing drives the bus) and ignore writes, which is
+//! what a Linux guest probing for legacy hardware expects.
 
 pub mod cmos;
 pub(crate) mod i8042;
 pub mod report_port;
 pub mod serial;
 pub mod serial_input;
+pub mod tap;
 
 use std::sync::Arc;
 

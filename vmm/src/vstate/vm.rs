@@ -375,8 +375,18 @@ impl Vm {
         &self.pending
     }
 
+    /// What runs in the VM.
+    pub fn guest(&self) -> &GuestKind {
+        &self.guest
+    }
+
+    /// Whether the VM is paused (or being paused).
+    pub fn is_paused(&self) -> bool {
+        self.pause.get()
+    }
+
     /// Number of vCPUs.
-    pub(crate) fn vcpu_count(&self) -> usize {
+    pub fn vcpu_count(&self) -> usize {
         self.pending.len() + self.running.len()
     }
 
