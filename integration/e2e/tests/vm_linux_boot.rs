@@ -2,7 +2,7 @@
 //! checkpoint it once its counter is printing, restore it lazily in a fresh process, and see the
 //! counter go on. Kernel and busybox come from Debian's packages (apt-get download + dpkg -x).
 //!
-//! `THAW_LINUX_TEST=1 cargo test -p vmm --release --test linux_boot -- --nocapture`
+//! `THAW_LINUX_TEST=1 cargo test -p thaw-e2e --release --test vm_linux_boot -- --nocapture`
 //! On a KVM that emulates guest kernel code (see docs/design.md) this takes hours; on hardware KVM
 //! seconds. THAW_LINUX_DIR keeps the downloads and logs (default: a directory under the target dir).
 
