@@ -8,7 +8,7 @@ mod bins;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use vmm::boot::testguest::{self, Params, Pattern};
 
@@ -16,51 +16,28 @@ const MEMORY: u64 = 64 << 20;
 const TOUCHES: u64 = 20_000_000;
 const SEED: u64 = 5;
 
-/// A `thaw vm` process killed on drop if it is still running.
-struct VmProcess(Option<Child>);
-
-impl VmProcess {
-    fn spawn(args: &[String]) -> VmProcess {
-        let child = bins::thaw()
+/// Starts `thaw vm ARGS` with JSON output and no console.
+fn spawn_vm(args: &[String]) -> bins::Killed {
+    bins::Killed(
+        bins::thaw()
             .arg("vm")
             .args(args)
             .args(["--json", "--serial=none", "--timeout=240s"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-        VmProcess(Some(child))
-    }
-
-    fn wait(mut self) -> (Output, Vec<serde_json::Value>) {
-        let out = self.0.take().unwrap().wait_with_output().unwrap();
-        let lines = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-            .collect();
-        (out, lines)
-    }
+            .unwrap(),
+    )
 }
 
-impl Drop for VmProcess {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits for a `thaw vm` process to end; its output and JSON lines.
+fn finish(vm: bins::Killed) -> (Output, Vec<serde_json::Value>) {
+    let out = vm.output();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    (out, lines)
 }
 
 /// `thaw vm VERB --api SOCKET EXTRA...`: (success, stdout, stderr).
@@ -127,8 +104,8 @@ fn a_running_vm_is_paused_checkpointed_resumed_and_stopped_through_its_api() {
     ];
     let mut run_args = vec!["run".to_string(), format!("--api={}", socket.display())];
     run_args.extend_from_slice(&guest);
-    let vm = VmProcess::spawn(&run_args);
-    wait_for_socket(&socket);
+    let vm = spawn_vm(&run_args);
+    bins::wait_for_path(&socket, Duration::from_secs(60));
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the control socket is its user's only");
 
@@ -154,7 +131,7 @@ fn a_running_vm_is_paused_checkpointed_resumed_and_stopped_through_its_api() {
 
     // A checkpoint that stops the VM: its process ends without finishing the guest's work.
     let stopped_id = checkpoint(&socket, &store, &["--stop"]);
-    let (out, lines) = vm.wait();
+    let (out, lines) = finish(vm);
     assert!(
         out.status.success(),
         "{}",
@@ -171,16 +148,16 @@ fn a_running_vm_is_paused_checkpointed_resumed_and_stopped_through_its_api() {
     // Each checkpoint restores in a fresh process and ends as an uninterrupted run does; the
     // restored VM serves the API too.
     let restored_socket = dir.path().join("restored.sock");
-    let restored = VmProcess::spawn(&[
+    let restored = spawn_vm(&[
         "restore".into(),
         format!("--store={}", store.display()),
         format!("--id={running_id}"),
         format!("--api={}", restored_socket.display()),
     ]);
-    wait_for_socket(&restored_socket);
+    bins::wait_for_path(&restored_socket, Duration::from_secs(60));
     let s = status(&restored_socket);
     assert_eq!(s["restored_from"], running_id.as_str(), "{s}");
-    let (out, lines) = restored.wait();
+    let (out, lines) = finish(restored);
     assert!(
         out.status.success(),
         "{}",
@@ -205,17 +182,17 @@ fn stop_ends_the_vm_and_a_socket_path_holding_a_file_is_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vm.sock");
-    let vm = VmProcess::spawn(&[
+    let vm = spawn_vm(&[
         "run".into(),
         format!("--api={}", socket.display()),
         format!("--memory={MEMORY}"),
         format!("--touches={}", u64::MAX / 4),
     ]);
-    wait_for_socket(&socket);
+    bins::wait_for_path(&socket, Duration::from_secs(60));
     let started = Instant::now();
     let (ok, _, err) = api("stop", &socket, &[]);
     assert!(ok, "stop: {err}");
-    let (out, lines) = vm.wait();
+    let (out, lines) = finish(vm);
     assert!(
         out.status.success(),
         "{}",
