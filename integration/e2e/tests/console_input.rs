@@ -8,7 +8,7 @@ mod bins;
 
 use std::io::Write;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn a_run_reading_an_open_standard_input_ends_with_its_guest() {
@@ -16,38 +16,34 @@ fn a_run_reading_an_open_standard_input_ends_with_its_guest() {
         eprintln!("no /dev/kvm: skipped");
         return;
     }
-    let mut child = bins::thaw()
-        .args([
-            "vm",
-            "run",
-            "--memory=64MiB",
-            "--touches=20000",
-            "--serial=stdout",
-            "--timeout=120s",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut child = bins::Killed(
+        bins::thaw()
+            .args([
+                "vm",
+                "run",
+                "--memory=64MiB",
+                "--touches=20000",
+                "--serial=stdout",
+                "--timeout=120s",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
     // More than the UART's FIFO holds: the guest never reads it, so the input thread is left
     // waiting for room when the VM stops.
     stdin.write_all(&[b'x'; 4096]).unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(180) {
-            let _ = child.kill();
-            panic!("thaw vm run did not exit with standard input still open");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
+    bins::wait_until(
+        "thaw vm run exits with its standard input still open",
+        Duration::from_secs(180),
+        || child.0.try_wait().unwrap().is_some(),
+    );
+    let out = child.output();
     assert!(
-        status.success(),
+        out.status.success(),
         "thaw vm run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -15,7 +15,7 @@ mod common;
 
 use common::linux_guest::{self, kernel_failures, tail};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const CHECKPOINT_MARKER: &str = "Unpacking initramfs";
@@ -42,15 +42,6 @@ fn rtc_clock_set(console: &str) -> Option<(&str, i64)> {
         .parse()
         .unwrap_or_else(|_| panic!("no seconds in {line:?}"));
     Some((line, secs))
-}
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Runs `thaw vm ARGS --json`; on failure panics with its stderr and the console's tail.
@@ -137,7 +128,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
     );
 
     let sock = dir.path().join("agent.sock");
-    let _agent = Agent(
+    let _agent = bins::Killed(
         bins::thaw()
             .args(["agent", "--socket"])
             .arg(&sock)
@@ -147,15 +138,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
             .spawn()
             .unwrap(),
     );
-    let wait = Instant::now();
-    while !sock.exists() {
-        assert!(
-            wait.elapsed() < Duration::from_secs(60),
-            "the fetch agent did not listen on {} within 60 s",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    bins::wait_for_path(&sock, Duration::from_secs(60));
 
     let restore_window = (unix_now(), 0);
     let lines = thaw_vm(
