@@ -252,7 +252,18 @@ pub fn supported(kvm: &kvm_ioctls::Kvm) -> Result<Vec<kvm_cpuid_entry2>, KvmErro
     Ok(cpuid.as_slice().to_vec())
 }
 
-/// The CPUID template of a VM: the supported set masked to `baseline`, with the hypervisor bit.
+/// KVM's paravirtual feature leaf.
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+/// KVM paravirtual features whose guest side makes hypercalls (VMCALL): PV_UNHALT (7, spinlock
+/// kicks), PV_SEND_IPI (11), PV_SCHED_YIELD (13). They are only used with more than one vCPU,
+/// and this machine's software KVM never completes such a hypercall from guest kernel code (an SMP
+/// Linux hangs in `kvm_hypercall4` sending its first IPI). Without them Linux sends IPIs through
+/// the LAPIC and spins plainly: a little slower under overcommit on hardware, and the same CPUID
+/// restores on every host.
+const PV_HYPERCALL_FEATURES: u32 = (1 << 7) | (1 << 11) | (1 << 13);
+
+/// The CPUID template of a VM: the supported set masked to `baseline`, with the hypervisor bit
+/// and without the paravirtual features that need hypercalls.
 pub(crate) fn template(
     supported: &[kvm_cpuid_entry2],
     baseline: CpuBaseline,
@@ -261,6 +272,9 @@ pub(crate) fn template(
     for e in entries.iter_mut() {
         if e.function == 1 {
             e.ecx |= 1 << 31;
+        }
+        if e.function == KVM_CPUID_FEATURES {
+            e.eax &= !PV_HYPERCALL_FEATURES;
         }
         if baseline == CpuBaseline::Host {
             continue;
@@ -434,6 +448,21 @@ mod tests {
             0,
             "hypervisor bit"
         );
+    }
+
+    #[test]
+    fn paravirtual_features_that_need_hypercalls_are_hidden() {
+        let mut supported = host();
+        // KVM's leaf: clocksource2 (3), async PF (4), steal time (5), PV EOI (6), PV_UNHALT (7),
+        // PV TLB flush (9), PV_SEND_IPI (11), poll control (12), PV_SCHED_YIELD (13).
+        let offered = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 9);
+        let offered = offered | (1 << 11) | (1 << 12) | (1 << 13);
+        supported.push(entry(KVM_CPUID_FEATURES, 0, offered, 0, 0, 0));
+        for baseline in [CpuBaseline::Host, CpuBaseline::X86_64] {
+            let t = template(&supported, baseline);
+            let kvm = t.iter().find(|e| e.function == KVM_CPUID_FEATURES).unwrap();
+            assert_eq!(kvm.eax, offered & !((1 << 7) | (1 << 11) | (1 << 13)));
+        }
     }
 
     #[test]
