@@ -9,6 +9,7 @@ use crate::devices::serial::{
 };
 use crate::devices::{GuestEvent, PortBus};
 use crate::persist::state::{GuestKind, VmState};
+use crate::vstate::clock;
 use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::VcpuError;
@@ -16,8 +17,8 @@ use crate::vstate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle, STOP_TIMEOUT};
 use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SREGS2,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_PIT_SPEAKER_DUMMY,
+    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::error::Error as StdError;
@@ -330,14 +331,41 @@ impl Vm {
         vm.fd
             .set_pit2(&state.pit)
             .map_err(KvmError::ioctl("KVM_SET_PIT2"))?;
-        // The kvmclock last, right before the vCPUs can run, so guest time continues from the
-        // checkpoint (the flags would ask KVM to add the wall time elapsed since; not wanted).
-        let mut clock = state.clock;
-        clock.flags = 0;
+        // The kvmclock last, right before the vCPUs can run: the saved value plus the wall time
+        // since the checkpoint (vstate::clock says how, and why never backwards).
+        let kvm_adds_realtime =
+            vm.fd.check_extension_int(Cap::AdjustClock) as u32 & KVM_CLOCK_REALTIME != 0;
+        let plan = clock::plan_restore(
+            &state.clock,
+            state.clock_host_realtime_ns,
+            clock::host_realtime_ns(),
+            kvm_adds_realtime,
+        );
+        if plan.behind_ns > 0 {
+            tracing::warn!(
+                behind_ms = plan.behind_ns / 1_000_000,
+                "this host's wall clock is behind the checkpoint's; the guest clock goes on from the saved value"
+            );
+        }
+        tracing::debug!(
+            advance_ms = plan.advance_ns / 1_000_000,
+            kvm_adds_realtime,
+            "kvmclock advanced by the wall time since the checkpoint"
+        );
         vm.fd
-            .set_clock(&clock)
+            .set_clock(&plan.data)
             .map_err(KvmError::ioctl("KVM_SET_CLOCK"))?;
         Ok(vm)
+    }
+
+    /// The guest's kvmclock now (KVM_GET_CLOCK), in nanoseconds.
+    #[cfg(test)]
+    pub(crate) fn kvm_clock_ns(&self) -> Result<u64> {
+        Ok(self
+            .fd
+            .get_clock()
+            .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?
+            .clock)
     }
 
     /// Guest memory.
@@ -406,6 +434,11 @@ impl Vm {
         for h in &self.running {
             vcpus.push(h.save()?);
         }
+        let clock = self
+            .fd
+            .get_clock()
+            .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?;
+        let realtime = clock::host_realtime_ns();
         let chip = |id: u32, op: &'static str| -> Result<kvm_irqchip> {
             let mut c = kvm_irqchip {
                 chip_id: id,
@@ -432,10 +465,8 @@ impl Vm {
                 .fd
                 .get_pit2()
                 .map_err(KvmError::ioctl("KVM_GET_PIT2"))?,
-            clock: self
-                .fd
-                .get_clock()
-                .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?,
+            clock,
+            clock_host_realtime_ns: Some(clock::realtime_of(&clock, realtime)),
             serial: self.uart.state(),
         })
     }
