@@ -7,13 +7,15 @@
 //! platform (hardware-reduced FADT). The boot vCPU enters the kernel in long mode; the others
 //! wait in long mode for the kernel to start them through the ACPI wakeup mailbox
 //! (`arch::acpi::mp_wakeup`: this machine's KVM cannot run the real mode an INIT/SIPI starts in).
+//! The DSDT describes a VMGenID device (`devices::vmgenid`), whose page the e820 map reserves.
 
-use crate::arch::acpi;
+use crate::arch::acpi::{self, VmGenIdAcpi};
 use crate::arch::linux_boot::{self, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
 use crate::boot::BootError;
+use crate::devices::vmgenid;
 use crate::persist::state::GuestKind;
 use crate::vstate::memory::{self, GuestMemory};
-use crate::vstate::vm::{Vm, VmConfig};
+use crate::vstate::vm::{Vm, VmConfig, VmError};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::{self, KernelLoader};
@@ -41,9 +43,15 @@ pub fn boot(
         });
     }
     let mem = GuestMemory::new(&memory::layout(config.memory_bytes))?;
-    let rsdp = acpi::write(&mem, config.vcpus, None)?;
-    let entry = load_kernel(&mem, kernel, initrd, cmdline, rsdp, &[])?;
-    let vm = Vm::create(config, mem, GuestKind::Linux, None, None)?;
+    let vmgenid = VmGenIdAcpi {
+        addr: vmgenid::ADDR,
+        gsi: vmgenid::GED_GSI,
+    };
+    let rsdp = acpi::write(&mem, config.vcpus, Some(vmgenid))?;
+    let reserved = [(vmgenid::ADDR, vmgenid::PAGE_SIZE)];
+    let entry = load_kernel(&mem, kernel, initrd, cmdline, rsdp, &reserved)?;
+    let mut vm = Vm::create(config, mem, GuestKind::Linux, None, None)?;
+    vm.attach_vmgenid(vmgenid::new_generation().map_err(VmError::from)?)?;
     let vcpus = vm.pending_vcpus();
     linux_boot::setup_boot_cpu(&vcpus[0].fd, entry)?;
     for ap in &vcpus[1..] {

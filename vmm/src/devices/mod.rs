@@ -1,13 +1,15 @@
 //! Port I/O devices and the bus that routes a vCPU's `in`/`out` to them.
 //!
 //! A VM's bus holds COM1 ([`serial`]), the keyboard controller's reset line (`i8042`) and, for
-//! the test guest, its report port (`report_port`). Ports no device claims read as all ones
+//! the test guest, its report port (`report_port`). Linux guests also get a VMGenID device
+//! ([`vmgenid`]: a memory page and an interrupt, not on the bus). Ports no device claims read as all ones
 //! (nothing drives the bus) and ignore writes, which is what a Linux guest probing for legacy
 //! hardware expects.
 
 pub(crate) mod i8042;
 pub mod report_port;
 pub mod serial;
+pub mod vmgenid;
 
 use std::sync::Arc;
 

@@ -149,6 +149,10 @@ pub struct VmState {
     #[serde(default)]
     pub clock_host_realtime_ns: Option<u64>,
     pub serial: UartState,
+    /// The VMGenID generation the guest saw (Linux guests; `devices::vmgenid`). A restore gives
+    /// the guest a new one. None for guests without the device and blobs written before it.
+    #[serde(default)]
+    pub vmgenid: Option<[u8; 16]>,
 }
 
 impl VmState {
@@ -261,6 +265,7 @@ pub(crate) mod tests {
             pit: kvm_pit_state2::default(),
             clock: kvm_clock_data::default(),
             clock_host_realtime_ns: Some(1_700_000_000_000_000_000),
+            vmgenid: Some([7; 16]),
             serial: UartState {
                 baud_divisor_low: 12,
                 baud_divisor_high: 0,
@@ -318,15 +323,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn blobs_from_before_the_clock_wall_time_was_recorded_still_decode() {
+    fn blobs_from_before_the_clock_wall_time_and_vmgenid_still_decode() {
         let mut json = serde_json::to_value(sample()).unwrap();
         json.as_object_mut()
             .unwrap()
             .remove("clock_host_realtime_ns")
             .unwrap();
+        json.as_object_mut().unwrap().remove("vmgenid").unwrap();
         let blob = envelope::seal(MAGIC, FORMAT_VERSION, &serde_json::to_vec(&json).unwrap());
         let back = VmState::decode(&blob).unwrap();
         assert_eq!(back.clock_host_realtime_ns, None);
+        assert_eq!(back.vmgenid, None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::devices::report_port::{self, ReportPort};
 use crate::devices::serial::{
     SerialError, SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN,
 };
+use crate::devices::vmgenid::{self, VmGenId, VmGenIdError};
 use crate::devices::{GuestEvent, PortBus};
 use crate::persist::state::{GuestKind, VmState};
 use crate::vstate::clock;
@@ -48,6 +49,8 @@ pub enum VmError {
     Eventfd(#[source] std::io::Error),
     #[error(transparent)]
     Serial(#[from] SerialError),
+    #[error(transparent)]
+    VmGenId(#[from] VmGenIdError),
     #[error("checkpoint does not match this VM: memory layout {vm:x?} differs from the checkpoint's {checkpoint:x?}")]
     LayoutMismatch {
         vm: Vec<(u64, u64)>,
@@ -108,6 +111,8 @@ pub struct Vm {
     /// vCPUs that did not stop when told to (blocked in a page fault): see [`Vm::stop`].
     stuck: Vec<u32>,
     _serial_irq: EventFd,
+    /// Linux guests' VMGenID device (see [`Vm::attach_vmgenid`]).
+    vmgenid: Option<VmGenId>,
 }
 
 /// Lets another thread end a running VM with an error (e.g. its fetch agent failed): the next
@@ -276,6 +281,7 @@ impl Vm {
             abort: AbortHandle::default(),
             stuck: Vec::new(),
             _serial_irq: serial_irq,
+            vmgenid: None,
         })
     }
 
@@ -310,6 +316,9 @@ impl Vm {
             Some(&state.required_features),
         )?;
         vm.required = state.required_features.clone();
+        if let Some(old) = &state.vmgenid {
+            vm.attach_vmgenid(vmgenid::next_generation(old)?)?;
+        }
         // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
         for (vcpu, s) in vm.pending.iter().zip(&state.vcpus) {
             vcpu_state::restore(&vcpu.fd, s, &vm.caps).map_err(|source| VcpuError::State {
@@ -331,6 +340,11 @@ impl Vm {
         vm.fd
             .set_pit2(&state.pit)
             .map_err(KvmError::ioctl("KVM_SET_PIT2"))?;
+        // The new generation is announced once the IOAPIC routes (and the LAPICs) are back, so
+        // the edge reaches the guest's event device as the guest set it up.
+        if let Some(dev) = &vm.vmgenid {
+            dev.notify()?;
+        }
         // The kvmclock last, right before the vCPUs can run: the saved value plus the wall time
         // since the checkpoint (vstate::clock says how, and why never backwards).
         let kvm_adds_realtime =
@@ -366,6 +380,19 @@ impl Vm {
             .get_clock()
             .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?
             .clock)
+    }
+
+    /// Gives the guest a VMGenID device holding `generation` (the ACPI tables that describe it
+    /// are the boot code's).
+    pub(crate) fn attach_vmgenid(&mut self, generation: vmgenid::Generation) -> Result<()> {
+        self.vmgenid = Some(VmGenId::new(&self.fd, generation)?);
+        Ok(())
+    }
+
+    /// The VMGenID device, if the guest has one.
+    #[cfg(test)]
+    pub(crate) fn vmgenid(&self) -> Option<&VmGenId> {
+        self.vmgenid.as_ref()
     }
 
     /// Guest memory.
@@ -468,6 +495,7 @@ impl Vm {
             clock,
             clock_host_realtime_ns: Some(clock::realtime_of(&clock, realtime)),
             serial: self.uart.state(),
+            vmgenid: self.vmgenid.as_ref().map(VmGenId::generation),
         })
     }
 
