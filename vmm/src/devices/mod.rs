@@ -2,8 +2,9 @@
 //!
 //! A VM's bus holds COM1 ([`serial`]), the CMOS real-time clock ([`cmos`]), the keyboard
 //! controller's reset line (`i8042`) and, for the test guest, its report port (`report_port`).
-//! Ports no device claims read as all ones (nothing drives the bus) and ignore writes, which is
-//! what a Linux guest probing for legacy hardware expects.
+//! Linux guests also get a VMGenID device ([`vmgenid`]: a memory page and an interrupt, not on
+//! the bus). Ports no device claims read as all ones (nothing drives the bus) and ignore writes,
+//! which is what a Linux guest probing for legacy hardware expects.
 
 pub mod cmos;
 pub(crate) mod i8042;
@@ -11,6 +12,7 @@ pub mod report_port;
 pub mod serial;
 pub mod serial_input;
 pub mod tap;
+pub mod vmgenid;
 
 use std::sync::Arc;
 

@@ -9,8 +9,10 @@ use crate::devices::serial::{
     SerialError, SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN,
 };
 use crate::devices::serial_input::{SerialInput, SerialInputError};
+use crate::devices::vmgenid::{self, VmGenId, VmGenIdError};
 use crate::devices::{GuestEvent, PortBus};
 use crate::persist::state::{GuestKind, VmState};
+use crate::vstate::clock;
 use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::VcpuError;
@@ -18,8 +20,8 @@ use crate::vstate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle, STOP_TIMEOUT};
 use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SREGS2,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_PIT_SPEAKER_DUMMY,
+    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::error::Error as StdError;
@@ -51,6 +53,8 @@ pub enum VmError {
     Serial(#[from] SerialError),
     #[error(transparent)]
     SerialInput(#[from] SerialInputError),
+    #[error(transparent)]
+    VmGenId(#[from] VmGenIdError),
     #[error("checkpoint does not match this VM: memory layout {vm:x?} differs from the checkpoint's {checkpoint:x?}")]
     LayoutMismatch {
         vm: Vec<(u64, u64)>,
@@ -114,6 +118,8 @@ pub struct Vm {
     /// vCPUs that did not stop when told to (blocked in a page fault): see [`Vm::stop`].
     stuck: Vec<u32>,
     _serial_irq: EventFd,
+    /// Linux guests' VMGenID device (see [`Vm::attach_vmgenid`]).
+    vmgenid: Option<VmGenId>,
 }
 
 /// Lets another thread end a running VM with an error (e.g. its fetch agent failed): the next
@@ -286,6 +292,7 @@ impl Vm {
             abort: AbortHandle::default(),
             stuck: Vec::new(),
             _serial_irq: serial_irq,
+            vmgenid: None,
         })
     }
 
@@ -321,6 +328,9 @@ impl Vm {
         )?;
         vm.required = state.required_features.clone();
         vm.cmos.restore(&state.cmos);
+        if let Some(old) = &state.vmgenid {
+            vm.attach_vmgenid(vmgenid::next_generation(old)?)?;
+        }
         // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
         for (vcpu, s) in vm.pending.iter().zip(&state.vcpus) {
             vcpu_state::restore(&vcpu.fd, s, &vm.caps).map_err(|source| VcpuError::State {
@@ -342,12 +352,34 @@ impl Vm {
         vm.fd
             .set_pit2(&state.pit)
             .map_err(KvmError::ioctl("KVM_SET_PIT2"))?;
-        // The kvmclock last, right before the vCPUs can run, so guest time continues from the
-        // checkpoint (the flags would ask KVM to add the wall time elapsed since; not wanted).
-        let mut clock = state.clock;
-        clock.flags = 0;
+        // The new generation is announced once the IOAPIC routes (and the LAPICs) are back, so
+        // the edge reaches the guest's event device as the guest set it up.
+        if let Some(dev) = &vm.vmgenid {
+            dev.notify()?;
+        }
+        // The kvmclock last, right before the vCPUs can run: the saved value plus the wall time
+        // since the checkpoint (vstate::clock says how, and why never backwards).
+        let kvm_adds_realtime =
+            vm.fd.check_extension_int(Cap::AdjustClock) as u32 & KVM_CLOCK_REALTIME != 0;
+        let plan = clock::plan_restore(
+            &state.clock,
+            state.clock_host_realtime_ns,
+            clock::host_realtime_ns(),
+            kvm_adds_realtime,
+        );
+        if plan.behind_ns > 0 {
+            tracing::warn!(
+                behind_ms = plan.behind_ns / 1_000_000,
+                "this host's wall clock is behind the checkpoint's; the guest clock goes on from the saved value"
+            );
+        }
+        tracing::debug!(
+            advance_ms = plan.advance_ns / 1_000_000,
+            kvm_adds_realtime,
+            "kvmclock advanced by the wall time since the checkpoint"
+        );
         vm.fd
-            .set_clock(&clock)
+            .set_clock(&plan.data)
             .map_err(KvmError::ioctl("KVM_SET_CLOCK"))?;
         Ok(vm)
     }
@@ -358,6 +390,29 @@ impl Vm {
     pub fn connect_serial_input(&mut self, source: std::fs::File) -> Result<()> {
         self.serial_input = Some(SerialInput::spawn(self.uart.clone(), source)?);
         Ok(())
+    }
+
+    /// The guest's kvmclock now (KVM_GET_CLOCK), in nanoseconds.
+    #[cfg(test)]
+    pub(crate) fn kvm_clock_ns(&self) -> Result<u64> {
+        Ok(self
+            .fd
+            .get_clock()
+            .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?
+            .clock)
+    }
+
+    /// Gives the guest a VMGenID device holding `generation` (the ACPI tables that describe it
+    /// are the boot code's).
+    pub(crate) fn attach_vmgenid(&mut self, generation: vmgenid::Generation) -> Result<()> {
+        self.vmgenid = Some(VmGenId::new(&self.fd, generation)?);
+        Ok(())
+    }
+
+    /// The VMGenID device, if the guest has one.
+    #[cfg(test)]
+    pub(crate) fn vmgenid(&self) -> Option<&VmGenId> {
+        self.vmgenid.as_ref()
     }
 
     /// Guest memory.
@@ -436,6 +491,11 @@ impl Vm {
         for h in &self.running {
             vcpus.push(h.save()?);
         }
+        let clock = self
+            .fd
+            .get_clock()
+            .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?;
+        let realtime = clock::host_realtime_ns();
         let chip = |id: u32, op: &'static str| -> Result<kvm_irqchip> {
             let mut c = kvm_irqchip {
                 chip_id: id,
@@ -462,12 +522,11 @@ impl Vm {
                 .fd
                 .get_pit2()
                 .map_err(KvmError::ioctl("KVM_GET_PIT2"))?,
-            clock: self
-                .fd
-                .get_clock()
-                .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?,
+            clock,
+            clock_host_realtime_ns: Some(clock::realtime_of(&clock, realtime)),
             serial: self.uart.state(),
             cmos: self.cmos.state(),
+            vmgenid: self.vmgenid.as_ref().map(VmGenId::generation),
         })
     }
 
