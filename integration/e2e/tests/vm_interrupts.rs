@@ -294,3 +294,31 @@ fn interrupt_mode_on_one_vcpu_restores_with_its_timer_ticking() {
 fn interrupt_mode_on_two_vcpus_restores_with_each_timer_ticking() {
     checkpoint_and_restore(2);
 }
+
+#[test]
+fn a_bad_interrupt_mode_is_refused_with_a_clear_error() {
+    for (args, says) in [
+        (
+            vec!["--interrupts", "--timer-hz=0"],
+            "a test guest timer of 0 Hz (1 to 5000 Hz supported)",
+        ),
+        (
+            vec!["--interrupts", "--timer-hz=9000"],
+            "a test guest timer of 9000 Hz (1 to 5000 Hz supported)",
+        ),
+        (vec!["--timer-hz=100"], "--interrupts"),
+        (
+            vec!["--interrupts", "--kernel=/nonexistent/vmlinux"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = bins::thaw()
+            .args(["vm", "run", "--serial=none", "--memory=8MiB"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
