@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vmm::arch::cpuid::CpuBaseline;
-use vmm::boot::testguest::{boot_test_guest, wait_done_with};
-use vmm::boot::testguest::{Params, Pattern};
+use vmm::boot::testguest::{boot_test_guest_with, wait_done_with};
+use vmm::boot::testguest::{Interrupts, Params, Pattern};
 use vmm::devices::report_port;
 use vmm::devices::serial::SerialOutput;
 use vmm::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, runtime};
@@ -104,6 +104,13 @@ pub struct GuestArgs {
     /// Share of pages that get 90% of the touches in the hot-set pattern.
     #[arg(long, default_value_t = 10)]
     pub hot_percent: u64,
+    /// Test guest with interrupts on: each vCPU's LAPIC timer ticks at --timer-hz and a CPL0
+    /// handler counts the ticks (reported with the results).
+    #[arg(long, conflicts_with = "kernel")]
+    pub interrupts: bool,
+    /// The LAPIC timer's rate in interrupt mode.
+    #[arg(long, requires = "interrupts", default_value_t = 1000)]
+    pub timer_hz: u32,
     /// Boot this Linux kernel (bzImage or ELF vmlinux) instead of the test guest.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -269,6 +276,12 @@ fn params(g: &GuestArgs) -> Params {
     }
 }
 
+fn interrupts(g: &GuestArgs) -> Option<Interrupts> {
+    g.interrupts.then_some(Interrupts {
+        timer_hz: g.timer_hz,
+    })
+}
+
 fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
     let config = VmConfig {
         kvm_path: m.kvm.clone(),
@@ -279,7 +292,7 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
     };
     Ok(match &g.kernel {
         Some(kernel) => vmm::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
-        None => boot_test_guest(&config, &params(g))?,
+        None => boot_test_guest_with(&config, &params(g), interrupts(g))?,
     })
 }
 
@@ -342,6 +355,7 @@ fn finish(
             "event": "done",
             "checksums": out.checksums,
             "combined": out.combined(),
+            "ticks": out.ticks,
             "elapsed_s": t0.elapsed().as_secs_f64(),
         }),
     );
@@ -498,9 +512,14 @@ fn run_and_maybe_checkpoint(
             }
             Err(e) => return Err(e.into()),
         };
+        // The test guest's tick counts at the checkpoint (interrupt mode), read while it is
+        // paused: a restore's ticks go on from these.
+        let ticks = (!linux && g.interrupts)
+            .then(|| vmm::boot::testguest::ticks(vm.memory(), g.vcpus as usize))
+            .transpose()?;
         emit(
             m.json,
-            serde_json::json!({"event": "checkpoint", "checkpoint": outcome}),
+            serde_json::json!({"event": "checkpoint", "checkpoint": outcome, "ticks": ticks}),
         );
         if stop_after {
             vm.stop()?;

@@ -36,6 +36,8 @@ pub enum GuestEvent {
         code: u64,
         checksum: u64,
         touches: u64,
+        /// Timer ticks counted by the vCPU (interrupt mode; 0 otherwise).
+        ticks: u64,
     },
     /// A vCPU stopped because the guest reset or powered off.
     Stopped { cpu: u32, reason: String },
