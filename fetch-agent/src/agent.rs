@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,7 +193,7 @@ impl Agent {
     pub fn serve(self: &Arc<Self>, listener: UnixListener) -> Result<(), AgentError> {
         for conn in listener.incoming() {
             let conn = conn.map_err(AgentError::Accept)?;
-            match peer_uid(&conn) {
+            match crate::local_socket::peer_uid(&conn) {
                 Ok(uid) if self.allowed_uids.contains(&uid) => {}
                 Ok(uid) => {
                     tracing::warn!(
@@ -412,30 +411,4 @@ fn report_failure(conn: &UnixStream, e: &AgentError) {
     if let Err(w) = (&*conn).write_all(&crate::hangup::encode(&e.to_string())) {
         tracing::debug!("telling the VMM why the restore ends: {w}");
     }
-}
-
-/// The user of the process at the other end of `conn` (SO_PEERCRED: the
-/// credentials it connected with, which it cannot forge).
-fn peer_uid(conn: &UnixStream) -> std::io::Result<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred on
-    // this stack frame, and reads the open socket `conn` owns.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cred.uid)
 }

@@ -237,7 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("binding the metrics endpoint {addr}"))?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
-    let listener = bind(&args.socket, args.socket_group)?;
+    let listener = crate::local_socket::bind_private(&args.socket, args.socket_group)?;
     tracing::info!("fetch agent listening on {}", args.socket.display());
     let serving = {
         let agent: Arc<Agent> = agent.clone();
@@ -249,41 +249,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(&args.socket);
     result
-}
-
-/// Binds the socket, replacing a stale socket file left by a dead agent, and
-/// lets only the agent's user (or `group`) connect: whoever can connect can
-/// ask for any checkpoint the agent serves.
-fn bind(
-    path: &std::path::Path,
-    group: Option<u32>,
-) -> anyhow::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        anyhow::ensure!(
-            meta.file_type().is_socket(),
-            "{} exists and is not a socket",
-            path.display()
-        );
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another agent is listening on {}", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path)
-        .with_context(|| format!("binding {}", path.display()))?;
-    let mode = match group {
-        Some(gid) => {
-            std::os::unix::fs::chown(path, None, Some(gid))
-                .with_context(|| format!("giving {} to group {gid}", path.display()))?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    Ok(listener)
 }
 
 #[cfg(test)]

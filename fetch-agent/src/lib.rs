@@ -21,6 +21,7 @@ pub mod hangup;
 #[cfg(feature = "block-server")]
 pub(crate) mod http;
 pub(crate) mod install;
+pub mod local_socket;
 pub mod metrics;
 pub mod policy;
 pub mod restore;

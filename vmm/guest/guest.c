@@ -5,7 +5,15 @@
  * Nothing depends on the TSC or on timing, so a run that is paused, checkpointed and restored ends
  * with exactly the checksum of an uninterrupted run. Reports go to a per-vCPU record in guest memory,
  * announced by a single `out` to TG_PORT (each exit costs tens of microseconds on a software KVM, so
- * they are rare). A short banner goes to the 8250 serial port. */
+ * they are rare). A short banner goes to the 8250 serial port.
+ *
+ * Interrupt mode (timer_hz > 0): each vCPU programs its local APIC's timer in periodic mode
+ * through the user-accessible mapping of the LAPIC page and enables interrupts; the CPL0 handler
+ * in entry.S counts ticks outside the data area, so the checksum is the same in both modes, and
+ * every report carries the vCPU's tick count. Every other stretch of TG_HOLD_STRETCH touches runs
+ * with the LAPIC's task priority raised to the timer's class: the ticks of that stretch wait in
+ * the LAPIC's IRR (coalesced into one) until it ends, as they would behind a `cli` (which CPL3
+ * code cannot run here), so a checkpoint then holds a pending interrupt. */
 #include "layout.h"
 
 typedef unsigned long u64;
@@ -22,6 +30,7 @@ struct params {
     u64 report_every;
     u64 seed;
     u64 hot_percent;
+    u64 timer_hz;
 };
 
 struct report {
@@ -29,6 +38,7 @@ struct report {
     volatile u64 touches;
     volatile u64 code;
     volatile u64 slice_pages;
+    volatile u64 ticks;
 };
 
 static inline void outl(unsigned short port, u32 v) {
@@ -42,11 +52,31 @@ static void serial_puts(const char *s) {
     while (*s) outb(0x3f8, (u8)*s++);
 }
 
+/* This vCPU's timer ticks: the timer handler counts them at the bottom of its kernel stack. */
+static inline u64 ticks(u64 cpu) {
+    return *(volatile u64 *)(TG_KSTACKS_ADDR + cpu * TG_KSTACK_SIZE);
+}
+
 static void report(struct report *r, u64 cpu, u64 code, u64 sum, u64 touches) {
+    r->ticks = ticks(cpu);
     r->checksum = sum;
     r->touches = touches;
     r->code = code;
     outl(TG_PORT, (u32)((code << 8) | cpu));
+}
+
+static inline void lapic_write(u32 reg, u32 v) {
+    *(volatile u32 *)(TG_LAPIC_BASE + reg) = v;
+}
+
+/* Starts this vCPU's LAPIC timer at `hz` (periodic, vector TG_TIMER_VECTOR). The vmm starts the
+ * vCPU with interrupts enabled already: IOPL 3 would allow STI at CPL3 on hardware, but a KVM
+ * that runs CPL3 code natively in host user mode (the software KVM here) raises #GP on it. */
+static void start_timer(u64 hz) {
+    lapic_write(TG_LAPIC_SVR, 0x1ff); /* APIC software enabled, spurious vector 0xff */
+    lapic_write(TG_LAPIC_TIMER_DIVIDE, 0xb); /* divide by 1 */
+    lapic_write(TG_LAPIC_LVT_TIMER, TG_TIMER_VECTOR | (1 << 17)); /* periodic, unmasked */
+    lapic_write(TG_LAPIC_TIMER_INITIAL, (u32)(TG_LAPIC_HZ / hz));
 }
 
 static inline u64 xorshift(u64 *s) {
@@ -68,7 +98,8 @@ static inline u64 mix(u64 *sum, u64 value, u64 page) {
 
 void guest_main(struct params *p, u64 cpu) {
     struct report *r = (struct report *)(TG_REPORT_ADDR + cpu * TG_REPORT_STRIDE);
-    if (p->magic != TG_PARAMS_MAGIC || p->ncpus == 0 || cpu >= p->ncpus) {
+    if (p->magic != TG_PARAMS_MAGIC || p->ncpus == 0 || cpu >= p->ncpus ||
+        p->timer_hz > TG_LAPIC_HZ) {
         report(r, cpu, TG_CODE_BAD_PARAMS, 0, 0);
         for (;;) report(r, cpu, TG_CODE_BAD_PARAMS, 0, 0);
     }
@@ -80,6 +111,7 @@ void guest_main(struct params *p, u64 cpu) {
     u64 hot_pages = pages * p->hot_percent / 100;
     if (hot_pages == 0) hot_pages = 1;
     if (cpu == 0) serial_puts("thaw-testguest: start\n");
+    if (p->timer_hz) start_timer(p->timer_hz);
     r->slice_pages = pages;
     report(r, cpu, TG_CODE_START, sum, 0);
     if (pages == 0) {
@@ -120,6 +152,8 @@ void guest_main(struct params *p, u64 cpu) {
             page = cur;
             break;
         }
+        if (p->timer_hz && (t & (TG_HOLD_STRETCH - 1)) == 0)
+            lapic_write(TG_LAPIC_TPR, (t / TG_HOLD_STRETCH) & 1 ? TG_TIMER_VECTOR & 0xf0 : 0);
         u64 *word = (u64 *)(base + (page << 12) + 8);
         *word = mix(&sum, *word, page);
         if (p->report_every && (t + 1) % p->report_every == 0)

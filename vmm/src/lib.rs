@@ -9,8 +9,9 @@
 //!   (zero page, e820, entry registers), and the few instructions a software KVM cannot emulate.
 //! - [`vstate`]: the KVM objects of a running VM: opening KVM ([`vstate::kvm`]), guest memory
 //!   ([`vstate::memory`]), the VM ([`vstate::vm`]), its vCPU threads and their saved state.
-//! - [`devices`]: the port I/O bus and what is on it: COM1 ([`devices::serial`]), the i8042 reset
-//!   line, and for the test guest its report port.
+//! - [`devices`]: the port I/O bus and what is on it: COM1 ([`devices::serial`]), the CMOS
+//!   real-time clock ([`devices::cmos`]), the i8042 reset line, and for the test guest its report
+//!   port.
 //! - [`persist`]: checkpoints: the VM state blob ([`persist::state`], framed by
 //!   `thaw_format::envelope`), taking a checkpoint ([`persist::checkpoint`]) with its dirty-page
 //!   log, restoring one ([`persist::restore`]), and the hand-off of guest memory to a fetch agent

@@ -5,7 +5,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod commands;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod keys;

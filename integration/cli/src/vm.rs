@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vmm::arch::cpuid::CpuBaseline;
-use vmm::boot::testguest::{boot_test_guest, wait_done};
-use vmm::boot::testguest::{Params, Pattern};
+use vmm::boot::testguest::{boot_test_guest_with, wait_done_with};
+use vmm::boot::testguest::{Interrupts, Params, Pattern};
 use vmm::devices::report_port;
 use vmm::devices::serial::SerialOutput;
 use vmm::devices::virtio::block::DiskConfig;
@@ -21,6 +21,8 @@ use vmm::persist::restore::{restore, RestoreMode};
 use vmm::vstate::kvm::DEFAULT_KVM_PATH;
 use vmm::vstate::vm::{Vm, VmConfig};
 
+use crate::api::client;
+use crate::control::Control;
 use crate::keys::KeyArgs;
 
 /// `thaw vm …`
@@ -40,6 +42,21 @@ pub enum VmCommand {
     /// Restore a checkpoint in this process: lazily by default (a fetch agent inside this
     /// process serves memory from the store), --eager, or through the fetch agent at --agent.
     Restore(RestoreArgs),
+    /// Pause a running VM (through its --api socket).
+    Pause(ApiArgs),
+    /// Resume a VM paused through its --api socket.
+    Resume(ApiArgs),
+    /// Show a running VM's state, size and last checkpoint (through its --api socket).
+    Status(ApiArgs),
+    /// Stop a running VM (through its --api socket); its process ends.
+    Stop(ApiArgs),
+}
+
+/// The control API socket of a running VM (`thaw vm run|restore --api PATH`).
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    #[arg(long)]
+    pub api: PathBuf,
 }
 
 /// Options shared by every command that creates a VM.
@@ -48,7 +65,9 @@ pub struct MachineArgs {
     /// KVM device.
     #[arg(long, default_value = DEFAULT_KVM_PATH)]
     pub kvm: PathBuf,
-    /// Where the guest console goes: "stdout", "stderr"-less "none", or a file path.
+    /// Where the guest console goes: "stdout", "stderr"-less "none", or a file path. On this
+    /// terminal (stdout, or by default) the console is interactive: standard input goes to the
+    /// guest's COM1.
     #[arg(long)]
     pub serial: Option<String>,
     /// Print results as JSON lines on standard output.
@@ -87,6 +106,13 @@ pub struct GuestArgs {
     /// Share of pages that get 90% of the touches in the hot-set pattern.
     #[arg(long, default_value_t = 10)]
     pub hot_percent: u64,
+    /// Test guest with interrupts on: each vCPU's LAPIC timer ticks at --timer-hz and a CPL0
+    /// handler counts the ticks (reported with the results).
+    #[arg(long, conflicts_with = "kernel")]
+    pub interrupts: bool,
+    /// The LAPIC timer's rate in interrupt mode.
+    #[arg(long, requires = "interrupts", default_value_t = 1000)]
+    pub timer_hz: u32,
     /// Boot this Linux kernel (bzImage or ELF vmlinux) instead of the test guest.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -142,6 +168,9 @@ pub struct RunArgs {
     /// Stop right after the checkpoint instead of resuming the original VM.
     #[arg(long)]
     pub stop_after_checkpoint: bool,
+    /// Serve the control API (pause, resume, checkpoint, status, stop) on this Unix socket.
+    #[arg(long)]
+    pub api: Option<PathBuf>,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -157,7 +186,7 @@ pub struct CheckpointArgs {
     #[arg(long)]
     pub store: String,
     /// How long the guest runs before the checkpoint.
-    #[arg(long, value_parser = parse_duration, required_unless_present = "on_serial")]
+    #[arg(long, value_parser = parse_duration, required_unless_present_any = ["on_serial", "api"])]
     pub at: Option<Duration>,
     /// Checkpoint as soon as the guest console prints this text (instead of --at).
     #[arg(long, conflicts_with = "at")]
@@ -165,6 +194,13 @@ pub struct CheckpointArgs {
     /// Resume the original VM after the checkpoint and run it to the end.
     #[arg(long)]
     pub resume: bool,
+    /// Checkpoint the VM already running behind this control API socket instead of booting
+    /// one; it goes on running after unless --stop.
+    #[arg(long, conflicts_with_all = ["at", "on_serial", "resume", "kernel"])]
+    pub api: Option<PathBuf>,
+    /// With --api: stop the VM once its checkpoint is written.
+    #[arg(long, requires = "api")]
+    pub stop: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -195,6 +231,9 @@ pub struct RestoreArgs {
     /// reopens the saved taps, otherwise one per saved interface, in order. The MAC stays.
     #[arg(long = "net", value_name = "tap=NAME", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
+    /// Serve the control API (pause, resume, checkpoint, status, stop) on this Unix socket.
+    #[arg(long)]
+    pub api: Option<PathBuf>,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -232,7 +271,20 @@ fn serial_output(m: &MachineArgs, watch: &Watch) -> SerialOutput {
     }
 }
 
-fn emit(json: bool, value: serde_json::Value) {
+/// Makes the console interactive when it is shown here (`--serial stdout`, or no `--serial`):
+/// standard input goes to COM1 until it ends or the VM stops. A closed or background standard
+/// input sends nothing.
+fn connect_console_input(m: &MachineArgs, vm: &mut Vm) -> anyhow::Result<()> {
+    if m.serial.as_deref().is_none_or(|s| s == "stdout") {
+        if let Some(stdin) = vmm::devices::serial_input::host_stdin() {
+            vm.connect_serial_input(stdin)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints a result: a JSON line with --json, else pretty JSON on standard error.
+pub(crate) fn emit(json: bool, value: serde_json::Value) {
     if json {
         println!("{value}");
     } else {
@@ -250,6 +302,12 @@ fn params(g: &GuestArgs) -> Params {
     }
 }
 
+fn interrupts(g: &GuestArgs) -> Option<Interrupts> {
+    g.interrupts.then_some(Interrupts {
+        timer_hz: g.timer_hz,
+    })
+}
+
 fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
     let config = VmConfig {
         kvm_path: m.kvm.clone(),
@@ -262,11 +320,23 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
     };
     Ok(match &g.kernel {
         Some(kernel) => vmm::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
-        None => boot_test_guest(&config, &params(g))?,
+        None => boot_test_guest_with(&config, &params(g), interrupts(g))?,
     })
 }
 
-/// Runs until the test guest is done (or, for Linux, until it stops or `limit` passes).
+/// How a wait for the guest ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    /// The console printed the marker.
+    Marker,
+    /// The time limit passed.
+    Limit,
+    /// The control API asked the VM to stop.
+    Stopped,
+}
+
+/// Runs until the test guest is done (or, for Linux, until it stops or `limit` passes), or the
+/// control API stops it.
 fn finish(
     vm: &mut Vm,
     linux: bool,
@@ -274,11 +344,23 @@ fn finish(
     m: &MachineArgs,
     watch: &Watch,
     t0: Instant,
+    control: &mut Control<'_>,
 ) -> anyhow::Result<()> {
     let json = m.json;
+    let stopped_by_api = |json| {
+        emit(
+            json,
+            serde_json::json!({"event": "stopped", "after_s": t0.elapsed().as_secs_f64(), "reason": "api"}),
+        )
+    };
     if linux {
-        let seen = wait_serial(vm, watch, m.until_serial.as_deref(), limit, None)?;
+        let waited = wait_serial(vm, watch, m.until_serial.as_deref(), limit, None, control)?;
         vm.pause()?;
+        if waited == Waited::Stopped {
+            stopped_by_api(json);
+            return Ok(());
+        }
+        let seen = waited == Waited::Marker;
         emit(
             json,
             serde_json::json!({"event": "stopped", "after_s": t0.elapsed().as_secs_f64(), "marker_seen": seen}),
@@ -291,37 +373,45 @@ fn finish(
         }
         return Ok(());
     }
-    let out = wait_done(vm, limit)?;
+    let Some(out) = wait_done_with(vm, limit, &mut |vm| control.serve(vm))? else {
+        stopped_by_api(json);
+        return Ok(());
+    };
     emit(
         json,
         serde_json::json!({
             "event": "done",
             "checksums": out.checksums,
             "combined": out.combined(),
+            "ticks": out.ticks,
             "elapsed_s": t0.elapsed().as_secs_f64(),
         }),
     );
     Ok(())
 }
 
-/// Runs until the console shows `marker` (true) or `limit` passes (false), closing dirty-log
-/// windows on time meanwhile.
+/// Runs until the console shows `marker`, `limit` passes, or the control API stops the VM,
+/// closing dirty-log windows on time meanwhile.
 fn wait_serial(
     vm: &mut Vm,
     watch: &Watch,
     marker: Option<&str>,
     limit: Duration,
     mut tracker: Option<&mut DirtyTracker>,
-) -> anyhow::Result<bool> {
+    control: &mut Control<'_>,
+) -> anyhow::Result<Waited> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
+        if control.serve(vm) {
+            return Ok(Waited::Stopped);
+        }
         if let Some(t) = tracker.as_deref_mut() {
             t.poll(vm)?;
         }
         if let (Some(buf), Some(marker)) = (watch, marker) {
             let text = buf.lock().unwrap_or_else(|p| p.into_inner());
             if text.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-                return Ok(true);
+                return Ok(Waited::Marker);
             }
         }
         let mut step = deadline
@@ -334,9 +424,10 @@ fn wait_serial(
             tracing::debug!("guest event {ev:?}");
         }
     }
-    Ok(false)
+    Ok(Waited::Limit)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_and_maybe_checkpoint(
     m: &MachineArgs,
     g: &GuestArgs,
@@ -345,14 +436,17 @@ fn run_and_maybe_checkpoint(
     stop_after: bool,
     dirty: DirtyConfig,
     keys: &KeyArgs,
+    api: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
+    let mut control = Control::new(api, &rt, keys, m.json, None)?;
     let store = ck.map(|(spec, _)| keys.open_store(spec)).transpose()?;
     // Keys are checked before the guest runs: a missing key is no reason to lose a run.
     let write_options = ck.map(|_| keys.write_options()).transpose()?;
     let watch: Watch = (m.until_serial.is_some() || on_serial.is_some())
         .then(|| std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
     let mut vm = boot(m, g, &watch)?;
+    connect_console_input(m, &mut vm)?;
     let t0 = Instant::now();
     vm.start()?;
     let linux = g.kernel.is_some();
@@ -365,7 +459,19 @@ fn run_and_maybe_checkpoint(
             if let Some(config) = dirty {
                 tracker = Some(DirtyTracker::start(&vm, config)?);
             }
-            if !wait_serial(&mut vm, &watch, Some(marker), m.timeout, tracker.as_mut())? {
+            let waited = wait_serial(
+                &mut vm,
+                &watch,
+                Some(marker),
+                m.timeout,
+                tracker.as_mut(),
+                &mut control,
+            )?;
+            if waited == Waited::Stopped {
+                vm.stop()?;
+                return Ok(());
+            }
+            if waited == Waited::Limit {
                 anyhow::bail!(
                     "the guest console did not print {marker:?} within {:?}",
                     m.timeout
@@ -428,15 +534,20 @@ fn run_and_maybe_checkpoint(
                     m.json,
                     serde_json::json!({"event": "checkpoint_failed", "error": format!("{e:#}")}),
                 );
-                finish(&mut vm, linux, m.timeout, m, &watch, t0)?;
+                finish(&mut vm, linux, m.timeout, m, &watch, t0, &mut control)?;
                 vm.stop()?;
                 return Err(e);
             }
             Err(e) => return Err(e.into()),
         };
+        // The test guest's tick counts at the checkpoint (interrupt mode), read while it is
+        // paused: a restore's ticks go on from these.
+        let ticks = (!linux && g.interrupts)
+            .then(|| vmm::boot::testguest::ticks(vm.memory(), g.vcpus as usize))
+            .transpose()?;
         emit(
             m.json,
-            serde_json::json!({"event": "checkpoint", "checkpoint": outcome}),
+            serde_json::json!({"event": "checkpoint", "checkpoint": outcome, "ticks": ticks}),
         );
         if stop_after {
             vm.stop()?;
@@ -444,7 +555,7 @@ fn run_and_maybe_checkpoint(
         }
         vm.resume();
     }
-    finish(&mut vm, linux, m.timeout, m, &watch, t0)?;
+    finish(&mut vm, linux, m.timeout, m, &watch, t0, &mut control)?;
     vm.stop()?;
     Ok(())
 }
@@ -477,13 +588,29 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         a.machine.json,
         serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),
     );
+    connect_console_input(&a.machine, &mut r.vm)?;
     let linux = r.state.guest == vmm::persist::state::GuestKind::Linux;
     let limit = if linux {
         a.run_for.unwrap_or(a.machine.timeout)
     } else {
         a.machine.timeout
     };
-    let ran = finish(&mut r.vm, linux, limit, &a.machine, &watch, t0);
+    let mut control = Control::new(
+        a.api.as_deref(),
+        &rt,
+        &a.keys,
+        a.machine.json,
+        Some(a.id.clone()),
+    )?;
+    let ran = finish(
+        &mut r.vm,
+        linux,
+        limit,
+        &a.machine,
+        &watch,
+        t0,
+        &mut control,
+    );
     // Whatever ended the run (the guest finished, --timeout, the fetch agent failing), the vCPUs
     // stop first. One that cannot (blocked in a fault nobody serves) is reported and the process
     // ends with guest memory still registered with the userfaultfd (the link is dropped without
@@ -531,18 +658,50 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             a.stop_after_checkpoint,
             a.dirty.config(),
             &a.keys,
+            a.api.as_deref(),
         ),
-        VmCommand::Checkpoint(a) => run_and_maybe_checkpoint(
-            &a.machine,
-            &a.guest,
-            Some((&a.store, a.at.unwrap_or_default())),
-            a.on_serial.as_deref(),
-            !a.resume,
-            a.dirty.config(),
-            &a.keys,
-        ),
+        VmCommand::Checkpoint(a) => match &a.api {
+            Some(socket) => {
+                let body = client::call_ok(
+                    socket,
+                    "PUT",
+                    "/snapshot/create",
+                    Some(&serde_json::json!({"store": a.store, "stop": a.stop})),
+                )?;
+                emit(
+                    a.machine.json,
+                    serde_json::json!({"event": "checkpoint", "checkpoint": body}),
+                );
+                Ok(())
+            }
+            None => run_and_maybe_checkpoint(
+                &a.machine,
+                &a.guest,
+                Some((&a.store, a.at.unwrap_or_default())),
+                a.on_serial.as_deref(),
+                !a.resume,
+                a.dirty.config(),
+                &a.keys,
+                None,
+            ),
+        },
         VmCommand::Restore(a) => restore_cmd(&a),
+        VmCommand::Pause(a) => api_call(&a, "PATCH", "/vm", r#"{"state":"Paused"}"#),
+        VmCommand::Resume(a) => api_call(&a, "PATCH", "/vm", r#"{"state":"Resumed"}"#),
+        VmCommand::Status(a) => api_call(&a, "GET", "/vm", ""),
+        VmCommand::Stop(a) => api_call(&a, "PUT", "/actions", r#"{"action_type":"Stop"}"#),
     }
+}
+
+/// Calls the control API and prints what it answers (nothing for an empty answer).
+fn api_call(a: &ApiArgs, method: &str, path: &str, body: &str) -> anyhow::Result<()> {
+    let body: Option<serde_json::Value> = (!body.is_empty())
+        .then(|| serde_json::from_str(body))
+        .transpose()?;
+    if let Some(answer) = client::call_ok(&a.api, method, path, body.as_ref())? {
+        println!("{answer}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 mod bins;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Runs for minutes uninterrupted: the restore is still running when the agent dies.
@@ -17,15 +17,6 @@ const GUEST: [&str; 4] = [
     "--touches=4000000000",
     "--seed=5",
 ];
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn the_vmm_reports_the_agent_dying_mid_restore() {
@@ -59,7 +50,7 @@ fn the_vmm_reports_the_agent_dying_mid_restore() {
         .unwrap()
         .to_owned();
 
-    let mut agent = Killed(
+    let mut agent = bins::Killed(
         bins::thaw()
             .args([
                 "agent",
@@ -72,16 +63,9 @@ fn the_vmm_reports_the_agent_dying_mid_restore() {
             .spawn()
             .unwrap(),
     );
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    bins::wait_for_path(&sock, Duration::from_secs(20));
 
-    let mut vmm = Killed(
+    let mut vmm = bins::Killed(
         bins::thaw()
             .args(["vm", "restore", &store_arg])
             .arg(format!("--id={id}"))

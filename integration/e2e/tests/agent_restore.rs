@@ -8,7 +8,7 @@ mod bins;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const GUEST: [&str; 4] = [
@@ -37,15 +37,6 @@ fn thaw(args: &[&str]) -> Vec<serde_json::Value> {
 
 fn event<'a>(lines: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
     lines.iter().find(|l| l["event"] == name).unwrap()
-}
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn free_port() -> u16 {
@@ -105,7 +96,7 @@ fn vmm_restores_through_the_agent_and_a_second_vm_shares_its_cache() {
         .to_owned();
 
     let port = free_port();
-    let _agent = Agent(
+    let _agent = bins::Killed(
         bins::thaw()
             .args([
                 "agent",
@@ -120,14 +111,9 @@ fn vmm_restores_through_the_agent_and_a_second_vm_shares_its_cache() {
             .spawn()
             .unwrap(),
     );
-    let start = Instant::now();
-    while !sock.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    bins::wait_until("the agent starts", Duration::from_secs(20), || {
+        sock.exists() && TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 
     let id_arg = format!("--id={id}");
     let agent_arg = format!("--agent={}", sock.display());

@@ -8,8 +8,8 @@ mod bins;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use thaw_format::{CheckpointId, TenantKey};
 use thaw_store::reader::load_manifest;
@@ -212,15 +212,6 @@ fn encrypted_checkpoint_restores_eagerly_and_lazily_and_only_with_its_key() {
     assert!(err.contains(&key_id), "{err}");
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -258,7 +249,7 @@ fn block_server_without_a_key_serves_an_encrypted_checkpoint_to_an_agent_with_it
         .arg(&pki)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut server = Killed(server.spawn().unwrap());
+    let mut server = bins::Killed(server.spawn().unwrap());
     let mut line = String::new();
     BufReader::new(server.0.stdout.take().unwrap())
         .read_line(&mut line)
@@ -291,15 +282,10 @@ fn block_server_without_a_key_serves_an_encrypted_checkpoint_to_an_agent_with_it
         .arg(&key_file)
         .args(["--metrics", &format!("127.0.0.1:{port}")])
         .stderr(Stdio::null());
-    let _agent = Killed(agent.spawn().unwrap());
-    let start = Instant::now();
-    while !sock.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _agent = bins::Killed(agent.spawn().unwrap());
+    bins::wait_until("the agent starts", Duration::from_secs(30), || {
+        sock.exists() && TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 
     // The vmm reads the (encrypted) state blob itself: it has the key too.
     let store_arg = format!("--store={store}");

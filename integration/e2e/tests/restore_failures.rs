@@ -11,7 +11,7 @@ mod bins;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use thaw_format::CheckpointId;
@@ -47,18 +47,6 @@ fn expected_checksum() -> u64 {
         hot_percent: 10,
     };
     testguest::model_checksum(&params, testguest::area_size_for(MEMORY), 1, 0)
-}
-
-/// A process killed (and reaped) when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGCONT) };
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A checkpoint of the test guest taken mid-run, in a store of its own.
@@ -128,9 +116,9 @@ impl Fixture {
     }
 
     /// Starts `thaw agent` serving this store, plus `extra` arguments.
-    fn agent(&self, name: &str, extra: &[String]) -> (Killed, PathBuf) {
+    fn agent(&self, name: &str, extra: &[String]) -> (bins::Killed, PathBuf) {
         let sock = self.dir.path().join(format!("{name}.sock"));
-        let agent = Killed(
+        let agent = bins::Killed(
             bins::thaw()
                 .args(["agent", "--socket"])
                 .arg(&sock)
@@ -140,19 +128,12 @@ impl Fixture {
                 .spawn()
                 .unwrap(),
         );
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "agent did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        bins::wait_for_path(&sock, Duration::from_secs(20));
         (agent, sock)
     }
 
     /// Starts `thaw vm restore` in `mode` ("eager", "lazy", or an agent socket).
-    fn start_restore(&self, mode: &Mode, timeout: &str) -> Killed {
+    fn start_restore(&self, mode: &Mode, timeout: &str) -> bins::Killed {
         let mut cmd = bins::thaw();
         cmd.args(["vm", "restore", "--store", &self.store, "--id", &self.id]);
         match mode {
@@ -164,7 +145,7 @@ impl Fixture {
                 cmd.arg("--agent").arg(sock);
             }
         }
-        Killed(
+        bins::Killed(
             cmd.args(["--json", "--serial=none"])
                 .arg(format!("--timeout={timeout}"))
                 .stdout(Stdio::piped())
@@ -248,7 +229,7 @@ impl Ended {
 }
 
 fn wait_ended(
-    mut vmm: Killed,
+    mut vmm: bins::Killed,
     started: Instant,
     lines: std::thread::JoinHandle<Vec<String>>,
 ) -> Ended {
@@ -368,7 +349,7 @@ fn every_source_failing_ends_the_restore() {
     f.delete_its_object();
     // A block server on the same (broken) store, then the store itself.
     let pki = f.dir.path().join("pki");
-    let mut server = Killed(
+    let mut server = bins::Killed(
         bins::thaw()
             .args(["block-server", "--listen", "127.0.0.1:0", "--store"])
             .arg(&f.store)

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use fetch_agent::guest::MappedGuest;
@@ -19,16 +19,7 @@ use fetch_agent::guest::MappedGuest;
 /// The unprivileged user and group the refused client runs as.
 const NOBODY: u32 = 65534;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Killed {
+impl bins::Killed {
     /// Kills the process and returns what it wrote to stderr.
     fn stderr(mut self) -> String {
         let _ = self.0.kill();
@@ -47,8 +38,8 @@ fn mode(path: &Path) -> u32 {
 
 /// Starts `thaw block-server` on `store` with `args`; returns it with the
 /// first line it prints (empty when it exits first).
-fn start_block_server(store: &Path, args: &[&std::ffi::OsStr]) -> (Killed, String) {
-    let mut server = Killed(
+fn start_block_server(store: &Path, args: &[&std::ffi::OsStr]) -> (bins::Killed, String) {
+    let mut server = bins::Killed(
         bins::thaw()
             .args(["block-server", "--store"])
             .arg(store)
@@ -122,7 +113,7 @@ fn tls_without_client_certificates_needs_an_explicit_flag() {
 
 /// A running `thaw agent` whose log goes to a file.
 struct AgentProcess {
-    _process: Killed,
+    _process: bins::Killed,
     log: PathBuf,
 }
 
@@ -145,7 +136,7 @@ impl AgentProcess {
 fn start_agent(dir: &Path, store: &Path, extra: &[&str]) -> (AgentProcess, PathBuf) {
     let sock = dir.join("agent.sock");
     let log = dir.join(format!("agent-{}.log", extra.len()));
-    let process = Killed(
+    let process = bins::Killed(
         bins::thaw()
             .arg("agent")
             .arg("--socket")
@@ -157,14 +148,7 @@ fn start_agent(dir: &Path, store: &Path, extra: &[&str]) -> (AgentProcess, PathB
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the agent's socket never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    bins::wait_for_path(&sock, Duration::from_secs(20));
     // The mode is set right after the bind.
     std::thread::sleep(Duration::from_millis(100));
     let agent = AgentProcess {

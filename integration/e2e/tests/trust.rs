@@ -9,8 +9,8 @@ mod bins;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use object_store::ObjectStoreExt;
 use thaw_format::signature::{self, SigningKey};
@@ -123,27 +123,6 @@ fn put_manifest(store: &Store, id: &str, object: Vec<u8>) {
     });
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_socket(path: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{} did not appear",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn vm(args: &[String]) -> Output {
     bins::thaw()
         .arg("vm")
@@ -179,7 +158,7 @@ fn a_forged_checkpoint_is_refused_by_every_restore_mode_and_by_verify() {
     let store = Store::open(&spec).unwrap();
     let (forged, original) = forge_block(&store, &id);
     let sock = dir.path().join("agent.sock");
-    let _agent = Daemon(
+    let _agent = bins::Killed(
         bins::thaw()
             .args([
                 "agent",
@@ -192,7 +171,7 @@ fn a_forged_checkpoint_is_refused_by_every_restore_mode_and_by_verify() {
             .spawn()
             .unwrap(),
     );
-    wait_for_socket(&sock);
+    bins::wait_for_path(&sock, Duration::from_secs(20));
 
     let forger = SigningKey::from_bytes(&[0xf0; 32]);
     let section = &original[original.len() - signature::SECTION_LEN..];
@@ -286,7 +265,7 @@ fn a_block_server_fronting_a_forged_store_cannot_feed_the_guest() {
     put_manifest(&copy_store, &id, signature::sign(&forged, &forger));
 
     let pki = dir.path().join("pki");
-    let mut server = Daemon(
+    let mut server = bins::Killed(
         bins::thaw()
             .args(["block-server", "--listen", "127.0.0.1:0", "--store"])
             .arg(&copy)
@@ -304,7 +283,7 @@ fn a_block_server_fronting_a_forged_store_cannot_feed_the_guest() {
 
     let sock = dir.path().join("agent.sock");
     let agent_log = dir.path().join("agent.log");
-    let _agent = Daemon(
+    let _agent = bins::Killed(
         bins::thaw()
             .args([
                 "agent",
@@ -324,7 +303,7 @@ fn a_block_server_fronting_a_forged_store_cannot_feed_the_guest() {
             .spawn()
             .unwrap(),
     );
-    wait_for_socket(&sock);
+    bins::wait_for_path(&sock, Duration::from_secs(20));
     let lines = bins::thaw_vm(&[
         "restore".into(),
         format!("--store={genuine}"),

@@ -2,11 +2,14 @@
 //! checkpoint it once its counter is printing, restore it lazily in a fresh process, and see the
 //! counter go on. Kernel and busybox come from Debian's packages (apt-get download + dpkg -x).
 //!
-//! `THAW_LINUX_TEST=1 cargo test -p vmm --release --test linux_boot -- --nocapture`
+//! `THAW_LINUX_TEST=1 cargo test -p thaw-e2e --release --test vm_linux_boot -- --nocapture`
 //! On a KVM that emulates guest kernel code (see docs/design.md) this takes hours; on hardware KVM
 //! seconds. THAW_LINUX_DIR keeps the downloads and logs (default: a directory under the target dir).
 
 mod bins;
+mod common;
+
+use common::linux_guest::{Cpio, CHAR_DEVICE, DIR, REGULAR, SYMLINK};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,41 +57,22 @@ fn fetch(dir: &Path) -> (PathBuf, PathBuf) {
     (find_kernel(&root).unwrap(), root.join("bin/busybox"))
 }
 
-/// Appends one newc cpio entry.
-fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8], rdev: (u32, u32), ino: u32) {
-    let header = format!(
-        "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-        0, 0, 1, 0, data.len(), 0, 0, rdev.0, rdev.1, name.len() + 1, 0
-    );
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-    out.extend_from_slice(data);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-}
-
 fn initramfs(busybox: &Path) -> Vec<u8> {
     let init = "#!/bin/busybox sh\n\
 /bin/busybox mount -t proc proc /proc\n\
 echo THAW-LINUX-BOOTED\n\
 i=0\n\
 while true; do i=$((i+1)); echo \"thaw-counter $i\"; /bin/busybox sleep 1; done\n";
-    let mut out = Vec::new();
     let bb = std::fs::read(busybox).unwrap();
-    cpio_entry(&mut out, "bin", 0o40755, &[], (0, 0), 1);
-    cpio_entry(&mut out, "dev", 0o40755, &[], (0, 0), 2);
-    cpio_entry(&mut out, "proc", 0o40755, &[], (0, 0), 3);
-    cpio_entry(&mut out, "dev/console", 0o20600, &[], (5, 1), 4);
-    cpio_entry(&mut out, "bin/busybox", 0o100755, &bb, (0, 0), 5);
-    cpio_entry(&mut out, "bin/sh", 0o120777, b"busybox", (0, 0), 6);
-    cpio_entry(&mut out, "init", 0o100755, init.as_bytes(), (0, 0), 7);
-    cpio_entry(&mut out, "TRAILER!!!", 0, &[], (0, 0), 0);
-    out
+    let mut cpio = Cpio::new();
+    cpio.entry("bin", DIR | 0o755, &[], (0, 0))
+        .entry("dev", DIR | 0o755, &[], (0, 0))
+        .entry("proc", DIR | 0o755, &[], (0, 0))
+        .entry("dev/console", CHAR_DEVICE | 0o600, &[], (5, 1))
+        .entry("bin/busybox", REGULAR | 0o755, &bb, (0, 0))
+        .entry("bin/sh", SYMLINK | 0o777, b"busybox", (0, 0))
+        .entry("init", REGULAR | 0o755, init.as_bytes(), (0, 0));
+    cpio.finish()
 }
 
 fn run(args: &[String]) -> Vec<serde_json::Value> {

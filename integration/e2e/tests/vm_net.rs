@@ -73,7 +73,7 @@ fn a_missing_tap_is_refused_and_a_restore_moves_to_another_hosts_tap() {
     args.extend(GUEST.map(String::from));
     let err = failure(&a.thaw_vm(&args));
     assert!(
-        err.contains("network interface 0") && err.contains("\"nosuch0\" does not exist"),
+        err.contains("network interface 0") && err.contains("tap device nosuch0 does not exist"),
         "{err}"
     );
     let out = Command::new("ip")
@@ -108,7 +108,7 @@ fn a_missing_tap_is_refused_and_a_restore_moves_to_another_hosts_tap() {
     };
     // Host b has no tapa: the saved tap is refused, an override to b's tap restores.
     let err = failure(&b.thaw_vm(&restore(&[])));
-    assert!(err.contains("\"tapa\" does not exist"), "{err}");
+    assert!(err.contains("tap device tapa does not exist"), "{err}");
     let err = failure(&b.thaw_vm(&restore(&["--net=tap=tapb,mac=06:00:00:00:00:01"])));
     assert!(err.contains("keeps the MAC"), "{err}");
     let lines = ok_lines(&b.thaw_vm(&restore(&["--net=tap=tapb"])));

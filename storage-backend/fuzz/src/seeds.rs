@@ -226,6 +226,7 @@ fn state() -> VmState {
         ioapic: kvm_irqchip::default(),
         pit: kvm_pit_state2::default(),
         clock: kvm_clock_data::default(),
+        clock_host_realtime_ns: Some(1_700_000_000_000_000_000),
         serial: UartState {
             baud_divisor_low: 12,
             baud_divisor_high: 0,
@@ -239,6 +240,8 @@ fn state() -> VmState {
             in_buffer: vec![],
         },
         virtio: vec![],
+        cmos: Default::default(),
+        vmgenid: Some([7; 16]),
     }
 }
 

@@ -252,7 +252,18 @@ pub fn supported(kvm: &kvm_ioctls::Kvm) -> Result<Vec<kvm_cpuid_entry2>, KvmErro
     Ok(cpuid.as_slice().to_vec())
 }
 
-/// The CPUID template of a VM: the supported set masked to `baseline`, with the hypervisor bit.
+/// KVM's paravirtual feature leaf.
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+/// KVM paravirtual features whose guest side makes hypercalls (VMCALL): PV_UNHALT (7, spinlock
+/// kicks), PV_SEND_IPI (11), PV_SCHED_YIELD (13). They are only used with more than one vCPU,
+/// and this machine's software KVM never completes such a hypercall from guest kernel code (an SMP
+/// Linux hangs in `kvm_hypercall4` sending its first IPI). Without them Linux sends IPIs through
+/// the LAPIC and spins plainly: a little slower under overcommit on hardware, and the same CPUID
+/// restores on every host.
+const PV_HYPERCALL_FEATURES: u32 = (1 << 7) | (1 << 11) | (1 << 13);
+
+/// The CPUID template of a VM: the supported set masked to `baseline`, with the hypervisor bit
+/// and without the paravirtual features that need hypercalls.
 pub(crate) fn template(
     supported: &[kvm_cpuid_entry2],
     baseline: CpuBaseline,
@@ -261,6 +272,9 @@ pub(crate) fn template(
     for e in entries.iter_mut() {
         if e.function == 1 {
             e.ecx |= 1 << 31;
+        }
+        if e.function == KVM_CPUID_FEATURES {
+            e.eax &= !PV_HYPERCALL_FEATURES;
         }
         if baseline == CpuBaseline::Host {
             continue;
@@ -298,20 +312,35 @@ pub(crate) fn template(
     entries
 }
 
-/// The CPUID of one vCPU: the template with that vCPU's APIC id.
+/// The CPUID of one vCPU: the template with that vCPU's APIC id, and one package of `count`
+/// single-threaded cores as the topology (APIC ids 0..count, as the MADT lists them).
+///
+/// Linux reads the topology from leaf 1 (logical processors per package) and leaf 4 (cores per
+/// package, and which caches are shared) when leaf 0xB is empty, as KVM reports it here: both
+/// say the same power of two, so threads per core = 1 and every vCPU is its own core with its
+/// own L1/L2, sharing the L3. The host's leaf 4 values would describe the host's core count
+/// instead, which makes vCPUs of a larger guest SMT siblings.
 pub(crate) fn for_vcpu(
     template: &[kvm_cpuid_entry2],
     index: u32,
     count: u32,
 ) -> Result<CpuId, KvmError> {
+    let per_package = count.next_power_of_two().min(64);
     let mut entries = template.to_vec();
     for e in entries.iter_mut() {
         match e.function {
             1 => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (index << 24) | (count.min(255) << 16);
+                e.ebx = (e.ebx & 0x0000_ffff) | (index << 24) | (per_package << 16);
                 if count > 1 {
                     e.edx |= 1 << 28; // HTT: the logical processor count in EBX is valid.
                 }
+            }
+            4 if e.eax & 0x1f != 0 => {
+                // EAX[31:26]: cores per package - 1; EAX[25:14]: logical processors sharing
+                // this cache - 1 (the L3 is the package's, lower levels a core's own).
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { per_package - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | ((per_package - 1) << 26) | (sharing << 14);
             }
             0xb | 0x1f => e.edx = index,
             _ => {}
@@ -434,6 +463,49 @@ mod tests {
             0,
             "hypervisor bit"
         );
+    }
+
+    #[test]
+    fn paravirtual_features_that_need_hypercalls_are_hidden() {
+        let mut supported = host();
+        // KVM's leaf: clocksource2 (3), async PF (4), steal time (5), PV EOI (6), PV_UNHALT (7),
+        // PV TLB flush (9), PV_SEND_IPI (11), poll control (12), PV_SCHED_YIELD (13).
+        let offered = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 9);
+        let offered = offered | (1 << 11) | (1 << 12) | (1 << 13);
+        supported.push(entry(KVM_CPUID_FEATURES, 0, offered, 0, 0, 0));
+        for baseline in [CpuBaseline::Host, CpuBaseline::X86_64] {
+            let t = template(&supported, baseline);
+            let kvm = t.iter().find(|e| e.function == KVM_CPUID_FEATURES).unwrap();
+            assert_eq!(kvm.eax, offered & !((1 << 7) | (1 << 11) | (1 << 13)));
+        }
+    }
+
+    #[test]
+    fn every_vcpu_is_a_core_of_one_package() {
+        let mut t = host();
+        // The host's leaf 4: L1d and L3, claiming 8 cores of which 2 threads share the L3.
+        t.push(entry(4, 0, (7 << 26) | (1 << 5) | 1, 0, 0, 0));
+        t.push(entry(4, 3, (7 << 26) | (1 << 14) | (3 << 5) | 3, 0, 0, 0));
+        t.push(entry(4, 4, 0, 0, 0, 0));
+        for (count, per_package) in [(1u32, 1u32), (2, 2), (3, 4), (64, 64)] {
+            let c = for_vcpu(&t, count - 1, count).unwrap();
+            let get = |f: u32, i: u32| {
+                *c.as_slice()
+                    .iter()
+                    .find(|e| e.function == f && e.index == i)
+                    .unwrap()
+            };
+            let leaf1 = get(1, 0);
+            assert_eq!(leaf1.ebx >> 24, count - 1, "APIC id");
+            assert_eq!((leaf1.ebx >> 16) & 0xff, per_package);
+            let l1 = get(4, 0);
+            assert_eq!((l1.eax >> 26) + 1, per_package, "cores per package");
+            assert_eq!((l1.eax >> 14) & 0xfff, 0, "an L1 per core");
+            assert_eq!(l1.eax & 0x3fff, (1 << 5) | 1, "cache type and level kept");
+            let l3 = get(4, 3);
+            assert_eq!(((l3.eax >> 14) & 0xfff) + 1, per_package, "one L3");
+            assert_eq!(get(4, 4).eax, 0, "the end of the list stays");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! identity-mapping page tables (`paging`), the Linux boot protocol (`linux_boot`), and the
 //! instructions thaw emulates for a software KVM (`emulate`).
 
+pub(crate) mod acpi;
 pub mod cpuid;
 pub(crate) mod emulate;
 pub(crate) mod gdt;

@@ -3,15 +3,20 @@
 //! kernel allows, and `arch::linux_boot` writes the zero page and enters the kernel in
 //! long mode. virtio devices are announced on the command line (`virtio_mmio.device=...`).
 //!
-//! One vCPU only: the Debian cloud kernel does not parse MP tables, and thaw does not yet write
-//! ACPI tables (MADT) that would let it find more CPUs. `boot` refuses more than one vCPU.
+//! ACPI tables (`arch::acpi`) in the BIOS area tell the kernel about every vCPU (MADT) and the
+//! platform (hardware-reduced FADT). The boot vCPU enters the kernel in long mode; the others
+//! wait in long mode for the kernel to start them through the ACPI wakeup mailbox
+//! (`arch::acpi::mp_wakeup`: this machine's KVM cannot run the real mode an INIT/SIPI starts in).
+//! The DSDT describes a VMGenID device (`devices::vmgenid`), whose page the e820 map reserves.
 
+use crate::arch::acpi::{self, VmGenIdAcpi};
 use crate::arch::linux_boot::{self, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
 use crate::boot::BootError;
 use crate::devices::virtio;
+use crate::devices::vmgenid;
 use crate::persist::state::GuestKind;
 use crate::vstate::memory::{self, GuestMemory};
-use crate::vstate::vm::{Vm, VmConfig};
+use crate::vstate::vm::{Vm, VmConfig, VmError};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::{self, KernelLoader};
@@ -31,11 +36,6 @@ pub fn boot(
     initrd: Option<&Path>,
     cmdline: &str,
 ) -> Result<Vm, BootError> {
-    if config.vcpus != 1 {
-        return Err(BootError::LinuxVcpus {
-            vcpus: config.vcpus,
-        });
-    }
     if config.memory_bytes < MIN_MEMORY {
         return Err(BootError::MemoryTooSmall {
             what: "a Linux guest".into(),
@@ -50,18 +50,32 @@ pub fn boot(
     } else {
         format!("{cmdline} {devices}")
     };
-    let entry = load_kernel(&mem, kernel, initrd, &cmdline)?;
-    let vm = Vm::create(config, mem, GuestKind::Linux, None, None)?;
-    linux_boot::setup_boot_cpu(&vm.pending_vcpus()[0].fd, entry)?;
+    let vmgenid = VmGenIdAcpi {
+        addr: vmgenid::ADDR,
+        gsi: vmgenid::GED_GSI,
+    };
+    let rsdp = acpi::write(&mem, config.vcpus, Some(vmgenid))?;
+    let reserved = [(vmgenid::ADDR, vmgenid::PAGE_SIZE)];
+    let entry = load_kernel(&mem, kernel, initrd, &cmdline, rsdp, &reserved)?;
+    let mut vm = Vm::create(config, mem, GuestKind::Linux, None, None)?;
+    vm.attach_vmgenid(vmgenid::new_generation().map_err(VmError::from)?)?;
+    let vcpus = vm.pending_vcpus();
+    linux_boot::setup_boot_cpu(&vcpus[0].fd, entry)?;
+    for ap in &vcpus[1..] {
+        linux_boot::setup_waiting_cpu(&ap.fd, ap.id)?;
+    }
     Ok(vm)
 }
 
-/// Writes kernel, initrd, command line, zero page and tables; returns the 64-bit entry point.
+/// Writes kernel, initrd, command line, zero page (with the RSDP's address and the `reserved`
+/// ranges in its e820 map) and entry tables; returns the 64-bit entry point.
 fn load_kernel(
     mem: &GuestMemory,
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
+    rsdp: u64,
+    reserved: &[(u64, u64)],
 ) -> Result<u64, BootError> {
     let gm = mem.as_vm_memory()?;
     let read_kernel = |source| BootError::Read {
@@ -102,7 +116,7 @@ fn load_kernel(
     let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX).map_err(bad_cmdline)?;
     cl.insert_str(cmdline).map_err(bad_cmdline)?;
     loader::load_cmdline(&gm, GuestAddress(CMDLINE_ADDR), &cl).map_err(BootError::WriteCmdline)?;
-    let mut params = linux_boot::zero_page(result.setup_header, cmdline, mem);
+    let mut params = linux_boot::zero_page(result.setup_header, cmdline, mem, rsdp, reserved);
 
     if let Some(path) = initrd {
         let data = std::fs::read(path).map_err(|source| BootError::Read {
@@ -143,7 +157,7 @@ mod tests {
         let p = dir.path().join("notakernel");
         std::fs::write(&p, b"#!/bin/sh\necho hello\n").unwrap();
         let mem = GuestMemory::new(&[(0, 64 << 20)]).unwrap();
-        let err = load_kernel(&mem, &p, None, DEFAULT_CMDLINE).unwrap_err();
+        let err = load_kernel(&mem, &p, None, DEFAULT_CMDLINE, 0, &[]).unwrap_err();
         assert!(matches!(err, BootError::NotAKernel { .. }), "{err}");
         assert!(err.to_string().contains("neither a bzImage"), "{err}");
     }

@@ -19,8 +19,8 @@ pub enum BootError {
     Kvm(#[from] KvmError),
     #[error("invalid configuration: the test guest runs on 1 to {max} vCPUs, not {vcpus}", max = testguest::MAX_VCPUS)]
     TestGuestVcpus { vcpus: u32 },
-    #[error("invalid configuration: Linux guests run on 1 vCPU for now (no ACPI/MP tables yet), not {vcpus}")]
-    LinuxVcpus { vcpus: u32 },
+    #[error("invalid configuration: a test guest timer of {hz} Hz (1 to {max} Hz supported)")]
+    TimerRate { hz: u32, max: u32 },
     #[error("guest memory too small: {what} needs {needed} bytes, the VM has {available}")]
     MemoryTooSmall {
         what: String,

@@ -1,21 +1,30 @@
 //! The test guest: a freestanding program (guest/*.c, built by build.rs with the host compiler)
 //! that the vmm starts directly in 64-bit long mode at CPL3.
 //!
-//! Layout (guest-physical = guest-virtual, identity mapped with 2 MiB user pages):
-//! `0x1000` GDT, `0x3000` parameter page, `0x4000` per-vCPU reports (64 bytes each), `0x5000` TSS
-//! with an all-ports-allowed I/O bitmap, `0x10000..` page tables, vCPU stacks below `0x80000`
+//! Layout (guest-physical = guest-virtual, identity mapped with 2 MiB user pages, at least up to
+//! 4 GiB so the LAPIC page is mapped too): `0x1000` GDT, `0x2000` IDT, `0x3000` parameter page,
+//! `0x4000` per-vCPU reports (64 bytes each), `0x5000` one TSS per vCPU (128 bytes apart) and
+//! after them the all-ports-allowed I/O bitmap they share, `0x8000` per-vCPU kernel stacks (1 KiB
+//! each, the tick counter at the bottom), `0x10000..` page tables, vCPU stacks below `0x80000`
 //! (16 KiB each), code at 1 MiB, and the data area the guest touches from 2 MiB to the end of the
 //! first memory region. Mirrors guest/layout.h. The vCPUs report through the report port device
 //! (`devices::report_port`), which owns the report records' layout.
+//!
+//! Interrupt mode ([`Interrupts`]): each vCPU programs its LAPIC timer (periodic) and enables
+//! interrupts; the timer's vector goes through the IDT to a CPL0 handler of a few instructions
+//! (guest/entry.S) on the vCPU's kernel stack (its TSS's RSP0), which counts a tick and ends the
+//! interrupt. The ticks are outside the data area, so the checksums are those of the model.
+//! Every other stretch of 2^20 touches runs with the LAPIC's task priority at the timer's, so
+//! its ticks wait in the IRR (pending) as behind a `cli`.
 
 use crate::arch::gdt::{self, Gdt, Segment, SegmentKind};
 use crate::arch::paging;
 use crate::boot::BootError;
 use crate::devices::report_port::{self, REPORT_ADDR, REPORT_STRIDE};
 use crate::devices::GuestEvent;
-use crate::persist::state::GuestKind;
+use crate::persist::state::{GuestKind, VcpuState};
 use crate::vstate::kvm::KvmError;
-use crate::vstate::memory::GuestMemory;
+use crate::vstate::memory::{GuestMemory, MemoryError};
 use crate::vstate::vm::{Vm, VmConfig, VmError};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
@@ -26,10 +35,28 @@ use std::time::{Duration, Instant};
 pub(crate) const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.bin"));
 
 pub(crate) const GDT_ADDR: u64 = 0x1000;
+pub(crate) const IDT_ADDR: u64 = 0x2000;
+/// vCPU `i`'s 0x68-byte 64-bit TSS is at `TSS_ADDR + i * TSS_STRIDE`.
 pub(crate) const TSS_ADDR: u64 = 0x5000;
-/// TSS limit: the 0x68-byte 64-bit TSS, an I/O bitmap for all 65536 ports, and its 0xff end byte.
-const TSS_LIMIT: u32 = 0x68 + 0x2000;
+const TSS_STRIDE: u64 = 0x80;
+/// The I/O permission bitmap every TSS points to: all 65536 ports allowed, then its 0xff end byte.
+const IO_BITMAP_ADDR: u64 = TSS_ADDR + TSS_STRIDE * MAX_VCPUS as u64;
+const IO_BITMAP_LEN: u64 = 0x2000;
+/// vCPU `i`'s kernel stack is `KSTACKS_ADDR + i * KSTACK_SIZE ..` that plus `KSTACK_SIZE`; its
+/// first word counts the vCPU's timer ticks.
+pub(crate) const KSTACKS_ADDR: u64 = 0x8000;
+const KSTACK_SIZE: u64 = 0x400;
+/// The LAPIC timer's vector, and where its handler is (guest/entry.S's `.org`).
+pub const TIMER_VECTOR: u8 = 0x40;
+const TIMER_HANDLER: u64 = CODE_ADDR + 0x40;
+/// The end of the 2 MiB page holding the LAPIC's registers (0xfee00000), mapped for the guest.
+const LAPIC_PAGE_END: u64 = 0xfee0_0000 + (2 << 20);
+/// The highest timer rate: KVM refuses periodic LAPIC timers faster than 200 µs by default.
+pub const MAX_TIMER_HZ: u32 = 5000;
 pub(crate) const PARAMS_ADDR: u64 = 0x3000;
+// The TSSs with their bitmap and the kernel stacks fit below the page tables.
+const _: () = assert!(IO_BITMAP_ADDR + IO_BITMAP_LEN < KSTACKS_ADDR);
+const _: () = assert!(KSTACKS_ADDR + KSTACK_SIZE * MAX_VCPUS as u64 <= PML4_ADDR);
 pub(crate) const PML4_ADDR: u64 = 0x10000;
 pub(crate) const STACKS_TOP: u64 = 0x80000;
 pub(crate) const STACK_SIZE: u64 = 0x4000;
@@ -41,33 +68,58 @@ pub(crate) const MIN_MEMORY: u64 = 4 << 20;
 const PARAMS_MAGIC: u64 = 0x5448_4157_5447_5031;
 const MAX_MAPPED: u64 = 64 << 30;
 
-/// The segments the test guest runs in (CPL3) and its TSS.
+/// The segments the test guest runs in (CPL3), and the one its timer handler runs in (CPL0).
+const KERNEL_CODE: Segment = Segment::flat(SegmentKind::Code64, 0);
 const USER_CODE: Segment = Segment::flat(SegmentKind::Code64, 3);
 const USER_DATA: Segment = Segment::flat(SegmentKind::Data, 3);
-const TSS: Segment = Segment::tss64(TSS_ADDR, TSS_LIMIT);
+
+/// vCPU `id`'s TSS: its own RSP0 (kernel stack), the shared I/O bitmap right after the last TSS.
+fn tss(id: u32) -> Segment {
+    let base = TSS_ADDR + id as u64 * TSS_STRIDE;
+    Segment::tss64(base, (IO_BITMAP_ADDR + IO_BITMAP_LEN - base) as u32)
+}
 
 /// The test guest's GDT and the selectors its vCPUs start with.
 struct Descriptors {
     gdt: Gdt,
+    kernel_code: u16,
     user_code: u16,
     user_data: u16,
-    tss: u16,
+    /// One TSS per possible vCPU.
+    tss: Vec<u16>,
 }
 
-/// Kernel code and data (unused, kept for a conventional layout), user code and data, the TSS.
+/// Kernel code (the timer handler's) and data, user code and data, a TSS per vCPU.
 fn descriptors() -> Descriptors {
     let mut gdt = Gdt::new();
-    gdt.push(Segment::flat(SegmentKind::Code64, 0));
+    let kernel_code = gdt.push(KERNEL_CODE);
     gdt.push(Segment::flat(SegmentKind::Data, 0));
     let user_code = gdt.push(USER_CODE);
     let user_data = gdt.push(USER_DATA);
-    let tss = gdt.push(TSS);
+    let tss = (0..MAX_VCPUS).map(|id| gdt.push(tss(id))).collect();
     Descriptors {
         gdt,
+        kernel_code,
         user_code,
         user_data,
         tss,
     }
+}
+
+/// A 64-bit interrupt gate (IF cleared on entry, DPL 0) to `handler` in segment `selector`.
+fn interrupt_gate(selector: u16, handler: u64) -> [u64; 2] {
+    let low = (handler & 0xffff)
+        | (u64::from(selector) << 16)
+        | (0x8e << 40)
+        | (((handler >> 16) & 0xffff) << 48);
+    [low, handler >> 32]
+}
+
+/// Interrupt mode: each vCPU's LAPIC timer fires `timer_hz` times a second and its CPL0 handler
+/// counts the ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interrupts {
+    pub timer_hz: u32,
 }
 
 /// A test guest pattern name that is not one of the known ones.
@@ -146,10 +198,22 @@ fn area_size(mem: &GuestMemory) -> u64 {
     (first.guest_phys_addr + first.size).saturating_sub(AREA_START)
 }
 
-/// Writes the program, GDT, TSS, page tables and parameters into guest memory.
-pub(crate) fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(), BootError> {
+/// Writes the program, GDT, IDT, TSSs, page tables and parameters into guest memory.
+pub(crate) fn load(
+    mem: &GuestMemory,
+    vcpus: u32,
+    params: &Params,
+    interrupts: Option<Interrupts>,
+) -> Result<(), BootError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(BootError::TestGuestVcpus { vcpus });
+    }
+    let timer_hz = interrupts.map_or(0, |i| i.timer_hz);
+    if interrupts.is_some() && !(1..=MAX_TIMER_HZ).contains(&timer_hz) {
+        return Err(BootError::TimerRate {
+            hz: timer_hz,
+            max: MAX_TIMER_HZ,
+        });
     }
     let needed = AREA_START + vcpus as u64 * (2 << 20);
     if area_size(mem) < vcpus as u64 * (2 << 20) {
@@ -163,24 +227,42 @@ pub(crate) fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(),
         return Err(BootError::ImageTooLarge(IMAGE.len()));
     }
     mem.write(CODE_ADDR, IMAGE)?;
-    descriptors().gdt.write(mem, GDT_ADDR)?;
-    // 64-bit TSS with an I/O permission bitmap that allows every port. RFLAGS.IOPL=3 alone would
-    // do on hardware, but a KVM that runs CPL3 guest code natively in host user mode (as the
-    // software KVM here does) cannot keep IOPL in the real RFLAGS; its emulation of the faulting
-    // `in`/`out` then falls back to the TSS bitmap, as the architecture says for CPL > IOPL.
-    let mut tss = vec![0u8; TSS_LIMIT as usize + 1];
-    tss[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
-    tss[TSS_LIMIT as usize] = 0xff;
+    let d = descriptors();
+    d.gdt.write(mem, GDT_ADDR)?;
+    let gate = interrupt_gate(d.kernel_code, TIMER_HANDLER);
+    let vector_addr = IDT_ADDR + u64::from(TIMER_VECTOR) * 16;
+    mem.write(IDT_ADDR, &vec![0u8; (vector_addr - IDT_ADDR) as usize])?;
+    mem.write_u64(vector_addr, gate[0])?;
+    mem.write_u64(vector_addr + 8, gate[1])?;
+    // A 64-bit TSS per vCPU (RSP0: the top of its kernel stack) with an I/O permission bitmap
+    // that allows every port. RFLAGS.IOPL=3 alone would do on hardware, but a KVM that runs CPL3
+    // guest code natively in host user mode (as the software KVM here does) cannot keep IOPL in
+    // the real RFLAGS; its emulation of the faulting `in`/`out` then falls back to the TSS
+    // bitmap, as the architecture says for CPL > IOPL. All TSSs point at one bitmap after them.
+    let mut tss = vec![0u8; (IO_BITMAP_ADDR + IO_BITMAP_LEN + 1 - TSS_ADDR) as usize];
+    for id in 0..MAX_VCPUS as usize {
+        let at = id * TSS_STRIDE as usize;
+        let rsp0 = KSTACKS_ADDR + (id as u64 + 1) * KSTACK_SIZE;
+        tss[at + 4..at + 12].copy_from_slice(&rsp0.to_le_bytes());
+        let bitmap_offset = (IO_BITMAP_ADDR - TSS_ADDR) as usize - at;
+        tss[at + 0x66..at + 0x68].copy_from_slice(&(bitmap_offset as u16).to_le_bytes());
+    }
+    *tss.last_mut().expect("not empty") = 0xff;
     mem.write(TSS_ADDR, &tss)?;
+    mem.write(
+        KSTACKS_ADDR,
+        &vec![0u8; (KSTACK_SIZE * MAX_VCPUS as u64) as usize],
+    )?;
 
-    // Identity map with 2 MiB pages, user accessible, up to the end of guest memory.
+    // Identity map with 2 MiB pages, user accessible, up to the end of guest memory and at
+    // least over the LAPIC's page.
     let top = mem
         .regions()
         .iter()
         .map(|r| r.guest_phys_addr + r.size)
         .max()
         .unwrap_or(0)
-        .min(MAX_MAPPED);
+        .clamp(LAPIC_PAGE_END, MAX_MAPPED);
     paging::identity_map_2m(mem, PML4_ADDR, top, true)?;
 
     let p = [
@@ -197,6 +279,7 @@ pub(crate) fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(),
         params.report_every,
         params.seed,
         params.hot_percent.clamp(1, 100),
+        u64::from(timer_hz),
     ];
     for (i, v) in p.iter().enumerate() {
         mem.write_u64(PARAMS_ADDR + i as u64 * 8, *v)?;
@@ -208,8 +291,11 @@ pub(crate) fn load(mem: &GuestMemory, vcpus: u32, params: &Params) -> Result<(),
     Ok(())
 }
 
-/// Puts vCPU `id` at the program's entry point in 64-bit mode, CPL3, IOPL3, interrupts off.
-pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
+/// Puts vCPU `id` at the program's entry point in 64-bit mode, CPL3, IOPL3, interrupts off, or
+/// on in interrupt mode. On (RFLAGS.IF) from the start rather than by the guest's STI: IOPL 3
+/// allows STI at CPL3 on hardware, but a KVM that runs CPL3 code natively in host user mode (the
+/// software KVM here) raises #GP on it. Nothing interrupts before the guest arms its timer.
+pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32, interrupts: bool) -> Result<(), KvmError> {
     let mut sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
     let d = descriptors();
     gdt::load_flat_segments(
@@ -217,7 +303,7 @@ pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
         USER_CODE.kvm_segment(d.user_code),
         USER_DATA.kvm_segment(d.user_data),
     );
-    sregs.tr = TSS.kvm_segment(d.tss);
+    sregs.tr = tss(id).kvm_segment(d.tss[id as usize]);
     sregs.ldt = kvm_segment {
         type_: 2,
         unusable: 1,
@@ -225,8 +311,8 @@ pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
     };
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = d.gdt.limit();
-    sregs.idt.base = 0;
-    sregs.idt.limit = 0;
+    sregs.idt.base = IDT_ADDR;
+    sregs.idt.limit = (u16::from(TIMER_VECTOR) + 1) * 16 - 1;
     // PG | AM | WP | NE | ET | MP | PE
     sregs.cr0 = 0x8005_0033;
     sregs.cr3 = PML4_ADDR;
@@ -242,7 +328,7 @@ pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
         rsp: STACKS_TOP - id as u64 * STACK_SIZE,
         rdi: PARAMS_ADDR,
         rsi: id as u64,
-        rflags: 0x2 | 0x3000,
+        rflags: 0x2 | 0x3000 | if interrupts { 0x200 } else { 0 },
         ..Default::default()
     };
     fd.set_regs(&regs)
@@ -262,10 +348,12 @@ pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32) -> Result<(), KvmError> {
     Ok(())
 }
 
-/// How a test guest run ended: each vCPU's final checksum.
+/// How a test guest run ended: each vCPU's final checksum and the timer ticks it had counted
+/// (interrupt mode; zeros otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     pub checksums: Vec<u64>,
+    pub ticks: Vec<u64>,
 }
 
 impl Finished {
@@ -279,8 +367,18 @@ impl Finished {
     }
 }
 
-/// Builds a VM with the test guest loaded, not yet started.
+/// Builds a VM with the test guest loaded, not yet started, interrupts off.
 pub fn boot_test_guest(config: &VmConfig, params: &Params) -> Result<Vm, BootError> {
+    boot_test_guest_with(config, params, None)
+}
+
+/// Builds a VM with the test guest loaded, not yet started, in interrupt mode when
+/// `interrupts` is given.
+pub fn boot_test_guest_with(
+    config: &VmConfig,
+    params: &Params,
+    interrupts: Option<Interrupts>,
+) -> Result<Vm, BootError> {
     if config.memory_bytes < MIN_MEMORY {
         return Err(BootError::MemoryTooSmall {
             what: "the test guest".into(),
@@ -289,33 +387,49 @@ pub fn boot_test_guest(config: &VmConfig, params: &Params) -> Result<Vm, BootErr
         });
     }
     let mem = GuestMemory::new(&crate::vstate::memory::layout(config.memory_bytes))?;
-    load(&mem, config.vcpus, params)?;
+    load(&mem, config.vcpus, params, interrupts)?;
     let vm = Vm::create(config, mem, GuestKind::TestGuest, None, None)?;
     for v in vm.pending_vcpus() {
-        setup_vcpu(&v.fd, v.id)?;
+        setup_vcpu(&v.fd, v.id, interrupts.is_some())?;
     }
     Ok(vm)
 }
 
 /// Waits until every vCPU of a running test guest reports done.
 pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished, RunError> {
+    let finished = wait_done_with(vm, timeout, &mut |_| false)?;
+    Ok(finished.expect("never interrupted"))
+}
+
+/// [`wait_done`], calling `between` with the VM at least every 100 ms (to serve a control API,
+/// which may pause, checkpoint or resume it); `between` returning true ends the wait early
+/// (`Ok(None)`).
+pub fn wait_done_with(
+    vm: &mut Vm,
+    timeout: Duration,
+    between: &mut dyn FnMut(&mut Vm) -> bool,
+) -> Result<Option<Finished>, RunError> {
     let n = vm.vcpu_count();
-    let mut done: Vec<Option<u64>> = vec![None; n];
+    let mut done: Vec<Option<(u64, u64)>> = vec![None; n];
     let deadline = Instant::now() + timeout;
     while done.iter().any(|d| d.is_none()) {
+        if between(vm) {
+            return Ok(None);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(RunError::Timeout(timeout));
         }
-        match vm.next_event(left)? {
+        match vm.next_event(left.min(Duration::from_millis(100)))? {
             Some(GuestEvent::Report {
                 cpu,
                 code: report_port::CODE_DONE,
                 checksum,
+                ticks,
                 ..
             }) => {
                 if let Some(slot) = done.get_mut(cpu as usize) {
-                    *slot = Some(checksum);
+                    *slot = Some((checksum, ticks));
                 }
             }
             Some(GuestEvent::Report {
@@ -329,9 +443,67 @@ pub fn wait_done(vm: &mut Vm, timeout: Duration) -> Result<Finished, RunError> {
             Some(GuestEvent::Report { .. }) | None => {}
         }
     }
-    Ok(Finished {
-        checksums: done.into_iter().map(|d| d.unwrap_or_default()).collect(),
-    })
+    let done: Vec<(u64, u64)> = done.into_iter().map(|d| d.unwrap_or_default()).collect();
+    Ok(Some(Finished {
+        checksums: done.iter().map(|d| d.0).collect(),
+        ticks: done.iter().map(|d| d.1).collect(),
+    }))
+}
+
+/// The timer ticks each of the first `vcpus` vCPUs has counted so far, read from guest memory
+/// (of a paused VM, for a count that holds still).
+pub fn ticks(mem: &GuestMemory, vcpus: usize) -> Result<Vec<u64>, MemoryError> {
+    (0..vcpus as u64)
+        .map(|id| mem.read_u64(KSTACKS_ADDR + id * KSTACK_SIZE))
+        .collect()
+}
+
+/// What a vCPU's saved state says about its timer interrupt: evidence that a checkpoint caught
+/// the interrupt machinery live (the LAPIC registers are KVM_GET_LAPIC's, current count
+/// included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimerState {
+    /// The LVT timer entry holds the test guest's vector, periodic, not masked.
+    pub armed: bool,
+    pub initial_count: u32,
+    /// Counts down to the next tick.
+    pub current_count: u32,
+    /// The timer's vector is requested but not yet delivered (IRR).
+    pub pending: bool,
+    /// The timer's vector is being handled (ISR): the handler has not sent its EOI yet.
+    pub in_service: bool,
+    /// The vCPU was at CPL0, i.e. inside the timer handler, the only CPL0 code.
+    pub in_handler: bool,
+    /// The LAPIC's task priority holds the timer off (the guest's every other stretch of
+    /// touches): a tick now waits in the IRR.
+    pub held: bool,
+}
+
+impl TimerState {
+    /// Reads it from a saved vCPU.
+    pub fn of(vcpu: &VcpuState) -> TimerState {
+        let reg = |offset: usize| {
+            let b = &vcpu.lapic.regs[offset..offset + 4];
+            u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+        };
+        // IRR and ISR: 256 bits each, 32 in each 16-byte register.
+        let vector_bit = |base: usize| {
+            let v = usize::from(TIMER_VECTOR);
+            reg(base + (v / 32) * 0x10) & (1 << (v % 32)) != 0
+        };
+        let lvt = reg(0x320);
+        TimerState {
+            armed: lvt & 0xff == u32::from(TIMER_VECTOR)
+                && lvt & (1 << 16) == 0
+                && (lvt >> 17) & 3 == 1,
+            initial_count: reg(0x380),
+            current_count: reg(0x390),
+            pending: vector_bit(0x200),
+            in_service: vector_bit(0x100),
+            in_handler: vcpu.sregs.cs.selector & 3 == 0,
+            held: reg(0x80) & 0xf0 >= u32::from(TIMER_VECTOR) & 0xf0,
+        }
+    }
 }
 
 /// Computes on the host what vCPU `cpu` of the test guest ends with: the same algorithm as
@@ -414,7 +586,7 @@ mod tests {
     #[test]
     fn load_writes_tables_and_params() {
         let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
-        load(&mem, 2, &Params::default()).unwrap();
+        load(&mem, 2, &Params::default(), None).unwrap();
         assert_eq!(mem.read_u64(PARAMS_ADDR).unwrap(), PARAMS_MAGIC);
         assert_eq!(mem.read_u64(PARAMS_ADDR + 8).unwrap() >> 32, 2);
         assert_eq!(mem.read_u64(PARAMS_ADDR + 24).unwrap(), 6 << 20);
@@ -427,11 +599,114 @@ mod tests {
     }
 
     #[test]
+    fn the_timer_handler_is_where_the_idt_points() {
+        let at = (TIMER_HANDLER - CODE_ADDR) as usize;
+        // push %rax ... pop %rax; iretq (48 cf)
+        assert_eq!(IMAGE[at], 0x50);
+        let end = IMAGE[at..].windows(3).position(|w| w == [0x58, 0x48, 0xcf]);
+        assert!(
+            end.is_some_and(|e| e < 32),
+            "a handler of a few instructions"
+        );
+
+        let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
+        load(
+            &mem,
+            2,
+            &Params::default(),
+            Some(Interrupts { timer_hz: 250 }),
+        )
+        .unwrap();
+        assert_eq!(mem.read_u64(PARAMS_ADDR + 64).unwrap(), 250);
+        let gate = IDT_ADDR + u64::from(TIMER_VECTOR) * 16;
+        let low = mem.read_u64(gate).unwrap();
+        let handler =
+            (low & 0xffff) | ((low >> 32) & 0xffff_0000) | (mem.read_u64(gate + 8).unwrap() << 32);
+        assert_eq!(handler, TIMER_HANDLER);
+        assert_eq!((low >> 16) & 0xffff, 0x08, "the kernel code segment");
+        assert_eq!((low >> 40) & 0xff, 0x8e, "a present 64-bit interrupt gate");
+        assert_eq!(mem.read_u64(IDT_ADDR).unwrap(), 0, "other vectors absent");
+        // The LAPIC's page is mapped for the guest (PD of the fourth GiB, entry 0x1f7).
+        assert_eq!(
+            mem.read_u64(PML4_ADDR + 0x5000 + 0x1f7 * 8).unwrap(),
+            0xfee0_0000 | 0x87
+        );
+    }
+
+    #[test]
+    fn every_vcpu_has_its_own_kernel_stack_and_shares_the_io_bitmap() {
+        let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
+        load(&mem, 1, &Params::default(), None).unwrap();
+        for id in 0..MAX_VCPUS as u64 {
+            let at = TSS_ADDR + id * TSS_STRIDE;
+            let rsp0 = mem.read_u64(at + 4).unwrap();
+            assert_eq!(rsp0, KSTACKS_ADDR + (id + 1) * KSTACK_SIZE);
+            let mut b = [0u8; 2];
+            mem.read(at + 0x66, &mut b).unwrap();
+            assert_eq!(at + u64::from(u16::from_le_bytes(b)), IO_BITMAP_ADDR);
+            let seg = tss(id as u32);
+            assert_eq!(
+                seg.base + u64::from(seg.limit),
+                IO_BITMAP_ADDR + IO_BITMAP_LEN
+            );
+        }
+        let mut end = [0u8; 2];
+        mem.read(IO_BITMAP_ADDR + IO_BITMAP_LEN - 1, &mut end)
+            .unwrap();
+        assert_eq!(end, [0, 0xff], "every port allowed, then the end byte");
+        assert_eq!(ticks(&mem, 2).unwrap(), vec![0, 0]);
+    }
+
+    #[test]
+    fn a_timer_rate_out_of_range_is_refused() {
+        let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
+        for hz in [0, MAX_TIMER_HZ + 1] {
+            let err = load(
+                &mem,
+                1,
+                &Params::default(),
+                Some(Interrupts { timer_hz: hz }),
+            );
+            assert!(
+                matches!(err, Err(BootError::TimerRate { hz: h, .. }) if h == hz),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn timer_state_reads_the_lapic_registers() {
+        let mut vcpu = crate::persist::state::tests::sample().vcpus.remove(0);
+        let set = |vcpu: &mut VcpuState, offset: usize, value: u32| {
+            for (i, b) in value.to_le_bytes().iter().enumerate() {
+                vcpu.lapic.regs[offset + i] = *b as i8;
+            }
+        };
+        set(&mut vcpu, 0x320, u32::from(TIMER_VECTOR) | (1 << 17));
+        set(&mut vcpu, 0x380, 1_000_000);
+        set(&mut vcpu, 0x390, 400_000);
+        // Vector 0x40: bit 0 of the third 32-bit word of the IRR.
+        set(&mut vcpu, 0x220, 1);
+        let t = TimerState::of(&vcpu);
+        assert!(t.armed && t.pending && !t.in_service && !t.held);
+        set(&mut vcpu, 0x80, 0x40);
+        assert!(TimerState::of(&vcpu).held);
+        assert_eq!((t.initial_count, t.current_count), (1_000_000, 400_000));
+        vcpu.sregs.cs.selector = 0x1b;
+        assert!(!TimerState::of(&vcpu).in_handler);
+        vcpu.sregs.cs.selector = 0x08;
+        assert!(TimerState::of(&vcpu).in_handler);
+        // Masked, or one-shot: not the guest's running timer.
+        vcpu.lapic.regs[0x322] = 0x03;
+        assert!(!TimerState::of(&vcpu).armed);
+    }
+
+    #[test]
     fn too_little_memory_is_refused() {
         let mem = GuestMemory::new(&[(0, 4 << 20)]).unwrap();
-        let err = load(&mem, 2, &Params::default()).unwrap_err();
+        let err = load(&mem, 2, &Params::default(), None).unwrap_err();
         assert!(matches!(err, BootError::MemoryTooSmall { .. }), "{err}");
-        assert!(load(&mem, 9, &Params::default()).is_err());
+        assert!(load(&mem, 9, &Params::default(), None).is_err());
         "pointer-chase".parse::<Pattern>().unwrap();
         assert!("zigzag".parse::<Pattern>().is_err());
     }

@@ -1,15 +1,20 @@
 //! Port I/O devices and the bus that routes a vCPU's `in`/`out` to them.
 //!
-//! A VM's bus holds COM1 ([`serial`]), the keyboard controller's reset line (`i8042`) and, for
-//! the test guest, its report port (`report_port`). Ports no device claims read as all ones
-//! (nothing drives the bus) and ignore writes, which is what a Linux guest probing for legacy
-//! hardware expects.
+//! A VM's bus holds COM1 ([`serial`]), the CMOS real-time clock ([`cmos`]), the keyboard
+//! controller's reset line (`i8042`) and, for the test guest, its report port (`report_port`).
+//! Linux guests also get a VMGenID device ([`vmgenid`]: a memory page and an interrupt, not on
+//! the bus). Ports no device claims read as all ones (nothing drives the bus) and ignore writes,
+//! which is what a Linux guest probing for legacy hardware expects.
 
+pub mod cmos;
 pub(crate) mod i8042;
 pub(crate) mod mmio;
 pub mod report_port;
 pub mod serial;
+pub mod serial_input;
+pub mod tap;
 pub mod virtio;
+pub mod vmgenid;
 
 use std::sync::Arc;
 
@@ -33,6 +38,8 @@ pub enum GuestEvent {
         code: u64,
         checksum: u64,
         touches: u64,
+        /// Timer ticks counted by the vCPU (interrupt mode; 0 otherwise).
+        ticks: u64,
     },
     /// A vCPU stopped because the guest reset or powered off.
     Stopped { cpu: u32, reason: String },

@@ -26,6 +26,8 @@ pub(crate) struct Report {
     pub touches: u64,
     pub code: u64,
     pub slice_pages: u64,
+    /// Timer ticks the vCPU had counted when it reported (interrupt mode; 0 otherwise).
+    pub ticks: u64,
 }
 
 /// Reads vCPU `cpu`'s report from guest memory.
@@ -36,6 +38,7 @@ pub(crate) fn read_report(mem: &GuestMemory, cpu: u32) -> Result<Report, MemoryE
         touches: mem.read_u64(base + 8)?,
         code: mem.read_u64(base + 16)?,
         slice_pages: mem.read_u64(base + 24)?,
+        ticks: mem.read_u64(base + 32)?,
     })
 }
 
@@ -69,6 +72,7 @@ impl PortDevice for ReportPort {
             code,
             checksum: report.checksum,
             touches: report.touches,
+            ticks: report.ticks,
         });
         match code {
             CODE_DONE => BusAction::Park,

@@ -4,7 +4,8 @@ use super::{BusAction, PortDevice};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -155,9 +156,11 @@ impl From<&UartState> for SerialState {
     }
 }
 
-/// COM1: the vm-superio device behind a lock shared by the vCPU threads.
+/// COM1: the vm-superio device behind a lock shared by the vCPU threads and the console input.
 pub(crate) struct Uart {
     inner: Mutex<Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>>,
+    /// Signalled when the guest reads the receive register: the FIFO may have room for input.
+    room: Condvar,
 }
 
 impl Uart {
@@ -176,6 +179,7 @@ impl Uart {
         };
         Ok(Uart {
             inner: Mutex::new(serial),
+            room: Condvar::new(),
         })
     }
 
@@ -198,7 +202,39 @@ impl Uart {
 
     /// A guest read of port `COM1_BASE + offset`.
     pub(crate) fn read(&self, offset: u8) -> u8 {
-        self.lock().read(offset)
+        let value = self.lock().read(offset);
+        if offset == 0 {
+            self.room.notify_all();
+        }
+        value
+    }
+
+    /// Puts console input in the receive FIFO (raising the receive interrupt if the guest
+    /// enabled it) and returns how many bytes of `input` it took: as many as fit. With the FIFO
+    /// full (or the UART in loopback mode), first waits up to `wait` for the guest to read.
+    pub(crate) fn enqueue_input(&self, input: &[u8], wait: Duration) -> usize {
+        let mut s = self.lock();
+        for attempt in 0..2 {
+            let room = s.fifo_capacity().min(input.len());
+            if room > 0 {
+                match s.enqueue_raw_bytes(input) {
+                    Ok(n) if n > 0 => return n,
+                    Ok(_) => {} // loopback mode takes no input
+                    Err(e) => {
+                        // The bytes are queued; only the interrupt failed.
+                        tracing::warn!("serial input interrupt: {e:?}");
+                        return room;
+                    }
+                }
+            }
+            if attempt == 0 {
+                s = match self.room.wait_timeout(s, wait) {
+                    Ok((guard, _)) => guard,
+                    Err(p) => p.into_inner().0,
+                };
+            }
+        }
+        0
     }
 
     /// The device state for a checkpoint.

@@ -7,6 +7,7 @@
 //! clear error and never reaches KVM.
 
 use crate::arch::cpuid::{CpuBaseline, RequiredFeatures};
+use crate::devices::cmos::CmosState;
 use crate::devices::serial::UartState;
 use crate::devices::virtio::device::VirtioDeviceState;
 use kvm_bindings::{
@@ -145,10 +146,21 @@ pub struct VmState {
     pub ioapic: kvm_irqchip,
     pub pit: kvm_pit_state2,
     pub clock: kvm_clock_data,
+    /// The host's wall clock (CLOCK_REALTIME, ns) when `clock` was read: a restore advances the
+    /// kvmclock by the wall time since (`vstate::clock`). None in blobs written before.
+    #[serde(default)]
+    pub clock_host_realtime_ns: Option<u64>,
     pub serial: UartState,
     /// virtio-mmio devices in bus order (absent in checkpoints from before virtio).
     #[serde(default)]
     pub virtio: Vec<VirtioDeviceState>,
+    /// The CMOS clock and RAM; blobs from before it restore a power-on CMOS.
+    #[serde(default)]
+    pub cmos: CmosState,
+    /// The VMGenID generation the guest saw (Linux guests; `devices::vmgenid`). A restore gives
+    /// the guest a new one. None for guests without the device and blobs written before it.
+    #[serde(default)]
+    pub vmgenid: Option<[u8; 16]>,
 }
 
 impl VmState {
@@ -260,6 +272,8 @@ pub(crate) mod tests {
             ioapic: kvm_irqchip::default(),
             pit: kvm_pit_state2::default(),
             clock: kvm_clock_data::default(),
+            clock_host_realtime_ns: Some(1_700_000_000_000_000_000),
+            vmgenid: Some([7; 16]),
             serial: UartState {
                 baud_divisor_low: 12,
                 baud_divisor_high: 0,
@@ -273,6 +287,7 @@ pub(crate) mod tests {
                 in_buffer: vec![],
             },
             virtio: vec![],
+            cmos: CmosState::default(),
         }
     }
 
@@ -283,6 +298,15 @@ pub(crate) mod tests {
         assert_eq!(back.vcpus[0].regs.rip, 0x100000);
         assert_eq!(back.vcpus[0].msrs[0].data, 7);
         assert_eq!(back.memory_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn blobs_from_before_the_cmos_restore_a_power_on_cmos() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json.as_object_mut().unwrap().remove("cmos").unwrap();
+        let blob = envelope::seal(MAGIC, FORMAT_VERSION, json.to_string().as_bytes());
+        let back = VmState::decode(&blob).unwrap();
+        assert_eq!(back.cmos, CmosState::default());
     }
 
     /// Version 1's frame, as thaw wrote it before the envelope.
@@ -315,6 +339,20 @@ pub(crate) mod tests {
         too_big[12..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
         let err = VmState::decode(&too_big).unwrap_err().to_string();
         assert!(err.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn blobs_from_before_the_clock_wall_time_and_vmgenid_still_decode() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json.as_object_mut()
+            .unwrap()
+            .remove("clock_host_realtime_ns")
+            .unwrap();
+        json.as_object_mut().unwrap().remove("vmgenid").unwrap();
+        let blob = envelope::seal(MAGIC, FORMAT_VERSION, &serde_json::to_vec(&json).unwrap());
+        let back = VmState::decode(&blob).unwrap();
+        assert_eq!(back.clock_host_realtime_ns, None);
+        assert_eq!(back.vmgenid, None);
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl GuestMemory {
     }
 
     /// Total bytes of guest memory.
-    pub(crate) fn size(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.regions.iter().map(|r| r.size).sum()
     }
 

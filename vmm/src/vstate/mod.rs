@@ -1,6 +1,8 @@
 //! The KVM objects of a VM: opening KVM ([`kvm`]), guest memory ([`memory`]), the VM ([`vm`]),
-//! its vCPU threads (`vcpu`) and saving and restoring their state (`vcpu_state`).
+//! its vCPU threads (`vcpu`) and saving and restoring their state (`vcpu_state`), and the guest's
+//! clocks across a restore (`clock`).
 
+pub(crate) mod clock;
 pub mod kvm;
 pub mod memory;
 pub(crate) mod vcpu;

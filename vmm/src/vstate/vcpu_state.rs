@@ -1,6 +1,9 @@
 //! Saving and restoring one vCPU's KVM state.
 //!
 //! Restore order, and why:
+//! 0. TSC frequency (KVM_SET_TSC_KHZ, only when the saved one differs from this host's): before
+//!    anything reads or writes the TSC, and refused with both frequencies named when this host's
+//!    KVM cannot run the guest at the saved rate (the guest's clocks would run wrong).
 //! 1. CPUID: KVM checks later writes against it (MSRs the guest's CPUID lacks are refused, CR4 bits
 //!    such as OSXSAVE or LA57 need their CPUID feature, the XSAVE components allowed come from
 //!    leaf 0xD).
@@ -42,6 +45,12 @@ pub enum VcpuStateError {
     XsaveTooLarge { saved: usize, host: usize },
     #[error("checkpoint does not match this VM: this host's KVM refused MSR {index:#x}")]
     MsrRefused { index: u32 },
+    #[error("checkpoint does not match this host: its vCPUs ran at a TSC frequency of {saved_khz} kHz, this host's run at {host_khz} kHz, and this host's KVM cannot run them at {saved_khz} kHz (KVM_SET_TSC_KHZ: {source})")]
+    TscFrequency {
+        saved_khz: u32,
+        host_khz: u32,
+        source: vmm_sys_util::errno::Error,
+    },
     #[error(
         "corrupt or unsupported VM state blob: {len} bytes of sregs2, KVM's struct has {expected}"
     )]
@@ -186,9 +195,30 @@ pub(crate) fn save(
     })
 }
 
+/// Runs the vCPU at the saved TSC frequency if this host's differs (step 0 of the restore order).
+/// A state without one (the saving host could not say) keeps this host's.
+fn restore_tsc_khz(fd: &VcpuFd, saved: Option<u32>) -> Result<()> {
+    let Some(saved_khz) = saved else {
+        return Ok(());
+    };
+    let host_khz = fd
+        .get_tsc_khz()
+        .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
+    if !crate::vstate::clock::tsc_needs_scaling(saved_khz, host_khz) {
+        return Ok(());
+    }
+    fd.set_tsc_khz(saved_khz)
+        .map_err(|source| VcpuStateError::TscFrequency {
+            saved_khz,
+            host_khz,
+            source,
+        })
+}
+
 /// Writes a saved state into a fresh vCPU, in the order the module documentation explains.
 /// CPUID (step 1) is set when the vCPU is created, before this is called.
 pub(crate) fn restore(fd: &VcpuFd, s: &VcpuState, caps: &VcpuCaps) -> Result<()> {
+    restore_tsc_khz(fd, s.tsc_khz)?;
     match (&s.sregs2, caps.sregs2) {
         (Some(raw), true) => {
             let sregs2 = pod_from_bytes::<kvm_sregs2>(raw).ok_or(VcpuStateError::Sregs2Size {

@@ -2,18 +2,22 @@
 
 use crate::arch::cpuid::MissingCpuFeature;
 use crate::arch::cpuid::{self, CpuBaseline, RequiredFeatures};
+use crate::devices::cmos::{CmosPort, CMOS_BASE, CMOS_LEN};
 use crate::devices::i8042::{self, ResetLine};
 use crate::devices::mmio::MmioBus;
 use crate::devices::report_port::{self, ReportPort};
 use crate::devices::serial::{
     SerialError, SerialOutput, Uart, UartState, COM1_BASE, COM1_IRQ, COM1_LEN,
 };
+use crate::devices::serial_input::{SerialInput, SerialInputError};
 use crate::devices::virtio::block::DiskConfig;
 use crate::devices::virtio::device::VirtioMmio;
 use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::{self, VirtioError};
+use crate::devices::vmgenid::{self, VmGenId, VmGenIdError};
 use crate::devices::{GuestEvent, PortBus};
 use crate::persist::state::{GuestKind, VmState};
+use crate::vstate::clock;
 use crate::vstate::kvm::{open_kvm, KvmError, DEFAULT_KVM_PATH};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::VcpuError;
@@ -21,8 +25,8 @@ use crate::vstate::vcpu::{PauseFlag, Vcpu, VcpuEnd, VcpuHandle, STOP_TIMEOUT};
 use crate::vstate::vcpu_state::{self, VcpuCaps};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SREGS2,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_PIT_SPEAKER_DUMMY,
+    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::error::Error as StdError;
@@ -54,6 +58,10 @@ pub enum VmError {
     Serial(#[from] SerialError),
     #[error(transparent)]
     Virtio(#[from] VirtioError),
+    #[error(transparent)]
+    SerialInput(#[from] SerialInputError),
+    #[error(transparent)]
+    VmGenId(#[from] VmGenIdError),
     #[error("checkpoint does not match this VM: memory layout {vm:x?} differs from the checkpoint's {checkpoint:x?}")]
     LayoutMismatch {
         vm: Vec<(u64, u64)>,
@@ -109,6 +117,9 @@ pub struct Vm {
     fd: VmFd,
     memory: Arc<GuestMemory>,
     uart: Arc<Uart>,
+    cmos: Arc<CmosPort>,
+    /// The thread feeding console input to the UART, once connected.
+    serial_input: Option<SerialInput>,
     bus: Arc<PortBus>,
     mmio: Arc<MmioBus>,
     virtio: Vec<Arc<VirtioMmio>>,
@@ -124,6 +135,8 @@ pub struct Vm {
     /// vCPUs that did not stop when told to (blocked in a page fault): see [`Vm::stop`].
     stuck: Vec<u32>,
     _serial_irq: EventFd,
+    /// Linux guests' VMGenID device (see [`Vm::attach_vmgenid`]).
+    vmgenid: Option<VmGenId>,
 }
 
 /// Lets another thread end a running VM with an error (e.g. its fetch agent failed): the next
@@ -270,6 +283,8 @@ impl Vm {
         let (tx, events) = channel();
         let mut bus = PortBus::new();
         bus.insert(COM1_BASE, COM1_LEN, uart.clone());
+        let cmos = Arc::new(CmosPort::new());
+        bus.insert(CMOS_BASE, CMOS_LEN, cmos.clone());
         bus.insert(i8042::COMMAND_PORT, 1, Arc::new(ResetLine::new(tx.clone())));
         if guest == GuestKind::TestGuest {
             let port = ReportPort::new(memory.clone(), tx);
@@ -282,6 +297,8 @@ impl Vm {
             fd,
             memory,
             uart,
+            cmos,
+            serial_input: None,
             bus: Arc::new(bus),
             mmio: Arc::new(mmio),
             virtio,
@@ -296,6 +313,7 @@ impl Vm {
             abort: AbortHandle::default(),
             stuck: Vec::new(),
             _serial_irq: serial_irq,
+            vmgenid: None,
         })
     }
 
@@ -337,6 +355,10 @@ impl Vm {
             dev.restore(&saved.transport)
                 .map_err(|source| VirtioError::State { index, source })?;
         }
+        vm.cmos.restore(&state.cmos);
+        if let Some(old) = &state.vmgenid {
+            vm.attach_vmgenid(vmgenid::next_generation(old)?)?;
+        }
         // Per vCPU, in the order vcpu_state documents (CPUID was set by create()).
         for (vcpu, s) in vm.pending.iter().zip(&state.vcpus) {
             vcpu_state::restore(&vcpu.fd, s, &vm.caps).map_err(|source| VcpuError::State {
@@ -358,18 +380,71 @@ impl Vm {
         vm.fd
             .set_pit2(&state.pit)
             .map_err(KvmError::ioctl("KVM_SET_PIT2"))?;
-        // The kvmclock last, right before the vCPUs can run, so guest time continues from the
-        // checkpoint (the flags would ask KVM to add the wall time elapsed since; not wanted).
-        let mut clock = state.clock;
-        clock.flags = 0;
+        // The new generation is announced once the IOAPIC routes (and the LAPICs) are back, so
+        // the edge reaches the guest's event device as the guest set it up.
+        if let Some(dev) = &vm.vmgenid {
+            dev.notify()?;
+        }
+        // The kvmclock last, right before the vCPUs can run: the saved value plus the wall time
+        // since the checkpoint (vstate::clock says how, and why never backwards).
+        let kvm_adds_realtime =
+            vm.fd.check_extension_int(Cap::AdjustClock) as u32 & KVM_CLOCK_REALTIME != 0;
+        let plan = clock::plan_restore(
+            &state.clock,
+            state.clock_host_realtime_ns,
+            clock::host_realtime_ns(),
+            kvm_adds_realtime,
+        );
+        if plan.behind_ns > 0 {
+            tracing::warn!(
+                behind_ms = plan.behind_ns / 1_000_000,
+                "this host's wall clock is behind the checkpoint's; the guest clock goes on from the saved value"
+            );
+        }
+        tracing::debug!(
+            advance_ms = plan.advance_ns / 1_000_000,
+            kvm_adds_realtime,
+            "kvmclock advanced by the wall time since the checkpoint"
+        );
         vm.fd
-            .set_clock(&clock)
+            .set_clock(&plan.data)
             .map_err(KvmError::ioctl("KVM_SET_CLOCK"))?;
         // Device interrupts the guest had not acknowledged, now that the IOAPIC is restored.
         for dev in &vm.virtio {
             dev.raise_pending();
         }
         Ok(vm)
+    }
+
+    /// Feeds `source` (the host's standard input, see
+    /// [`crate::devices::serial_input::host_stdin`]) to COM1's receive FIFO until it ends or the
+    /// VM stops.
+    pub fn connect_serial_input(&mut self, source: std::fs::File) -> Result<()> {
+        self.serial_input = Some(SerialInput::spawn(self.uart.clone(), source)?);
+        Ok(())
+    }
+
+    /// The guest's kvmclock now (KVM_GET_CLOCK), in nanoseconds.
+    #[cfg(test)]
+    pub(crate) fn kvm_clock_ns(&self) -> Result<u64> {
+        Ok(self
+            .fd
+            .get_clock()
+            .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?
+            .clock)
+    }
+
+    /// Gives the guest a VMGenID device holding `generation` (the ACPI tables that describe it
+    /// are the boot code's).
+    pub(crate) fn attach_vmgenid(&mut self, generation: vmgenid::Generation) -> Result<()> {
+        self.vmgenid = Some(VmGenId::new(&self.fd, generation)?);
+        Ok(())
+    }
+
+    /// The VMGenID device, if the guest has one.
+    #[cfg(test)]
+    pub(crate) fn vmgenid(&self) -> Option<&VmGenId> {
+        self.vmgenid.as_ref()
     }
 
     /// Guest memory.
@@ -387,8 +462,18 @@ impl Vm {
         &self.pending
     }
 
+    /// What runs in the VM.
+    pub fn guest(&self) -> &GuestKind {
+        &self.guest
+    }
+
+    /// Whether the VM is paused (or being paused).
+    pub fn is_paused(&self) -> bool {
+        self.pause.get()
+    }
+
     /// Number of vCPUs.
-    pub(crate) fn vcpu_count(&self) -> usize {
+    pub fn vcpu_count(&self) -> usize {
         self.pending.len() + self.running.len()
     }
 
@@ -447,6 +532,11 @@ impl Vm {
         for h in &self.running {
             vcpus.push(h.save()?);
         }
+        let clock = self
+            .fd
+            .get_clock()
+            .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?;
+        let realtime = clock::host_realtime_ns();
         let chip = |id: u32, op: &'static str| -> Result<kvm_irqchip> {
             let mut c = kvm_irqchip {
                 chip_id: id,
@@ -473,12 +563,12 @@ impl Vm {
                 .fd
                 .get_pit2()
                 .map_err(KvmError::ioctl("KVM_GET_PIT2"))?,
-            clock: self
-                .fd
-                .get_clock()
-                .map_err(KvmError::ioctl("KVM_GET_CLOCK"))?,
+            clock,
+            clock_host_realtime_ns: Some(clock::realtime_of(&clock, realtime)),
             serial: self.uart.state(),
             virtio: self.virtio.iter().map(|d| d.save()).collect(),
+            cmos: self.cmos.state(),
+            vmgenid: self.vmgenid.as_ref().map(VmGenId::generation),
         })
     }
 
@@ -583,6 +673,8 @@ impl Vm {
         for dev in &self.virtio {
             dev.shutdown();
         }
+        // Console input first: the guest will read no more of it.
+        drop(self.serial_input.take());
         for h in &self.running {
             h.request_stop();
         }

@@ -6,8 +6,9 @@
 #![allow(dead_code)] // each test binary uses some of these
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// `thaw`, the product binary, using the tests' key directory.
 pub fn thaw() -> Command {
@@ -69,6 +70,69 @@ pub fn event<'a>(lines: &'a [serde_json::Value], name: &str) -> &'a serde_json::
         .iter()
         .find(|l| l["event"] == name)
         .unwrap_or_else(|| panic!("no {name} event in {lines:?}"))
+}
+
+/// A process a test started, killed and reaped when dropped, however the test ends. A process
+/// the test stopped (SIGSTOP) is continued first so the kill takes.
+pub struct Killed(pub Child);
+
+impl Killed {
+    /// Waits for the process to end by itself and returns what it printed (its stdout and
+    /// stderr must have been piped).
+    pub fn output(mut self) -> std::process::Output {
+        use std::io::Read;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        // Stderr on a thread: a process blocked writing one pipe never fills the other.
+        let err = self.0.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = e.read_to_end(&mut buf);
+                buf
+            })
+        });
+        if let Some(mut out) = self.0.stdout.take() {
+            let _ = out.read_to_end(&mut stdout);
+        }
+        if let Some(t) = err {
+            stderr = t.join().unwrap_or_default();
+        }
+        let status = self.0.wait().expect("waiting for the process");
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped
+            // (try_wait just saw it unreaped), so the pid is still its.
+            unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGCONT) };
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits until `ready` holds (a socket appeared, a port answers), checking every 20 ms;
+/// panics naming `what` after `within`.
+pub fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `path` exists (the socket a process makes once it listens).
+pub fn wait_for_path(path: &Path, within: Duration) {
+    wait_until(&format!("{} appears", path.display()), within, || {
+        path.exists()
+    });
 }
 
 /// The path of the workspace binary `name`, built with this test's profile.

@@ -1,4 +1,5 @@
 #![allow(dead_code)]
 
+pub mod linux_guest;
 pub mod recording_store;
 pub mod scenarios;

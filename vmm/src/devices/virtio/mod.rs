@@ -5,7 +5,8 @@
 //!   feature negotiation, queue setup, interrupt status and acknowledgement, config generation)
 //!   and its saved form.
 //! - [`block`]: virtio-blk on a raw image file.
-//! - [`net`]: virtio-net on an existing tap device ([`tap`]), with a receive thread.
+//! - [`net`]: virtio-net on an existing tap device ([`crate::devices::tap`]), with a receive
+//!   thread.
 //! - [`device`]: a transport and a device model joined on the MMIO bus, with guest memory and the
 //!   interrupt line (an irqfd on one IOAPIC pin).
 //!
@@ -26,7 +27,6 @@ mod driver_harness;
 pub mod net;
 #[cfg(test)]
 mod net_harness;
-pub mod tap;
 pub mod transport;
 
 use crate::devices::mmio::MmioBus;

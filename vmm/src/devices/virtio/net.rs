@@ -7,7 +7,7 @@
 //! delivered yet is dropped with the old process, as a network may drop any frame.
 
 use super::device::{descriptors, Broken, DeviceModel, ModelState, VirtioMmio};
-use super::tap::{Tap, TapError, VNET_HDR_LEN};
+use crate::devices::tap::{Tap, TapError, VNET_HDR_LEN};
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -120,7 +120,7 @@ impl Net {
         loop {
             let mut frame = match self.pending.take() {
                 Some(f) => f,
-                None => match self.tap.recv(&mut self.buf) {
+                None => match self.tap.read_frame(&mut self.buf).ok() {
                     Some(n) if n >= VNET_HDR_LEN => self.buf[..n].to_vec(),
                     Some(_) => continue,
                     None => break,
@@ -201,7 +201,7 @@ impl Net {
                         .map_err(|e| Broken(format!("transmit buffer {head}: {e}")))?;
                 }
                 // A full tap drops the frame, as a busy link would.
-                self.tap.send(&frame);
+                let _ = self.tap.write_frame(&frame);
             }
             queue
                 .add_used(mem, head, 0)
@@ -264,7 +264,11 @@ impl DeviceModel for Net {
     }
 
     fn receive_waits(&self) -> Option<(i32, i32, bool)> {
-        Some((self.tap.fd(), self.wake.as_raw_fd(), self.pending.is_none()))
+        Some((
+            self.tap.as_raw_fd(),
+            self.wake.as_raw_fd(),
+            self.pending.is_none(),
+        ))
     }
 }
 
