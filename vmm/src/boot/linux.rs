@@ -1,7 +1,7 @@
 //! Booting a stock Linux x86-64 kernel (bzImage or ELF vmlinux) with an initramfs and a command
 //! line: linux-loader puts the kernel at 1 MiB, the initrd goes as high in low memory as the
 //! kernel allows, and `arch::linux_boot` writes the zero page and enters the kernel in
-//! long mode. virtio devices are announced on the command line (`virtio_mmio.device=...`).
+//! long mode. virtio devices are described in the ACPI DSDT.
 //!
 //! ACPI tables (`arch::acpi`) in the BIOS area tell the kernel about every vCPU (MADT) and the
 //! platform (hardware-reduced FADT). The boot vCPU enters the kernel in long mode; the others
@@ -44,19 +44,18 @@ pub fn boot(
         });
     }
     let mem = GuestMemory::new(&memory::layout(config.memory_bytes))?;
-    let devices = virtio::linux_cmdline(config.disks.len() + config.nets.len());
-    let cmdline = if devices.is_empty() {
-        cmdline.to_string()
-    } else {
-        format!("{cmdline} {devices}")
-    };
+    // virtio-mmio devices are described in the DSDT (hardware-reduced ACPI has no legacy IRQs
+    // for `virtio_mmio.device=` on the command line to use).
+    let virtio: Vec<(u64, u32)> = (0..config.disks.len() + config.nets.len())
+        .filter_map(virtio::placement)
+        .collect();
     let vmgenid = VmGenIdAcpi {
         addr: vmgenid::ADDR,
         gsi: vmgenid::GED_GSI,
     };
-    let rsdp = acpi::write(&mem, config.vcpus, Some(vmgenid))?;
+    let rsdp = acpi::write(&mem, config.vcpus, Some(vmgenid), &virtio)?;
     let reserved = [(vmgenid::ADDR, vmgenid::PAGE_SIZE)];
-    let entry = load_kernel(&mem, kernel, initrd, &cmdline, rsdp, &reserved)?;
+    let entry = load_kernel(&mem, kernel, initrd, cmdline, rsdp, &reserved)?;
     let mut vm = Vm::create(config, mem, GuestKind::Linux, None, None)?;
     vm.attach_vmgenid(vmgenid::new_generation().map_err(VmError::from)?)?;
     let vcpus = vm.pending_vcpus();

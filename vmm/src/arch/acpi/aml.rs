@@ -239,6 +239,24 @@ pub(crate) fn interrupt_resource(gsi: u32) -> Vec<u8> {
     buffer(&r)
 }
 
+/// A resource template with a 32-bit fixed memory range (6.4.3.4, read-write) of `len` bytes at
+/// `base` and an extended interrupt descriptor (consumer, edge-triggered, active-high,
+/// exclusive) on `gsi`: a virtio-mmio device's window and its interrupt.
+pub(crate) fn mmio_interrupt_resource(base: u32, len: u32, gsi: u32) -> Vec<u8> {
+    const MEMORY32_FIXED: u8 = 0x86;
+    const READ_WRITE: u8 = 1;
+    const EXTENDED_IRQ: u8 = 0x89;
+    const CONSUMER: u8 = 1 << 0;
+    const EDGE: u8 = 1 << 1;
+    let mut r = vec![MEMORY32_FIXED, 9, 0, READ_WRITE];
+    r.extend(base.to_le_bytes());
+    r.extend(len.to_le_bytes());
+    r.extend([EXTENDED_IRQ, 6, 0, CONSUMER | EDGE, 1]);
+    r.extend(gsi.to_le_bytes());
+    r.extend([0x79, 0]);
+    buffer(&r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

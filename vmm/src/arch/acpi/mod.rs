@@ -40,7 +40,7 @@ pub(crate) struct AcpiTables {
 
 /// The tables for `vcpus` vCPUs and, if given, a VMGenID device, placed from [`TABLES_START`]
 /// on 16-byte boundaries (RSDP, DSDT, FADT, MADT, XSDT).
-pub(crate) fn build(vcpus: u32, vmgenid: Option<VmGenIdAcpi>) -> AcpiTables {
+pub(crate) fn build(vcpus: u32, vmgenid: Option<VmGenIdAcpi>, virtio: &[(u64, u32)]) -> AcpiTables {
     let mut next = TABLES_START + 64; // the RSDP's 36 bytes, rounded up
     let mut placed = Vec::new();
     let mut place = |bytes: Vec<u8>| {
@@ -49,7 +49,7 @@ pub(crate) fn build(vcpus: u32, vmgenid: Option<VmGenIdAcpi>) -> AcpiTables {
         placed.push((at, bytes));
         at
     };
-    let dsdt = place(tables::dsdt(vmgenid));
+    let dsdt = place(tables::dsdt(vmgenid, virtio));
     let fadt = place(tables::fadt(dsdt));
     let madt = place(tables::madt(
         vcpus,
@@ -72,8 +72,9 @@ pub(crate) fn write(
     mem: &GuestMemory,
     vcpus: u32,
     vmgenid: Option<VmGenIdAcpi>,
+    virtio: &[(u64, u32)],
 ) -> Result<u64, MemoryError> {
-    let t = build(vcpus, vmgenid);
+    let t = build(vcpus, vmgenid, virtio);
     for (addr, bytes) in &t.placed {
         mem.write(*addr, bytes)?;
     }
@@ -102,7 +103,7 @@ mod tests {
     /// The guest's view: the BIOS area read back from memory.
     fn bios_area(vcpus: u32, vmgenid: Option<VmGenIdAcpi>) -> (GuestMemory, u64) {
         let mem = GuestMemory::new(&[(0, 2 << 20)]).unwrap();
-        let rsdp = write(&mem, vcpus, vmgenid).unwrap();
+        let rsdp = write(&mem, vcpus, vmgenid, &[]).unwrap();
         (mem, rsdp)
     }
 
@@ -210,7 +211,7 @@ mod tests {
 
     #[test]
     fn the_dsdt_describes_vmgenid_and_its_event_device_only_when_asked() {
-        let plain = dsdt(None);
+        let plain = dsdt(None, &[]);
         assert!(sums_to_zero(&plain));
         let bytes = |needle: &[u8], hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         assert!(!bytes(b"VM_GEN_COUNTER", &plain));
@@ -218,7 +219,7 @@ mod tests {
             addr: 0xfeb0_0000,
             gsi: 9,
         };
-        let d = dsdt(Some(v));
+        let d = dsdt(Some(v), &[]);
         assert!(sums_to_zero(&d));
         assert_eq!(u32_at(&d, 4) as usize, d.len());
         assert!(bytes(b"\x0dVM_GEN_COUNTER\0", &d));
@@ -234,12 +235,16 @@ mod tests {
 
     #[test]
     fn tables_for_the_most_vcpus_fit_the_bios_area() {
+        let all_virtio: Vec<(u64, u32)> = (0..crate::devices::virtio::MAX_DEVICES)
+            .filter_map(crate::devices::virtio::placement)
+            .collect();
         let t = build(
             64,
             Some(VmGenIdAcpi {
                 addr: 1 << 40,
                 gsi: 9,
             }),
+            &all_virtio,
         );
         let (last, bytes) = t.placed.iter().max_by_key(|p| p.0).unwrap();
         assert!(last + bytes.len() as u64 <= TABLES_END);

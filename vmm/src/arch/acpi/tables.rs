@@ -123,8 +123,23 @@ pub(crate) struct VmGenIdAcpi {
 /// generation's address (the package of two 32-bit halves Linux's `vmgenid` driver expects) and a
 /// Generic Event Device (ACPI0013) whose interrupt runs `_EVT`, which notifies it (0x80) so the
 /// guest reads the new generation.
-pub(crate) fn dsdt(vmgenid: Option<VmGenIdAcpi>) -> Vec<u8> {
+///
+/// And one virtio-mmio device (`LNRO0005`, the ACPI id Linux's virtio_mmio driver matches) per
+/// `(base, gsi)` of `virtio`: a hardware-reduced guest has no legacy IRQs to take from the
+/// kernel command line, so each device's window and interrupt are described here.
+pub(crate) fn dsdt(vmgenid: Option<VmGenIdAcpi>, virtio: &[(u64, u32)]) -> Vec<u8> {
     let mut devices = Vec::new();
+    for (i, &(base, gsi)) in virtio.iter().enumerate() {
+        let base = u32::try_from(base).expect("virtio-mmio windows lie below 4 GiB");
+        devices.push(aml::device(
+            &format!("VR{i:02X}"),
+            &[
+                aml::name_decl("_HID", &aml::string("LNRO0005")),
+                aml::name_decl("_UID", &aml::int(i as u64)),
+                aml::name_decl("_CRS", &aml::mmio_interrupt_resource(base, 0x1000, gsi)),
+            ],
+        ));
+    }
     if let Some(v) = vmgenid {
         devices.push(aml::device(
             "VGEN",

@@ -1,5 +1,5 @@
 //! virtio devices on the virtio-mmio transport (virtio 1.x, version 2 register layout, split
-//! virtqueues), announced to Linux on its command line as Firecracker does.
+//! virtqueues), described to Linux in the ACPI DSDT (`LNRO0005` devices, see `arch::acpi`).
 //!
 //! - [`transport`]: the virtio-mmio register file as a state machine without I/O (status,
 //!   feature negotiation, queue setup, interrupt status and acknowledgement, config generation)
@@ -248,16 +248,6 @@ pub fn placement(index: usize) -> Option<(u64, u32)> {
         .map(|&gsi| (MMIO_BASE + MMIO_SIZE * index as u64, gsi))
 }
 
-/// The Linux command-line parameters that announce `count` virtio-mmio devices
-/// (`virtio_mmio.device=4K@0xd0000000:5 ...`, needs CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
-pub fn linux_cmdline(count: usize) -> String {
-    (0..count.min(MAX_DEVICES))
-        .filter_map(placement)
-        .map(|(base, gsi)| format!("virtio_mmio.device=4K@{base:#x}:{gsi}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,10 +337,5 @@ mod tests {
         assert_eq!(placement(3), Some((0xd000_3000, 10)));
         assert_eq!(placement(MAX_DEVICES - 1).map(|p| p.1), Some(23));
         assert_eq!(placement(MAX_DEVICES), None);
-        assert_eq!(linux_cmdline(0), "");
-        assert_eq!(
-            linux_cmdline(2),
-            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
-        );
     }
 }
