@@ -257,9 +257,40 @@ pub(crate) fn mmio_interrupt_resource(base: u32, len: u32, gsi: u32) -> Vec<u8> 
     buffer(&r)
 }
 
+/// A resource template with an I/O port range (6.4.2.5: 16-bit decode, fixed at `port`, `len`
+/// ports) and an extended interrupt descriptor (consumer, edge-triggered, active-high,
+/// exclusive) on `gsi`: a legacy device such as the CMOS clock, whose IRQ a hardware-reduced
+/// ACPI guest knows only from here.
+pub(crate) fn io_interrupt_resource(port: u16, len: u8, gsi: u32) -> Vec<u8> {
+    const IO_PORT: u8 = 0x47;
+    const DECODE_16: u8 = 1;
+    const EXTENDED_IRQ: u8 = 0x89;
+    const CONSUMER: u8 = 1 << 0;
+    const EDGE: u8 = 1 << 1;
+    let mut r = vec![IO_PORT, DECODE_16];
+    r.extend(port.to_le_bytes());
+    r.extend(port.to_le_bytes());
+    r.extend([1, len]);
+    r.extend([EXTENDED_IRQ, 6, 0, CONSUMER | EDGE, 1]);
+    r.extend(gsi.to_le_bytes());
+    r.extend([0x79, 0]);
+    buffer(&r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_and_interrupt_resources_are_laid_out_as_the_spec_says() {
+        let b = io_interrupt_resource(0x70, 2, 8);
+        // Buffer op, length, size 19, then the descriptors.
+        assert_eq!(&b[b.len() - 21..b.len() - 19], &[0x0a, 19]);
+        let body = &b[b.len() - 19..];
+        assert_eq!(&body[..8], &[0x47, 1, 0x70, 0, 0x70, 0, 1, 2]);
+        assert_eq!(&body[8..17], &[0x89, 6, 0, 3, 1, 8, 0, 0, 0]);
+        assert_eq!(&body[17..19], &[0x79, 0]);
+    }
 
     #[test]
     fn package_lengths_use_the_fewest_bytes_and_count_themselves() {

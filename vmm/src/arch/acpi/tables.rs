@@ -2,6 +2,10 @@
 
 use super::aml;
 use super::sdt::{self, Sdt, HEADER_LEN};
+use crate::devices::cmos::CMOS_BASE as CMOS_PORT;
+
+/// The CMOS clock's IRQ, on its ISA pin of the IOAPIC.
+const CMOS_GSI: u32 = 8;
 
 /// Where the local APICs are (every vCPU's, at the same physical address).
 pub(crate) const LAPIC_ADDR: u32 = 0xfee0_0000;
@@ -128,7 +132,15 @@ pub(crate) struct VmGenIdAcpi {
 /// `(base, gsi)` of `virtio`: a hardware-reduced guest has no legacy IRQs to take from the
 /// kernel command line, so each device's window and interrupt are described here.
 pub(crate) fn dsdt(vmgenid: Option<VmGenIdAcpi>, virtio: &[(u64, u32)]) -> Vec<u8> {
-    let mut devices = Vec::new();
+    // The CMOS clock: with hardware-reduced ACPI the guest has no legacy IRQ mapping, so its
+    // IRQ 8 exists for the guest only as described here.
+    let mut devices = vec![aml::device(
+        "RTC0",
+        &[
+            aml::name_decl("_HID", &aml::string("PNP0B00")),
+            aml::name_decl("_CRS", &aml::io_interrupt_resource(CMOS_PORT, 2, CMOS_GSI)),
+        ],
+    )];
     for (i, &(base, gsi)) in virtio.iter().enumerate() {
         let base = u32::try_from(base).expect("virtio-mmio windows lie below 4 GiB");
         devices.push(aml::device(
