@@ -5,7 +5,11 @@
 //! - [`icmp`]: the messages, without I/O.
 //! - [`probe`]: sending them over a raw socket and waiting for answers.
 //! - [`netns`]: namespaces with a tap device in each, deleted on drop.
+//! - [`console`]: what the guest kernel's console log says, without I/O.
+//! - [`scenario`]: boot, check, checkpoint, restore on another "host", check again.
 
+pub mod console;
 pub mod icmp;
 pub mod netns;
 pub mod probe;
+pub mod scenario;
