@@ -225,7 +225,7 @@ pub fn run_scenario(inputs: &Inputs, work: &Path, report: &mut Report) -> Result
     let console_a = work.join("console-before.log");
     let api_a = work.join("vm-before.sock");
     let cmdline = format!(
-        "console=ttyS0 reboot=k panic=1 noxsave i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd tsc=reliable no_timer_check root=/dev/vda rw rootfstype=ext4 init=/init {GUEST_IP_PARAM}"
+        "console=ttyS0 reboot=k panic=1 noxsave random.trust_cpu=on i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd tsc=reliable no_timer_check root=/dev/vda rw rootfstype=ext4 init=/init {GUEST_IP_PARAM}"
     );
     let started = Instant::now();
     let mut vm_a = Process::spawn(

@@ -144,7 +144,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Builds both binaries and returns the directory they are in: the parent of
+/// Builds the binaries and returns the directory they are in: the parent of
 /// this test's `deps/` directory.
 fn build_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -161,6 +161,8 @@ fn build_binaries() -> PathBuf {
         "thaw-cli",
         "-p",
         "thaw-bench",
+        "-p",
+        "thaw-linux-check",
         "--bins",
     ]);
     if release {
@@ -169,7 +171,7 @@ fn build_binaries() -> PathBuf {
     let status = cargo.status().expect("running cargo build");
     assert!(
         status.success(),
-        "cargo build of thaw and thaw-bench failed"
+        "cargo build of thaw, thaw-bench and thaw-linux-check failed"
     );
     dir
 }
