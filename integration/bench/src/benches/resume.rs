@@ -1,13 +1,14 @@
-//! `thaw-bench resume`: time to resume a lazily restored VM at 256 MiB and 4 GiB, checkpoint time,
-//! and the test guest's time to finish a pass over 256 MiB after an eager and after a lazy restore
-//! from a local-directory store (the real fault path through KVM and userfaultfd).
+//! `thaw-bench resume`: time to resume a lazily restored VM at 256 MiB and 4 GiB, and at 256 MiB
+//! with devices (a virtio-blk disk and the LAPIC timer ticking), checkpoint time, and the test
+//! guest's time to finish a pass over 256 MiB after an eager and after a lazy restore from a
+//! local-directory store (the real fault path through KVM and userfaultfd).
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vmm::boot::testguest::{self, Params, Pattern};
-use vmm::boot::testguest::{boot_test_guest, wait_done};
+use vmm::boot::testguest::{boot_test_guest, boot_test_guest_with, wait_done, Interrupts};
 use vmm::devices::report_port;
 use vmm::devices::serial::SerialOutput;
 use vmm::devices::GuestEvent;
@@ -167,6 +168,53 @@ pub fn resume(opts: &ResumeBench) -> Result<Map<String, Value>> {
             out.insert("eager_read_ms_256mib".into(), json!(r.timings.memory_ms));
         }
     }
+
+    // With devices: a virtio-blk disk and the timer interrupting, a short run, then the lazy
+    // resume alone (the disk reopened and its queues restored, the timer re-armed).
+    let disk = tmp.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(64 << 20))
+        .context("creating the benchmark disk image")?;
+    let with_disk = VmConfig {
+        disks: vec![vmm::devices::virtio::block::DiskConfig {
+            path: disk,
+            read_only: false,
+            id: None,
+        }],
+        ..config(kvm, SMALL)
+    };
+    let forever = Params {
+        pattern: Pattern::Random,
+        touches_per_cpu: u64::MAX,
+        ..Params::default()
+    };
+    let mut vm = boot_test_guest_with(&with_disk, &forever, Some(Interrupts { timer_hz: 1000 }))?;
+    vm.start()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let devices = checkpoint(&vm, &rt, &store, &signed())?;
+    vm.stop()?;
+    drop(vm);
+    let mut r = restore(
+        &config(kvm, SMALL),
+        &rt,
+        &store,
+        &spec,
+        &devices.id,
+        &trust(),
+        &RestoreMode::Lazy,
+    )?;
+    out.insert(
+        "resume_ms_256mib_devices".into(),
+        json!(r.timings.resume_ms),
+    );
+    out.insert(
+        "resume_state_ms_256mib_devices".into(),
+        json!(r.timings.state_ms),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    r.vm.pause()?;
+    r.vm.stop()?;
+    drop(r);
 
     // The large VM: a short run, then time the lazy resume alone.
     let large = opts.large_memory;
