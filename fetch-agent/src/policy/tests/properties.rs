@@ -192,6 +192,7 @@ proptest! {
         };
         let mut r = Restore::new(m.clone(), cfg, t0);
         let mut model = Model { page_scope, ..Model::default() };
+        let mut failures = std::collections::HashMap::new();
         let mut now = t0;
         let total = m.total_pages();
         for op in ops {
@@ -221,14 +222,20 @@ proptest! {
                         model.in_cache.insert(block);
                         r.block_ready(block, now, None).unwrap()
                     } else {
+                        // Every failed attempt counts, with waiters or not (a prefetch
+                        // that failed was an attempt too).
+                        let failed = failures.entry(block).or_insert(0u32);
+                        *failed += 1;
                         match r.fetch_failed(block, now) {
                             Ok(actions) => actions,
                             Err(e) => {
-                                // Only a block with waiters is failed, after the
-                                // last attempt; the restore ends there.
+                                // Only a block with waiters is failed, once it has failed
+                                // at least the allowed attempts; the error says how many;
+                                // the restore ends there.
+                                prop_assert!(*failed >= MAX_FETCH_ATTEMPTS, "failed after {failed}");
                                 prop_assert_eq!(e, PolicyError::BlockFailed {
                                     block,
-                                    attempts: MAX_FETCH_ATTEMPTS,
+                                    attempts: *failed,
                                 });
                                 return Ok(());
                             }
