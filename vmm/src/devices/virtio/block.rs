@@ -8,7 +8,7 @@
 //! with no status byte to answer in (malformed: a loop, an index past the queue, a table
 //! outside memory, no writable last descriptor) breaks the device until the driver resets it.
 
-use super::device::{descriptors, Broken, DeviceModel, ModelState};
+use super::device::{next_chain, Broken, DeviceModel, ModelState};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -20,7 +20,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
 
 /// Bytes per sector, the unit of the header's sector and of the capacity.
@@ -320,15 +320,9 @@ impl DeviceModel for Block {
         }
         let mut used = false;
         loop {
-            let chain = match queue.iter(mem) {
-                Ok(mut it) => it.next(),
-                Err(e) => return Err(Broken(format!("available ring: {e}"))),
-            };
-            let Some(chain) = chain else {
+            let Some((head, descs)) = next_chain(queue, mem, "available ring")? else {
                 return Ok(used);
             };
-            let head = chain.head_index();
-            let descs = descriptors(chain, queue.size())?;
             let status = descs.last().expect("descriptors() returns a chain");
             if descs.len() < 2
                 || !status.is_write_only()

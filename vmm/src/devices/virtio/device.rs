@@ -10,7 +10,7 @@ use crate::vstate::memory::GuestMemory;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -72,6 +72,25 @@ pub(crate) fn descriptors(
         )),
         Some(_) => Ok(descs),
     }
+}
+
+/// The next available chain of `queue`, as its head index and descriptors; None when the
+/// driver has made none available. `ring` names the queue in errors.
+pub(crate) fn next_chain(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    ring: &str,
+) -> Result<Option<(u16, Vec<Descriptor>)>, Broken> {
+    let chain = match queue.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(e) => return Err(Broken(format!("{ring}: {e}"))),
+    };
+    let Some(chain) = chain else {
+        return Ok(None);
+    };
+    let head = chain.head_index();
+    let size = queue.size();
+    Ok(Some((head, descriptors(chain, size)?)))
 }
 
 /// A device model as saved: its configuration (it holds no in-flight requests).

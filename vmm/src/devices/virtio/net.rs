@@ -6,7 +6,7 @@
 //! saved, so a checkpoint never holds a frame half delivered; a frame read from the tap but not
 //! delivered yet is dropped with the old process, as a network may drop any frame.
 
-use super::device::{descriptors, Broken, DeviceModel, ModelState, VirtioMmio};
+use super::device::{next_chain, Broken, DeviceModel, ModelState, VirtioMmio};
 use crate::devices::tap::{Tap, TapError, VNET_HDR_LEN};
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
@@ -126,16 +126,10 @@ impl Net {
                     None => break,
                 },
             };
-            let chain = match queue.iter(mem) {
-                Ok(mut it) => it.next(),
-                Err(e) => return Err(Broken(format!("receive queue: {e}"))),
-            };
-            let Some(chain) = chain else {
+            let Some((head, descs)) = next_chain(queue, mem, "receive queue")? else {
                 self.pending = Some(frame);
                 break;
             };
-            let head = chain.head_index();
-            let descs = descriptors(chain, queue.size())?;
             let room: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
             if descs.iter().any(|d| {
                 !d.is_write_only()
@@ -177,15 +171,9 @@ impl Net {
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, Broken> {
         let mut used = false;
         loop {
-            let chain = match queue.iter(mem) {
-                Ok(mut it) => it.next(),
-                Err(e) => return Err(Broken(format!("transmit queue: {e}"))),
-            };
-            let Some(chain) = chain else {
+            let Some((head, descs)) = next_chain(queue, mem, "transmit queue")? else {
                 return Ok(used);
             };
-            let head = chain.head_index();
-            let descs = descriptors(chain, queue.size())?;
             if descs.iter().any(|d| d.is_write_only()) {
                 return Err(Broken(format!(
                     "transmit buffer {head} has a device-writable descriptor"
