@@ -572,6 +572,26 @@ pub fn area_size_for(memory_bytes: u64) -> u64 {
     (first.0 + first.1).saturating_sub(AREA_START)
 }
 
+/// For unit tests of VM-wide state: a 16 MiB test guest, console off, that runs until stopped;
+/// returned with its configuration, built and not yet started.
+#[cfg(test)]
+pub(crate) fn endless_test_guest() -> (VmConfig, Vm) {
+    let config = VmConfig {
+        memory_bytes: 16 << 20,
+        serial: crate::devices::serial::SerialOutput::Sink,
+        ..Default::default()
+    };
+    let params = Params {
+        pattern: Pattern::Sequential,
+        touches_per_cpu: u64::MAX / 2,
+        report_every: 0,
+        seed: 1,
+        hot_percent: 10,
+    };
+    let vm = boot_test_guest(&config, &params).expect("booting the test guest");
+    (config, vm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

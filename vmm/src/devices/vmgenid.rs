@@ -175,20 +175,7 @@ mod tests {
 
     #[test]
     fn a_restored_vm_gets_a_new_generation_and_the_event_interrupt() {
-        use crate::boot::testguest::{boot_test_guest, Params, Pattern};
-        let config = crate::vstate::vm::VmConfig {
-            memory_bytes: 16 << 20,
-            serial: crate::devices::serial::SerialOutput::Sink,
-            ..Default::default()
-        };
-        let params = Params {
-            pattern: Pattern::Sequential,
-            touches_per_cpu: u64::MAX / 2,
-            report_every: 0,
-            seed: 1,
-            hot_percent: 10,
-        };
-        let mut vm = boot_test_guest(&config, &params).unwrap();
+        let (config, mut vm) = crate::boot::testguest::endless_test_guest();
         let booted = new_generation().unwrap();
         vm.attach_vmgenid(booted).unwrap();
         assert_eq!(vm.vmgenid().unwrap().page_bytes(), booted);

@@ -169,20 +169,7 @@ mod tests {
 
     /// A test guest running on real KVM, paused, and its saved state.
     fn saved_test_guest() -> (crate::vstate::vm::VmConfig, crate::persist::state::VmState) {
-        use crate::boot::testguest::{boot_test_guest, Params, Pattern};
-        let config = crate::vstate::vm::VmConfig {
-            memory_bytes: 16 << 20,
-            serial: crate::devices::serial::SerialOutput::Sink,
-            ..Default::default()
-        };
-        let params = Params {
-            pattern: Pattern::Sequential,
-            touches_per_cpu: u64::MAX / 2,
-            report_every: 0,
-            seed: 1,
-            hot_percent: 10,
-        };
-        let mut vm = boot_test_guest(&config, &params).unwrap();
+        let (config, mut vm) = crate::boot::testguest::endless_test_guest();
         vm.start().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         vm.pause().unwrap();
