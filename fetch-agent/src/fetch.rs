@@ -46,6 +46,9 @@ use crate::source::health::TimeoutVerdict;
 use crate::source::monitor::{ProbeTarget, SourceMonitor, Tracked};
 use crate::source::{BlockSource, SourceError};
 
+mod failure;
+pub use failure::{FailureReason, FetchError, SourceFailure, SourceFailures};
+
 /// Most blocks one run reads in one request: 1 MiB of 64 KiB blocks, the
 /// size object stores serve at full rate (and object_store's own limit for
 /// merging neighbouring ranges). Larger runs would also delay the first
@@ -135,70 +138,6 @@ impl Default for FetchConfig {
             stream_slots: crate::policy::DEFAULT_STREAM_IN_FLIGHT,
         }
     }
-}
-
-/// Why one source did not deliver a block.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FailureReason {
-    #[error("no answer within {0:?}")]
-    TimedOut(Duration),
-    #[error("given up: the source went down while this fetch waited")]
-    WentDown,
-    #[error("{0}")]
-    Failed(String),
-    #[error("bytes refused: {0}")]
-    BadBytes(String),
-    #[error("{asked} blocks asked, {returned} returned")]
-    ShortRun { asked: usize, returned: usize },
-}
-
-/// One source's failure to deliver a block.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceFailure {
-    pub source: String,
-    pub reason: FailureReason,
-}
-
-/// Every source's failure for one block, in the order they were tried.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceFailures(pub Vec<SourceFailure>);
-
-impl SourceFailures {
-    fn push(&mut self, source: &dyn BlockSource, reason: FailureReason) {
-        self.0.push(SourceFailure {
-            source: source.name().to_owned(),
-            reason,
-        });
-    }
-}
-
-impl std::fmt::Display for SourceFailures {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("no source to ask");
-        }
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{}: {}", e.source, e.reason)?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Every source of the checkpoint was tried once; `errors` says why
-    /// each did not deliver.
-    #[error("block {block} of checkpoint {checkpoint}: no source delivered it ({errors})")]
-    AllSourcesFailed {
-        checkpoint: CheckpointId,
-        block: u32,
-        errors: SourceFailures,
-    },
-    #[error("block {block}: {0}", block = .1)]
-    Flight(#[source] FlightError, u32),
 }
 
 /// A fetched block, as a restore's driver sees it.
