@@ -44,30 +44,6 @@ fn rtc_clock_set(console: &str) -> Option<(&str, i64)> {
     Some((line, secs))
 }
 
-/// Runs `thaw vm ARGS --json`; on failure panics with its stderr and the console's tail.
-fn thaw_vm(args: &[String], console: &Path) -> Vec<serde_json::Value> {
-    let out = bins::thaw()
-        .arg("vm")
-        .args(args)
-        .args(["--json".to_string(), format!("--timeout={RUN_TIMEOUT}")])
-        .arg(format!("--serial={}", console.display()))
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        let log = std::fs::read_to_string(console).unwrap_or_default();
-        panic!(
-            "thaw vm {args:?} failed ({}):\n{}\n--- console tail ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            tail(&log, 40)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
 fn assert_no_failures(console: &str, what: &str) {
     let bad = kernel_failures(console);
     assert!(
@@ -95,7 +71,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
     bins::binary("thaw"); // built before the clock starts
     let started = Instant::now();
     let boot_window = (unix_now(), 0);
-    let lines = thaw_vm(
+    let lines = bins::thaw_vm_console(
         &[
             "checkpoint".into(),
             format!("--kernel={}", kernel.display()),
@@ -106,6 +82,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
             format!("--on-serial={CHECKPOINT_MARKER}"),
         ],
         &boot_log,
+        RUN_TIMEOUT,
     );
     let boot_window = (boot_window.0, unix_now());
     let boot = std::fs::read_to_string(&boot_log).unwrap();
@@ -141,7 +118,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
     bins::wait_for_path(&sock, Duration::from_secs(60));
 
     let restore_window = (unix_now(), 0);
-    let lines = thaw_vm(
+    let lines = bins::thaw_vm_console(
         &[
             "restore".into(),
             format!("--store={}", store.display()),
@@ -150,6 +127,7 @@ fn a_kernel_checkpointed_mid_boot_boots_on_to_init_after_a_lazy_restore_in_a_fre
             format!("--until-serial={INIT_MARKER}"),
         ],
         &restore_log,
+        RUN_TIMEOUT,
     );
     let restore_window = (restore_window.0, unix_now());
     let after = std::fs::read_to_string(&restore_log).unwrap();

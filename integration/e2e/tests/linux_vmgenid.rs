@@ -21,30 +21,6 @@ const SMP_MARKER: &str = "smp: Brought up 1 node, 2 CPUs";
 const RESEED_MARKER: &str = "crng reseeded due to virtual machine fork";
 const RUN_TIMEOUT: &str = "15m";
 
-/// Runs `thaw vm ARGS --json`; on failure panics with its stderr and the console's tail.
-fn thaw_vm(args: &[String], console: &Path) -> Vec<serde_json::Value> {
-    let out = bins::thaw()
-        .arg("vm")
-        .args(args)
-        .args(["--json".to_string(), format!("--timeout={RUN_TIMEOUT}")])
-        .arg(format!("--serial={}", console.display()))
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        let log = std::fs::read_to_string(console).unwrap_or_default();
-        panic!(
-            "thaw vm {args:?} failed ({}):\n{}\n--- console tail ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            tail(&log, 40)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
 fn assert_no_failures(console: &str, what: &str) {
     let mut bad = kernel_failures(console);
     bad.extend(console.lines().filter(|l| l.contains("ACPI Error")));
@@ -72,7 +48,7 @@ fn two_vcpus_come_up_and_a_restored_kernel_reseeds_its_rng_from_vmgenid() {
 
     bins::binary("thaw");
     let started = Instant::now();
-    let lines = thaw_vm(
+    let lines = bins::thaw_vm_console(
         &[
             "checkpoint".into(),
             format!("--kernel={}", kernel.display()),
@@ -87,6 +63,7 @@ fn two_vcpus_come_up_and_a_restored_kernel_reseeds_its_rng_from_vmgenid() {
             format!("--on-serial={INIT_MARKER}"),
         ],
         &boot_log,
+        RUN_TIMEOUT,
     );
     let boot = std::fs::read_to_string(&boot_log).unwrap();
     assert_no_failures(&boot, "booting");
@@ -108,7 +85,7 @@ fn two_vcpus_come_up_and_a_restored_kernel_reseeds_its_rng_from_vmgenid() {
     );
 
     let restore_started = Instant::now();
-    let lines = thaw_vm(
+    let lines = bins::thaw_vm_console(
         &[
             "restore".into(),
             format!("--store={}", store.display()),
@@ -116,6 +93,7 @@ fn two_vcpus_come_up_and_a_restored_kernel_reseeds_its_rng_from_vmgenid() {
             format!("--until-serial={RESEED_MARKER}"),
         ],
         &restore_log,
+        RUN_TIMEOUT,
     );
     let after = std::fs::read_to_string(&restore_log).unwrap();
     assert!(after.contains(RESEED_MARKER), "{}", tail(&after, 40));

@@ -58,7 +58,35 @@ pub fn thaw_vm(args: &[String]) -> Vec<serde_json::Value> {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "thaw vm {args:?} failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout)
+    json_lines(&out.stdout)
+}
+
+/// Runs `thaw vm ARGS --json --timeout=TIMEOUT` with the guest console in `console`; on
+/// failure panics with its stderr and the console's last 40 lines.
+pub fn thaw_vm_console(args: &[String], console: &Path, timeout: &str) -> Vec<serde_json::Value> {
+    let out = thaw()
+        .arg("vm")
+        .args(args)
+        .args(["--json".to_string(), format!("--timeout={timeout}")])
+        .arg(format!("--serial={}", console.display()))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let log = std::fs::read_to_string(console).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        panic!(
+            "thaw vm {args:?} failed ({}):\n{}\n--- console tail ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    json_lines(&out.stdout)
+}
+
+/// The JSON lines a `thaw ... --json` command printed.
+pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect()
