@@ -31,6 +31,9 @@ use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
+mod model;
+pub use model::{area_size_for, model_checksum};
+
 /// The guest program, a flat binary loaded at [`CODE_ADDR`].
 pub(crate) const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.bin"));
 
@@ -504,72 +507,6 @@ impl TimerState {
             held: reg(0x80) & 0xf0 >= u32::from(TIMER_VECTOR) & 0xf0,
         }
     }
-}
-
-/// Computes on the host what vCPU `cpu` of the test guest ends with: the same algorithm as
-/// guest/guest.c over a zeroed data area, so tests can check a run against an independent model.
-pub fn model_checksum(params: &Params, area_size: u64, ncpus: u32, cpu: u32) -> u64 {
-    let slice = (area_size / ncpus as u64) & !0xfff;
-    let pages = slice >> 12;
-    let mut sum = 0x9e37_79b9_7f4a_7c15u64 ^ cpu as u64;
-    let mut rng = params
-        .seed
-        .wrapping_mul(0x2545_f491_4f6c_dd1d)
-        .wrapping_add(cpu as u64 + 1);
-    let hot_pages = (pages * params.hot_percent.clamp(1, 100) / 100).max(1);
-    let xorshift = |s: &mut u64| {
-        let mut x = *s;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *s = x;
-        x
-    };
-    if pages == 0 {
-        return 0;
-    }
-    let mut next: Vec<u64> = Vec::new();
-    if params.pattern == Pattern::PointerChase {
-        next = (0..pages).collect();
-        for i in (1..pages).rev() {
-            let j = xorshift(&mut rng) % i;
-            next.swap(i as usize, j as usize);
-        }
-    }
-    let mut data = vec![0u64; pages as usize];
-    let mut cur = 0u64;
-    for t in 0..params.touches_per_cpu {
-        let page = match params.pattern {
-            Pattern::Sequential => t % pages,
-            Pattern::Random => xorshift(&mut rng) % pages,
-            Pattern::HotSet => {
-                let x = xorshift(&mut rng);
-                if x % 100 < 90 {
-                    (x >> 8) % hot_pages
-                } else {
-                    (x >> 8) % pages
-                }
-            }
-            Pattern::PointerChase => {
-                cur = next[cur as usize];
-                cur
-            }
-        };
-        let v = data[page as usize];
-        let mut s = (sum ^ v).wrapping_mul(0x100_0000_01b3).wrapping_add(page);
-        s ^= s >> 29;
-        sum = s;
-        data[page as usize] = v
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(page + 1);
-    }
-    sum
-}
-
-/// The data area size the guest sees in a memory of `memory_bytes` (first region).
-pub fn area_size_for(memory_bytes: u64) -> u64 {
-    let first = crate::vstate::memory::layout(memory_bytes)[0];
-    (first.0 + first.1).saturating_sub(AREA_START)
 }
 
 /// For unit tests of VM-wide state: a 16 MiB test guest, console off, that runs until stopped;
