@@ -19,8 +19,11 @@ fn main() {
     let bin = out.join("testguest.bin");
     for f in [
         "guest/guest.c",
+        "guest/devices.c",
         "guest/entry.S",
         "guest/layout.h",
+        "guest/devices.h",
+        "guest/types.h",
         "guest/guest.ld",
     ] {
         println!("cargo:rerun-if-changed={f}");
@@ -45,7 +48,7 @@ fn main() {
             "-o",
         ])
         .arg(&elf)
-        .args(["guest/entry.S", "guest/guest.c"]));
+        .args(["guest/entry.S", "guest/guest.c", "guest/devices.c"]));
     run(Command::new("objcopy")
         .args(["-O", "binary"])
         .arg(&elf)

@@ -25,4 +25,19 @@ timer_handler:
     popq %rax
     iretq
 
+/* Device mode: the virtio devices' interrupts (all on one vector, routed to vCPU 0 by the
+ * IOAPIC) are counted the same way, in the second word of the kernel stack. The driver looks at
+ * its rings when the count moves. */
+    .org TG_DEVICE_HANDLER_OFFSET
+    .globl device_handler
+device_handler:
+    pushq %rax
+    movq %rsp, %rax
+    andq $-TG_KSTACK_SIZE, %rax
+    incq 8(%rax)
+    movl $(TG_LAPIC_BASE + TG_LAPIC_EOI), %eax
+    movl $0, (%rax)
+    popq %rax
+    iretq
+
     .section .note.GNU-stack, "", @progbits

@@ -13,12 +13,14 @@
  * every report carries the vCPU's tick count. Every other stretch of TG_HOLD_STRETCH touches runs
  * with the LAPIC's task priority raised to the timer's class: the ticks of that stretch wait in
  * the LAPIC's IRR (coalesced into one) until it ends, as they would behind a `cli` (which CPL3
- * code cannot run here), so a checkpoint then holds a pending interrupt. */
+ * code cannot run here), so a checkpoint then holds a pending interrupt.
+ *
+ * Device mode (disk_sectors or net_frames > 0, interrupt mode only): vCPU 0 also drives a
+ * virtio disk and a network stream (devices.c), looking at them every TG_IO_POLL_EVERY touches
+ * and, once its touches are done, until their work is done; it reports done only then. The
+ * other vCPUs only touch memory. */
+#include "devices.h"
 #include "layout.h"
-
-typedef unsigned long u64;
-typedef unsigned int u32;
-typedef unsigned char u8;
 
 struct params {
     u64 magic;
@@ -31,7 +33,13 @@ struct params {
     u64 seed;
     u64 hot_percent;
     u64 timer_hz;
+    u64 disk_sectors;
+    u64 disk_passes;
+    u64 net_frames;
 };
+
+/* Device mode: vCPU 0 looks at its devices every this many touches. */
+#define TG_IO_POLL_EVERY 1024
 
 struct report {
     volatile u64 checksum;
@@ -63,6 +71,12 @@ static void report(struct report *r, u64 cpu, u64 code, u64 sum, u64 touches) {
     r->touches = touches;
     r->code = code;
     outl(TG_PORT, (u32)((code << 8) | cpu));
+}
+
+/* A driver failed: say so once (the device report has the details) and stop working. */
+static void device_failed(struct report *r, u64 cpu) {
+    report(r, cpu, TG_CODE_DEVICE_ERROR, 0, 0);
+    for (;;) __asm__ volatile("pause");
 }
 
 static inline void lapic_write(u32 reg, u32 v) {
@@ -110,8 +124,17 @@ void guest_main(struct params *p, u64 cpu) {
     u64 rng = p->seed * 0x2545f4914f6cdd1dUL + cpu + 1;
     u64 hot_pages = pages * p->hot_percent / 100;
     if (hot_pages == 0) hot_pages = 1;
+    int io_on = cpu == 0 && (p->disk_sectors || p->net_frames);
+    if ((p->disk_sectors || p->net_frames) &&
+        (!p->timer_hz || p->disk_sectors % TG_DISK_CHUNK_SECTORS)) {
+        for (;;) report(r, cpu, TG_CODE_BAD_PARAMS, 0, 0);
+    }
     if (cpu == 0) serial_puts("thaw-testguest: start\n");
     if (p->timer_hz) start_timer(p->timer_hz);
+    if (io_on) {
+        struct io_work w = {p->disk_sectors, p->disk_passes, p->net_frames, p->timer_hz / 10 + 1};
+        if (!io_start(&w)) device_failed(r, cpu);
+    }
     r->slice_pages = pages;
     report(r, cpu, TG_CODE_START, sum, 0);
     if (pages == 0) {
@@ -158,6 +181,18 @@ void guest_main(struct params *p, u64 cpu) {
         *word = mix(&sum, *word, page);
         if (p->report_every && (t + 1) % p->report_every == 0)
             report(r, cpu, TG_CODE_PROGRESS, sum, t + 1);
+        if (io_on && (t & (TG_IO_POLL_EVERY - 1)) == 0 && io_poll() > TG_IO_DONE)
+            device_failed(r, cpu);
+    }
+    if (io_on) {
+        /* The last touches never hold the timer off. */
+        lapic_write(TG_LAPIC_TPR, 0);
+        for (;;) {
+            u64 status = io_poll();
+            if (status == TG_IO_DONE) break;
+            if (status != TG_IO_RUNNING) device_failed(r, cpu);
+            __asm__ volatile("pause");
+        }
     }
     if (cpu == 0) serial_puts("thaw-testguest: done\n");
     for (;;) report(r, cpu, TG_CODE_DONE, sum, p->touches_per_cpu);

@@ -7,7 +7,7 @@
 use anyhow::Context;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use vmm::boot::testguest::{boot_test_guest_with, wait_done_with};
+use vmm::boot::testguest::{boot_test_guest_with_devices, wait_done_with, DeviceWork};
 use vmm::boot::testguest::{Interrupts, Params};
 use vmm::devices::report_port;
 use vmm::devices::serial::SerialOutput;
@@ -84,6 +84,14 @@ fn interrupts(g: &GuestArgs) -> Option<Interrupts> {
     })
 }
 
+fn device_work(g: &GuestArgs) -> DeviceWork {
+    DeviceWork {
+        disk_sectors: g.disk_sectors,
+        disk_passes: g.disk_passes,
+        net_frames: g.net_frames,
+    }
+}
+
 fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
     let config = VmConfig {
         kvm_path: m.kvm.clone(),
@@ -96,7 +104,7 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
     };
     Ok(match &g.kernel {
         Some(kernel) => vmm::boot::linux::boot(&config, kernel, g.initrd.as_deref(), &g.cmdline)?,
-        None => boot_test_guest_with(&config, &params(g), interrupts(g))?,
+        None => boot_test_guest_with_devices(&config, &params(g), interrupts(g), device_work(g))?,
     })
 }
 
@@ -160,6 +168,7 @@ fn finish(
             "checksums": out.checksums,
             "combined": out.combined(),
             "ticks": out.ticks,
+            "io": out.io,
             "elapsed_s": t0.elapsed().as_secs_f64(),
         }),
     );

@@ -27,8 +27,10 @@ pub enum BootError {
         needed: u64,
         available: u64,
     },
-    #[error("the test guest image is {0} bytes, more than the 1 MiB it is loaded into")]
+    #[error("the test guest image is {0} bytes, more than the 512 KiB it is loaded into")]
     ImageTooLarge(usize),
+    #[error("invalid test guest device work: {0}")]
+    DeviceWork(#[from] testguest::DeviceWorkError),
     #[error("cannot read {what} {path}: {source}")]
     Read {
         what: &'static str,

@@ -6,7 +6,8 @@
 //! `0x4000` per-vCPU reports (64 bytes each), `0x5000` one TSS per vCPU (128 bytes apart) and
 //! after them the all-ports-allowed I/O bitmap they share, `0x8000` per-vCPU kernel stacks (1 KiB
 //! each, the tick counter at the bottom), `0x10000..` page tables, vCPU stacks below `0x80000`
-//! (16 KiB each), code at 1 MiB, and the data area the guest touches from 2 MiB to the end of the
+//! (16 KiB each), code at 1 MiB, the device mode's rings, buffers and report at 1.5 MiB
+//! ([`IO_ADDR`]), and the data area the guest touches from 2 MiB to the end of the
 //! first memory region. Mirrors guest/layout.h. The vCPUs report through the report port device
 //! (`devices::report_port`), which owns the report records' layout.
 //!
@@ -16,6 +17,15 @@
 //! interrupt. The ticks are outside the data area, so the checksums are those of the model.
 //! Every other stretch of 2^20 touches runs with the LAPIC's task priority at the timer's, so
 //! its ticks wait in the IRR (pending) as behind a `cli`.
+//!
+//! Device mode ([`DeviceWork`], with interrupts): vCPU 0 also drives the VM's first virtio disk
+//! and first virtio-net interface (guest/devices.c): it writes numbered sectors and reads them
+//! back verifying, pass after pass, and sends a numbered byte stream that a peer on the tap
+//! acknowledges (go-back-N, so frames lost across a checkpoint are sent again). The devices'
+//! interrupts reach it through the IOAPIC (programmed by the guest) on [`DEVICE_VECTOR`], whose
+//! CPL0 handler counts them. It reports done once its touches and its device work are done;
+//! [`Finished::io`] has the device report, and [`model`]'s functions say what the disk and the
+//! stream must hold.
 
 use crate::arch::gdt::{self, Gdt, Segment, SegmentKind};
 use crate::arch::paging;
@@ -31,7 +41,7 @@ use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
-mod model;
+pub mod model;
 pub use model::{area_size_for, model_checksum};
 
 /// The guest program, a flat binary loaded at [`CODE_ADDR`].
@@ -52,6 +62,22 @@ const KSTACK_SIZE: u64 = 0x400;
 /// The LAPIC timer's vector, and where its handler is (guest/entry.S's `.org`).
 pub const TIMER_VECTOR: u8 = 0x40;
 const TIMER_HANDLER: u64 = CODE_ADDR + 0x40;
+/// Device mode: the virtio devices' interrupt vector (the guest routes their IOAPIC pins to it)
+/// and its handler (guest/entry.S).
+pub const DEVICE_VECTOR: u8 = 0x50;
+const DEVICE_HANDLER: u64 = CODE_ADDR + 0x80;
+/// Device mode: the rings, buffers and device report, between the code and the data area.
+pub(crate) const IO_ADDR: u64 = 0x18_0000;
+/// The device report (guest/devices.h `struct io_report`).
+const IO_REPORT_ADDR: u64 = IO_ADDR + 0x7_f000;
+/// Disk requests cover this many sectors, so the region is a multiple of it.
+pub const DISK_CHUNK_SECTORS: u64 = 8;
+/// Bytes of the stream per network frame.
+pub const NET_CHUNK: u64 = 1024;
+/// The network stream's ethertype, and its frames' kinds (guest/layout.h).
+pub const NET_ETHERTYPE: u16 = 0x88b5;
+pub const NET_KIND_DATA: u32 = 1;
+pub const NET_KIND_ACK: u32 = 2;
 /// The end of the 2 MiB page holding the LAPIC's registers (0xfee00000), mapped for the guest.
 const LAPIC_PAGE_END: u64 = 0xfee0_0000 + (2 << 20);
 /// The highest timer rate: KVM refuses periodic LAPIC timers faster than 200 µs by default.
@@ -69,6 +95,8 @@ pub(crate) const MAX_VCPUS: u32 = 8;
 /// Smallest memory the test guest runs in: code, tables and one 2 MiB data slice per vCPU.
 pub(crate) const MIN_MEMORY: u64 = 4 << 20;
 const PARAMS_MAGIC: u64 = 0x5448_4157_5447_5031;
+/// A driver of the device mode failed (guest/layout.h); the device report says how.
+const CODE_DEVICE_ERROR: u64 = 5;
 const MAX_MAPPED: u64 = 64 << 30;
 
 /// The segments the test guest runs in (CPL3), and the one its timer handler runs in (CPL0).
@@ -125,6 +153,166 @@ pub struct Interrupts {
     pub timer_hz: u32,
 }
 
+/// Device mode: what vCPU 0 does with the VM's first virtio disk and network interface besides
+/// its page touches. Zero disables a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceWork {
+    /// Sectors `0..disk_sectors` of the disk are written and read back each pass (a multiple
+    /// of [`DISK_CHUNK_SECTORS`]).
+    pub disk_sectors: u64,
+    pub disk_passes: u64,
+    /// Frames of the network stream ([`NET_CHUNK`] bytes each) to get acknowledged.
+    pub net_frames: u64,
+}
+
+impl DeviceWork {
+    /// Whether there is any device work.
+    pub fn any(&self) -> bool {
+        self.disk_sectors > 0 || self.net_frames > 0
+    }
+}
+
+/// Device work the test guest cannot do as given.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceWorkError {
+    #[error("the device mode needs interrupt mode (--interrupts)")]
+    NeedsInterrupts,
+    #[error("disk sectors {0} is not a multiple of {DISK_CHUNK_SECTORS}")]
+    SectorsNotChunked(u64),
+    #[error(
+        "disk sectors and disk passes must both be given (sectors {sectors}, passes {passes})"
+    )]
+    DiskHalfGiven { sectors: u64, passes: u64 },
+    #[error("disk work given but the VM has no disk (--disk PATH)")]
+    NoDisk,
+    #[error("disk work covers {needed} bytes but the disk {path} holds {size}")]
+    DiskTooSmall {
+        path: std::path::PathBuf,
+        needed: u64,
+        size: u64,
+    },
+    #[error("cannot read the size of disk {path}: {source}")]
+    DiskSize {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("network frames given but the VM has no network interface (--net tap=NAME)")]
+    NoNet,
+    #[error("{0} network frames: at most {max} fit the stream's sequence numbers", max = u32::MAX)]
+    TooManyFrames(u64),
+}
+
+/// Checks device work against the VM it will run in.
+fn check_device_work(
+    config: &VmConfig,
+    work: &DeviceWork,
+    interrupts: Option<Interrupts>,
+) -> Result<(), DeviceWorkError> {
+    if !work.any() {
+        return Ok(());
+    }
+    if interrupts.is_none() {
+        return Err(DeviceWorkError::NeedsInterrupts);
+    }
+    if (work.disk_sectors == 0) != (work.disk_passes == 0) {
+        return Err(DeviceWorkError::DiskHalfGiven {
+            sectors: work.disk_sectors,
+            passes: work.disk_passes,
+        });
+    }
+    if !work.disk_sectors.is_multiple_of(DISK_CHUNK_SECTORS) {
+        return Err(DeviceWorkError::SectorsNotChunked(work.disk_sectors));
+    }
+    if work.disk_sectors > 0 {
+        let disk = config.disks.first().ok_or(DeviceWorkError::NoDisk)?;
+        let size = std::fs::metadata(&disk.path)
+            .map_err(|source| DeviceWorkError::DiskSize {
+                path: disk.path.clone(),
+                source,
+            })?
+            .len();
+        let needed = work.disk_sectors * 512;
+        if size < needed {
+            return Err(DeviceWorkError::DiskTooSmall {
+                path: disk.path.clone(),
+                needed,
+                size,
+            });
+        }
+    }
+    if work.net_frames > 0 && config.nets.is_empty() {
+        return Err(DeviceWorkError::NoNet);
+    }
+    if work.net_frames > u64::from(u32::MAX) {
+        return Err(DeviceWorkError::TooManyFrames(work.net_frames));
+    }
+    Ok(())
+}
+
+/// The device report the guest keeps in its memory (guest/devices.h `struct io_report`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IoReport {
+    /// `done`, or what failed.
+    pub status: &'static str,
+    /// Every word the disk gave back, folded ([`model::disk_checksum`] says what it must be).
+    pub disk_checksum: u64,
+    pub disk_requests: u64,
+    pub disk_passes_done: u64,
+    /// Stream frames the peer has acknowledged.
+    pub net_acked: u64,
+    /// Frames sent, first sends and resends.
+    pub net_transmitted: u64,
+    /// Times the guest went back to the first unacknowledged frame.
+    pub net_retransmits: u64,
+    /// Frames received (acknowledgements and anything else on the tap).
+    pub net_received: u64,
+    /// Interrupts the devices' handler counted.
+    pub device_interrupts: u64,
+    /// With a failure: what failed (a sector, a status byte, a register window).
+    pub detail: u64,
+}
+
+impl IoReport {
+    /// Reads it from guest memory.
+    pub fn read(mem: &GuestMemory) -> Result<IoReport, MemoryError> {
+        let w = |i: u64| mem.read_u64(IO_REPORT_ADDR + i * 8);
+        let status = match w(0)? {
+            0 => "running",
+            1 => "done",
+            2 => "no virtio disk found",
+            3 => "the disk is smaller than the work",
+            4 => "a disk request failed",
+            5 => "a sector read back differs from what was written",
+            6 => "no virtio network interface found",
+            7 => "the device refused the features (VERSION_1)",
+            8 => "a queue is smaller than the driver's",
+            9 => "the device needs a reset",
+            _ => "unknown status",
+        };
+        Ok(IoReport {
+            status,
+            disk_checksum: w(1)?,
+            disk_requests: w(2)?,
+            disk_passes_done: w(3)?,
+            net_acked: w(4)?,
+            net_transmitted: w(5)?,
+            net_retransmits: w(6)?,
+            net_received: w(7)?,
+            device_interrupts: w(8)?,
+            detail: w(9)?,
+        })
+    }
+}
+
+/// The device work a loaded guest was given (zero: none), read from its parameter page.
+fn device_work(mem: &GuestMemory) -> Result<DeviceWork, MemoryError> {
+    Ok(DeviceWork {
+        disk_sectors: mem.read_u64(PARAMS_ADDR + 9 * 8)?,
+        disk_passes: mem.read_u64(PARAMS_ADDR + 10 * 8)?,
+        net_frames: mem.read_u64(PARAMS_ADDR + 11 * 8)?,
+    })
+}
+
 /// A test guest pattern name that is not one of the known ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown pattern {0:?} (sequential, random, hot-set, pointer-chase)")]
@@ -141,6 +329,10 @@ pub enum RunError {
     RefusedParams { cpu: u32 },
     #[error("guest stopped: vCPU {cpu}: {reason}")]
     Stopped { cpu: u32, reason: String },
+    #[error("the test guest's device driver failed: {} (detail {:#x}); its report: {report:?}", report.status, report.detail)]
+    Device { report: IoReport },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 /// How the guest walks its data area.
@@ -207,6 +399,7 @@ pub(crate) fn load(
     vcpus: u32,
     params: &Params,
     interrupts: Option<Interrupts>,
+    io: DeviceWork,
 ) -> Result<(), BootError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(BootError::TestGuestVcpus { vcpus });
@@ -226,7 +419,7 @@ pub(crate) fn load(
             available: mem.size(),
         });
     }
-    if IMAGE.len() as u64 > AREA_START - CODE_ADDR {
+    if IMAGE.len() as u64 > IO_ADDR - CODE_ADDR {
         return Err(BootError::ImageTooLarge(IMAGE.len()));
     }
     mem.write(CODE_ADDR, IMAGE)?;
@@ -237,6 +430,14 @@ pub(crate) fn load(
     mem.write(IDT_ADDR, &vec![0u8; (vector_addr - IDT_ADDR) as usize])?;
     mem.write_u64(vector_addr, gate[0])?;
     mem.write_u64(vector_addr + 8, gate[1])?;
+    let gate = interrupt_gate(d.kernel_code, DEVICE_HANDLER);
+    let device_addr = IDT_ADDR + u64::from(DEVICE_VECTOR) * 16;
+    mem.write(
+        vector_addr + 16,
+        &vec![0u8; (device_addr - vector_addr - 16) as usize],
+    )?;
+    mem.write_u64(device_addr, gate[0])?;
+    mem.write_u64(device_addr + 8, gate[1])?;
     // A 64-bit TSS per vCPU (RSP0: the top of its kernel stack) with an I/O permission bitmap
     // that allows every port. RFLAGS.IOPL=3 alone would do on hardware, but a KVM that runs CPL3
     // guest code natively in host user mode (as the software KVM here does) cannot keep IOPL in
@@ -283,6 +484,9 @@ pub(crate) fn load(
         params.seed,
         params.hot_percent.clamp(1, 100),
         u64::from(timer_hz),
+        io.disk_sectors,
+        io.disk_passes,
+        io.net_frames,
     ];
     for (i, v) in p.iter().enumerate() {
         mem.write_u64(PARAMS_ADDR + i as u64 * 8, *v)?;
@@ -291,6 +495,7 @@ pub(crate) fn load(
         REPORT_ADDR,
         &vec![0u8; (REPORT_STRIDE * MAX_VCPUS as u64) as usize],
     )?;
+    mem.write(IO_ADDR, &vec![0u8; (AREA_START - IO_ADDR) as usize])?;
     Ok(())
 }
 
@@ -315,7 +520,7 @@ pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32, interrupts: bool) -> Result<(), K
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = d.gdt.limit();
     sregs.idt.base = IDT_ADDR;
-    sregs.idt.limit = (u16::from(TIMER_VECTOR) + 1) * 16 - 1;
+    sregs.idt.limit = (u16::from(DEVICE_VECTOR) + 1) * 16 - 1;
     // PG | AM | WP | NE | ET | MP | PE
     sregs.cr0 = 0x8005_0033;
     sregs.cr3 = PML4_ADDR;
@@ -357,6 +562,8 @@ pub(crate) fn setup_vcpu(fd: &VcpuFd, id: u32, interrupts: bool) -> Result<(), K
 pub struct Finished {
     pub checksums: Vec<u64>,
     pub ticks: Vec<u64>,
+    /// Device mode: the device report at the end.
+    pub io: Option<IoReport>,
 }
 
 impl Finished {
@@ -382,6 +589,19 @@ pub fn boot_test_guest_with(
     params: &Params,
     interrupts: Option<Interrupts>,
 ) -> Result<Vm, BootError> {
+    boot_test_guest_with_devices(config, params, interrupts, DeviceWork::default())
+}
+
+/// Builds a VM with the test guest loaded, not yet started, in interrupt mode when
+/// `interrupts` is given, driving the VM's first disk and network interface as `io` says
+/// (device mode, which needs interrupt mode).
+pub fn boot_test_guest_with_devices(
+    config: &VmConfig,
+    params: &Params,
+    interrupts: Option<Interrupts>,
+    io: DeviceWork,
+) -> Result<Vm, BootError> {
+    check_device_work(config, &io, interrupts)?;
     if config.memory_bytes < MIN_MEMORY {
         return Err(BootError::MemoryTooSmall {
             what: "the test guest".into(),
@@ -390,7 +610,7 @@ pub fn boot_test_guest_with(
         });
     }
     let mem = GuestMemory::new(&crate::vstate::memory::layout(config.memory_bytes))?;
-    load(&mem, config.vcpus, params, interrupts)?;
+    load(&mem, config.vcpus, params, interrupts, io)?;
     let vm = Vm::create(config, mem, GuestKind::TestGuest, None, None)?;
     for v in vm.pending_vcpus() {
         setup_vcpu(&v.fd, v.id, interrupts.is_some())?;
@@ -440,6 +660,14 @@ pub fn wait_done_with(
                 code: report_port::CODE_BAD_PARAMS,
                 ..
             }) => return Err(RunError::RefusedParams { cpu }),
+            Some(GuestEvent::Report {
+                code: CODE_DEVICE_ERROR,
+                ..
+            }) => {
+                return Err(RunError::Device {
+                    report: IoReport::read(vm.memory())?,
+                })
+            }
             Some(GuestEvent::Stopped { cpu, reason }) => {
                 return Err(RunError::Stopped { cpu, reason })
             }
@@ -447,9 +675,15 @@ pub fn wait_done_with(
         }
     }
     let done: Vec<(u64, u64)> = done.into_iter().map(|d| d.unwrap_or_default()).collect();
+    let io = if device_work(vm.memory())?.any() {
+        Some(IoReport::read(vm.memory())?)
+    } else {
+        None
+    };
     Ok(Some(Finished {
         checksums: done.iter().map(|d| d.0).collect(),
         ticks: done.iter().map(|d| d.1).collect(),
+        io,
     }))
 }
 
@@ -543,7 +777,7 @@ mod tests {
     #[test]
     fn load_writes_tables_and_params() {
         let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
-        load(&mem, 2, &Params::default(), None).unwrap();
+        load(&mem, 2, &Params::default(), None, DeviceWork::default()).unwrap();
         assert_eq!(mem.read_u64(PARAMS_ADDR).unwrap(), PARAMS_MAGIC);
         assert_eq!(mem.read_u64(PARAMS_ADDR + 8).unwrap() >> 32, 2);
         assert_eq!(mem.read_u64(PARAMS_ADDR + 24).unwrap(), 6 << 20);
@@ -572,6 +806,7 @@ mod tests {
             2,
             &Params::default(),
             Some(Interrupts { timer_hz: 250 }),
+            DeviceWork::default(),
         )
         .unwrap();
         assert_eq!(mem.read_u64(PARAMS_ADDR + 64).unwrap(), 250);
@@ -593,7 +828,7 @@ mod tests {
     #[test]
     fn every_vcpu_has_its_own_kernel_stack_and_shares_the_io_bitmap() {
         let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
-        load(&mem, 1, &Params::default(), None).unwrap();
+        load(&mem, 1, &Params::default(), None, DeviceWork::default()).unwrap();
         for id in 0..MAX_VCPUS as u64 {
             let at = TSS_ADDR + id * TSS_STRIDE;
             let rsp0 = mem.read_u64(at + 4).unwrap();
@@ -623,6 +858,7 @@ mod tests {
                 1,
                 &Params::default(),
                 Some(Interrupts { timer_hz: hz }),
+                DeviceWork::default(),
             );
             assert!(
                 matches!(err, Err(BootError::TimerRate { hz: h, .. }) if h == hz),
@@ -659,11 +895,84 @@ mod tests {
     }
 
     #[test]
+    fn device_mode_routes_its_vector_and_writes_its_work() {
+        let at = (DEVICE_HANDLER - CODE_ADDR) as usize;
+        assert_eq!(IMAGE[at], 0x50, "push %rax");
+        let mem = GuestMemory::new(&[(0, 8 << 20)]).unwrap();
+        let work = DeviceWork {
+            disk_sectors: 64,
+            disk_passes: 3,
+            net_frames: 100,
+        };
+        load(
+            &mem,
+            1,
+            &Params::default(),
+            Some(Interrupts { timer_hz: 1000 }),
+            work,
+        )
+        .unwrap();
+        assert_eq!(device_work(&mem).unwrap(), work);
+        let gate = IDT_ADDR + u64::from(DEVICE_VECTOR) * 16;
+        let low = mem.read_u64(gate).unwrap();
+        let handler =
+            (low & 0xffff) | ((low >> 32) & 0xffff_0000) | (mem.read_u64(gate + 8).unwrap() << 32);
+        assert_eq!(handler, DEVICE_HANDLER);
+        assert_eq!(IoReport::read(&mem).unwrap().status, "running");
+        assert!(
+            IMAGE.len() as u64 <= IO_ADDR - CODE_ADDR,
+            "the image stays below the I/O area"
+        );
+    }
+
+    #[test]
+    fn device_work_the_vm_cannot_do_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, vec![0u8; 64 * 512]).unwrap();
+        let with_disk = VmConfig {
+            disks: vec![
+                crate::devices::virtio::block::DiskConfig::parse(img.to_str().unwrap()).unwrap(),
+            ],
+            ..Default::default()
+        };
+        let irq = Some(Interrupts { timer_hz: 1000 });
+        let disk = |sectors, passes| DeviceWork {
+            disk_sectors: sectors,
+            disk_passes: passes,
+            net_frames: 0,
+        };
+        check_device_work(&with_disk, &disk(64, 1), irq).unwrap();
+        check_device_work(&VmConfig::default(), &DeviceWork::default(), None).unwrap();
+        for (config, work, irq, says) in [
+            (&with_disk, disk(64, 1), None, "needs interrupt mode"),
+            (&with_disk, disk(60, 1), irq, "not a multiple of 8"),
+            (&with_disk, disk(64, 0), irq, "must both be given"),
+            (&with_disk, disk(72, 1), irq, "holds 32768"),
+            (&VmConfig::default(), disk(8, 1), irq, "has no disk"),
+            (
+                &with_disk,
+                DeviceWork {
+                    net_frames: 5,
+                    ..DeviceWork::default()
+                },
+                irq,
+                "no network interface",
+            ),
+        ] {
+            let e = check_device_work(config, &work, irq)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{work:?}: {e}");
+        }
+    }
+
+    #[test]
     fn too_little_memory_is_refused() {
         let mem = GuestMemory::new(&[(0, 4 << 20)]).unwrap();
-        let err = load(&mem, 2, &Params::default(), None).unwrap_err();
+        let err = load(&mem, 2, &Params::default(), None, DeviceWork::default()).unwrap_err();
         assert!(matches!(err, BootError::MemoryTooSmall { .. }), "{err}");
-        assert!(load(&mem, 9, &Params::default(), None).is_err());
+        assert!(load(&mem, 9, &Params::default(), None, DeviceWork::default()).is_err());
         "pointer-chase".parse::<Pattern>().unwrap();
         assert!("zigzag".parse::<Pattern>().is_err());
     }

@@ -101,6 +101,16 @@ pub struct GuestArgs {
     /// The LAPIC timer's rate in interrupt mode.
     #[arg(long, requires = "interrupts", default_value_t = 1000)]
     pub timer_hz: u32,
+    /// Test guest device mode (with --interrupts): vCPU 0 writes sectors 0..N of the first
+    /// --disk and reads them back verifying (N a multiple of 8), --disk-passes times.
+    #[arg(long, requires = "interrupts", default_value_t = 0)]
+    pub disk_sectors: u64,
+    #[arg(long, requires = "disk_sectors", default_value_t = 0)]
+    pub disk_passes: u64,
+    /// Test guest device mode (with --interrupts): vCPU 0 sends a numbered stream of this many
+    /// 1 KiB frames on the first --net, resending until a peer on the tap acknowledges each.
+    #[arg(long, requires = "interrupts", default_value_t = 0)]
+    pub net_frames: u64,
     /// Boot this Linux kernel (bzImage or ELF vmlinux) instead of the test guest.
     #[arg(long)]
     pub kernel: Option<PathBuf>,

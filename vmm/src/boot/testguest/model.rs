@@ -68,3 +68,68 @@ pub fn area_size_for(memory_bytes: u64) -> u64 {
     let first = crate::vstate::memory::layout(memory_bytes)[0];
     (first.0 + first.1).saturating_sub(AREA_START)
 }
+
+/// Device mode: word `w` (of 64) of disk sector `sector` as pass `pass` writes it
+/// (guest/devices.c `disk_word`).
+pub fn disk_word(sector: u64, pass: u64, w: u64) -> u64 {
+    let x = ((sector << 24) ^ (pass << 8) ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 31)
+}
+
+/// Device mode: what the first `sectors` sectors of the disk hold once `passes` passes are
+/// done (the last pass's pattern), as bytes; the rest of the disk is left alone.
+pub fn disk_contents(sectors: u64, passes: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity((sectors * 512) as usize);
+    if passes == 0 {
+        return out;
+    }
+    for s in 0..sectors {
+        for w in 0..64 {
+            out.extend_from_slice(&disk_word(s, passes - 1, w).to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Device mode: the disk checksum a guest that did `passes` passes over `sectors` sectors
+/// reports: every word it read back, in order, folded.
+pub fn disk_checksum(sectors: u64, passes: u64) -> u64 {
+    let mut sum = 0x6469_736bu64;
+    for pass in 0..passes {
+        for s in 0..sectors {
+            for w in 0..64 {
+                let x = (sum ^ disk_word(s, pass, w)).wrapping_mul(0x100_0000_01b3);
+                sum = x ^ (x >> 29);
+            }
+        }
+    }
+    sum
+}
+
+/// Device mode: byte `k` of the network stream (guest/devices.c `stream_byte`).
+pub fn stream_byte(k: u64) -> u8 {
+    ((k.wrapping_mul(7)) ^ ((k >> 8).wrapping_mul(131)) ^ (k >> 16) ^ 0x5a) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_disk_model_keeps_the_last_pass_and_folds_every_pass() {
+        let two = disk_contents(16, 2);
+        assert_eq!(two.len(), 16 * 512);
+        assert_eq!(two[8..16], disk_word(0, 1, 1).to_le_bytes());
+        assert_ne!(disk_contents(16, 1), two, "each pass writes other words");
+        assert!(disk_contents(16, 0).is_empty());
+        assert_ne!(disk_checksum(16, 1), disk_checksum(16, 2));
+        assert_eq!(disk_checksum(16, 0), 0x6469_736b);
+    }
+
+    #[test]
+    fn stream_bytes_differ_between_neighbouring_frames() {
+        let frame = |i: u64| -> Vec<u8> { (i * 1024..(i + 1) * 1024).map(stream_byte).collect() };
+        assert_ne!(frame(0), frame(1));
+        assert_ne!(frame(1), frame(257));
+    }
+}
