@@ -275,8 +275,25 @@ pub struct IoReport {
 impl IoReport {
     /// Reads it from guest memory.
     pub fn read(mem: &GuestMemory) -> Result<IoReport, MemoryError> {
-        let w = |i: u64| mem.read_u64(IO_REPORT_ADDR + i * 8);
-        let status = match w(0)? {
+        let mut words = [0u64; 10];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = mem.read_u64(IO_REPORT_ADDR + i as u64 * 8)?;
+        }
+        Ok(IoReport::decode(words))
+    }
+
+    /// Reads it from a copy of guest memory from address 0 (a checkpoint's, read back); None
+    /// when the copy is too short.
+    pub fn in_copy(memory: &[u8]) -> Option<IoReport> {
+        let mut words = [0u64; 10];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = word_in_copy(memory, IO_REPORT_ADDR + i as u64 * 8)?;
+        }
+        Some(IoReport::decode(words))
+    }
+
+    fn decode(w: [u64; 10]) -> IoReport {
+        let status = match w[0] {
             0 => "running",
             1 => "done",
             2 => "no virtio disk found",
@@ -289,19 +306,34 @@ impl IoReport {
             9 => "the device needs a reset",
             _ => "unknown status",
         };
-        Ok(IoReport {
+        IoReport {
             status,
-            disk_checksum: w(1)?,
-            disk_requests: w(2)?,
-            disk_passes_done: w(3)?,
-            net_acked: w(4)?,
-            net_transmitted: w(5)?,
-            net_retransmits: w(6)?,
-            net_received: w(7)?,
-            device_interrupts: w(8)?,
-            detail: w(9)?,
-        })
+            disk_checksum: w[1],
+            disk_requests: w[2],
+            disk_passes_done: w[3],
+            net_acked: w[4],
+            net_transmitted: w[5],
+            net_retransmits: w[6],
+            net_received: w[7],
+            device_interrupts: w[8],
+            detail: w[9],
+        }
     }
+}
+
+/// The little-endian word at `addr` of a copy of guest memory.
+fn word_in_copy(memory: &[u8], addr: u64) -> Option<u64> {
+    let at = usize::try_from(addr).ok()?;
+    let bytes = memory.get(at..at.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// The timer ticks of the first `vcpus` vCPUs in a copy of guest memory from address 0 (a
+/// checkpoint's, read back); None when the copy is too short.
+pub fn ticks_in_copy(memory: &[u8], vcpus: usize) -> Option<Vec<u64>> {
+    (0..vcpus as u64)
+        .map(|id| word_in_copy(memory, KSTACKS_ADDR + id * KSTACK_SIZE))
+        .collect()
 }
 
 /// The device work a loaded guest was given (zero: none), read from its parameter page.
