@@ -11,59 +11,11 @@
 //! THAW_LINUX_DIR keeps the image and logs (default: a directory under the target dir).
 
 mod bins;
+mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use common::linux_guest::{ext4_root, minimal_kernel};
+use std::path::PathBuf;
 use std::time::Instant;
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The cached minimal kernel (built on first use, about 4 minutes).
-fn kernel() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-linux");
-    let out = sh(&mut Command::new(script));
-    PathBuf::from(
-        out.lines()
-            .last()
-            .expect("build-linux prints the vmlinux path")
-            .trim(),
-    )
-}
-
-/// An ext4 image whose /sbin/init faults on its first store, without a system call.
-fn root_image(dir: &Path) -> PathBuf {
-    let src = dir.join("init.c");
-    std::fs::write(
-        &src,
-        "void _start(void) { *(volatile long *)0 = 1; for (;;) ; }\n",
-    )
-    .unwrap();
-    let root = dir.join("root");
-    let _ = std::fs::remove_dir_all(&root);
-    for d in ["sbin", "dev", "proc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    sh(Command::new("cc")
-        .args(["-static", "-nostdlib", "-O2", "-fno-stack-protector", "-o"])
-        .arg(root.join("sbin/init"))
-        .arg(&src));
-    let img = dir.join("root.img");
-    let _ = std::fs::remove_file(&img);
-    sh(Command::new("mkfs.ext4")
-        .args(["-q", "-d"])
-        .arg(&root)
-        .arg(&img)
-        .arg("16M"));
-    img
-}
 
 fn run(args: &[String]) -> Vec<serde_json::Value> {
     let started = Instant::now();
@@ -97,8 +49,11 @@ fn linux_mounts_its_root_from_virtio_blk_and_execs_init_from_it_after_a_restore(
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux-virtio-blk"));
     std::fs::create_dir_all(&dir).unwrap();
-    let kernel = kernel();
-    let img = root_image(&dir);
+    let kernel = minimal_kernel();
+    let img = ext4_root(
+        &dir,
+        "void _start(void) { *(volatile long *)0 = 1; for (;;) ; }\n",
+    );
     let store = dir.join("store");
     let _ = std::fs::remove_dir_all(&store);
     let boot_log = dir.join("boot.log");

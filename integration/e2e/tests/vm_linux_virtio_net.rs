@@ -10,57 +10,12 @@
 //! kernel answers ICMP itself.
 
 mod bins;
+mod common;
 
+use common::linux_guest::{ext4_root, minimal_kernel, sh};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn kernel() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-linux");
-    let out = sh(&mut Command::new(script));
-    PathBuf::from(
-        out.lines()
-            .last()
-            .expect("build-linux prints the vmlinux path")
-            .trim(),
-    )
-}
-
-fn root_image(dir: &Path) -> PathBuf {
-    let src = dir.join("init.c");
-    std::fs::write(
-        &src,
-        "static volatile unsigned long counter;\nvoid _start(void) { for (;;) counter++; }\n",
-    )
-    .unwrap();
-    let root = dir.join("root");
-    let _ = std::fs::remove_dir_all(&root);
-    for d in ["sbin", "dev", "proc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    sh(Command::new("cc")
-        .args(["-static", "-nostdlib", "-O2", "-fno-stack-protector", "-o"])
-        .arg(root.join("sbin/init"))
-        .arg(&src));
-    let img = dir.join("root.img");
-    let _ = std::fs::remove_file(&img);
-    sh(Command::new("mkfs.ext4")
-        .args(["-q", "-d"])
-        .arg(&root)
-        .arg(&img)
-        .arg("16M"));
-    img
-}
 
 struct Netns(String);
 
@@ -136,8 +91,11 @@ fn linux_answers_ping_over_virtio_net_before_and_after_a_restore_on_another_host
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux-virtio-net"));
     std::fs::create_dir_all(&dir).unwrap();
-    let kernel = kernel();
-    let img = root_image(&dir);
+    let kernel = minimal_kernel();
+    let img = ext4_root(
+        &dir,
+        "static volatile unsigned long counter;\nvoid _start(void) { for (;;) counter++; }\n",
+    );
     let a = host("a", "tap0");
     let b = host("b", "tapb");
     let store = dir.join("store");

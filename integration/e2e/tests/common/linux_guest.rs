@@ -1,6 +1,6 @@
 //! What a Linux guest test boots: the minimal kernel (`scripts/build-linux`, cached outside the
-//! clone), the no-system-call init built from `vmm/guest/linux/init.c`, and newc cpio archives
-//! to pack an initramfs.
+//! clone), the no-system-call init built from `vmm/guest/linux/init.c`, ext4 root images with an
+//! init of the test's own, and newc cpio archives to pack an initramfs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -164,4 +164,41 @@ pub fn kernel_failures(console: &str) -> Vec<&str> {
         .lines()
         .filter(|l| SIGNS.iter().any(|s| l.contains(s)))
         .collect()
+}
+
+/// Runs a setup command; its stdout, or a panic naming it with its stderr.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A 16 MiB ext4 image `dir/root.img` holding /sbin/init built (static, no libc, no system
+/// call) from the C source `init_source`, and the directories the kernel mounts on.
+pub fn ext4_root(dir: &Path, init_source: &str) -> PathBuf {
+    let src = dir.join("init.c");
+    std::fs::write(&src, init_source).unwrap();
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["sbin", "dev", "proc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    sh(Command::new("cc")
+        .args(["-static", "-nostdlib", "-O2", "-fno-stack-protector", "-o"])
+        .arg(root.join("sbin/init"))
+        .arg(&src));
+    let img = dir.join("root.img");
+    let _ = std::fs::remove_file(&img);
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("16M"));
+    img
 }
