@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vmm::boot::testguest::{self, boot_test_guest, Params, Pattern};
 use vmm::devices::serial::SerialOutput;
+use vmm::devices::GuestEvent;
 use vmm::persist::checkpoint::{open_store, runtime};
 use vmm::persist::dirty::DirtyConfig;
 use vmm::persist::lineage::{Kind, Lineage};
@@ -46,8 +47,10 @@ fn run_until_written(vm: &mut Vm, lineage: &mut Lineage, pages: u64) -> Result<(
                 lineage.written_since_checkpoint()
             );
         }
-        if let Some(ev) = vm.next_event(Duration::from_millis(2))? {
-            bail!("the benchmark guest stopped early: {ev:?}");
+        match vm.next_event(Duration::from_millis(2))? {
+            // The start report.
+            None | Some(GuestEvent::Report { code: 1, .. }) => {}
+            Some(ev) => bail!("the benchmark guest stopped early: {ev:?}"),
         }
         lineage.poll(vm)?;
     }
