@@ -52,6 +52,19 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// A full checkpoint of a running test guest, then an incremental one after it wrote 1% of
+    /// its pages: times and bytes.
+    Incremental {
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Guest memory (4 GiB in the reported figures).
+        #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+        mem: u64,
+        /// Directory under which the temporary store is created.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Fault service latency through the fetch agent (cached, network) next to the bare uffd floor.
     FaultLatency {
         /// Where to write the JSON results.
@@ -277,6 +290,7 @@ async fn run(cli: Cli, hop_log: Option<bench::restore::hops::HopLog>) -> anyhow:
         .await
         .map(drop),
         BenchCommand::Resume { json, dir } => bench::resume::run(json, dir),
+        BenchCommand::Incremental { json, mem, dir } => bench::incremental::run(mem, json, dir),
         BenchCommand::FaultLatency { json, blocks } => {
             bench::fault_latency::run(bench::fault_latency::FaultLatencyBench { blocks, json })
                 .await

@@ -14,7 +14,7 @@ use vmm::devices::serial::SerialOutput;
 use vmm::persist::checkpoint::{checkpoint, checkpoint_with_dirty_log, runtime};
 use vmm::persist::dirty::DirtyConfig;
 use vmm::persist::dirty_tracker::DirtyTracker;
-use vmm::persist::restore::{restore, RestoreMode};
+use vmm::persist::restore::{restore_with, RestoreMode};
 use vmm::vstate::vm::{Vm, VmConfig};
 
 use crate::api::client;
@@ -340,6 +340,8 @@ fn run_and_maybe_checkpoint(
         }
         vm.resume();
     }
+    // Checkpoints through the API are incremental from here (the first is full).
+    control.track(&vm, None)?;
     finish(&mut vm, linux, m.timeout, m, &watch, t0, &mut control)?;
     vm.stop()?;
     Ok(())
@@ -366,9 +368,21 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         nets: a.nets.clone(),
         ..Default::default()
     };
+    let mut control = Control::new(
+        a.api.as_deref(),
+        &rt,
+        &a.keys,
+        a.machine.json,
+        Some(a.id.clone()),
+    )?;
     let t0 = Instant::now();
-    let mut r = restore(&config, &rt, &store, &a.store, &a.id, &trust, &mode)
-        .with_context(|| format!("restoring checkpoint {} from {}", a.id, a.store))?;
+    let dirty_log = control.wants_dirty_log();
+    let mut r = restore_with(
+        &config, &rt, &store, &a.store, &a.id, &trust, &mode, dirty_log,
+    )
+    .with_context(|| format!("restoring checkpoint {} from {}", a.id, a.store))?;
+    // The restored checkpoint is the parent of the first checkpoint through the API.
+    control.track(&r.vm, Some((a.id.clone(), store.location().to_string())))?;
     emit(
         a.machine.json,
         serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),
@@ -380,13 +394,6 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     } else {
         a.machine.timeout
     };
-    let mut control = Control::new(
-        a.api.as_deref(),
-        &rt,
-        &a.keys,
-        a.machine.json,
-        Some(a.id.clone()),
-    )?;
     let ran = finish(
         &mut r.vm,
         linux,
@@ -451,7 +458,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
                     socket,
                     "PUT",
                     "/snapshot/create",
-                    Some(&serde_json::json!({"store": a.store, "stop": a.stop})),
+                    Some(&checkpoint_body(&a)),
                 )?;
                 emit(
                     a.machine.json,
@@ -476,6 +483,18 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
         VmCommand::Status(a) => api_call(&a, "GET", "/vm", ""),
         VmCommand::Stop(a) => api_call(&a, "PUT", "/actions", r#"{"action_type":"Stop"}"#),
     }
+}
+
+/// The body of `PUT /snapshot/create` for `thaw vm checkpoint --api`.
+fn checkpoint_body(a: &CheckpointArgs) -> serde_json::Value {
+    let mut body = serde_json::json!({"store": a.store, "stop": a.stop});
+    if a.full {
+        body["snapshot_type"] = "Full".into();
+    }
+    if let Some(parent) = &a.parent {
+        body["parent"] = parent.as_str().into();
+    }
+    body
 }
 
 /// Calls the control API and prints what it answers (nothing for an empty answer).

@@ -65,6 +65,12 @@ pub enum CheckpointError {
         #[source]
         source: CryptError,
     },
+    #[error("checkpoint {parent} cannot be the parent of this checkpoint: {source}")]
+    Parent {
+        parent: CheckpointId,
+        #[source]
+        source: crate::incremental::ParentMismatch,
+    },
     #[error("background task failed: {0}")]
     Task(String),
 }

@@ -10,6 +10,7 @@ pub mod catalog;
 mod cpu;
 pub mod dirty_log;
 mod error;
+pub mod incremental;
 pub mod keys;
 mod memory;
 pub mod reader;
@@ -19,7 +20,8 @@ pub mod tenant_key;
 mod writer;
 
 pub use error::CheckpointError;
+pub use incremental::write_incremental_checkpoint;
 pub use memory::MemoryRegion;
 pub use reader::{Block, CheckpointReader};
 pub use store::Store;
-pub use writer::{write_checkpoint, WriteOptions, WriteSummary};
+pub use writer::{write_checkpoint, IncrementalStats, WriteOptions, WriteSummary};

@@ -106,6 +106,8 @@ pub struct WriteSummary {
     /// Bytes this write uploaded (segments and manifest).
     pub uploaded_bytes: u64,
     pub segments: usize,
+    /// For an incremental write: its parent and what it wrote of the parent's pages.
+    pub incremental: Option<IncrementalStats>,
 }
 
 /// Where a block's stored bytes already are, in a parent checkpoint.
@@ -129,123 +131,243 @@ pub async fn write_checkpoint(
     state: Vec<u8>,
     opts: &WriteOptions,
 ) -> Result<WriteSummary, CheckpointError> {
-    let created_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let id = opts
-        .id
-        .clone()
-        .unwrap_or_else(|| CheckpointId::generate(created_unix_ms));
-    let view = MemoryView::new(regions, opts.page_size).map_err(CheckpointError::BadMemory)?;
-    let manifest_key = keys::manifest(&id);
-    let os = store.object_store().clone();
-    if os.head(&manifest_key).await.is_ok() {
-        return Err(CheckpointError::AlreadyExists {
-            id,
-            store: store.location().to_owned(),
-        });
-    }
+    let target = NewCheckpoint::begin(store, regions, opts).await?;
     let keys = store.tenant_keys().map(|k| k.as_ref());
     let existing = match &opts.parent {
         Some(parent) => {
-            let trust = match &opts.signing_key {
-                Some(key) => opts.parent_trust.with_key(key.verifying_key()),
-                None => opts.parent_trust.clone(),
-            };
+            let trust = parent_trust(opts);
             existing_blocks(store, parent, &trust, keys).await?
         }
         None => HashMap::new(),
     };
 
     let started = std::time::Instant::now();
-    let zero = crate::cpu::run_cpu(|| find_zero_pages(&view));
-    let zero_scan = started.elapsed();
+    let zero = crate::cpu::run_cpu(|| find_zero_pages(&target.view));
+    tracing::debug!(zero_scan = ?started.elapsed(), "zero pages found");
     let plan = plan_blocks(&opts.layout, &zero, opts.block_pages)?;
+    let planned = Planned {
+        new_blocks: plan,
+        kept: Vec::new(),
+        zero,
+        existing,
+        incremental: None,
+    };
+    target.write(store, state, opts, planned).await
+}
 
-    let mut packer = SegmentPacker::new(id.clone(), os.clone(), opts);
-    // Encode in batches of about one segment of raw bytes, so memory use stays
-    // bounded and uploads of one batch overlap the encoding of the next.
-    let batch_blocks =
-        (opts.segment_bytes as u64 / (opts.block_pages * opts.page_size)).max(1) as usize;
-    let mut blocks = Vec::with_capacity(plan.len());
-    let mut encoding = std::time::Duration::ZERO;
-    for batch in plan.chunks(batch_blocks) {
-        let t = std::time::Instant::now();
-        let prepared = crate::cpu::run_cpu(|| prepare_blocks(&view, batch, &existing, keys));
-        encoding += t.elapsed();
-        for (pages, block) in batch.iter().zip(prepared) {
-            blocks.push(packer.add(pages.clone(), block).await?);
+/// What the parent's manifest must pass before anything of it is reused.
+pub(crate) fn parent_trust(opts: &WriteOptions) -> ManifestTrust {
+    match &opts.signing_key {
+        Some(key) => opts.parent_trust.with_key(key.verifying_key()),
+        None => opts.parent_trust.clone(),
+    }
+}
+
+/// A checkpoint about to be written: its id is free in the store and its memory is valid.
+pub(crate) struct NewCheckpoint<'a> {
+    pub(crate) id: CheckpointId,
+    created_unix_ms: u64,
+    regions: &'a [MemoryRegion<'a>],
+    pub(crate) view: MemoryView<'a>,
+}
+
+/// What a write puts in its manifest besides the new blocks' contents.
+pub(crate) struct Planned {
+    /// Blocks to encode and upload, each a list of page runs.
+    pub(crate) new_blocks: Vec<Vec<PageRun>>,
+    /// Blocks kept from an ancestor as they are: the entry (its `object` is ignored) and the
+    /// store-relative key of the object holding it.
+    pub(crate) kept: Vec<(BlockEntry, String)>,
+    /// Per page: all zero, in no block.
+    pub(crate) zero: Vec<bool>,
+    /// Blocks reused by hash when a new block turns out to exist already.
+    existing: HashMap<[u8; 32], ExistingBlock>,
+    pub(crate) incremental: Option<IncrementalStats>,
+}
+
+impl Planned {
+    /// A plan reusing nothing by hash (an incremental write knows what is unchanged already).
+    pub(crate) fn without_hash_reuse(
+        new_blocks: Vec<Vec<PageRun>>,
+        kept: Vec<(BlockEntry, String)>,
+        zero: Vec<bool>,
+        incremental: IncrementalStats,
+    ) -> Planned {
+        Planned {
+            new_blocks,
+            kept,
+            zero,
+            existing: HashMap::new(),
+            incremental: Some(incremental),
         }
     }
-    let t = std::time::Instant::now();
-    packer.finish().await?;
-    tracing::debug!(?zero_scan, ?encoding, upload_tail = ?t.elapsed(), "checkpoint write phases");
+}
 
-    let zero_pages =
-        thaw_format::layout::runs_of((0..view.total_pages()).filter(|&p| zero[p as usize]));
-    let manifest = Manifest {
-        id: id.clone(),
-        created_unix_ms,
-        parent: opts.parent.clone(),
-        page_size: opts.page_size,
-        regions: MemoryView::describe(regions),
-        objects: packer.objects,
-        prefetch_order: (0..blocks.len() as u32).collect(),
-        blocks,
-        zero_pages,
-        state: StateBlob::new(match keys {
-            Some(k) => k.seal_state(&id, &state),
-            None => state,
-        }),
-        encryption: keys.map(TenantKeys::encryption),
-    };
-    manifest
-        .validate()
-        .map_err(|source| CheckpointError::BadManifest {
-            id: id.clone(),
-            source,
-        })?;
-    let frame = thaw_format::encode(&manifest);
-    let digest = ManifestDigest::of(&frame);
-    let encoded = match &opts.signing_key {
-        Some(key) => signature::sign(&frame, key),
-        None => frame,
-    };
-    let manifest_len = encoded.len() as u64;
-    let put = PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    };
-    match os.put_opts(&manifest_key, encoded.into(), put).await {
-        Ok(_) => {}
-        Err(object_store::Error::AlreadyExists { .. }) => {
+/// What an incremental write did besides a full one's work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncrementalStats {
+    pub parent: CheckpointId,
+    /// Pages written by the guest since the parent.
+    pub dirty_pages: u64,
+    /// Unwritten pages read again because a page of their parent block was written (the block
+    /// is re-packed whole, since an entry cannot point into part of a block).
+    pub repacked_clean_pages: u64,
+    /// The parent's blocks pointed at as they are.
+    pub kept_blocks: usize,
+}
+
+impl<'a> NewCheckpoint<'a> {
+    pub(crate) async fn begin(
+        store: &Store,
+        regions: &'a [MemoryRegion<'a>],
+        opts: &WriteOptions,
+    ) -> Result<NewCheckpoint<'a>, CheckpointError> {
+        let created_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let id = opts
+            .id
+            .clone()
+            .unwrap_or_else(|| CheckpointId::generate(created_unix_ms));
+        let view = MemoryView::new(regions, opts.page_size).map_err(CheckpointError::BadMemory)?;
+        if store
+            .object_store()
+            .head(&keys::manifest(&id))
+            .await
+            .is_ok()
+        {
             return Err(CheckpointError::AlreadyExists {
                 id,
                 store: store.location().to_owned(),
-            })
+            });
         }
-        Err(e) => return Err(CheckpointError::object(manifest_key.as_ref(), e)),
+        Ok(NewCheckpoint {
+            id,
+            created_unix_ms,
+            regions,
+            view,
+        })
     }
-    let zero_count = zero.iter().filter(|&&z| z).count() as u64;
-    let summary = WriteSummary {
-        id,
-        digest,
-        signed: opts.signing_key.is_some(),
-        total_pages: view.total_pages(),
-        zero_pages: zero_count,
-        blocks: manifest.blocks.len(),
-        reused_blocks: packer.reused,
-        raw_bytes: (view.total_pages() - zero_count) * opts.page_size,
-        stored_bytes: manifest.stored_bytes(),
-        uploaded_bytes: packer.uploaded_bytes + manifest_len,
-        segments: packer.segments,
-    };
-    tracing::info!(
-        id = %summary.id, blocks = summary.blocks, reused = summary.reused_blocks,
-        stored = summary.stored_bytes, segments = summary.segments, "checkpoint written"
-    );
-    Ok(summary)
+
+    /// Encodes and uploads the new blocks, then writes the manifest.
+    pub(crate) async fn write(
+        self,
+        store: &Store,
+        state: Vec<u8>,
+        opts: &WriteOptions,
+        planned: Planned,
+    ) -> Result<WriteSummary, CheckpointError> {
+        let NewCheckpoint {
+            id,
+            created_unix_ms,
+            regions,
+            view,
+        } = self;
+        let manifest_key = keys::manifest(&id);
+        let os = store.object_store().clone();
+        let keys = store.tenant_keys().map(|k| k.as_ref());
+        let Planned {
+            new_blocks: plan,
+            kept,
+            zero,
+            existing,
+            incremental,
+        } = planned;
+
+        let mut packer = SegmentPacker::new(id.clone(), os.clone(), opts);
+        // Encode in batches of about one segment of raw bytes, so memory use stays
+        // bounded and uploads of one batch overlap the encoding of the next.
+        let batch_blocks =
+            (opts.segment_bytes as u64 / (opts.block_pages * opts.page_size)).max(1) as usize;
+        let mut blocks = Vec::with_capacity(plan.len() + kept.len());
+        let mut encoding = std::time::Duration::ZERO;
+        for batch in plan.chunks(batch_blocks) {
+            let t = std::time::Instant::now();
+            let prepared = crate::cpu::run_cpu(|| prepare_blocks(&view, batch, &existing, keys));
+            encoding += t.elapsed();
+            for (pages, block) in batch.iter().zip(prepared) {
+                blocks.push(packer.add(pages.clone(), block).await?);
+            }
+        }
+        let t = std::time::Instant::now();
+        packer.finish().await?;
+        tracing::debug!(?encoding, upload_tail = ?t.elapsed(), "checkpoint write phases");
+        for (entry, key) in kept {
+            packer.reused += 1;
+            blocks.push(BlockEntry {
+                object: packer.object(&key),
+                ..entry
+            });
+        }
+
+        let zero_pages =
+            thaw_format::layout::runs_of((0..view.total_pages()).filter(|&p| zero[p as usize]));
+        let manifest = Manifest {
+            id: id.clone(),
+            created_unix_ms,
+            parent: opts.parent.clone(),
+            page_size: opts.page_size,
+            regions: MemoryView::describe(regions),
+            objects: packer.objects,
+            prefetch_order: (0..blocks.len() as u32).collect(),
+            blocks,
+            zero_pages,
+            state: StateBlob::new(match keys {
+                Some(k) => k.seal_state(&id, &state),
+                None => state,
+            }),
+            encryption: keys.map(TenantKeys::encryption),
+        };
+        manifest
+            .validate()
+            .map_err(|source| CheckpointError::BadManifest {
+                id: id.clone(),
+                source,
+            })?;
+        let frame = thaw_format::encode(&manifest);
+        let digest = ManifestDigest::of(&frame);
+        let encoded = match &opts.signing_key {
+            Some(key) => signature::sign(&frame, key),
+            None => frame,
+        };
+        let manifest_len = encoded.len() as u64;
+        let put = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match os.put_opts(&manifest_key, encoded.into(), put).await {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                return Err(CheckpointError::AlreadyExists {
+                    id,
+                    store: store.location().to_owned(),
+                })
+            }
+            Err(e) => return Err(CheckpointError::object(manifest_key.as_ref(), e)),
+        }
+        let zero_count = zero.iter().filter(|&&z| z).count() as u64;
+        let summary = WriteSummary {
+            id,
+            digest,
+            signed: opts.signing_key.is_some(),
+            total_pages: view.total_pages(),
+            zero_pages: zero_count,
+            blocks: manifest.blocks.len(),
+            reused_blocks: packer.reused,
+            raw_bytes: (view.total_pages() - zero_count) * opts.page_size,
+            stored_bytes: manifest.stored_bytes(),
+            uploaded_bytes: packer.uploaded_bytes + manifest_len,
+            segments: packer.segments,
+            incremental,
+        };
+        tracing::info!(
+            id = %summary.id, blocks = summary.blocks, reused = summary.reused_blocks,
+            stored = summary.stored_bytes, uploaded = summary.uploaded_bytes,
+            segments = summary.segments, "checkpoint written"
+        );
+        Ok(summary)
+    }
 }
 
 fn find_zero_pages(view: &MemoryView<'_>) -> Vec<bool> {

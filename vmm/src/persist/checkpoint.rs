@@ -2,12 +2,13 @@
 //! storage-backend writer; with dirty tracking, also the dirty log, which lays the checkpoint out
 //! unless a layout is given.
 
+use crate::persist::dirty::PAGE_SIZE;
 use crate::persist::dirty_tracker::{DirtyStats, DirtyTracker};
 use crate::persist::state::StateBlobError;
 use crate::vstate::vm::{Vm, VmError};
 use std::time::Instant;
 use thaw_store::store::StoreSpecError;
-use thaw_store::{MemoryRegion, Store, WriteOptions};
+use thaw_store::{MemoryRegion, Store, WriteOptions, WriteSummary};
 
 /// A checkpoint could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,12 @@ pub enum CheckpointError {
     State(#[from] StateBlobError),
     #[error("checkpoint store: {0}")]
     Store(#[from] thaw_store::CheckpointError),
+    #[error("parent checkpoint id {id:?}: {source}")]
+    BadParent {
+        id: String,
+        #[source]
+        source: thaw_format::FormatError,
+    },
 }
 
 type Result<T> = std::result::Result<T, CheckpointError>;
@@ -41,9 +48,27 @@ pub struct CheckpointOutcome {
     pub memory_bytes: u64,
     pub zero_pages: u64,
     pub stored_bytes: u64,
+    /// Bytes this checkpoint uploaded (new segments and the manifest).
+    pub uploaded_bytes: u64,
     pub blocks: usize,
+    /// The checkpoint this one is incremental to; `None` for a full one.
+    pub parent: Option<String>,
+    /// What an incremental checkpoint wrote of its parent's pages.
+    pub incremental: Option<IncrementalOutcome>,
     /// Dirty tracking before the checkpoint, when it ran.
     pub dirty: Option<DirtyStats>,
+}
+
+/// What an incremental checkpoint wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IncrementalOutcome {
+    /// Pages the guest wrote since the parent.
+    pub dirty_pages: u64,
+    pub dirty_bytes: u64,
+    /// Pages not written but read again and uploaded because their block held a dirty page.
+    pub repacked_clean_pages: u64,
+    /// The parent's blocks pointed at, not uploaded.
+    pub kept_blocks: usize,
 }
 
 /// A tokio runtime for driving the async store from the synchronous vmm.
@@ -93,6 +118,31 @@ fn checkpoint_inner(
     vm.pause()?;
     let paused = Instant::now();
     let dirty = tracker.map(|t| t.finish(vm, paused)).transpose()?;
+    let (log, stats) = match dirty {
+        Some((log, stats)) => (Some(log), Some(stats)),
+        None => (None, None),
+    };
+    let mut outcome = save_and_write(vm, t0, paused, |regions, blob| match &log {
+        Some(log) => rt.block_on(thaw_store::dirty_log::write_checkpoint_with_dirty_log(
+            store, regions, blob, opts, log,
+        )),
+        None => rt.block_on(thaw_store::write_checkpoint(store, regions, blob, opts)),
+    })?;
+    outcome.dirty = stats;
+    Ok(outcome)
+}
+
+/// Saves the state of the VM paused at `paused` (the pause asked for at `t0`) and writes it
+/// with its memory through `write`.
+pub(crate) fn save_and_write(
+    vm: &Vm,
+    t0: Instant,
+    paused: Instant,
+    write: impl FnOnce(
+        &[MemoryRegion<'_>],
+        Vec<u8>,
+    ) -> std::result::Result<WriteSummary, thaw_store::CheckpointError>,
+) -> Result<CheckpointOutcome> {
     let t1 = Instant::now();
     let state = vm.save_state()?;
     let blob = state.encode()?;
@@ -105,13 +155,7 @@ fn checkpoint_inner(
         })
         .collect();
     let blob_len = blob.len();
-    let written = match &dirty {
-        Some((log, _)) => rt.block_on(thaw_store::dirty_log::write_checkpoint_with_dirty_log(
-            store, &regions, blob, opts, log,
-        )),
-        None => rt.block_on(thaw_store::write_checkpoint(store, &regions, blob, opts)),
-    };
-    let summary = written?;
+    let summary = write(&regions, blob)?;
     let t3 = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     Ok(CheckpointOutcome {
@@ -125,7 +169,15 @@ fn checkpoint_inner(
         memory_bytes: mem.size(),
         zero_pages: summary.zero_pages,
         stored_bytes: summary.stored_bytes,
+        uploaded_bytes: summary.uploaded_bytes,
         blocks: summary.blocks,
-        dirty: dirty.map(|(_, stats)| stats),
+        parent: summary.incremental.as_ref().map(|i| i.parent.to_string()),
+        incremental: summary.incremental.map(|i| IncrementalOutcome {
+            dirty_pages: i.dirty_pages,
+            dirty_bytes: i.dirty_pages * PAGE_SIZE,
+            repacked_clean_pages: i.repacked_clean_pages,
+            kept_blocks: i.kept_blocks,
+        }),
+        dirty: None,
     })
 }

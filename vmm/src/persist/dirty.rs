@@ -159,6 +159,48 @@ impl DirtyWindows {
     }
 }
 
+/// Pages written since some moment (a checkpoint), one bit per page: what an incremental
+/// checkpoint must write. Harvests are merged in as they come, so none is lost between
+/// checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageSet {
+    words: Vec<u64>,
+}
+
+impl PageSet {
+    pub fn insert_all(&mut self, pages: &[u64]) {
+        for &page in pages {
+            let w = (page / 64) as usize;
+            if w >= self.words.len() {
+                self.words.resize(w + 1, 0);
+            }
+            self.words[w] |= 1 << (page % 64);
+        }
+    }
+
+    pub fn union_with(&mut self, other: &PageSet) {
+        if other.words.len() > self.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= b;
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+
+    /// The pages, ascending.
+    pub fn pages(&self) -> Vec<u64> {
+        pages_in_bitmap(&self.words, 0, self.words.len() as u64 * 64)
+    }
+}
+
 /// The union of two ascending lists, ascending.
 fn union_sorted(a: &[u64], b: &[u64]) -> Vec<u64> {
     let mut out = Vec::with_capacity(a.len() + b.len());
@@ -257,6 +299,20 @@ mod tests {
         let mut w = DirtyWindows::new(config, t0);
         w.close_at_pause(t0 + ms(5), vec![7]);
         assert_eq!(w.page_counts(), vec![1]);
+    }
+
+    #[test]
+    fn a_page_set_merges_harvests_and_lists_them_once() {
+        let mut a = PageSet::default();
+        assert!(a.is_empty());
+        a.insert_all(&[5, 200, 5, 63]);
+        let mut b = PageSet::default();
+        b.insert_all(&[64, 1000]);
+        a.union_with(&b);
+        assert_eq!(a.pages(), vec![5, 63, 64, 200, 1000]);
+        assert_eq!(a.len(), 5);
+        b.union_with(&a);
+        assert_eq!(b, a);
     }
 
     #[test]

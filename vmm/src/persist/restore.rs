@@ -156,6 +156,23 @@ pub fn restore(
     trust: &ManifestTrust,
     mode: &RestoreMode,
 ) -> Result<Restored> {
+    restore_with(config, rt, store, store_spec, id, trust, mode, false)
+}
+
+/// As [`restore`], with KVM dirty logging on before the vCPUs first run when `dirty_log` is
+/// set: every page the restored guest writes is logged, so its checkpoints can be incremental
+/// to the one restored (see [`crate::persist::lineage`]).
+#[allow(clippy::too_many_arguments)]
+pub fn restore_with(
+    config: &VmConfig,
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    store_spec: &str,
+    id: &str,
+    trust: &ManifestTrust,
+    mode: &RestoreMode,
+    dirty_log: bool,
+) -> Result<Restored> {
     let t0 = Instant::now();
     let (reader, state) = open(rt, store, id, trust)?;
     let tc = Instant::now();
@@ -188,6 +205,9 @@ pub fn restore(
         }
         None => None,
     };
+    if dirty_log {
+        vm.set_dirty_log(true)?;
+    }
     let t3 = Instant::now();
     vm.start()?;
     let t4 = Instant::now();

@@ -467,6 +467,12 @@ impl Vm {
         &self.guest
     }
 
+    /// Whether the vmm itself writes guest memory while the VM runs (virtio devices fill queues
+    /// and buffers): such writes are not in KVM's dirty log.
+    pub fn writes_guest_memory_itself(&self) -> bool {
+        !self.virtio.is_empty()
+    }
+
     /// Whether the VM is paused (or being paused).
     pub fn is_paused(&self) -> bool {
         self.pause.get()

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod failover;
 pub mod fault_latency;
 pub mod fleet;
+pub mod incremental;
 pub(crate) mod latency;
 pub mod link;
 pub mod restore;

@@ -16,8 +16,9 @@ pub enum Command {
     Pause,
     /// `PATCH /vm {"state": "Resumed"}`
     Resume,
-    /// `PUT /snapshot/create {"store": SPEC}`: checkpoint into the store. A running VM is paused
-    /// for it and resumed after (unless `"stop": true`); a paused one stays paused.
+    /// `PUT /snapshot/create {"store": SPEC, "snapshot_type": "Full"|"Diff", "parent": ID}`:
+    /// checkpoint into the store. A running VM is paused for it and resumed after (unless
+    /// `"stop": true`); a paused one stays paused.
     Checkpoint(CheckpointRequest),
     /// `PUT /actions {"action_type": "Stop"}`: end the VM and its process.
     Stop,
@@ -28,18 +29,23 @@ pub enum Command {
 pub struct CheckpointRequest {
     /// Where the checkpoint goes: a directory, file://, s3://BUCKET/PREFIX.
     pub store: String,
-    /// Only full checkpoints exist yet.
+    /// `Full` writes all of memory; `Diff` only what the guest wrote since the parent (an error
+    /// when there is none). Absent: a diff when the VM has a parent in this store, else full.
     #[serde(default)]
-    pub snapshot_type: SnapshotType,
+    pub snapshot_type: Option<SnapshotType>,
+    /// The parent of a diff: a checkpoint this VM produced or was restored from. Absent: the
+    /// VM's latest.
+    #[serde(default)]
+    pub parent: Option<String>,
     /// Stop the VM after the checkpoint instead of resuming it.
     #[serde(default)]
     pub stop: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum SnapshotType {
-    #[default]
     Full,
+    Diff,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +98,16 @@ pub fn route(req: &Request) -> Result<Command, Response> {
             _ => Err(allowed("GET or PATCH")),
         },
         "/snapshot/create" => match req.method.as_str() {
-            "PUT" => Ok(Command::Checkpoint(body(req)?)),
+            "PUT" => {
+                let ck: CheckpointRequest = body(req)?;
+                if ck.snapshot_type == Some(SnapshotType::Full) && ck.parent.is_some() {
+                    return Err(Response::error(
+                        400,
+                        "PUT /snapshot/create: a Full snapshot has no parent; drop \"parent\" or ask for a Diff",
+                    ));
+                }
+                Ok(Command::Checkpoint(ck))
+            }
             _ => Err(allowed("PUT")),
         },
         "/actions" => match req.method.as_str() {
@@ -137,7 +152,21 @@ mod tests {
             )),
             Ok(Command::Checkpoint(CheckpointRequest {
                 store: "s3://b/p".into(),
-                snapshot_type: SnapshotType::Full,
+                snapshot_type: Some(SnapshotType::Full),
+                parent: None,
+                stop: false
+            }))
+        );
+        assert_eq!(
+            route(&req(
+                "PUT",
+                "/snapshot/create",
+                r#"{"store":"d","snapshot_type":"Diff","parent":"c1"}"#
+            )),
+            Ok(Command::Checkpoint(CheckpointRequest {
+                store: "d".into(),
+                snapshot_type: Some(SnapshotType::Diff),
+                parent: Some("c1".into()),
                 stop: false
             }))
         );
@@ -166,12 +195,19 @@ mod tests {
             r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#,
         ));
         assert!(message(fc.clone()).contains("snapshot_path"), "{fc:?}");
-        let diff = route(&req(
+        let kind = route(&req(
             "PUT",
             "/snapshot/create",
-            r#"{"store":"d","snapshot_type":"Diff"}"#,
+            r#"{"store":"d","snapshot_type":"Partial"}"#,
         ));
-        assert!(message(diff).contains("Diff"));
+        assert!(message(kind).contains("Partial"));
+        let full_with_parent = route(&req(
+            "PUT",
+            "/snapshot/create",
+            r#"{"store":"d","snapshot_type":"Full","parent":"c1"}"#,
+        ));
+        assert!(message(full_with_parent.clone()).contains("parent"));
+        assert_eq!(status(full_with_parent), 400);
         assert_eq!(status(route(&req("PATCH", "/vm", "not json"))), 400);
     }
 }

@@ -1,6 +1,7 @@
-//! The control API's socket: a thread accepts connections (this user's only), reads one request
-//! each, and hands the command to the thread that owns the VM, which answers between guest events
-//! ([`ApiServer::next`]).
+//! The control API's socket: a thread accepts connections (this user's only), a thread per
+//! connection reads its one request and hands the command to the thread that owns the VM, which
+//! answers between guest events ([`ApiServer::next`]). A checkpoint asked for while another is
+//! being written is refused at once rather than queued behind it.
 
 use super::http::{self, Response};
 use super::routes::{self, Command};
@@ -83,6 +84,7 @@ impl Drop for ApiServer {
 
 fn accept_loop(listener: UnixListener, commands: Sender<Pending>, closing: &AtomicBool) {
     let me = own_uid();
+    let checkpointing = Arc::new(AtomicBool::new(false));
     for conn in listener.incoming() {
         if closing.load(Ordering::SeqCst) {
             return;
@@ -99,8 +101,17 @@ fn accept_loop(listener: UnixListener, commands: Sender<Pending>, closing: &Atom
                 continue;
             }
         }
-        if let Err(e) = serve(conn, &commands) {
-            tracing::debug!("control API connection: {e}");
+        let commands = commands.clone();
+        let checkpointing = checkpointing.clone();
+        let spawned = std::thread::Builder::new()
+            .name("thaw-api-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve(conn, &commands, &checkpointing) {
+                    tracing::debug!("control API connection: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("control API: no thread for a connection: {e}");
         }
     }
 }
@@ -113,7 +124,11 @@ fn own_uid() -> u32 {
         .unwrap_or(0)
 }
 
-fn serve(mut conn: UnixStream, commands: &Sender<Pending>) -> std::io::Result<()> {
+fn serve(
+    mut conn: UnixStream,
+    commands: &Sender<Pending>,
+    checkpointing: &AtomicBool,
+) -> std::io::Result<()> {
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -132,12 +147,24 @@ fn serve(mut conn: UnixStream, commands: &Sender<Pending>) -> std::io::Result<()
     let response = match request.and_then(|r| routes::route(&r)) {
         Err(refused) => refused,
         Ok(command) => {
-            let (reply, answer) = channel();
-            match commands.send(Pending { command, reply }) {
-                Ok(()) => answer
-                    .recv()
-                    .unwrap_or_else(|_| Response::error(503, "the VM is shutting down")),
-                Err(_) => Response::error(503, "the VM is shutting down"),
+            let checkpoint = matches!(command, Command::Checkpoint(_));
+            if checkpoint && checkpointing.swap(true, Ordering::SeqCst) {
+                Response::error(
+                    409,
+                    "a checkpoint of this VM is being written; ask again when it is done",
+                )
+            } else {
+                let (reply, answer) = channel();
+                let response = match commands.send(Pending { command, reply }) {
+                    Ok(()) => answer
+                        .recv()
+                        .unwrap_or_else(|_| Response::error(503, "the VM is shutting down")),
+                    Err(_) => Response::error(503, "the VM is shutting down"),
+                };
+                if checkpoint {
+                    checkpointing.store(false, Ordering::SeqCst);
+                }
+                response
             }
         }
     };

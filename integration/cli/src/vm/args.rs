@@ -199,6 +199,14 @@ pub struct CheckpointArgs {
     /// With --api: stop the VM once its checkpoint is written.
     #[arg(long, requires = "api")]
     pub stop: bool,
+    /// With --api: write all of memory, not only what changed since the VM's last checkpoint
+    /// (or the checkpoint it was restored from).
+    #[arg(long, requires = "api", conflicts_with = "parent")]
+    pub full: bool,
+    /// With --api: the parent of this incremental checkpoint, a checkpoint this VM produced or
+    /// was restored from (default: its latest).
+    #[arg(long, requires = "api")]
+    pub parent: Option<String>,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
