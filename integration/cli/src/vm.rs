@@ -340,6 +340,10 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = a.keys.open_store(&a.store)?;
     let trust = a.keys.trust()?;
+    // --id may name the checkpoint: resolved once, here; only the id is used below.
+    let id = rt
+        .block_on(thaw_store::names::resolve(&store, &a.id))?
+        .to_string();
     let mode = match (&a.agent, a.eager) {
         (Some(p), _) => RestoreMode::Agent(p.clone()),
         (None, true) => RestoreMode::Eager,
@@ -358,8 +362,8 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let t0 = Instant::now();
-    let mut r = restore(&config, &rt, &store, &a.store, &a.id, &trust, &mode)
-        .with_context(|| format!("restoring checkpoint {} from {}", a.id, a.store))?;
+    let mut r = restore(&config, &rt, &store, &a.store, &id, &trust, &mode)
+        .with_context(|| format!("restoring checkpoint {id} from {}", a.store))?;
     emit(
         a.machine.json,
         serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),
@@ -376,7 +380,7 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         &rt,
         &a.keys,
         a.machine.json,
-        Some(a.id.clone()),
+        Some(id.clone()),
     )?;
     let ran = finish(
         &mut r.vm,
