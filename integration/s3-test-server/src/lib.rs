@@ -4,9 +4,11 @@
 //!
 //! s3s-fs checks a put's `If-None-Match` / `If-Match` and then writes, with
 //! nothing in between to stop a second request doing the same: two
-//! create-only puts of one key could both succeed. S3 decides such races
-//! atomically, and thaw relies on that (manifests, names), so this server
-//! runs conditional puts one at a time ([`ConditionalPuts`]).
+//! create-only puts of one key could both succeed. And a GET reads an
+//! object's bytes and its e-tag at two moments, so it can pair old bytes
+//! with a new e-tag. S3 does neither, and thaw relies on that (manifests,
+//! names), so this server runs each conditional put alone, while no GET or
+//! HEAD is being answered ([`ConditionalPuts`]).
 
 #![forbid(unsafe_code)]
 
@@ -105,12 +107,13 @@ impl S3TestServer {
     }
 }
 
-/// The S3 service with conditional puts serialised: each one's check and
-/// write happen while no other conditional put runs, as on S3.
+/// The S3 service with conditional puts made atomic: each one's check and
+/// write happen while no other conditional put runs and no GET or HEAD is
+/// being answered, so a reader's bytes and e-tag belong together, as on S3.
 #[derive(Clone)]
 struct ConditionalPuts {
     inner: S3Service,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: Arc<tokio::sync::RwLock<()>>,
 }
 
 type ServiceResult = Result<
@@ -126,14 +129,19 @@ impl hyper::service::Service<Request<Incoming>> for ConditionalPuts {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let conditional = req.method() == Method::PUT
             && (req.headers().contains_key(IF_NONE_MATCH) || req.headers().contains_key(IF_MATCH));
+        let read = req.method() == Method::GET || req.method() == Method::HEAD;
         let inner = self.inner.clone();
         let lock = Arc::clone(&self.lock);
         Box::pin(async move {
-            let _one_at_a_time = match conditional {
-                true => Some(lock.lock_owned().await),
-                false => None,
-            };
-            hyper::service::Service::call(&inner, req).await
+            if conditional {
+                let _alone = lock.write_owned().await;
+                hyper::service::Service::call(&inner, req).await
+            } else if read {
+                let _no_conditional_put = lock.read_owned().await;
+                hyper::service::Service::call(&inner, req).await
+            } else {
+                hyper::service::Service::call(&inner, req).await
+            }
         })
     }
 }
