@@ -249,12 +249,12 @@ fn tagged_by() -> String {
     format!("{user}@{host}")
 }
 
-/// `thaw checkpoint tag STORE NAME ID|NAME`: creates or moves a name, refusing to overwrite a
-/// concurrent writer's tag.
-pub async fn tag(store: &Store, name: &str, target: &str) -> anyhow::Result<()> {
+/// `thaw checkpoint tag STORE NAME ID|NAME [--move]`: creates a name (or moves it, with
+/// `--move`), refusing to overwrite a concurrent writer's tag.
+pub async fn tag(store: &Store, name: &str, target: &str, allow_move: bool) -> anyhow::Result<()> {
     let name = CheckpointName::new(name)?;
     let id = resolve(store, target).await?;
-    match thaw_store::names::tag(store, &name, &id, &tagged_by()).await? {
+    match thaw_store::names::tag(store, &name, &id, &tagged_by(), allow_move).await? {
         TagOutcome::Created => println!("{name} -> {id}"),
         TagOutcome::Moved { from } => println!("{name} -> {id} (was {from})"),
         TagOutcome::Unchanged => println!("{name} -> {id} (unchanged)"),

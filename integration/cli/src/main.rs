@@ -80,14 +80,18 @@ enum CheckpointCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Point NAME at a checkpoint (creating or moving the name): anywhere an ID is taken, NAME
-    /// may be given instead. Fails, naming where NAME points, if another writer changed it.
+    /// Point a new NAME at a checkpoint (or an existing one, with --move): anywhere an ID is
+    /// taken, NAME may be given instead. Fails, naming where NAME points, if another writer
+    /// changed it meanwhile.
     Tag {
         store: String,
         name: String,
         /// The checkpoint: its ID, or another NAME.
         #[arg(value_name = "ID|NAME")]
         checkpoint: String,
+        /// Move NAME if it points at another checkpoint.
+        #[arg(long = "move")]
+        allow_move: bool,
     },
     /// Delete a checkpoint: its manifest and the names pointing at it. Its blocks stay while
     /// other checkpoints use them; `thaw store gc` frees the rest.
@@ -201,7 +205,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store,
                 name,
                 checkpoint,
-            } => commands::tag(&open_store(&store)?, &name, &checkpoint).await,
+                allow_move,
+            } => commands::tag(&open_store(&store)?, &name, &checkpoint, allow_move).await,
             CheckpointCommand::Delete { store, checkpoint } => {
                 commands::delete(&open_store(&store)?, &checkpoint).await
             }

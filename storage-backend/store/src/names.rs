@@ -38,6 +38,12 @@ pub enum NamesError {
         store: String,
         now: String,
     },
+    #[error("name {name} in {store} points at checkpoint {id} already (move it with --move)")]
+    Exists {
+        name: CheckpointName,
+        store: String,
+        id: CheckpointId,
+    },
     #[error("{arg:?} is neither a checkpoint id nor a checkpoint name in {store}")]
     Unknown { arg: String, store: String },
     #[error("name {name} points at checkpoint {id}, which is not in {store} (deleted?)")]
@@ -123,15 +129,17 @@ async fn checkpoint_exists(store: &Store, id: &CheckpointId) -> Result<bool, Che
     }
 }
 
-/// Points `name` at checkpoint `id` (which must exist), creating the name or
-/// moving it; `tagged_by` is recorded for people. A writer that changed the
-/// name between this call's read and its write makes it fail with
-/// [`NamesError::Conflict`], naming where the name points now.
+/// Points `name` at checkpoint `id` (which must exist), creating the name,
+/// or with `allow_move` moving it from another checkpoint; `tagged_by` is
+/// recorded for people. A writer that changed the name between this call's
+/// read and its write makes it fail with [`NamesError::Conflict`], naming
+/// where the name points now.
 pub async fn tag(
     store: &Store,
     name: &CheckpointName,
     id: &CheckpointId,
     tagged_by: &str,
+    allow_move: bool,
 ) -> Result<TagOutcome, NamesError> {
     if !checkpoint_exists(store, id).await? {
         return Err(CheckpointError::NotFound {
@@ -157,6 +165,13 @@ pub async fn tag(
     let outcome = match &current {
         None => TagOutcome::Created,
         Some(c) if &c.record.id == id => return Ok(TagOutcome::Unchanged),
+        Some(c) if !allow_move => {
+            return Err(NamesError::Exists {
+                name: name.clone(),
+                store: store.location().to_owned(),
+                id: c.record.id.clone(),
+            })
+        }
         Some(c) => TagOutcome::Moved {
             from: c.record.id.clone(),
         },
