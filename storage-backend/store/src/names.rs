@@ -44,7 +44,7 @@ pub enum NamesError {
         store: String,
         id: CheckpointId,
     },
-    #[error("{arg:?} is neither a checkpoint id nor a checkpoint name in {store}")]
+    #[error("checkpoint {arg:?} not found in {store}: it is neither a checkpoint id nor a checkpoint name there")]
     Unknown { arg: String, store: String },
     #[error("name {name} points at checkpoint {id}, which is not in {store} (deleted?)")]
     Dangling {
