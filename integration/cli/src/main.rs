@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
+    /// Maintain a store: collect the objects no checkpoint uses.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Run, checkpoint and restore KVM guests.
     Vm(thaw_cli::vm::VmArgs),
     /// Run the fetch agent: serve restored VMs' page faults from locality blocks.
@@ -65,24 +70,50 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CheckpointCommand {
-    /// List the complete checkpoints of a store, each checked against the trusted keys.
+    /// List the complete checkpoints of a store, each checked against the trusted keys, with
+    /// names, parent, sizes (own: in objects it wrote; shared: in its ancestors') and age.
     List {
         store: String,
         #[command(flatten)]
         keys: KeyArgs,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point a new NAME at a checkpoint (or an existing one, with --move): anywhere an ID is
+    /// taken, NAME may be given instead. Fails, naming where NAME points, if another writer
+    /// changed it meanwhile.
+    Tag {
+        store: String,
+        name: String,
+        /// The checkpoint: its ID, or another NAME.
+        #[arg(value_name = "ID|NAME")]
+        checkpoint: String,
+        /// Move NAME if it points at another checkpoint.
+        #[arg(long = "move")]
+        allow_move: bool,
+    },
+    /// Delete a checkpoint: its manifest and the names pointing at it. Its blocks stay while
+    /// other checkpoints use them; `thaw store gc` frees the rest.
+    Delete {
+        store: String,
+        #[arg(value_name = "ID|NAME")]
+        checkpoint: String,
     },
     /// Check a checkpoint's signature, then fetch and hash-check every block (and decrypt it,
     /// when encrypted).
     Verify {
         store: String,
-        id: CheckpointId,
+        #[arg(value_name = "ID|NAME")]
+        id: String,
         #[command(flatten)]
         keys: KeyArgs,
     },
     /// Rewrite a checkpoint with a layout learned from restore traces (the old one stays as it is).
     Relayout {
         store: String,
-        id: CheckpointId,
+        #[arg(value_name = "ID|NAME")]
+        id: String,
         #[command(flatten)]
         keys: KeyArgs,
         /// A fault trace in the workload format; repeat to merge several restores.
@@ -91,6 +122,30 @@ enum CheckpointCommand {
         /// Id of the new checkpoint (generated when absent).
         #[arg(long = "id")]
         new_id: Option<CheckpointId>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Delete what no checkpoint uses: objects no live (or recently deleted) manifest
+    /// references, older than --grace; leftovers of interrupted checkpoints included.
+    Gc {
+        store: String,
+        /// Keep unreferenced objects younger than this: longer than any checkpoint write takes.
+        #[arg(long, default_value = "24h", value_parser = thaw_format::units::parse_duration)]
+        grace: std::time::Duration,
+        /// Print what would be swept; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Sweep even if some manifest cannot be read or verified (its own objects are kept,
+        /// but what it shares with ancestors may be swept).
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
 }
 
@@ -143,11 +198,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keygen { dir, tenant } => thaw_cli::keys::keygen(dir.as_deref(), tenant),
         Command::Checkpoint { command } => match command {
-            CheckpointCommand::List { store, keys } => {
-                commands::list(&open_store(&store)?, &keys.trust()?).await
+            CheckpointCommand::List { store, keys, json } => {
+                commands::list(&open_store(&store)?, &keys.trust()?, json).await
+            }
+            CheckpointCommand::Tag {
+                store,
+                name,
+                checkpoint,
+                allow_move,
+            } => commands::tag(&open_store(&store)?, &name, &checkpoint, allow_move).await,
+            CheckpointCommand::Delete { store, checkpoint } => {
+                commands::delete(&open_store(&store)?, &checkpoint).await
             }
             CheckpointCommand::Verify { store, id, keys } => {
-                commands::verify(&keys.open_store(&store)?, &id, &keys.trust()?).await
+                let store = keys.open_store(&store)?;
+                let id = commands::resolve(&store, &id).await?;
+                commands::verify(&store, &id, &keys.trust()?).await
             }
             CheckpointCommand::Relayout {
                 store,
@@ -155,7 +221,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 keys,
                 traces,
                 new_id,
-            } => commands::relayout(&keys.open_store(&store)?, &id, &keys, &traces, new_id).await,
+            } => {
+                let store = keys.open_store(&store)?;
+                let id = commands::resolve(&store, &id).await?;
+                commands::relayout(&store, &id, &keys, &traces, new_id).await
+            }
+        },
+        Command::Store { command } => match command {
+            StoreCommand::Gc {
+                store,
+                grace,
+                dry_run,
+                force,
+                json,
+                keys,
+            } => {
+                let opts = thaw_store::gc::GcOptions {
+                    grace,
+                    dry_run,
+                    force,
+                };
+                commands::gc(&open_store(&store)?, &keys.trust()?, &opts, json).await
+            }
         },
         // The vmm is synchronous and makes its own runtime: run it on a plain thread.
         Command::Vm(args) => std::thread::spawn(move || thaw_cli::vm::run(args))

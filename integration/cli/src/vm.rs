@@ -351,6 +351,10 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = a.keys.open_store(&a.store)?;
     let trust = a.keys.trust()?;
+    // --id may name the checkpoint: resolved once, here; only the id is used below.
+    let id = rt
+        .block_on(thaw_store::names::resolve(&store, &a.id))?
+        .to_string();
     let mode = match (&a.agent, a.eager) {
         (Some(p), _) => RestoreMode::Agent(p.clone()),
         (None, true) => RestoreMode::Eager,
@@ -373,16 +377,14 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
         &rt,
         &a.keys,
         a.machine.json,
-        Some(a.id.clone()),
+        Some(id.clone()),
     )?;
     let t0 = Instant::now();
     let dirty_log = control.wants_dirty_log();
-    let mut r = restore_with(
-        &config, &rt, &store, &a.store, &a.id, &trust, &mode, dirty_log,
-    )
-    .with_context(|| format!("restoring checkpoint {} from {}", a.id, a.store))?;
+    let mut r = restore_with(&config, &rt, &store, &a.store, &id, &trust, &mode, dirty_log)
+        .with_context(|| format!("restoring checkpoint {id} from {}", a.store))?;
     // The restored checkpoint is the parent of the first checkpoint through the API.
-    control.track(&r.vm, Some((a.id.clone(), store.location().to_string())))?;
+    control.track(&r.vm, Some((id.clone(), store.location().to_string())))?;
     emit(
         a.machine.json,
         serde_json::json!({"event": "restored", "mode": format!("{mode:?}"), "timings": r.timings}),

@@ -188,11 +188,23 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore
 
 /// Where checkpoints live inside a store: `checkpoints/ID/manifest`,
 /// `checkpoints/ID/segment-NNNNNN` and, when recorded,
-/// `checkpoints/ID/dirty-log`.
+/// `checkpoints/ID/dirty-log`; names at `names/NAME`, and the manifests of
+/// deleted checkpoints, kept for one GC grace period, at `deleted/ID`.
 pub(crate) mod keys {
     use super::*;
+    use thaw_format::CheckpointName;
 
     pub(crate) const CHECKPOINTS: &str = "checkpoints";
+    pub(crate) const NAMES: &str = "names";
+    pub(crate) const DELETED: &str = "deleted";
+
+    pub(crate) fn name(name: &CheckpointName) -> Path {
+        Path::from(format!("{NAMES}/{name}"))
+    }
+
+    pub(crate) fn tombstone(id: &CheckpointId) -> Path {
+        Path::from(format!("{DELETED}/{id}"))
+    }
 
     pub(crate) fn manifest(id: &CheckpointId) -> Path {
         Path::from(format!("{CHECKPOINTS}/{id}/manifest"))

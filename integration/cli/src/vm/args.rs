@@ -217,8 +217,8 @@ pub struct RestoreArgs {
     pub machine: MachineArgs,
     #[arg(long)]
     pub store: String,
-    /// Checkpoint id.
-    #[arg(long)]
+    /// Checkpoint id, or a name given by `thaw checkpoint tag`.
+    #[arg(long, value_name = "ID|NAME")]
     pub id: String,
     /// Read all memory before running.
     #[arg(long, conflicts_with = "agent")]
