@@ -1,0 +1,157 @@
+//! Which block server is a block's home, free of I/O: rendezvous
+//! (highest-random-weight) hashing of the block's shard key over the servers.
+//!
+//! Every server gets a weight for every key (a hash of the two); the servers
+//! ranked by weight, highest first, are the order to ask them in: the home,
+//! then the second choice, then the rest. Every agent with the same server
+//! list ranks the same way, so the tier's caches hold each block about once.
+//! Removing a server moves only the keys it was home of (each to its second
+//! choice): the others' rankings keep their relative order.
+//!
+//! Blocks are sharded in aligned groups of [`SHARD_BLOCKS`] by index: a
+//! block server's read-ahead (one store read for a run of neighbouring
+//! blocks) stops at a group's end, so a server reads only groups it is
+//! asked for, not its neighbours' share.
+
+use thaw_format::Manifest;
+
+/// Blocks of one shard: aligned groups of this many consecutive blocks (by
+/// index) share a home. Small enough that a checkpoint of a few hundred
+/// 64 KiB blocks still spreads evenly over a few servers; large enough that
+/// one store read brings in several blocks.
+pub const SHARD_BLOCKS: u32 = 4;
+
+/// The first block of `block`'s shard.
+pub fn shard_start(block: u32) -> u32 {
+    block - block % SHARD_BLOCKS
+}
+
+/// Whether `block` starts a shard (a read-ahead run stops before it).
+pub fn starts_shard(block: u32) -> bool {
+    block % SHARD_BLOCKS == 0
+}
+
+/// The key `block` of `manifest` is sharded by: the content hash of its
+/// shard's first block (content, not position, so checkpoints sharing
+/// blocks share homes). `None` for a block the manifest does not have.
+pub fn shard_key(manifest: &Manifest, block: u32) -> Option<[u8; 32]> {
+    manifest
+        .blocks
+        .get(shard_start(block) as usize)
+        .map(|e| e.hash)
+}
+
+/// `server`'s weight for `key`: the first 8 bytes of BLAKE3 of both.
+pub fn weight(server: &str, key: &[u8; 32]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(key);
+    h.update(server.as_bytes());
+    let out = h.finalize();
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&out.as_bytes()[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// Indices into `servers` (their names, as every agent spells them) in the
+/// order to ask them for `key`: highest weight first. Ties (equal names)
+/// keep list order.
+pub fn rank<S: AsRef<str>>(servers: &[S], key: &[u8; 32]) -> Vec<usize> {
+    let weights: Vec<u64> = servers.iter().map(|s| weight(s.as_ref(), key)).collect();
+    let mut order: Vec<usize> = (0..servers.len()).collect();
+    order.sort_by(|&a, &b| weights[b].cmp(&weights[a]).then(a.cmp(&b)));
+    order
+}
+
+/// The home of `key` among `servers`: the index of the highest weight.
+pub fn home<S: AsRef<str>>(servers: &[S], key: &[u8; 32]) -> Option<usize> {
+    rank(servers, key).first().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: usize) -> Vec<[u8; 32]> {
+        // Random-looking keys, as block hashes are.
+        (0..n as u64)
+            .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+            .collect()
+    }
+
+    fn servers(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("10.0.0.{}:4433", i + 1)).collect()
+    }
+
+    #[test]
+    fn each_server_is_home_to_about_an_even_share() {
+        for n in [2, 3, 5, 8] {
+            let servers = servers(n);
+            let mut homed = vec![0usize; n];
+            let keys = keys(10_000);
+            for k in &keys {
+                homed[home(&servers, k).expect("servers")] += 1;
+            }
+            let even = keys.len() as f64 / n as f64;
+            for (i, &c) in homed.iter().enumerate() {
+                let share = c as f64 / even;
+                assert!(
+                    (0.93..=1.07).contains(&share),
+                    "{n} servers: server {i} is home of {c} keys ({share:.3} of an even share)"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn removing_a_server_moves_only_its_keys_to_their_second_choice() {
+        let all = servers(4);
+        let keys = keys(10_000);
+        let lost = 2;
+        let left: Vec<String> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != lost)
+            .map(|(_, s)| s.clone())
+            .collect();
+        let mut moved = 0;
+        for k in &keys {
+            let before = rank(&all, k);
+            let after = home(&left, k).map(|i| left[i].clone()).expect("servers");
+            if before[0] == lost {
+                moved += 1;
+                assert_eq!(after, all[before[1]], "goes to its second choice");
+            } else {
+                assert_eq!(after, all[before[0]], "keeps its home");
+            }
+        }
+        assert!(moved > 2000 && moved < 3000, "{moved} of 10000 moved");
+        // And adding it back moves exactly those keys home again.
+        let back: usize = keys
+            .iter()
+            .filter(|k| home(&all, k) != home(&left, k).map(|i| if i >= lost { i + 1 } else { i }))
+            .count();
+        assert_eq!(back, moved);
+    }
+
+    #[test]
+    fn rankings_are_complete_and_agree_across_list_orders() {
+        let a = servers(5);
+        let mut b = a.clone();
+        b.reverse();
+        for k in keys(100) {
+            let ra: Vec<&String> = rank(&a, &k).into_iter().map(|i| &a[i]).collect();
+            let rb: Vec<&String> = rank(&b, &k).into_iter().map(|i| &b[i]).collect();
+            assert_eq!(ra, rb);
+            assert_eq!(ra.len(), 5);
+        }
+        assert_eq!(home::<String>(&[], &[0; 32]), None);
+    }
+
+    #[test]
+    fn shards_are_aligned_groups() {
+        assert_eq!(shard_start(0), 0);
+        assert_eq!(shard_start(SHARD_BLOCKS - 1), 0);
+        assert_eq!(shard_start(SHARD_BLOCKS), SHARD_BLOCKS);
+        assert!(starts_shard(2 * SHARD_BLOCKS) && !starts_shard(2 * SHARD_BLOCKS + 1));
+    }
+}
