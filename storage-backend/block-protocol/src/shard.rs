@@ -28,7 +28,7 @@ pub fn shard_start(block: u32) -> u32 {
 
 /// Whether `block` starts a shard (a read-ahead run stops before it).
 pub fn starts_shard(block: u32) -> bool {
-    block % SHARD_BLOCKS == 0
+    block.is_multiple_of(SHARD_BLOCKS)
 }
 
 /// The key `block` of `manifest` is sharded by: the content hash of its
