@@ -41,6 +41,11 @@ pub fn shard_key(manifest: &Manifest, block: u32) -> Option<[u8; 32]> {
         .map(|e| e.hash)
 }
 
+/// The key a checkpoint's manifest is sharded by: its id's BLAKE3 hash.
+pub fn manifest_key(checkpoint: &thaw_format::CheckpointId) -> [u8; 32] {
+    *blake3::hash(checkpoint.as_str().as_bytes()).as_bytes()
+}
+
 /// `server`'s weight for `key`: the first 8 bytes of BLAKE3 of both.
 pub fn weight(server: &str, key: &[u8; 32]) -> u64 {
     let mut h = blake3::Hasher::new();
