@@ -12,6 +12,7 @@ pub mod dirty_log;
 mod error;
 pub mod keys;
 mod memory;
+pub mod prometheus;
 pub mod reader;
 pub mod relayout;
 pub mod store;
