@@ -8,36 +8,51 @@
 //! Removing a server moves only the keys it was home of (each to its second
 //! choice): the others' rankings keep their relative order.
 //!
-//! Blocks are sharded in aligned groups of [`SHARD_BLOCKS`] by index: a
-//! block server's read-ahead (one store read for a run of neighbouring
-//! blocks) stops at a group's end, so a server reads only groups it is
-//! asked for, not its neighbours' share.
+//! Blocks are sharded in aligned groups of consecutive blocks by index
+//! ([`shard_blocks`] of them, from the checkpoint's size, which agents and
+//! servers both know): a block server's read-ahead (one store read for a
+//! run of neighbouring blocks) stops at a group's end, so a server reads
+//! only groups it is asked for, not its neighbours' share.
 
 use thaw_format::Manifest;
 
-/// Blocks of one shard: aligned groups of this many consecutive blocks (by
-/// index) share a home. Small enough that a checkpoint of a few hundred
-/// 64 KiB blocks still spreads evenly over a few servers; large enough that
-/// one store read brings in several blocks.
-pub const SHARD_BLOCKS: u32 = 4;
+/// Most blocks of one shard: 1 MiB of 64 KiB blocks, which object stores
+/// serve at full rate.
+pub const MAX_SHARD_BLOCKS: u32 = 16;
 
-/// The first block of `block`'s shard.
-pub fn shard_start(block: u32) -> u32 {
-    block - block % SHARD_BLOCKS
+/// Fewest blocks of one shard, so a store read brings in more than one.
+pub const MIN_SHARD_BLOCKS: u32 = 2;
+
+/// Shards a checkpoint is cut into at least (when its size allows): a
+/// server's share of `n` random shards varies by about `sqrt(n)`, so 512
+/// keeps each of 3 servers within ~15% of an even share.
+pub const MIN_SHARDS: u32 = 512;
+
+/// Blocks per shard of a checkpoint of `blocks` blocks: as many as keep at
+/// least [`MIN_SHARDS`] shards, within the bounds above.
+pub fn shard_blocks(blocks: usize) -> u32 {
+    let per = u32::try_from(blocks).unwrap_or(u32::MAX) / MIN_SHARDS;
+    per.clamp(MIN_SHARD_BLOCKS, MAX_SHARD_BLOCKS)
+}
+
+/// The first block of `block`'s shard, with `per_shard` blocks per shard.
+pub fn shard_start(block: u32, per_shard: u32) -> u32 {
+    block - block % per_shard.max(1)
 }
 
 /// Whether `block` starts a shard (a read-ahead run stops before it).
-pub fn starts_shard(block: u32) -> bool {
-    block.is_multiple_of(SHARD_BLOCKS)
+pub fn starts_shard(block: u32, per_shard: u32) -> bool {
+    block.is_multiple_of(per_shard.max(1))
 }
 
 /// The key `block` of `manifest` is sharded by: the content hash of its
 /// shard's first block (content, not position, so checkpoints sharing
 /// blocks share homes). `None` for a block the manifest does not have.
 pub fn shard_key(manifest: &Manifest, block: u32) -> Option<[u8; 32]> {
+    let per_shard = shard_blocks(manifest.blocks.len());
     manifest
         .blocks
-        .get(shard_start(block) as usize)
+        .get(shard_start(block, per_shard) as usize)
         .map(|e| e.hash)
 }
 
@@ -153,10 +168,15 @@ mod tests {
     }
 
     #[test]
-    fn shards_are_aligned_groups() {
-        assert_eq!(shard_start(0), 0);
-        assert_eq!(shard_start(SHARD_BLOCKS - 1), 0);
-        assert_eq!(shard_start(SHARD_BLOCKS), SHARD_BLOCKS);
-        assert!(starts_shard(2 * SHARD_BLOCKS) && !starts_shard(2 * SHARD_BLOCKS + 1));
+    fn shards_are_aligned_groups_sized_by_the_checkpoint() {
+        assert_eq!(shard_start(0, 4), 0);
+        assert_eq!(shard_start(3, 4), 0);
+        assert_eq!(shard_start(4, 4), 4);
+        assert!(starts_shard(8, 4) && !starts_shard(9, 4));
+        assert_eq!(shard_start(5, 0), 5, "a bound of 0 is single blocks");
+        assert_eq!(shard_blocks(0), MIN_SHARD_BLOCKS);
+        assert_eq!(shard_blocks(1024), MIN_SHARD_BLOCKS);
+        assert_eq!(shard_blocks(512 * 5), 5);
+        assert_eq!(shard_blocks(1 << 20), MAX_SHARD_BLOCKS);
     }
 }

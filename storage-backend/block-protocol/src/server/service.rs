@@ -13,7 +13,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::cache::BlockCache;
 use super::metrics::{CacheUsage, ServerStats};
-use super::read_ahead::{read_ahead_run, READ_AHEAD_BLOCKS};
+use super::read_ahead::read_ahead_run;
 use crate::wire::{self, hop, Priority, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
 use thaw_format::{CheckpointId, Manifest, ManifestTrust};
 use thaw_store::reader::{open_manifest, read_manifest_object, CheckpointReader};
@@ -408,7 +408,7 @@ impl BlockServer {
                         vec![block]
                     } else {
                         let cache = self.inner.cache.lock().expect("lock");
-                        read_ahead_run(m, block, READ_AHEAD_BLOCKS, |b| {
+                        read_ahead_run(m, block, crate::shard::shard_blocks(m.blocks.len()), |b| {
                             let h = &m.blocks[b as usize].hash;
                             !flights.contains_key(h) && !cache.contains(h)
                         })
