@@ -1,6 +1,6 @@
 # thaw on AWS: a checkpoint bucket, IAM roles, the mutual-TLS material in
-# Secrets Manager, QUIC block servers behind an internal UDP Network Load
-# Balancer, and bare-metal restore (and optionally checkpoint) hosts running
+# Secrets Manager, QUIC block servers named by one private DNS record (agents
+# shard blocks over them), and bare-metal restore (and optionally checkpoint) hosts running
 # the fetch agent. See README.md.
 
 data "aws_caller_identity" "current" {}
@@ -41,7 +41,7 @@ module "pki" {
   name                   = var.name
   account_id             = data.aws_caller_identity.current.account_id
   partition              = data.aws_partition.current.partition
-  block_server_dns_names = [module.block_servers.nlb_dns_name]
+  block_server_dns_names = [module.block_servers.dns_name]
   validity_hours         = var.pki_validity_hours
 }
 
@@ -73,10 +73,9 @@ module "block_servers" {
   ami_id                    = local.ami_id
   instance_type             = var.block_server_instance_type
   instance_profile_name     = module.iam.block_server_instance_profile_name
-  min_size                  = var.block_server_min_size
-  max_size                  = var.block_server_max_size
+  server_count              = var.block_server_count
   quic_port                 = var.quic_port
-  health_check_port         = var.health_check_port
+  metrics_port              = var.block_server_metrics_port
   client_security_group_ids = [module.restore_hosts.security_group_id]
   store_url                 = local.store_url
   cache_size                = var.block_server_cache_size
@@ -88,25 +87,25 @@ module "block_servers" {
 module "restore_hosts" {
   source = "./modules/kvm_hosts"
 
-  name                   = "${var.name}-restore"
-  region                 = var.region
-  vpc_id                 = var.vpc_id
-  subnet_ids             = var.host_subnet_ids
-  ami_id                 = local.ami_id
-  instance_type          = var.restore_host_instance_type
-  instance_count         = var.restore_host_count
-  instance_profile_name  = module.iam.restore_host_instance_profile_name
-  root_volume_gib        = var.host_root_volume_gib
-  store_url              = local.store_url
-  thaw_binary_s3_uri     = var.thaw_binary_s3_uri
-  thaw_binary_sha256     = var.thaw_binary_sha256
-  run_fetch_agent        = true
-  block_server_endpoints = [module.block_servers.endpoint]
-  block_server_sg_id     = module.block_servers.nlb_security_group_id
-  quic_port              = var.quic_port
-  agent_tls_secret_arn   = module.pki.agent_secret_arn
-  agent_cache_size       = var.agent_cache_size
-  agent_metrics_port     = var.agent_metrics_port
+  name                  = "${var.name}-restore"
+  region                = var.region
+  vpc_id                = var.vpc_id
+  subnet_ids            = var.host_subnet_ids
+  ami_id                = local.ami_id
+  instance_type         = var.restore_host_instance_type
+  instance_count        = var.restore_host_count
+  instance_profile_name = module.iam.restore_host_instance_profile_name
+  root_volume_gib       = var.host_root_volume_gib
+  store_url             = local.store_url
+  thaw_binary_s3_uri    = var.thaw_binary_s3_uri
+  thaw_binary_sha256    = var.thaw_binary_sha256
+  run_fetch_agent       = true
+  block_servers_dns     = module.block_servers.dns_endpoint
+  block_server_sg_id    = module.block_servers.server_security_group_id
+  quic_port             = var.quic_port
+  agent_tls_secret_arn  = module.pki.agent_secret_arn
+  agent_cache_size      = var.agent_cache_size
+  agent_metrics_port    = var.agent_metrics_port
 }
 
 module "checkpoint_hosts" {

@@ -13,19 +13,19 @@ output "bucket_kms_key_arn" {
   value       = module.checkpoint_bucket.kms_key_arn
 }
 
-output "block_server_endpoint" {
-  description = "HOST:PORT of the block servers' internal UDP load balancer (thaw agent --block-server)."
-  value       = module.block_servers.endpoint
+output "block_servers_dns" {
+  description = "NAME:PORT resolving to every block server (thaw agent --block-servers-dns)."
+  value       = module.block_servers.dns_endpoint
 }
 
-output "block_server_endpoints" {
-  description = "Every block-server endpoint the agents are given, in order."
-  value       = [module.block_servers.endpoint]
+output "block_server_addresses" {
+  description = "IP:PORT of each block server: the lines of a --block-servers-file for agents outside this deployment's DNS."
+  value       = module.block_servers.addresses
 }
 
-output "block_server_asg_name" {
-  description = "Auto-scaling group of the block servers."
-  value       = module.block_servers.asg_name
+output "block_server_instance_ids" {
+  description = "Block-server instances."
+  value       = module.block_servers.instance_ids
 }
 
 output "restore_host_instance_ids" {

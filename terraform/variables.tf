@@ -147,14 +147,14 @@ variable "quic_port" {
   }
 }
 
-variable "health_check_port" {
-  description = "TCP port on block servers that accepts connections while the block-server unit runs (UDP target groups need a TCP health check)."
+variable "block_server_metrics_port" {
+  description = "Port of each block server's Prometheus endpoint (thaw block-server --metrics 127.0.0.1:PORT, local to the instance)."
   type        = number
-  default     = 4434
+  default     = 9465
 
   validation {
-    condition     = var.health_check_port >= 1024 && var.health_check_port <= 65535
-    error_message = "health_check_port must be from 1024 to 65535."
+    condition     = var.block_server_metrics_port >= 1024 && var.block_server_metrics_port <= 65535
+    error_message = "block_server_metrics_port must be from 1024 to 65535."
   }
 }
 
@@ -180,25 +180,14 @@ variable "block_server_cache_size" {
   }
 }
 
-variable "block_server_min_size" {
-  description = "Minimum number of block servers."
+variable "block_server_count" {
+  description = "Number of block servers. Agents shard blocks over them (each block's home by rendezvous hashing) and find them through one DNS name, so changing the count moves only the blocks of the servers added or removed."
   type        = number
-  default     = 2
+  default     = 3
 
   validation {
-    condition     = var.block_server_min_size >= 1 && var.block_server_min_size <= 100
-    error_message = "block_server_min_size must be from 1 to 100."
-  }
-}
-
-variable "block_server_max_size" {
-  description = "Maximum number of block servers."
-  type        = number
-  default     = 4
-
-  validation {
-    condition     = var.block_server_max_size >= 1 && var.block_server_max_size <= 100
-    error_message = "block_server_max_size must be from 1 to 100."
+    condition     = var.block_server_count >= 1 && var.block_server_count <= 100 && floor(var.block_server_count) == var.block_server_count
+    error_message = "block_server_count must be a whole number from 1 to 100."
   }
 }
 

@@ -13,6 +13,8 @@ use crate::agent::{Agent, AgentConfig};
 use crate::fetch::FetchConfig;
 use crate::policy::{Config, StreamConfig};
 use crate::source::block_server::BlockServerSource;
+use crate::source::server_list;
+use crate::source::tier::{BlockServerTier, Connector};
 use crate::source::BlockSource;
 use thaw_format::units::{parse_duration, parse_size};
 
@@ -53,10 +55,25 @@ pub struct Args {
     /// this group instead of 0600.
     #[arg(long)]
     pub socket_group: Option<u32>,
-    /// Block server (HOST:PORT) to fetch from over QUIC; repeat for more,
-    /// tried in order, then the object store.
+    /// Block server (HOST:PORT) to fetch from over QUIC; repeat for more.
+    /// With several, each block is asked of its home server first (by
+    /// rendezvous hashing of its hash), then its second choice, then the
+    /// rest; then the object store.
     #[arg(long = "block-server", requires = "ca")]
     pub block_servers: Vec<String>,
+    /// File listing the block servers, one HOST:PORT per line (`#`
+    /// comments), reloaded when it changes: only the blocks of a server
+    /// that left move to another.
+    #[arg(long, requires = "ca", conflicts_with_all = ["block_servers", "block_servers_dns"])]
+    pub block_servers_file: Option<PathBuf>,
+    /// DNS name (NAME:PORT) whose addresses are the block servers,
+    /// re-resolved every --block-servers-refresh.
+    #[arg(long, requires = "ca", conflicts_with = "block_servers")]
+    pub block_servers_dns: Option<String>,
+    /// How often the block servers file is checked for changes, or the DNS
+    /// name re-resolved.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub block_servers_refresh: Duration,
     /// CA certificate (PEM) the block servers' certificates are signed by.
     #[arg(long)]
     pub ca: Option<PathBuf>,
@@ -134,14 +151,7 @@ impl Args {
     /// The agent's configuration from the flags. Runs inside a tokio
     /// runtime (the block servers' QUIC endpoints live on it).
     pub fn config(&self) -> anyhow::Result<AgentConfig> {
-        let mut block_servers: Vec<Arc<dyn BlockSource>> = Vec::new();
-        for spec in &self.block_servers {
-            let ca = self.ca.as_deref().context("--block-server needs --ca")?;
-            let identity = self.cert.as_deref().zip(self.key.as_deref());
-            let source = BlockServerSource::connect(spec, ca, identity)
-                .with_context(|| format!("block server {spec}"))?;
-            block_servers.push(source.into_source());
-        }
+        let block_servers = self.block_server_tier()?.into_iter().collect();
         // The stores hand-offs may name are compared by location, and a
         // directory's is its canonical path: make sure they exist now (a bad
         // location is reported here, before any VMM connects).
@@ -189,6 +199,44 @@ impl Args {
 }
 
 impl Args {
+    /// The tier of block servers the flags name, watching the file or DNS
+    /// name for changes; `None` without block servers.
+    fn block_server_tier(&self) -> anyhow::Result<Option<Arc<dyn BlockSource>>> {
+        if self.block_servers.is_empty()
+            && self.block_servers_file.is_none()
+            && self.block_servers_dns.is_none()
+        {
+            return Ok(None);
+        }
+        let ca = self.ca.clone().context("block servers need --ca")?;
+        let identity = self.cert.clone().zip(self.key.clone());
+        // Certificates of servers found by DNS name that name.
+        let server_name = self
+            .block_servers_dns
+            .as_deref()
+            .map(|n| n.rsplit_once(':').map_or(n, |(h, _)| h).to_owned());
+        let connector: Connector = Box::new(move |spec: &str| {
+            let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            BlockServerSource::connect_named(spec, server_name.as_deref(), &ca, identity)
+                .map(|s| s.into_source())
+                .map_err(|e| e.to_string())
+        });
+        let tier = BlockServerTier::new(connector, self.source_timeout);
+        if let Some(path) = &self.block_servers_file {
+            server_list::watch_file(tier.clone(), path.clone(), self.block_servers_refresh)
+                .map_err(anyhow::Error::msg)?;
+        } else if let Some(name) = &self.block_servers_dns {
+            server_list::watch_dns(tier.clone(), name.clone(), self.block_servers_refresh)
+                .map_err(anyhow::Error::msg)?;
+        }
+        if !self.block_servers.is_empty() {
+            if let Some((spec, e)) = tier.set_servers(&self.block_servers).into_iter().next() {
+                anyhow::bail!("block server {spec}: {e}");
+            }
+        }
+        Ok(Some(tier))
+    }
+
     /// The restore policy: the defaults, changed only where a flag says so
     /// (`--profile`: the profiling policy).
     pub fn policy(&self) -> Config {

@@ -433,7 +433,10 @@ impl Fetcher {
         let mut results: Vec<Option<Bytes>> = vec![None; blocks.len()];
         let mut errors: Vec<SourceFailures> = vec![SourceFailures::default(); blocks.len()];
         let mut todo: Vec<usize> = (0..blocks.len()).collect();
-        for (source, tracked) in self.monitor.order(&checkpoint.sources) {
+        let order = self
+            .monitor
+            .order(&checkpoint.sources, &checkpoint.manifest, blocks[0]);
+        for (source, tracked) in order {
             if todo.is_empty() {
                 break;
             }
@@ -559,7 +562,10 @@ impl Fetcher {
         restore: &Counters,
     ) -> Result<Bytes, FetchError> {
         let mut errors = SourceFailures::default();
-        for (source, tracked) in self.monitor.order(&checkpoint.sources) {
+        let order = self
+            .monitor
+            .order(&checkpoint.sources, &checkpoint.manifest, block);
+        for (source, tracked) in order {
             let priority = fp.get();
             let target = ProbeTarget {
                 checkpoint: checkpoint.id.clone(),

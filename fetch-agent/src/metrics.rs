@@ -1,9 +1,12 @@
 //! The agent's counters and the fault service latency histogram (fault read
-//! to wake), rendered in the Prometheus text format.
+//! to wake), rendered in the Prometheus text format (the histogram and the
+//! HTTP endpoint are shared with the block server: [`thaw_store::prometheus`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+pub use thaw_store::prometheus::Histogram;
 
 use crate::cache::BlockCache;
 use crate::policy::{FaultSource, Priority};
@@ -27,92 +30,6 @@ impl SourceKind {
 }
 
 const PRIORITIES: [Priority; 3] = [Priority::Demand, Priority::Prefetch, Priority::Stream];
-
-/// Bucket upper bounds grow by sqrt(2) from 1 µs; the last is +Inf.
-const BUCKETS: usize = 56;
-
-fn bucket_bound_us(i: usize) -> f64 {
-    2f64.powf(i as f64 / 2.0)
-}
-
-/// A latency histogram with buckets sqrt(2) apart (quantiles within 41%).
-#[derive(Debug)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS],
-    sum_ns: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_ns: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    pub fn record(&self, d: Duration) {
-        let us = d.as_secs_f64() * 1e6;
-        let i = if us <= 1.0 {
-            0
-        } else {
-            ((us.log2() * 2.0).ceil() as usize).min(BUCKETS - 1)
-        };
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns
-            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The upper bound (µs) of the bucket holding quantile `q`.
-    pub fn quantile_us(&self, q: f64) -> Option<f64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c.load(Ordering::Relaxed);
-            if seen >= rank {
-                return Some(bucket_bound_us(i));
-            }
-        }
-        Some(bucket_bound_us(BUCKETS - 1))
-    }
-
-    /// The histogram's samples; `labels` (e.g. `source="cache"`) go on each.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let (sep, set) = if labels.is_empty() {
-            ("", String::new())
-        } else {
-            (",", format!("{{{labels}}}"))
-        };
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            if i == BUCKETS - 1 {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-                );
-            } else {
-                let le = bucket_bound_us(i) / 1e6;
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels}{sep}le=\"{le:.9}\"}} {cumulative}"
-                );
-            }
-        }
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{set} {sum:.9}");
-        let _ = writeln!(out, "{name}_count{set} {cumulative}");
-    }
-}
 
 /// Counters of one restore or of the whole agent.
 #[derive(Debug, Default)]

@@ -49,12 +49,25 @@ impl BlockServerSource {
         ca: &Path,
         identity: Option<(&Path, &Path)>,
     ) -> Result<Self, BlockServerError> {
+        Self::connect_named(spec, None, ca, identity)
+    }
+
+    /// [`Self::connect`], checking the server's certificate for
+    /// `server_name` when given (an address a DNS name resolved to), else
+    /// for the host `spec` names.
+    pub fn connect_named(
+        spec: &str,
+        server_name: Option<&str>,
+        ca: &Path,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<Self, BlockServerError> {
         let addr: SocketAddr = spec
             .to_socket_addrs()
             .map_err(|e| BlockServerError::Address(spec.into(), e.to_string()))?
             .next()
             .ok_or_else(|| BlockServerError::Address(spec.into(), "resolves to nothing".into()))?;
         let host = spec.rsplit_once(':').map_or(spec, |(h, _)| h);
+        let host = server_name.unwrap_or(host);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         // Certificates name the server; a bare IP uses the dev PKI's name.
         let server_name = if host.parse::<IpAddr>().is_ok() {

@@ -1,6 +1,7 @@
 //! Where stored block bytes come from: a [`BlockSource`] fetches one block's
 //! *stored* bytes (compressed, unverified) and a checkpoint's manifest. The
-//! agent tries its sources in order (block servers, then the object store);
+//! agent tries its sources in order (block servers, each block's home
+//! first, see [`tier`]; then the object store);
 //! decoding and the hash check happen above, in [`crate::fetch`], so a bad
 //! source can never get a block installed.
 
@@ -8,13 +9,17 @@
 pub mod block_server;
 pub mod health;
 pub mod monitor;
+#[cfg(feature = "block-server")]
+pub mod server_list;
+#[cfg(feature = "block-server")]
+pub mod tier;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use thaw_format::{CheckpointId, ManifestTrust};
+use thaw_format::{CheckpointId, Manifest, ManifestTrust};
 use thaw_store::reader::read_manifest_object;
 use thaw_store::{CheckpointReader, Store};
 
@@ -125,6 +130,17 @@ pub trait BlockSource: Send + Sync {
     /// restore, so no guest waits for a handshake. Nothing by default.
     fn connect(&self) -> BoxFuture<'_, Result<(), SourceError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// A source standing for several (a tier of block servers, see
+    /// [`tier`]): them in the order to ask them for `block`, each asked
+    /// under its own health. `None` for a plain source.
+    fn ranked_members(
+        &self,
+        _manifest: &Manifest,
+        _block: u32,
+    ) -> Option<Vec<Arc<dyn BlockSource>>> {
+        None
     }
 
     /// The source stopped answering: drop what may be dead without anyone

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use thaw_format::CheckpointId;
+use thaw_format::{CheckpointId, Manifest};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -82,15 +82,27 @@ impl SourceMonitor {
             .clone()
     }
 
-    /// `sources` in the order a fetch should try them: those up in their
-    /// given order, then those down (tried only when every other failed).
+    /// `sources` in the order a fetch of `block` should try them: those up
+    /// in their given order (a tier's members in its order for the block),
+    /// then those down (tried only when every other failed). So a block
+    /// whose home is down goes to its second choice, and comes home again
+    /// when the home does.
     pub fn order(
         &self,
         sources: &[Arc<dyn BlockSource>],
+        manifest: &Manifest,
+        block: u32,
     ) -> Vec<(Arc<dyn BlockSource>, Arc<Tracked>)> {
         let all: Vec<_> = sources
             .iter()
-            .map(|s| (s.clone(), self.tracked(&**s)))
+            .flat_map(|s| {
+                s.ranked_members(manifest, block)
+                    .unwrap_or_else(|| vec![s.clone()])
+            })
+            .map(|s| {
+                let tracked = self.tracked(&*s);
+                (s, tracked)
+            })
             .collect();
         let (up, down): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, t)| t.is_up());
         up.into_iter().chain(down).collect()

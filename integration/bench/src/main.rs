@@ -87,7 +87,8 @@ enum BenchCommand {
         #[arg(long, default_value = "2s", value_parser = thaw_format::units::parse_duration)]
         source_timeout: std::time::Duration,
     },
-    /// Object-store reads when a fleet of hosts restores one checkpoint through one block server.
+    /// A fleet of hosts restoring one checkpoint through a sharded tier of block servers: store
+    /// reads, each server's share of requests, and the bytes the tier read.
     Fleet {
         /// Where to write the JSON results.
         #[arg(long)]
@@ -98,6 +99,9 @@ enum BenchCommand {
         /// Hosts (fetch agents) restoring at once.
         #[arg(long, default_value_t = 16)]
         hosts: usize,
+        /// Block servers in the tier.
+        #[arg(long, default_value_t = 3)]
+        block_servers: usize,
     },
     /// QUIC streaming throughput of blocks from a block server over loopback.
     Stream {
@@ -256,10 +260,12 @@ async fn run(cli: Cli, hop_log: Option<bench::restore::hops::HopLog>) -> anyhow:
             json,
             memory,
             hosts,
+            block_servers,
         } => tokio::task::spawn_blocking(move || {
             bench::fleet::run(bench::fleet::FleetBench {
                 memory_bytes: memory,
                 hosts,
+                block_servers,
                 json,
             })
         })

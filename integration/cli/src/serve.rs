@@ -1,14 +1,18 @@
-//! `thaw block-server`: a QUIC block server in front of a store.
+//! `thaw block-server`: a QUIC block server in front of a store, with its
+//! Prometheus endpoint (`--metrics`) and a graceful drain on SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use thaw_block_protocol::server::BlockServer;
+use thaw_block_protocol::server::{BlockServer, Drained};
 use thaw_block_protocol::tls::{self, DevPki, Identity};
 use thaw_store::Store;
 
-use thaw_format::units::parse_size;
+use thaw_format::units::{parse_duration, parse_size};
 
 #[derive(clap::Args, Debug)]
 pub struct BlockServerArgs {
@@ -43,6 +47,14 @@ pub struct BlockServerArgs {
     /// client certificate in DIR, with mutual TLS.
     #[arg(long)]
     pub dev_pki: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address; `--metrics`
+    /// alone serves them on 127.0.0.1:9465.
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9465")]
+    pub metrics: Option<SocketAddr>,
+    /// On SIGTERM (or ^C), how long requests in flight may take to finish
+    /// once no new connections are taken; a second signal ends at once.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 pub async fn run(args: BlockServerArgs) -> anyhow::Result<()> {
@@ -73,17 +85,39 @@ pub async fn run(args: BlockServerArgs) -> anyhow::Result<()> {
     let running = server
         .serve(args.listen, config)
         .with_context(|| format!("binding {}", args.listen))?;
+    if let Some(addr) = args.metrics {
+        let s = server.clone();
+        let bound =
+            thaw_store::prometheus::serve_metrics(addr, Arc::new(move || s.render_metrics()))
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        // Scripts and tests read the bound address from this line.
+        println!("block server metrics on http://{bound}/metrics");
+    }
     // Scripts and tests read the bound address (the port may be 0) from this line.
     println!("block server listening on {}", running.local_addr);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
-        _ = running.wait() => {}
+        _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     let s = server.stats();
+    let in_flight = || s.streams_active.load(Ordering::Relaxed);
+    let drained = tokio::select! {
+        d = running.drain(args.drain_timeout) => d,
+        _ = term.recv() => Drained::CutShort { streams: in_flight() },
+        _ = tokio::signal::ctrl_c() => Drained::CutShort { streams: in_flight() },
+    };
     tracing::info!(
-        requests = s.requests.load(std::sync::atomic::Ordering::Relaxed),
-        store_reads = s.store_reads.load(std::sync::atomic::Ordering::Relaxed),
+        requests = s.requests.load(Ordering::Relaxed),
+        store_reads = s.store_reads.load(Ordering::Relaxed),
         "block server stopped"
     );
-    Ok(())
+    match drained {
+        Drained::Finished => Ok(()),
+        Drained::CutShort { streams } => {
+            bail!("stopped before {streams} requests in flight were answered (--drain-timeout, or a second signal)")
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod incremental;
 pub mod keys;
 mod memory;
 pub mod names;
+pub mod prometheus;
 pub mod reader;
 pub mod relayout;
 pub mod store;

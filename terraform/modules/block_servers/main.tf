@@ -1,9 +1,10 @@
-# QUIC block servers: an auto-scaling group of `thaw block-server` instances
-# behind an internal Network Load Balancer with a UDP listener. The load
-# balancer's security group admits only the restore hosts' security group;
-# the instances admit only the load balancer's security group (UDP target
-# groups always preserve the client IP, so the instances check the source
-# through the load balancer's group).
+# QUIC block servers: `server_count` instances of `thaw block-server`, each
+# addressed directly (agents shard blocks over them by rendezvous hashing, so
+# a load balancer spreading connections would defeat the sharding). A private
+# Route 53 zone names them all with one multi-value A record, which agents
+# re-resolve (thaw agent --block-servers-dns NAME:PORT): changing the count
+# moves only the blocks of the servers added or removed. The instances admit
+# QUIC only from the restore hosts' security group.
 
 variable "name" {
   description = "Name prefix of every resource here."
@@ -16,12 +17,12 @@ variable "region" {
 }
 
 variable "vpc_id" {
-  description = "VPC of the load balancer and the instances."
+  description = "VPC of the instances and of the private DNS zone."
   type        = string
 }
 
 variable "subnet_ids" {
-  description = "Subnets of the load balancer and the auto-scaling group."
+  description = "Subnets of the instances, used in turn."
   type        = list(string)
 
   validation {
@@ -45,20 +46,19 @@ variable "instance_profile_name" {
   type        = string
 }
 
-variable "min_size" {
-  description = "Minimum number of block servers."
+variable "server_count" {
+  description = "Number of block servers (each a shard home for about 1/count of the blocks)."
   type        = number
-  default     = 2
-}
+  default     = 3
 
-variable "max_size" {
-  description = "Maximum number of block servers."
-  type        = number
-  default     = 4
+  validation {
+    condition     = var.server_count >= 1 && var.server_count <= 100 && floor(var.server_count) == var.server_count
+    error_message = "server_count must be a whole number from 1 to 100."
+  }
 }
 
 variable "quic_port" {
-  description = "UDP port of QUIC on the load balancer and the instances."
+  description = "UDP port of QUIC on the instances."
   type        = number
   default     = 4433
 
@@ -68,15 +68,21 @@ variable "quic_port" {
   }
 }
 
-variable "health_check_port" {
-  description = "TCP port the health-check socket unit listens on while the block server runs."
+variable "metrics_port" {
+  description = "Port of each block server's Prometheus endpoint (thaw block-server --metrics 127.0.0.1:PORT, local to the instance)."
   type        = number
-  default     = 4434
+  default     = 9465
 
   validation {
-    condition     = var.health_check_port >= 1 && var.health_check_port <= 65535
-    error_message = "health_check_port must be a port number."
+    condition     = var.metrics_port >= 1 && var.metrics_port <= 65535
+    error_message = "metrics_port must be a port number."
   }
+}
+
+variable "dns_zone_name" {
+  description = "Private Route 53 zone created for the block servers' name (attached to the VPC)."
+  type        = string
+  default     = "thaw.internal"
 }
 
 variable "client_security_group_ids" {
@@ -116,48 +122,9 @@ variable "root_volume_gib" {
   default     = 20
 }
 
-resource "aws_security_group" "nlb" {
-  name_prefix = "${var.name}-blocks-nlb-"
-  description = "thaw block-server load balancer: QUIC from restore hosts only"
-  vpc_id      = var.vpc_id
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "nlb_quic" {
-  for_each = toset(var.client_security_group_ids)
-
-  security_group_id            = aws_security_group.nlb.id
-  description                  = "QUIC (UDP) from restore hosts"
-  ip_protocol                  = "udp"
-  from_port                    = var.quic_port
-  to_port                      = var.quic_port
-  referenced_security_group_id = each.value
-}
-
-resource "aws_vpc_security_group_egress_rule" "nlb_to_servers_quic" {
-  security_group_id            = aws_security_group.nlb.id
-  description                  = "QUIC (UDP) to block servers"
-  ip_protocol                  = "udp"
-  from_port                    = var.quic_port
-  to_port                      = var.quic_port
-  referenced_security_group_id = aws_security_group.servers.id
-}
-
-resource "aws_vpc_security_group_egress_rule" "nlb_to_servers_health" {
-  security_group_id            = aws_security_group.nlb.id
-  description                  = "TCP health checks to block servers"
-  ip_protocol                  = "tcp"
-  from_port                    = var.health_check_port
-  to_port                      = var.health_check_port
-  referenced_security_group_id = aws_security_group.servers.id
-}
-
 resource "aws_security_group" "servers" {
   name_prefix = "${var.name}-blocks-"
-  description = "thaw block servers: QUIC and health checks from the load balancer only"
+  description = "thaw block servers: QUIC from restore hosts only"
   vpc_id      = var.vpc_id
 
   lifecycle {
@@ -166,21 +133,14 @@ resource "aws_security_group" "servers" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "servers_quic" {
+  for_each = toset(var.client_security_group_ids)
+
   security_group_id            = aws_security_group.servers.id
-  description                  = "QUIC (UDP) through the load balancer"
+  description                  = "QUIC (UDP) from restore hosts"
   ip_protocol                  = "udp"
   from_port                    = var.quic_port
   to_port                      = var.quic_port
-  referenced_security_group_id = aws_security_group.nlb.id
-}
-
-resource "aws_vpc_security_group_ingress_rule" "servers_health" {
-  security_group_id            = aws_security_group.servers.id
-  description                  = "TCP health checks from the load balancer"
-  ip_protocol                  = "tcp"
-  from_port                    = var.health_check_port
-  to_port                      = var.health_check_port
-  referenced_security_group_id = aws_security_group.nlb.id
+  referenced_security_group_id = each.value
 }
 
 resource "aws_vpc_security_group_egress_rule" "servers_https" {
@@ -192,73 +152,33 @@ resource "aws_vpc_security_group_egress_rule" "servers_https" {
   cidr_ipv4         = "0.0.0.0/0"
 }
 
-resource "aws_lb" "blocks" {
-  #checkov:skip=CKV_AWS_91:Network Load Balancers write access logs only for TLS listeners; this one has a UDP listener (QUIC carries its own TLS 1.3 end to end).
-  #checkov:skip=CKV_AWS_150:The load balancer holds no state (checkpoints live in S3) and terraform recreates it; deletion protection would only block teardown.
-  name_prefix                      = substr(replace(var.name, "-", ""), 0, 6)
-  internal                         = true
-  load_balancer_type               = "network"
-  subnets                          = var.subnet_ids
-  security_groups                  = [aws_security_group.nlb.id]
-  enable_cross_zone_load_balancing = true
-}
+# Fixed instances rather than an auto-scaling group: each is a shard home
+# whose address agents must know. Replacing one (terraform apply -replace)
+# moves only its shards; its address leaves the DNS record with it.
+resource "aws_instance" "blocks" {
+  count = var.server_count
 
-resource "aws_lb_target_group" "quic" {
-  name_prefix          = substr(replace(var.name, "-", ""), 0, 6)
-  port                 = var.quic_port
-  protocol             = "UDP"
-  target_type          = "instance"
-  vpc_id               = var.vpc_id
-  deregistration_delay = 30
+  ami                         = var.ami_id
+  instance_type               = var.instance_type
+  subnet_id                   = var.subnet_ids[count.index % length(var.subnet_ids)]
+  vpc_security_group_ids      = [aws_security_group.servers.id]
+  iam_instance_profile        = var.instance_profile_name
+  associate_public_ip_address = false
+  ebs_optimized               = true
+  monitoring                  = true
 
-  # UDP target groups need a TCP/HTTP health check; the socket unit on the
-  # instances accepts on this port exactly while thaw-block-server runs.
-  health_check {
-    protocol            = "TCP"
-    port                = tostring(var.health_check_port)
-    interval            = 10
-    healthy_threshold   = 3
-    unhealthy_threshold = 3
-  }
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_lb_listener" "quic" {
-  load_balancer_arn = aws_lb.blocks.arn
-  port              = var.quic_port
-  protocol          = "UDP"
-
-  default_action {
-    type             = "forward"
-    target_group_arn = aws_lb_target_group.quic.arn
-  }
-}
-
-resource "aws_launch_template" "blocks" {
-  name_prefix            = "${var.name}-blocks-"
-  image_id               = var.ami_id
-  instance_type          = var.instance_type
-  ebs_optimized          = true
-  vpc_security_group_ids = [aws_security_group.servers.id]
-  update_default_version = true
-
-  user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
+  user_data = templatefile("${path.module}/user_data.sh.tftpl", {
     region             = var.region
     store_url          = var.store_url
     quic_port          = var.quic_port
-    health_check_port  = var.health_check_port
+    metrics_port       = var.metrics_port
     cache_size         = var.cache_size
     tls_secret_arn     = var.tls_secret_arn
     thaw_binary_s3_uri = var.thaw_binary_s3_uri
     thaw_binary_sha256 = var.thaw_binary_sha256
-  }))
-
-  iam_instance_profile {
-    name = var.instance_profile_name
-  }
+  })
+  # A new binary or setting takes a new instance (one at a time: see README).
+  user_data_replace_on_change = false
 
   metadata_options {
     http_endpoint               = "enabled"
@@ -266,106 +186,64 @@ resource "aws_launch_template" "blocks" {
     http_put_response_hop_limit = 1
   }
 
-  monitoring {
-    enabled = true
+  root_block_device {
+    volume_size           = var.root_volume_gib
+    volume_type           = "gp3"
+    encrypted             = true
+    delete_on_termination = true
   }
 
-  block_device_mappings {
-    device_name = "/dev/xvda"
-
-    ebs {
-      volume_size           = var.root_volume_gib
-      volume_type           = "gp3"
-      encrypted             = true
-      delete_on_termination = true
-    }
-  }
-
-  tag_specifications {
-    resource_type = "instance"
-    tags          = { Name = "${var.name}-block-server" }
-  }
-
-  tag_specifications {
-    resource_type = "volume"
-    tags          = { Name = "${var.name}-block-server" }
-  }
-}
-
-resource "aws_autoscaling_group" "blocks" {
-  name_prefix               = "${var.name}-blocks-"
-  min_size                  = var.min_size
-  max_size                  = var.max_size
-  desired_capacity          = var.min_size
-  vpc_zone_identifier       = var.subnet_ids
-  target_group_arns         = [aws_lb_target_group.quic.arn]
-  health_check_type         = "ELB"
-  health_check_grace_period = 180
-
-  launch_template {
-    id      = aws_launch_template.blocks.id
-    version = aws_launch_template.blocks.latest_version
-  }
-
-  instance_refresh {
-    strategy = "Rolling"
-
-    preferences {
-      min_healthy_percentage = 50
-    }
-  }
-
-  tag {
-    key                 = "Name"
-    value               = "${var.name}-block-server"
-    propagate_at_launch = true
+  tags = {
+    Name = "${var.name}-block-server-${count.index}"
   }
 
   lifecycle {
-    precondition {
-      condition     = var.min_size <= var.max_size
-      error_message = "block server min_size must not exceed max_size."
-    }
-    ignore_changes = [desired_capacity]
+    ignore_changes = [ami, user_data]
   }
 }
 
-# Scale on network traffic: a block server is bound by its NIC.
-resource "aws_autoscaling_policy" "network_out" {
-  name                   = "${var.name}-blocks-network-out"
-  autoscaling_group_name = aws_autoscaling_group.blocks.name
-  policy_type            = "TargetTrackingScaling"
+resource "aws_route53_zone" "blocks" {
+  #checkov:skip=CKV2_AWS_38:A private zone attached to one VPC: DNSSEC signing applies to public zones.
+  #checkov:skip=CKV2_AWS_39:Query logging of a private zone holding one record of the servers' own addresses adds nothing worth its cost.
+  name    = var.dns_zone_name
+  comment = "thaw ${var.name}: the block servers' name"
 
-  target_tracking_configuration {
-    predefined_metric_specification {
-      predefined_metric_type = "ASGAverageNetworkOut"
-    }
-    # Bytes per minute per instance (~1 Gbit/s on average).
-    target_value = 7500000000
+  vpc {
+    vpc_id = var.vpc_id
   }
 }
 
-output "nlb_dns_name" {
-  description = "DNS name of the internal load balancer (the TLS server name agents check)."
-  value       = aws_lb.blocks.dns_name
+# One name, every server's address: agents resolve it (and re-resolve it
+# every few seconds) to the list they shard over. The certificate names it.
+resource "aws_route53_record" "blocks" {
+  zone_id = aws_route53_zone.blocks.zone_id
+  name    = "${var.name}-block-servers.${var.dns_zone_name}"
+  type    = "A"
+  ttl     = 30
+  records = aws_instance.blocks[*].private_ip
 }
 
-output "endpoint" {
-  description = "HOST:PORT for thaw agent --block-server."
-  value       = "${aws_lb.blocks.dns_name}:${var.quic_port}"
+output "dns_name" {
+  description = "The name resolving to every block server (the TLS server name agents check)."
+  value       = aws_route53_record.blocks.fqdn
 }
 
-output "nlb_security_group_id" {
-  description = "Security group of the load balancer (clients send QUIC to it)."
-  value       = aws_security_group.nlb.id
+output "dns_endpoint" {
+  description = "NAME:PORT for thaw agent --block-servers-dns."
+  value       = "${aws_route53_record.blocks.fqdn}:${var.quic_port}"
+}
+
+output "addresses" {
+  description = "IP:PORT of each block server (the lines of a --block-servers-file)."
+  value       = [for ip in aws_instance.blocks[*].private_ip : "${ip}:${var.quic_port}"]
 }
 
 output "server_security_group_id" {
-  description = "Security group of the block-server instances."
+  description = "Security group of the block-server instances (clients send QUIC to it)."
   value       = aws_security_group.servers.id
 }
 
-output "asg_name" {
-  description = "Auto-scaling group of the block servers."
-  value       = aws_autoscaling_group.blocks.name
+output "instance_ids" {
+  description = "Instance ids of the block servers."
+  value       = aws_instance.blocks[*].id
 }

@@ -81,14 +81,14 @@ variable "run_fetch_agent" {
   default     = false
 }
 
-variable "block_server_endpoints" {
-  description = "HOST:PORT of block servers, tried in order (thaw agent --block-server, repeated)."
-  type        = list(string)
-  default     = []
+variable "block_servers_dns" {
+  description = "NAME:PORT whose addresses are the block servers (thaw agent --block-servers-dns, re-resolved every 2 s)."
+  type        = string
+  default     = ""
 }
 
 variable "block_server_sg_id" {
-  description = "Security group of the block servers' load balancer (QUIC egress goes only there)."
+  description = "Security group of the block servers (QUIC egress goes only there)."
   type        = string
   default     = ""
 }
@@ -126,8 +126,8 @@ resource "aws_security_group" "hosts" {
     create_before_destroy = true
 
     precondition {
-      condition     = !var.run_fetch_agent || (length(var.block_server_endpoints) > 0 && var.block_server_sg_id != "" && var.agent_tls_secret_arn != "")
-      error_message = "run_fetch_agent needs block_server_endpoints, block_server_sg_id and agent_tls_secret_arn."
+      condition     = !var.run_fetch_agent || (var.block_servers_dns != "" && var.block_server_sg_id != "" && var.agent_tls_secret_arn != "")
+      error_message = "run_fetch_agent needs block_servers_dns, block_server_sg_id and agent_tls_secret_arn."
     }
   }
 }
@@ -145,7 +145,7 @@ resource "aws_vpc_security_group_egress_rule" "quic" {
   count = var.run_fetch_agent ? 1 : 0
 
   security_group_id            = aws_security_group.hosts.id
-  description                  = "QUIC (UDP) to the block servers' load balancer"
+  description                  = "QUIC (UDP) to the block servers"
   ip_protocol                  = "udp"
   from_port                    = var.quic_port
   to_port                      = var.quic_port
@@ -170,7 +170,7 @@ resource "aws_instance" "host" {
     thaw_binary_s3_uri   = var.thaw_binary_s3_uri
     thaw_binary_sha256   = var.thaw_binary_sha256
     run_fetch_agent      = var.run_fetch_agent
-    block_server_flags   = join(" ", [for e in var.block_server_endpoints : "--block-server ${e}"])
+    block_server_flags   = "--block-servers-dns ${var.block_servers_dns}"
     agent_tls_secret_arn = var.agent_tls_secret_arn
     agent_cache_size     = var.agent_cache_size
     agent_metrics_port   = var.agent_metrics_port

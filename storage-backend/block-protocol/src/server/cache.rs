@@ -37,11 +37,13 @@ impl BlockCache {
     }
 
     /// Inserts, evicting least recently used entries to stay in capacity. An
-    /// entry larger than the whole cache is not kept.
-    pub(crate) fn insert(&mut self, hash: [u8; 32], bytes: Bytes) {
+    /// entry larger than the whole cache is not kept. Returns how many
+    /// entries were evicted.
+    pub(crate) fn insert(&mut self, hash: [u8; 32], bytes: Bytes) -> u64 {
         let len = bytes.len() as u64;
+        let mut evicted = 0;
         if len > self.capacity || self.entries.contains_key(&hash) {
-            return;
+            return evicted;
         }
         while self.used + len > self.capacity {
             let Some((_, victim)) = self.by_use.pop_first() else {
@@ -49,12 +51,14 @@ impl BlockCache {
             };
             if let Some((b, _)) = self.entries.remove(&victim) {
                 self.used -= b.len() as u64;
+                evicted += 1;
             }
         }
         self.tick += 1;
         self.by_use.insert(self.tick, hash);
         self.entries.insert(hash, (bytes, self.tick));
         self.used += len;
+        evicted
     }
 
     /// Whether `hash` is cached (without counting as a use).
@@ -62,14 +66,16 @@ impl BlockCache {
         self.entries.contains_key(hash)
     }
 
-    #[cfg(test)]
-    fn used_bytes(&self) -> u64 {
+    pub(crate) fn used_bytes(&self) -> u64 {
         self.used
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
     }
 }
 
@@ -88,7 +94,7 @@ mod tests {
         c.insert(h(2), Bytes::from(vec![0; 100]));
         c.insert(h(3), Bytes::from(vec![0; 100]));
         assert!(c.get(&h(1)).is_some()); // 2 is now the oldest
-        c.insert(h(4), Bytes::from(vec![0; 100]));
+        assert_eq!(c.insert(h(4), Bytes::from(vec![0; 100])), 1);
         assert!(c.get(&h(2)).is_none());
         assert!(c.get(&h(1)).is_some() && c.get(&h(3)).is_some() && c.get(&h(4)).is_some());
         assert_eq!(c.used_bytes(), 300);

@@ -3,7 +3,9 @@
 //! however many agents ask for it at once.
 
 pub(crate) mod cache;
+mod metrics;
 mod read_ahead;
 mod service;
 
-pub use service::{BlockServer, RunningServer, ServerStats};
+pub use metrics::ServerStats;
+pub use service::{BlockServer, Drained, RunningServer};

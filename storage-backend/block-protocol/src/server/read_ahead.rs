@@ -10,17 +10,15 @@
 
 use thaw_format::Manifest;
 
-/// Most blocks one read brings in: 1 MiB of 64 KiB blocks, which object
-/// stores serve at full rate, as the fetch agent's own streaming runs.
-pub(super) const READ_AHEAD_BLOCKS: usize = 16;
-
 /// The run read for `block`: it, then the blocks after it (by index) while
 /// each lies right after the previous one in the same object and
-/// `available(b)` says it is neither cached nor being read; at most `max`.
+/// `available(b)` says it is neither cached nor being read; never past the
+/// end of its shard of `per_shard` blocks ([`crate::shard`]): with several
+/// servers, the next shard is another server's to read.
 pub(super) fn read_ahead_run(
     manifest: &Manifest,
     block: u32,
-    max: usize,
+    per_shard: u32,
     mut available: impl FnMut(u32) -> bool,
 ) -> Vec<u32> {
     let mut run = vec![block];
@@ -28,14 +26,11 @@ pub(super) fn read_ahead_run(
         return run;
     };
     for next in block + 1.. {
-        if run.len() >= max.max(1) {
-            break;
-        }
         let Some(entry) = manifest.blocks.get(next as usize) else {
             break;
         };
         let adjacent = entry.object == last.object && entry.offset == last.offset + last.stored_len;
-        if !adjacent || !available(next) {
+        if !adjacent || crate::shard::starts_shard(next, per_shard) || !available(next) {
             break;
         }
         run.push(next);
@@ -91,15 +86,26 @@ mod tests {
 
     #[test]
     fn runs_follow_stored_order_and_stop_at_a_gap_another_object_or_a_busy_block() {
-        // Blocks 0-3 back to back in object 0; 4 after a gap; 5 in object 1.
-        let m = manifest(&[(0, 0), (0, 10), (0, 20), (0, 30), (0, 50), (1, 60)]);
-        assert_eq!(read_ahead_run(&m, 0, 16, |_| true), vec![0, 1, 2, 3]);
-        assert_eq!(read_ahead_run(&m, 3, 16, |_| true), vec![3]);
-        assert_eq!(read_ahead_run(&m, 4, 16, |_| true), vec![4]);
-        assert_eq!(read_ahead_run(&m, 0, 2, |_| true), vec![0, 1]);
+        // Blocks 0-2 back to back in object 0; 3 after a gap; 4-5 back to
+        // back after it; 6 in object 1.
+        let m = manifest(&[(0, 0), (0, 10), (0, 20), (0, 40), (0, 50), (0, 60), (1, 70)]);
+        assert_eq!(read_ahead_run(&m, 0, 16, |_| true), vec![0, 1, 2]);
+        assert_eq!(read_ahead_run(&m, 2, 16, |_| true), vec![2]);
+        assert_eq!(read_ahead_run(&m, 5, 16, |_| true), vec![5]);
+        assert_eq!(read_ahead_run(&m, 4, 16, |_| true), vec![4, 5]);
         assert_eq!(read_ahead_run(&m, 0, 16, |b| b != 2), vec![0, 1]);
-        // A bound of 0 or 1 is the block alone; an unknown block stays alone.
+        // Shards of 0 or 1 are the block alone; an unknown block stays alone.
         assert_eq!(read_ahead_run(&m, 0, 0, |_| true), vec![0]);
+        assert_eq!(read_ahead_run(&m, 0, 1, |_| true), vec![0]);
         assert_eq!(read_ahead_run(&m, 9, 16, |_| true), vec![9]);
+    }
+
+    #[test]
+    fn runs_stop_at_the_end_of_their_shard() {
+        let placement: Vec<(u32, u64)> = (0..12).map(|i| (0, i * 10)).collect();
+        let m = manifest(&placement);
+        assert_eq!(read_ahead_run(&m, 1, 4, |_| true), vec![1, 2, 3]);
+        assert_eq!(read_ahead_run(&m, 4, 4, |_| true), vec![4, 5, 6, 7]);
+        assert_eq!(read_ahead_run(&m, 0, 2, |_| true), vec![0, 1]);
     }
 }

@@ -6,29 +6,19 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::cache::BlockCache;
-use super::read_ahead::{read_ahead_run, READ_AHEAD_BLOCKS};
+use super::metrics::{CacheUsage, ServerStats};
+use super::read_ahead::read_ahead_run;
 use crate::wire::{self, hop, Priority, Request, ResponseHeader, Status, MAX_REQUEST_LEN};
 use thaw_format::{CheckpointId, Manifest, ManifestTrust};
 use thaw_store::reader::{open_manifest, read_manifest_object, CheckpointReader};
 use thaw_store::CheckpointError;
 use thaw_store::Store;
-
-/// Counters a block server keeps (all since start).
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    pub requests: AtomicU64,
-    pub cache_hits: AtomicU64,
-    /// Object-store reads: runs of blocks (see `read_ahead`) and manifests.
-    pub store_reads: AtomicU64,
-    /// Blocks those reads brought in.
-    pub blocks_read: AtomicU64,
-    pub bytes_sent: AtomicU64,
-}
 
 type Flight<T> = Shared<BoxFuture<'static, Result<T, Failure>>>;
 
@@ -64,6 +54,33 @@ struct Inner {
     /// Opened checkpoints with their manifest objects (immutable once written).
     checkpoints: Mutex<HashMap<CheckpointId, Flight<Arc<OpenCheckpoint>>>>,
     block_flights: Mutex<HashMap<[u8; 32], Flight<Bytes>>>,
+    /// `true` once draining: no new connections or requests.
+    draining: tokio::sync::watch::Sender<bool>,
+}
+
+/// Counts one thing (a connection, a stream) as active while alive.
+struct Active<'a>(&'a AtomicU64);
+
+impl<'a> Active<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Active(gauge)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every request in flight was answered.
+    Finished,
+    /// The bound came first; this many requests were cut off.
+    CutShort { streams: u64 },
 }
 
 /// An opened checkpoint with its manifest object as stored (what a client asks first).
@@ -76,6 +93,7 @@ type RunRead = Shared<BoxFuture<'static, Result<Vec<Result<Bytes, Failure>>, Fai
 /// A bound, serving block server.
 pub struct RunningServer {
     pub local_addr: SocketAddr,
+    server: BlockServer,
     endpoint: quinn::Endpoint,
     accept_loop: tokio::task::JoinHandle<()>,
 }
@@ -85,6 +103,32 @@ impl RunningServer {
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"server closing");
         self.accept_loop.abort();
+    }
+
+    /// Shuts down gracefully: refuses new connections and new requests at
+    /// once, waits up to `bound` for the requests in flight to be answered
+    /// (and their answers acknowledged), then closes every connection.
+    pub async fn drain(&self, bound: Duration) -> Drained {
+        let stats = self.server.stats();
+        self.server.inner.draining.send_replace(true);
+        tracing::info!(
+            streams = stats.streams_active.load(Ordering::Relaxed),
+            "draining: refusing new connections, finishing requests in flight"
+        );
+        let deadline = Instant::now() + bound;
+        while stats.streams_active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = stats.streams_active.load(Ordering::Relaxed);
+        self.endpoint.close(0u32.into(), b"server shutting down");
+        // Lets the close reach the clients (bounded: a client may be gone).
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.accept_loop.abort();
+        if left == 0 {
+            Drained::Finished
+        } else {
+            Drained::CutShort { streams: left }
+        }
     }
 
     /// Runs until the endpoint is closed.
@@ -102,12 +146,38 @@ impl BlockServer {
                 cache: Mutex::new(BlockCache::new(cache_bytes)),
                 checkpoints: Mutex::new(HashMap::new()),
                 block_flights: Mutex::new(HashMap::new()),
+                draining: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
 
     pub fn stats(&self) -> &ServerStats {
         &self.inner.stats
+    }
+
+    /// Prometheus text of the server's metrics.
+    pub fn render_metrics(&self) -> String {
+        let usage = {
+            let cache = self.inner.cache.lock().expect("lock");
+            CacheUsage {
+                bytes: cache.used_bytes(),
+                blocks: cache.len() as u64,
+                capacity: cache.capacity(),
+            }
+        };
+        self.inner
+            .stats
+            .render(usage, *self.inner.draining.borrow())
+    }
+
+    fn is_draining(&self) -> bool {
+        *self.inner.draining.borrow()
+    }
+
+    /// Resolves once the server is draining.
+    async fn drain_started(&self) {
+        let mut rx = self.inner.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
     }
 
     /// Binds a QUIC endpoint on `addr` and serves until closed.
@@ -120,19 +190,38 @@ impl BlockServer {
         let local_addr = endpoint.local_addr()?;
         let server = self.clone();
         let ep = endpoint.clone();
+        let running_server = self.clone();
         let accept_loop = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
+                if server.is_draining() {
+                    // A clear refusal, so the client tries another server now.
+                    server
+                        .inner
+                        .stats
+                        .handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    incoming.refuse();
+                    continue;
+                }
                 let server = server.clone();
                 tokio::spawn(async move {
                     match incoming.await {
                         Ok(conn) => server.serve_connection(conn).await,
-                        Err(e) => tracing::debug!("connection refused: {e}"),
+                        Err(e) => {
+                            server
+                                .inner
+                                .stats
+                                .handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("connection refused: {e}")
+                        }
                     }
                 });
             }
         });
         Ok(RunningServer {
             local_addr,
+            server: running_server,
             endpoint,
             accept_loop,
         })
@@ -141,8 +230,20 @@ impl BlockServer {
     async fn serve_connection(&self, conn: quinn::Connection) {
         let peer = conn.remote_address();
         tracing::debug!(%peer, "client connected");
+        let stats = &self.inner.stats;
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let _active = Active::new(&stats.connections_active);
         loop {
-            match conn.accept_bi().await {
+            let accepted = tokio::select! {
+                a = conn.accept_bi() => a,
+                // Requests opened from now on are not taken: the connection
+                // closes when the drain ends, and the client asks elsewhere.
+                _ = self.drain_started() => {
+                    let _ = conn.closed().await;
+                    return;
+                }
+            };
+            match accepted {
                 Ok((send, recv)) => {
                     let server = self.clone();
                     tokio::spawn(async move { server.serve_stream(send, recv).await });
@@ -157,6 +258,7 @@ impl BlockServer {
 
     async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let _active = Active::new(&self.inner.stats.streams_active);
         // The block and priority of a block request, for hop events.
         let mut timed: Option<(u32, u8)> = None;
         let reply = match recv.read_to_end(MAX_REQUEST_LEN).await {
@@ -205,12 +307,15 @@ impl BlockServer {
         .await;
         match sent {
             Ok(()) => {
-                self.inner
-                    .stats
-                    .bytes_sent
-                    .fetch_add(len, Ordering::Relaxed);
+                self.inner.stats.answered(status, len);
+                // In flight until the client has the answer: a drain closes
+                // connections only after that.
+                let _ = send.stopped().await;
             }
-            Err(e) => tracing::debug!("sending response: {e}"),
+            Err(e) => {
+                self.inner.stats.unsent.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("sending response: {e}")
+            }
         }
     }
 
@@ -237,7 +342,19 @@ impl BlockServer {
                         // Passed on as stored, signature and all: clients check it
                         // against their own trust; this server is not trusted and
                         // decodes it only to find blocks.
-                        let object = read_manifest_object(&inner.store, &id).await?;
+                        let started = Instant::now();
+                        let object = read_manifest_object(&inner.store, &id).await;
+                        inner.stats.store_latency.record(started.elapsed());
+                        let object = object.inspect_err(|_| {
+                            inner
+                                .stats
+                                .store_read_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                        })?;
+                        inner
+                            .stats
+                            .store_bytes_read
+                            .fetch_add(object.len() as u64, Ordering::Relaxed);
                         let opened = open_manifest(&id, &object, &ManifestTrust::InsecureUnsigned)?;
                         Ok(Arc::new((
                             CheckpointReader::new(&inner.store, opened),
@@ -278,6 +395,10 @@ impl BlockServer {
             self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
         }
+        self.inner
+            .stats
+            .cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         let flight = {
             let mut flights = self.inner.block_flights.lock().expect("lock");
             match flights.get(&hash) {
@@ -287,7 +408,7 @@ impl BlockServer {
                         vec![block]
                     } else {
                         let cache = self.inner.cache.lock().expect("lock");
-                        read_ahead_run(m, block, READ_AHEAD_BLOCKS, |b| {
+                        read_ahead_run(m, block, crate::shard::shard_blocks(m.blocks.len()), |b| {
                             let h = &m.blocks[b as usize].hash;
                             !flights.contains_key(h) && !cache.contains(h)
                         })
@@ -324,11 +445,24 @@ impl BlockServer {
                 .blocks_read
                 .fetch_add(run.len() as u64, Ordering::Relaxed);
             let m = reader.manifest();
+            let started = Instant::now();
             let read = reader.fetch_stored_many(&run).await;
+            inner.stats.store_latency.record(started.elapsed());
             let mut flights = inner.block_flights.lock().expect("lock");
             let stored = match read {
-                Ok(stored) => stored,
+                Ok(stored) => {
+                    let bytes: usize = stored.iter().map(|b| b.len()).sum();
+                    inner
+                        .stats
+                        .store_bytes_read
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
+                    stored
+                }
                 Err(e) => {
+                    inner
+                        .stats
+                        .store_read_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     // Forget the failure: the store may recover.
                     for &b in &run {
                         flights.remove(&m.blocks[b as usize].hash);
@@ -341,7 +475,11 @@ impl BlockServer {
             for (&b, bytes) in run.iter().zip(stored) {
                 let hash = m.blocks[b as usize].hash;
                 let checked = reader.verify_stored(b, &bytes).map(|()| {
-                    cache.insert(hash, bytes.clone());
+                    let evicted = cache.insert(hash, bytes.clone());
+                    inner
+                        .stats
+                        .cache_evictions
+                        .fetch_add(evicted, Ordering::Relaxed);
                     bytes
                 });
                 flights.remove(&hash);
