@@ -8,6 +8,7 @@
 pub mod api;
 pub mod commands;
 pub mod control;
+pub mod cpu;
 pub mod daemon;
 pub mod demo;
 pub mod keys;

@@ -62,6 +62,9 @@ enum Command {
     },
     /// Run, checkpoint and restore KVM guests.
     Vm(thaw_cli::vm::VmArgs),
+    /// This host's CPU as restores see it, fleet CPU baselines, and whether a checkpoint runs
+    /// on a host.
+    Cpu(thaw_cli::cpu::CpuArgs),
     /// Run the fetch agent: serve restored VMs' page faults from locality blocks.
     Agent(fetch_agent::cli::Args),
     /// Serve checkpoint blocks to fetch agents over QUIC.
@@ -248,6 +251,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(args) => std::thread::spawn(move || thaw_cli::vm::run(args))
             .join()
             .map_err(|_| anyhow::anyhow!("vm command panicked"))?,
+        Command::Cpu(args) => std::thread::spawn(move || thaw_cli::cpu::run(args))
+            .join()
+            .map_err(|_| anyhow::anyhow!("cpu command panicked"))?,
         Command::Agent(args) => fetch_agent::cli::run(args).await,
         Command::BlockServer(args) => thaw_cli::serve::run(args).await,
     }

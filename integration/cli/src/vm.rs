@@ -97,7 +97,7 @@ fn boot(m: &MachineArgs, g: &GuestArgs, watch: &Watch) -> anyhow::Result<Vm> {
         kvm_path: m.kvm.clone(),
         memory_bytes: g.memory,
         vcpus: g.vcpus,
-        cpu_baseline: g.cpu_baseline,
+        cpu_baseline: g.cpu_baseline.clone(),
         serial: serial_output(m, watch),
         disks: g.disks.clone(),
         nets: g.nets.clone(),

@@ -198,6 +198,7 @@ fn state() -> VmState {
         guest: GuestKind::TestGuest,
         memory: vec![(0, 1 << 20)],
         cpu_baseline: CpuBaseline::Host,
+        cpu_vendor: "GenuineIntel".into(),
         required_features: RequiredFeatures::of(&[]),
         vcpus: vec![VcpuState {
             id: 0,

@@ -1,6 +1,7 @@
 //! CPUID for the guest: the host's KVM-supported set, optionally masked to a fleet-wide baseline,
 //! plus the list of host CPU features a checkpoint needs and the check a restore host runs.
 
+use crate::arch::cpu_profile::CpuMask;
 use crate::vstate::kvm::KvmError;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ pub struct MissingCpuFeature {
 pub struct UnknownCpuBaseline(pub String);
 
 /// Which CPU features the guest sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum CpuBaseline {
     /// Everything the host and KVM support: fastest, but a checkpoint restores only on hosts with
@@ -32,6 +33,9 @@ pub enum CpuBaseline {
     X86_64V2,
     /// x86-64-v3 (AVX2, BMI1/2, FMA, XSAVE with AVX state).
     X86_64V3,
+    /// The features every host of a fleet offers, computed from their profiles
+    /// (`thaw cpu baseline`).
+    Custom(Box<CpuMask>),
 }
 
 impl std::str::FromStr for CpuBaseline {
@@ -188,10 +192,15 @@ pub fn feature_name(reg: FeatureReg, bit: u32) -> String {
 }
 
 /// Bits of each tracked register a baseline allows (bits not listed are masked off).
-fn baseline_allow(baseline: CpuBaseline, reg: FeatureReg) -> u32 {
+/// `tracked` marks the register's host capability bits; a computed baseline keeps the others
+/// (set by KVM or thaw) as they are.
+fn baseline_allow(baseline: &CpuBaseline, reg: FeatureReg, tracked: u32) -> u32 {
+    if let CpuBaseline::Custom(mask) = baseline {
+        return mask.allowed(reg) | !tracked;
+    }
     let bits = |list: &[u32]| list.iter().fold(0u32, |m, b| m | (1 << b));
-    let v2 = baseline == CpuBaseline::X86_64V2 || baseline == CpuBaseline::X86_64V3;
-    let v3 = baseline == CpuBaseline::X86_64V3;
+    let v2 = matches!(baseline, CpuBaseline::X86_64V2 | CpuBaseline::X86_64V3);
+    let v3 = matches!(baseline, CpuBaseline::X86_64V3);
     match (reg.leaf, reg.subleaf, reg.reg) {
         (1, 0, Reg::Edx) => bits(&[
             0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 19, 23, 24, 25, 26,
@@ -236,6 +245,15 @@ fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
     }
 }
 
+/// The CPU vendor string of a CPUID (leaf 0).
+pub fn vendor(entries: &[kvm_cpuid_entry2]) -> String {
+    entries
+        .iter()
+        .find(|e| e.function == 0)
+        .map(|e| crate::arch::cpu_profile::vendor_string(e.ebx, e.edx, e.ecx))
+        .unwrap_or_default()
+}
+
 fn lookup(entries: &[kvm_cpuid_entry2], reg: FeatureReg) -> u32 {
     entries
         .iter()
@@ -266,7 +284,7 @@ const PV_HYPERCALL_FEATURES: u32 = (1 << 7) | (1 << 11) | (1 << 13);
 /// and without the paravirtual features that need hypercalls.
 pub(crate) fn template(
     supported: &[kvm_cpuid_entry2],
-    baseline: CpuBaseline,
+    baseline: &CpuBaseline,
 ) -> Vec<kvm_cpuid_entry2> {
     let mut entries = supported.to_vec();
     for e in entries.iter_mut() {
@@ -276,16 +294,16 @@ pub(crate) fn template(
         if e.function == KVM_CPUID_FEATURES {
             e.eax &= !PV_HYPERCALL_FEATURES;
         }
-        if baseline == CpuBaseline::Host {
+        if *baseline == CpuBaseline::Host {
             continue;
         }
-        for &(reg, _) in TRACKED {
+        for &(reg, tracked) in TRACKED {
             if e.function == reg.leaf && e.index == reg.subleaf {
-                *reg_mut(e, reg.reg) &= baseline_allow(baseline, reg);
+                *reg_mut(e, reg.reg) &= baseline_allow(baseline, reg, tracked);
             }
         }
     }
-    if baseline != CpuBaseline::Host {
+    if *baseline != CpuBaseline::Host {
         let xcr0 = lookup(&entries, fr(0xd, 0, Reg::Eax)) as u64;
         let mut max_end = 512 + 64;
         for e in entries
@@ -417,7 +435,7 @@ mod tests {
 
     #[test]
     fn baseline_masks_features_and_xsave_components() {
-        let t = template(&host(), CpuBaseline::X86_64V3);
+        let t = template(&host(), &CpuBaseline::X86_64V3);
         assert_eq!(
             lookup(&t, fr(7, 0, Reg::Ebx)),
             1 << 5,
@@ -430,7 +448,7 @@ mod tests {
             832,
             "xsave size recomputed"
         );
-        let v2 = template(&host(), CpuBaseline::X86_64V2);
+        let v2 = template(&host(), &CpuBaseline::X86_64V2);
         assert_eq!(
             lookup(&v2, fr(1, 0, Reg::Ecx)) & (1 << 28),
             0,
@@ -441,7 +459,7 @@ mod tests {
             0,
             "sse4.2 in v2"
         );
-        let v1 = template(&host(), CpuBaseline::X86_64);
+        let v1 = template(&host(), &CpuBaseline::X86_64);
         assert_eq!(
             lookup(&v1, fr(1, 0, Reg::Ecx)) & (1 << 20),
             0,
@@ -456,13 +474,53 @@ mod tests {
             "x86-64".parse::<CpuBaseline>().unwrap(),
             CpuBaseline::X86_64
         );
-        let h = template(&host(), CpuBaseline::Host);
+        let h = template(&host(), &CpuBaseline::Host);
         assert_eq!(lookup(&h, fr(7, 0, Reg::Ebx)), (1 << 5) | (1 << 16));
         assert_ne!(
             lookup(&h, fr(1, 0, Reg::Ecx)) & (1 << 31),
             0,
             "hypervisor bit"
         );
+    }
+
+    #[test]
+    fn a_computed_baseline_masks_capabilities_only() {
+        let mut features = RequiredFeatures::of(&host());
+        for (reg, bits) in features.regs.iter_mut() {
+            if *reg == fr(7, 0, Reg::Ebx) {
+                *bits &= !(1 << 16); // a host of the fleet lacks avx512f
+            }
+        }
+        let mask = CpuMask {
+            vendor: "GenuineIntel".into(),
+            hosts: vec!["a".into(), "b".into()],
+            features,
+        };
+        let t = template(&host(), &CpuBaseline::Custom(Box::new(mask)));
+        assert_eq!(
+            lookup(&t, fr(7, 0, Reg::Ebx)),
+            1 << 5,
+            "avx2 kept, avx512f masked"
+        );
+        let ecx = lookup(&t, fr(1, 0, Reg::Ecx));
+        assert_ne!(
+            ecx & (1 << 31),
+            0,
+            "the hypervisor bit is thaw's, not a capability"
+        );
+        assert_ne!(ecx & (1 << 28), 0, "avx: every host has it");
+        assert_eq!(
+            lookup(&t, fr(0xd, 5, Reg::Eax)),
+            64,
+            "xsave components kept"
+        );
+        RequiredFeatures::of(&t)
+            .check(&{
+                let mut older = host();
+                older[1].ebx &= !(1 << 16);
+                older
+            })
+            .unwrap();
     }
 
     #[test]
@@ -474,7 +532,7 @@ mod tests {
         let offered = offered | (1 << 11) | (1 << 12) | (1 << 13);
         supported.push(entry(KVM_CPUID_FEATURES, 0, offered, 0, 0, 0));
         for baseline in [CpuBaseline::Host, CpuBaseline::X86_64] {
-            let t = template(&supported, baseline);
+            let t = template(&supported, &baseline);
             let kvm = t.iter().find(|e| e.function == KVM_CPUID_FEATURES).unwrap();
             assert_eq!(kvm.eax, offered & !((1 << 7) | (1 << 11) | (1 << 13)));
         }
@@ -510,7 +568,7 @@ mod tests {
 
     #[test]
     fn missing_feature_is_named() {
-        let guest = template(&host(), CpuBaseline::Host);
+        let guest = template(&host(), &CpuBaseline::Host);
         let req = RequiredFeatures::of(&guest);
         req.check(&host()).unwrap();
         let mut older = host();
@@ -518,7 +576,7 @@ mod tests {
         let err = req.check(&older).unwrap_err();
         assert!(err.to_string().contains("avx512f"), "{err}");
         // A baseline checkpoint restores on the older host.
-        RequiredFeatures::of(&template(&host(), CpuBaseline::X86_64V3))
+        RequiredFeatures::of(&template(&host(), &CpuBaseline::X86_64V3))
             .check(&older)
             .unwrap();
     }

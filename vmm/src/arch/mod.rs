@@ -3,6 +3,7 @@
 //! instructions thaw emulates for a software KVM (`emulate`).
 
 pub(crate) mod acpi;
+pub mod cpu_profile;
 pub mod cpuid;
 pub(crate) mod emulate;
 pub(crate) mod gdt;

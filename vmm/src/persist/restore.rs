@@ -78,6 +78,16 @@ pub struct Restored {
 }
 
 /// Opens a checkpoint's manifest under `trust` and decodes its state blob.
+/// The VM state of checkpoint `id`, read and checked as a restore reads it (`thaw cpu check`).
+pub fn read_state(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    id: &str,
+    trust: &ManifestTrust,
+) -> Result<VmState> {
+    open(rt, store, id, trust).map(|(_, state)| state)
+}
+
 pub(crate) fn open(
     rt: &tokio::runtime::Runtime,
     store: &Store,

@@ -138,6 +138,10 @@ pub struct VmState {
     /// Guest memory layout: `(guest_phys_addr, size)` per region, in order.
     pub memory: Vec<(u64, u64)>,
     pub cpu_baseline: CpuBaseline,
+    /// The CPU vendor of the host the VM was started on; a restore host must be the same.
+    /// Empty in blobs written before it was recorded.
+    #[serde(default)]
+    pub cpu_vendor: String,
     /// Host CPU features the guest's CPUID exposes; a restore host must have them all.
     pub required_features: RequiredFeatures,
     pub vcpus: Vec<VcpuState>,
@@ -247,6 +251,7 @@ pub(crate) mod tests {
             guest: GuestKind::TestGuest,
             memory: vec![(0, 1 << 20)],
             cpu_baseline: CpuBaseline::Host,
+            cpu_vendor: "GenuineIntel".into(),
             required_features: RequiredFeatures::of(&[]),
             vcpus: vec![VcpuState {
                 id: 0,

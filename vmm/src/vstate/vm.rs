@@ -73,6 +73,16 @@ pub enum VmError {
     NotPaused,
     #[error("guest stopped: {0}")]
     GuestStopped(String),
+    #[error(transparent)]
+    Host(#[from] Box<crate::arch::cpu_profile::HostMismatch>),
+    #[error(
+        "CPU baseline computed for {baseline} hosts (from {hosts}), but this host's CPU is {host}"
+    )]
+    BaselineVendor {
+        baseline: String,
+        hosts: String,
+        host: String,
+    },
     /// Ended from another thread (its fetch agent failed or went away); the vCPUs were stopped
     /// first.
     #[error(transparent)]
@@ -130,6 +140,8 @@ pub struct Vm {
     running: Vec<VcpuHandle>,
     guest: GuestKind,
     baseline: CpuBaseline,
+    /// The host CPU's vendor, recorded in checkpoints.
+    vendor: String,
     required: RequiredFeatures,
     abort: AbortHandle,
     /// vCPUs that did not stop when told to (blocked in a page fault): see [`Vm::stop`].
@@ -196,7 +208,17 @@ impl Vm {
             us = t0.elapsed().as_micros() as u64,
             "KVM opened, CPUID read"
         );
-        let template = cpuid::template(&supported, config.cpu_baseline);
+        let vendor = cpuid::vendor(&supported);
+        if let CpuBaseline::Custom(mask) = &config.cpu_baseline {
+            if mask.vendor != vendor {
+                return Err(VmError::BaselineVendor {
+                    baseline: mask.vendor.clone(),
+                    hosts: mask.hosts.join(", "),
+                    host: vendor,
+                });
+            }
+        }
+        let template = cpuid::template(&supported, &config.cpu_baseline);
         let fd = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
@@ -308,7 +330,8 @@ impl Vm {
             pending,
             running: Vec::new(),
             guest,
-            baseline: config.cpu_baseline,
+            baseline: config.cpu_baseline.clone(),
+            vendor,
             required,
             abort: AbortHandle::default(),
             stuck: Vec::new(),
@@ -335,7 +358,7 @@ impl Vm {
         let cfg = VmConfig {
             vcpus: state.vcpus.len() as u32,
             memory_bytes: state.memory_bytes(),
-            cpu_baseline: state.cpu_baseline,
+            cpu_baseline: state.cpu_baseline.clone(),
             disks,
             nets,
             ..config.clone()
@@ -559,7 +582,8 @@ impl Vm {
                 .iter()
                 .map(|r| (r.guest_phys_addr, r.size))
                 .collect(),
-            cpu_baseline: self.baseline,
+            cpu_baseline: self.baseline.clone(),
+            cpu_vendor: self.vendor.clone(),
             required_features: self.required.clone(),
             vcpus,
             pic_master: chip(KVM_IRQCHIP_PIC_MASTER, "KVM_GET_IRQCHIP (PIC master)")?,
@@ -714,9 +738,12 @@ impl Drop for Vm {
     }
 }
 
-/// Fails if this host cannot run the checkpoint: a CPU feature it needs is missing.
+/// Fails if this host cannot run the checkpoint, naming every difference (see
+/// [`crate::vstate::host_cpu::check`]).
 pub(crate) fn check_host(kvm_path: &std::path::Path, state: &VmState) -> Result<()> {
-    let kvm = open_kvm(kvm_path)?;
-    let supported = cpuid::supported(&kvm)?;
-    Ok(state.required_features.check(&supported)?)
+    use crate::vstate::host_cpu::{check, HostCheckError};
+    check(kvm_path, state).map_err(|e| match e {
+        HostCheckError::Kvm(e) => VmError::Kvm(e),
+        HostCheckError::Mismatch(m) => VmError::Host(m),
+    })
 }

@@ -77,8 +77,9 @@ pub struct GuestArgs {
     pub memory: u64,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
-    /// CPU features shown to the guest: host, x86-64, x86-64-v2 or x86-64-v3.
-    #[arg(long, default_value = "host")]
+    /// CPU features shown to the guest: host, x86-64, x86-64-v2, x86-64-v3, or a file written by
+    /// `thaw cpu baseline` from the dumps of a fleet's hosts.
+    #[arg(long, default_value = "host", value_parser = crate::cpu::parse_baseline)]
     pub cpu_baseline: CpuBaseline,
     /// Test guest access pattern: sequential, random, hot-set, pointer-chase.
     #[arg(long, default_value = "sequential")]
