@@ -10,6 +10,7 @@ pub mod catalog;
 mod cpu;
 pub mod dirty_log;
 mod error;
+pub mod import;
 pub mod keys;
 mod memory;
 pub mod reader;
