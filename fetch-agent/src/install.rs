@@ -12,6 +12,11 @@ use userfaultfd::Uffd;
 pub enum InstallError {
     #[error("page {page} is outside the handed-off memory")]
     OutsideMemory { page: u64 },
+    /// The VMM's memory layout is changing (a REMOVE or other event is
+    /// pending on the userfaultfd): pages from `page` on were not installed.
+    /// Retry them once the event is read.
+    #[error("memory layout changing: pages from {page} on not installed yet")]
+    Changing { page: u64 },
     #[error("{op} at {addr:#x} (+{len:#x}): {errno}")]
     Ioctl {
         op: &'static str,
@@ -57,6 +62,27 @@ impl GuestLayout {
             .map(|(_, offset)| offset / self.page_size)
     }
 
+    /// The pages of host range `start .. end` (widened to whole pages) that
+    /// lie in the handed-off memory: `(first page, pages)` per region it
+    /// touches.
+    pub fn pages_in(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let ps = self.page_size;
+        let start = start - start % ps;
+        let end = end.div_ceil(ps).saturating_mul(ps);
+        self.handoff
+            .mappings
+            .iter()
+            .filter_map(|m| {
+                let from = start.max(m.base_host_virt_addr);
+                let to = end.min(m.base_host_virt_addr + m.size);
+                (from < to).then(|| {
+                    let first = (m.offset + (from - m.base_host_virt_addr)) / ps;
+                    (first, (to - from) / ps)
+                })
+            })
+            .collect()
+    }
+
     /// Host ranges of pages `page .. page + len`, split where regions end:
     /// `(host address, first page, pages)`.
     pub fn host_ranges(&self, page: u64, len: u64) -> Result<Vec<(u64, u64, u64)>, InstallError> {
@@ -75,6 +101,19 @@ impl GuestLayout {
             p += n;
         }
         Ok(out)
+    }
+}
+
+/// Why a copy into one host range stopped.
+enum Interrupted {
+    /// The layout is changing: this many bytes were copied first.
+    Changing(usize),
+    Failed(InstallError),
+}
+
+impl From<InstallError> for Interrupted {
+    fn from(e: InstallError) -> Self {
+        Interrupted::Failed(e)
     }
 }
 
@@ -118,12 +157,17 @@ impl Installer {
         let len = data.len() as u64 / ps;
         for (host, first, n) in self.layout.host_ranges(page, len)? {
             let src = &data[((first - page) * ps) as usize..((first - page + n) * ps) as usize];
-            self.copy_range(host, src)?;
+            self.copy_range(host, src).map_err(|e| match e {
+                Interrupted::Changing(done) => InstallError::Changing {
+                    page: first + done as u64 / ps,
+                },
+                Interrupted::Failed(e) => e,
+            })?;
         }
         Ok(())
     }
 
-    fn copy_range(&self, host: u64, src: &[u8]) -> Result<(), InstallError> {
+    fn copy_range(&self, host: u64, src: &[u8]) -> Result<(), Interrupted> {
         let ps = self.layout.page_size as usize;
         let mut done = 0usize;
         while done < src.len() {
@@ -144,7 +188,12 @@ impl Installer {
             match r {
                 Ok(n) if n > 0 => done += n,
                 Ok(_) => done += ps,
-                Err(userfaultfd::Error::PartiallyCopied(n)) => done += n,
+                // EAGAIN: a negative count is the error itself (nothing
+                // copied, the layout is changing); a positive one what was
+                // copied before the layout began to change.
+                Err(userfaultfd::Error::PartiallyCopied(n)) => {
+                    return Err(Interrupted::Changing(done + (n as i64).max(0) as usize))
+                }
                 Err(e) => {
                     let errno = errno_of(&e);
                     if errno.raw_os_error() == Some(libc::EEXIST) {
@@ -154,12 +203,12 @@ impl Installer {
                         done += ps;
                         continue;
                     }
-                    return Err(InstallError::Ioctl {
+                    return Err(Interrupted::Failed(InstallError::Ioctl {
                         op: "UFFDIO_COPY",
                         addr: dst,
                         len: rest.len() as u64,
                         errno,
-                    });
+                    }));
                 }
             }
         }
@@ -169,7 +218,7 @@ impl Installer {
     /// Installs zero pages `page .. page + len` and wakes their waiters.
     pub fn zero(&self, page: u64, len: u64) -> Result<(), InstallError> {
         let ps = self.layout.page_size;
-        for (host, _, n) in self.layout.host_ranges(page, len)? {
+        for (host, first, n) in self.layout.host_ranges(page, len)? {
             let mut done = 0u64;
             while done < n * ps {
                 let addr = host + done;
@@ -190,7 +239,11 @@ impl Installer {
                                 self.wake_range(addr, ps)?;
                                 done += ps;
                             }
-                            Some(libc::EAGAIN) => {}
+                            Some(libc::EAGAIN) => {
+                                return Err(InstallError::Changing {
+                                    page: first + done / ps,
+                                })
+                            }
                             _ => {
                                 return Err(InstallError::Ioctl {
                                     op: "UFFDIO_ZEROPAGE",

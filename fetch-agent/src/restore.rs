@@ -8,13 +8,23 @@
 //! wrong) ends the restore as a failure on the fault thread would: it is
 //! recorded and the fault thread is woken through an eventfd in its poll set,
 //! so the session ends with that error instead of leaving faults unserved.
+//!
+//! A REMOVE event (the VMM dropped pages: a balloon inflating) is applied to
+//! the policy before the kernel drops the pages, which it does as soon as the
+//! event is read: installs on the runtime hold the event gate (shared) from
+//! their decision to their last copy, and the fault thread reads events
+//! holding it exclusively. So an install decided before a REMOVE has landed
+//! before the drop, and one decided after skips the removed pages: stale
+//! bytes never land on a page the guest gave up. A copy the kernel refuses
+//! while an event is pending (`EAGAIN`) is put aside and retried by the fault
+//! thread after it has read that event, minus the pages it removed.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -70,6 +80,10 @@ pub enum RestoreError {
     },
     #[error("cannot create the restore's wake-up eventfd: {0}")]
     Eventfd(std::io::Error),
+    /// The VMM moved or unmapped guest memory (or forked) under a restore:
+    /// the hand-off no longer says where the memory is.
+    #[error("the VMM {0} guest memory during the restore; thaw serves memory only where the hand-off mapped it")]
+    Unsupported(&'static str),
 }
 
 /// How a restore ended.
@@ -102,8 +116,28 @@ pub struct RestoreDriver {
     stream_kick: Notify,
     /// The first failure on the runtime, for the fault thread to end with.
     failure: Mutex<Option<RestoreError>>,
-    /// Written when `failure` is set: wakes the fault thread's poll.
+    /// Written when `failure` is set or an install is put aside: wakes the
+    /// fault thread's poll.
     failure_wake: EventFd,
+    /// Held shared by installs on the runtime from decision to copy, and
+    /// exclusively while the fault thread reads events and applies REMOVEs.
+    event_gate: RwLock<()>,
+    /// Installs the kernel refused while an event was pending, for the fault
+    /// thread to retry after reading it.
+    deferred: Mutex<Vec<Deferred>>,
+}
+
+/// An install put aside until a pending event is read.
+enum Deferred {
+    /// Copy these bytes to pages from `page` on.
+    Copy {
+        page: u64,
+        data: Bytes,
+    },
+    Zero {
+        page: u64,
+        len: u64,
+    },
 }
 
 /// Blocks pinned from the cache while a decision is carried out.
@@ -137,6 +171,8 @@ impl RestoreDriver {
             stream_kick: Notify::new(),
             failure: Mutex::new(None),
             failure_wake,
+            event_gate: RwLock::new(()),
+            deferred: Mutex::new(Vec::new()),
         }))
     }
 
@@ -235,18 +271,9 @@ impl RestoreDriver {
                 }
             }
             if fds[0].revents & libc::POLLIN != 0 {
-                let batch = self
-                    .installer
-                    .uffd()
-                    .read_events(&mut events)
-                    .map_err(|e| RestoreError::Read(e.to_string()))?;
-                for event in batch {
-                    match event.map_err(|e| RestoreError::Read(e.to_string()))? {
-                        Event::Pagefault { addr, .. } => self.fault(addr as u64)?,
-                        other => tracing::debug!(restore = %self.name, "uffd event {other:?}"),
-                    }
-                }
+                self.read_events(&mut events)?;
             }
+            self.retry_deferred()?;
             if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
                 tracing::info!(restore = %self.name, "userfaultfd closed");
                 return Ok(());
@@ -268,6 +295,122 @@ impl RestoreDriver {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Reads a batch of events: REMOVEs are applied to the policy under the
+    /// event gate (see the module's comment), then faults are served and the
+    /// faults REMOVE released are zero-filled, in order.
+    fn read_events(self: &Arc<Self>, events: &mut EventBuffer) -> Result<(), RestoreError> {
+        let mut faults = Vec::new();
+        let mut released = Vec::new();
+        {
+            let _gate = self.event_gate.write().unwrap_or_else(|e| e.into_inner());
+            let batch = self
+                .installer
+                .uffd()
+                .read_events(events)
+                .map_err(|e| RestoreError::Read(e.to_string()))?;
+            for event in batch {
+                match event.map_err(|e| RestoreError::Read(e.to_string()))? {
+                    Event::Pagefault { addr, .. } => faults.push(addr as u64),
+                    Event::Remove { start, end } => {
+                        let mut st = self.lock();
+                        for (page, len) in
+                            self.installer.layout().pages_in(start as u64, end as u64)
+                        {
+                            tracing::debug!(restore = %self.name, page, len, "the guest gave pages up");
+                            released.extend(st.policy.remove(page, len)?);
+                        }
+                    }
+                    Event::Unmap { .. } => return Err(RestoreError::Unsupported("unmapped")),
+                    Event::Remap { .. } => return Err(RestoreError::Unsupported("moved (mremap)")),
+                    Event::Fork { .. } => return Err(RestoreError::Unsupported("forked with")),
+                }
+            }
+        }
+        self.execute(released, &Vec::new(), None)?;
+        for addr in faults {
+            self.fault(addr)?;
+        }
+        Ok(())
+    }
+
+    /// Retries the installs the kernel refused while an event was pending,
+    /// skipping pages removed since: on the fault thread, after the events
+    /// were read.
+    fn retry_deferred(self: &Arc<Self>) -> Result<(), RestoreError> {
+        let items = std::mem::take(&mut *self.lock_deferred());
+        if items.is_empty() {
+            return Ok(());
+        }
+        let ps = self.installer.layout().page_size();
+        for item in items {
+            match item {
+                Deferred::Copy { page, data } => {
+                    let len = data.len() as u64 / ps;
+                    let kept: Vec<(u64, u64)> = {
+                        let st = self.lock();
+                        let mut runs: Vec<(u64, u64)> = Vec::new();
+                        for p in page..page + len {
+                            if st.policy.is_removed(p) {
+                                continue;
+                            }
+                            match runs.last_mut() {
+                                Some((s, n)) if *s + *n == p => *n += 1,
+                                _ => runs.push((p, 1)),
+                            }
+                        }
+                        runs
+                    };
+                    for (p, n) in kept {
+                        let from = ((p - page) * ps) as usize;
+                        let to = ((p - page + n) * ps) as usize;
+                        self.install_copy(p, data.slice(from..to))?;
+                    }
+                }
+                Deferred::Zero { page, len } => self.install_zero(page, len)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_deferred(&self) -> MutexGuard<'_, Vec<Deferred>> {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies `data` to pages from `page` on; what the kernel refuses while
+    /// an event is pending is put aside for the fault thread.
+    fn install_copy(&self, page: u64, data: Bytes) -> Result<(), RestoreError> {
+        match self.installer.copy(page, &data) {
+            Err(InstallError::Changing { page: from }) => {
+                let ps = self.installer.layout().page_size();
+                let data = data.slice(((from - page) * ps) as usize..);
+                self.defer(Deferred::Copy { page: from, data });
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Installs zero pages; as [`RestoreDriver::install_copy`].
+    fn install_zero(&self, page: u64, len: u64) -> Result<(), RestoreError> {
+        match self.installer.zero(page, len) {
+            Err(InstallError::Changing { page: from }) => {
+                self.defer(Deferred::Zero {
+                    page: from,
+                    len: page + len - from,
+                });
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn defer(&self, item: Deferred) {
+        self.lock_deferred().push(item);
+        if let Err(e) = self.failure_wake.write(1) {
+            tracing::error!(restore = %self.name, "waking the fault thread: {e}");
         }
     }
 
@@ -332,7 +475,7 @@ impl RestoreDriver {
                     for r in &runs {
                         let from = (r.block_offset * ps) as usize;
                         let to = ((r.block_offset + r.len) * ps) as usize;
-                        self.installer.copy(r.page, &data[from..to])?;
+                        self.install_copy(r.page, data.slice(from..to))?;
                         copied += r.len * ps;
                     }
                     if origin == Origin::Cache {
@@ -356,13 +499,13 @@ impl RestoreDriver {
                 }
                 Action::ZeroFill { runs, waiter } => {
                     for r in &runs {
-                        self.installer.zero(r.start, r.len)?;
+                        self.install_zero(r.start, r.len)?;
                     }
                     self.served(&[waiter]);
                 }
                 Action::ZeroFillAhead { runs } => {
                     for r in &runs {
-                        self.installer.zero(r.start, r.len)?;
+                        self.install_zero(r.start, r.len)?;
                     }
                 }
                 Action::Joined { waiter } => self.served(&[waiter]),
@@ -425,7 +568,11 @@ impl RestoreDriver {
                         tokio::time::sleep(policy::retry_delay(attempt)).await;
                     }
                     let result = pending.done.await;
-                    if let Err(e) = this.fetch_done(block, result) {
+                    let done = {
+                        let _gate = this.event_gate.read().unwrap_or_else(|e| e.into_inner());
+                        this.fetch_done(block, result)
+                    };
+                    if let Err(e) = done {
                         this.failed(e);
                     }
                 });
@@ -514,6 +661,7 @@ impl RestoreDriver {
             }
             let now = Instant::now();
             let mut pinned: Pinned = Vec::new();
+            let gate = self.event_gate.read().unwrap_or_else(|e| e.into_inner());
             let (actions, next, done) = {
                 let mut st = self.lock();
                 let cache = self.ctx.cache();
@@ -526,7 +674,9 @@ impl RestoreDriver {
                 });
                 (actions, st.policy.next_poll(now), st.policy.all_requested())
             };
-            if let Err(e) = self.execute(actions, &pinned, None) {
+            let executed = self.execute(actions, &pinned, None);
+            drop(gate);
+            if let Err(e) = executed {
                 self.failed(e);
                 return;
             }

@@ -8,7 +8,9 @@
 //! Per block the state is absent, in flight (with its priority and the faults
 //! waiting for it), delivered (its bytes arrived but only some of its pages
 //! were installed: a profiling restore) or installed. Pages are tracked one
-//! by one as present or not, so an install never covers a page twice.
+//! by one as present or not, so an install never covers a page twice, and
+//! as removed or not: a page the guest gave up (a balloon inflating, free page
+//! reporting) reads as zeros from then on, so no block is installed over it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +63,10 @@ pub struct PolicyStats {
     pub fetches: u64,
     pub cache_installs: u64,
     pub zero_pages: u64,
+    /// Pages the guest gave up (REMOVE events), each counted once.
+    pub removed_pages: u64,
+    /// Faults on removed pages, served with a zero page.
+    pub removed_faults: u64,
 }
 
 /// One restore's state machine.
@@ -75,6 +81,10 @@ pub struct Restore {
     order_pos: Vec<u32>,
     /// One bit per page: installed or decided to be installed.
     present: Vec<u64>,
+    /// One bit per page: the guest gave it up. Its content is zeros from
+    /// then on: blocks are never installed over it, faults on it get a zero
+    /// page.
+    removed: Vec<u64>,
     /// Next position in the prefetch order the stream looks at.
     stream_cursor: usize,
     stream_in_flight: usize,
@@ -111,6 +121,7 @@ impl Restore {
             blocks: vec![BlockState::Absent; manifest.blocks.len()],
             failures: vec![0; manifest.blocks.len()],
             present: vec![0; manifest.total_pages().div_ceil(64) as usize],
+            removed: vec![0; manifest.total_pages().div_ceil(64) as usize],
             order_pos,
             map,
             config,
@@ -171,6 +182,71 @@ impl Restore {
         self.present[(page / 64) as usize] |= 1 << (page % 64);
     }
 
+    /// Whether the guest gave `page` up (see [`Restore::remove`]).
+    pub fn is_removed(&self, page: u64) -> bool {
+        self.removed
+            .get((page / 64) as usize)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// The guest gave pages `start .. start + len` up: the VMM dropped them
+    /// (madvise(MADV_DONTNEED): a balloon inflating, free page reporting)
+    /// and the kernel told us with a REMOVE event. They are missing again and
+    /// read as zeros from now on: a fault on one gets a zero page, never a
+    /// fetch, and no block install covers them any more (a fetch in flight
+    /// or streaming that lands later skips them, as does an install from
+    /// the cache). Faults already waiting on one for its block are served
+    /// with a zero page at once.
+    ///
+    /// The driver must apply this before any install decided earlier can
+    /// land after the kernel drops the pages (it holds installs off while it
+    /// reads the event and calls this).
+    pub fn remove(&mut self, start: u64, len: u64) -> Result<Vec<Action>, PolicyError> {
+        let total = self.manifest.total_pages();
+        let end =
+            start
+                .checked_add(len)
+                .filter(|&e| e <= total)
+                .ok_or(PolicyError::PageOutOfRange {
+                    page: start.saturating_add(len.saturating_sub(1)),
+                    total,
+                })?;
+        for p in start..end {
+            if !self.is_removed(p) {
+                self.removed[(p / 64) as usize] |= 1 << (p % 64);
+                self.stats.removed_pages += 1;
+            }
+            self.present[(p / 64) as usize] &= !(1 << (p % 64));
+        }
+        let mut actions = Vec::new();
+        let mut served = Vec::new();
+        for state in &mut self.blocks {
+            if let BlockState::InFlight { waiters, .. } = state {
+                waiters.retain(|w| {
+                    let gone = (start..end).contains(&w.page);
+                    if gone {
+                        served.push(*w);
+                    }
+                    !gone
+                });
+            }
+        }
+        for waiter in served {
+            let runs = if self.is_present(waiter.page) {
+                // Another waiter on the same page got it just above.
+                Vec::new()
+            } else {
+                self.mark_present(waiter.page);
+                vec![PageRun {
+                    start: waiter.page,
+                    len: 1,
+                }]
+            };
+            actions.push(Action::ZeroFill { runs, waiter });
+        }
+        Ok(actions)
+    }
+
     /// True when every block is installed or in flight (nothing left to stream).
     pub fn all_requested(&self) -> bool {
         self.blocks.iter().all(|b| !matches!(b, BlockState::Absent))
@@ -204,6 +280,29 @@ impl Restore {
         let block = self.block_of(page)?;
         self.stats.faults += 1;
         let mut actions = Vec::new();
+        if self.is_removed(page) {
+            // Zeros, whatever the checkpoint held. Even when the page is
+            // marked present: the fault says the kernel dropped it again (a
+            // zero page installed just before the REMOVE's drop), and a zero
+            // page on a present one only wakes.
+            self.stats.removed_faults += 1;
+            self.mark_present(page);
+            self.count(FaultSource::Zero);
+            let waiter = Waiter {
+                page,
+                at: now,
+                source: FaultSource::Zero,
+                block,
+            };
+            actions.push(Action::ZeroFill {
+                runs: vec![PageRun {
+                    start: page,
+                    len: 1,
+                }],
+                waiter,
+            });
+            return Ok(actions);
+        }
         let Some(block) = block else {
             let waiter = Waiter {
                 page,
@@ -233,7 +332,7 @@ impl Restore {
         } else {
             match &mut self.blocks[block as usize] {
                 BlockState::Installed => {
-                    unreachable!("an installed block's pages are all present")
+                    unreachable!("an installed block's pages are all present or removed")
                 }
                 BlockState::InFlight {
                     priority, waiters, ..
@@ -285,7 +384,7 @@ impl Restore {
         let mut runs: Vec<PageRun> = Vec::new();
         for p in start..end {
             let zero = matches!(self.map.source(p), Some(PageSource::Zero));
-            if !zero || self.is_present(p) {
+            if !zero || self.is_present(p) || self.is_removed(p) {
                 continue;
             }
             self.mark_present(p);
@@ -360,7 +459,7 @@ impl Restore {
         for (offset, page) in manifest.blocks[block as usize].page_iter().enumerate() {
             let offset = offset as u64;
             let wanted = whole || waiters.iter().any(|w| w.page == page);
-            if wanted && !self.is_present(page) {
+            if wanted && !self.is_present(page) && !self.is_removed(page) {
                 self.mark_present(page);
                 match runs.last_mut() {
                     Some(r) if r.page + r.len == page && r.block_offset + r.len == offset => {
@@ -373,7 +472,7 @@ impl Restore {
                     }),
                 }
             }
-            all_present &= self.is_present(page);
+            all_present &= self.is_present(page) || self.is_removed(page);
         }
         self.blocks[block as usize] = if all_present {
             BlockState::Installed
@@ -500,7 +599,7 @@ impl Restore {
                 self.zero_cursor.1 += 1;
             }
             budget -= 1;
-            if self.is_present(page) {
+            if self.is_present(page) || self.is_removed(page) {
                 continue;
             }
             self.mark_present(page);

@@ -352,3 +352,106 @@ pub async fn gc(
 fn humanize(d: std::time::Duration) -> String {
     format_age(d.as_millis() as u64)
 }
+
+/// `thaw checkpoint import STORE --firecracker-mem FILE [--firecracker-state FILE]
+/// [--region GPA:SIZE ...] [--trace FILE ...] [--id ID]`: prints the new id as its last line.
+pub async fn import_firecracker(
+    store: &Store,
+    keys: &KeyArgs,
+    args: &FirecrackerImport,
+) -> anyhow::Result<()> {
+    use thaw_store::import::{import_firecracker, regions_of};
+    let started = Instant::now();
+    // Reading a sparse file gives zeros in its holes (a diff snapshot): zero pages, elided.
+    let memory = std::fs::read(&args.memory)
+        .with_context(|| format!("reading Firecracker memory file {}", args.memory.display()))?;
+    let vmstate = args
+        .state
+        .as_ref()
+        .map(|p| {
+            std::fs::read(p)
+                .with_context(|| format!("reading Firecracker vmstate file {}", p.display()))
+        })
+        .transpose()?;
+    let regions = regions_of(memory.len() as u64, &args.regions)?;
+    let mut options = keys.write_options()?;
+    options.id = args.id.clone();
+
+    if !args.traces.is_empty() {
+        let total_pages = memory.len() as u64 / options.page_size;
+        let mut profiles = Vec::with_capacity(args.traces.len());
+        for path in &args.traces {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading trace {}", path.display()))?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let trace = parse_trace(&path.display().to_string(), &name, &text, total_pages)?;
+            profiles.push(trace.pages());
+        }
+        options.layout = with_neighbours(layout_from_traces(&profiles), total_pages);
+    }
+    let summary = import_firecracker(store, &memory, &regions, vmstate.as_deref(), &options)
+        .await
+        .context("importing the Firecracker snapshot")?;
+    println!(
+        "imported {} of Firecracker memory in {} region(s){}: {} blocks, {} zero pages elided, \
+         {} uploaded, {}, in {:.2} s",
+        format_bytes(memory.len() as u64),
+        regions.len(),
+        if vmstate.is_some() {
+            " with its vmstate"
+        } else {
+            ""
+        },
+        summary.blocks,
+        summary.zero_pages,
+        format_bytes(summary.uploaded_bytes),
+        if summary.signed { "signed" } else { "unsigned" },
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", summary.id);
+    Ok(())
+}
+
+/// What `thaw checkpoint import` reads.
+pub struct FirecrackerImport {
+    pub memory: PathBuf,
+    pub state: Option<PathBuf>,
+    pub regions: Vec<thaw_store::import::RegionSpec>,
+    pub traces: Vec<PathBuf>,
+    pub id: Option<CheckpointId>,
+}
+
+/// `thaw checkpoint export STORE ID --firecracker-state OUT [--firecracker-mem OUT]`
+pub async fn export_firecracker(
+    store: &Store,
+    id: &CheckpointId,
+    trust: &ManifestTrust,
+    state_out: &std::path::Path,
+    memory_out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use thaw_store::import::{firecracker_memory, firecracker_vmstate};
+    let reader = CheckpointReader::open(store, id, trust)
+        .await
+        .with_context(|| format!("opening checkpoint {id}"))?;
+    let vmstate = firecracker_vmstate(&reader)?;
+    std::fs::write(state_out, &vmstate)
+        .with_context(|| format!("writing {}", state_out.display()))?;
+    println!(
+        "Firecracker vmstate of {id}: {} in {}",
+        format_bytes(vmstate.len() as u64),
+        state_out.display()
+    );
+    if let Some(out) = memory_out {
+        let memory = firecracker_memory(&reader).await?;
+        std::fs::write(out, &memory).with_context(|| format!("writing {}", out.display()))?;
+        println!(
+            "Firecracker memory of {id}: {} in {}",
+            format_bytes(memory.len() as u64),
+            out.display()
+        );
+    }
+    Ok(())
+}

@@ -126,6 +126,42 @@ enum CheckpointCommand {
         #[arg(long = "id")]
         new_id: Option<CheckpointId>,
     },
+    /// Import a Firecracker snapshot (memory file, full or diff, and vmstate file) as a
+    /// checkpoint, signed and encrypted like any write; prints its id as the last line.
+    Import {
+        store: String,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Firecracker's memory file (`mem_file_path` of its snapshot/create).
+        #[arg(long = "firecracker-mem", value_name = "FILE")]
+        memory: PathBuf,
+        /// Firecracker's vmstate file (`snapshot_path`), kept opaque for `export`.
+        #[arg(long = "firecracker-state", value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// A guest memory region GPA:SIZE of the memory file, in file order (repeat; they must
+        /// add up to the file) [default: one region at guest address 0].
+        #[arg(long = "region", value_name = "GPA:SIZE")]
+        regions: Vec<thaw_store::import::RegionSpec>,
+        /// A fault trace to lay blocks out by (repeatable) [default: physical order].
+        #[arg(long = "trace")]
+        traces: Vec<PathBuf>,
+        /// Id of the new checkpoint (generated when absent).
+        #[arg(long = "id")]
+        id: Option<CheckpointId>,
+    },
+    /// Write an imported checkpoint back as Firecracker snapshot files.
+    Export {
+        store: String,
+        id: CheckpointId,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Where to write the vmstate file, byte for byte as imported.
+        #[arg(long = "firecracker-state", value_name = "OUT")]
+        state: PathBuf,
+        /// Also write the memory file (the regions concatenated) here.
+        #[arg(long = "firecracker-mem", value_name = "OUT")]
+        memory: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +264,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let store = keys.open_store(&store)?;
                 let id = commands::resolve(&store, &id).await?;
                 commands::relayout(&store, &id, &keys, &traces, new_id).await
+            }
+            CheckpointCommand::Import {
+                store,
+                keys,
+                memory,
+                state,
+                regions,
+                traces,
+                id,
+            } => {
+                let args = commands::FirecrackerImport {
+                    memory,
+                    state,
+                    regions,
+                    traces,
+                    id,
+                };
+                commands::import_firecracker(&keys.open_store(&store)?, &keys, &args).await
+            }
+            CheckpointCommand::Export {
+                store,
+                id,
+                keys,
+                state,
+                memory,
+            } => {
+                commands::export_firecracker(
+                    &keys.open_store(&store)?,
+                    &id,
+                    &keys.trust()?,
+                    &state,
+                    memory.as_deref(),
+                )
+                .await
             }
         },
         Command::Store { command } => match command {

@@ -381,8 +381,10 @@ fn restore_cmd(a: &RestoreArgs) -> anyhow::Result<()> {
     )?;
     let t0 = Instant::now();
     let dirty_log = control.wants_dirty_log();
-    let mut r = restore_with(&config, &rt, &store, &a.store, &id, &trust, &mode, dirty_log)
-        .with_context(|| format!("restoring checkpoint {id} from {}", a.store))?;
+    let mut r = restore_with(
+        &config, &rt, &store, &a.store, &id, &trust, &mode, dirty_log,
+    )
+    .with_context(|| format!("restoring checkpoint {id} from {}", a.store))?;
     // The restored checkpoint is the parent of the first checkpoint through the API.
     control.track(&r.vm, Some((id.clone(), store.location().to_string())))?;
     emit(

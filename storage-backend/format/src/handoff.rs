@@ -408,4 +408,95 @@ mod tests {
                 .to_string();
         assert!(err.contains("disagree"), "{err}");
     }
+
+    /// The exact bytes each Firecracker version sends: `serde_json::to_string` of its
+    /// `Vec<GuestRegionUffdMapping>` (fields in declaration order, compact). Two regions as on
+    /// x86 with more than 3 GiB: RAM below the PCI hole, then above 4 GiB, the second at the
+    /// first's size in the memory file.
+    #[test]
+    fn firecracker_fixtures_of_every_version_parse() {
+        let fixtures: [(&str, &[u8], u64); 4] = [
+            (
+                "1.6 and older: no page size",
+                br#"[{"base_host_virt_addr":140028688412672,"size":3221225472,"offset":0},{"base_host_virt_addr":140024393445376,"size":1073741824,"offset":3221225472}]"#,
+                4096,
+            ),
+            (
+                "1.7 to 1.11: page_size_kib holding bytes",
+                br#"[{"base_host_virt_addr":140028688412672,"size":3221225472,"offset":0,"page_size_kib":4096},{"base_host_virt_addr":140024393445376,"size":1073741824,"offset":3221225472,"page_size_kib":4096}]"#,
+                4096,
+            ),
+            (
+                "1.12 and later: both keys",
+                br#"[{"base_host_virt_addr":140028688412672,"size":3221225472,"offset":0,"page_size":4096,"page_size_kib":4096},{"base_host_virt_addr":140024393445376,"size":1073741824,"offset":3221225472,"page_size":4096,"page_size_kib":4096}]"#,
+                4096,
+            ),
+            (
+                "1.12 and later on hugetlbfs",
+                br#"[{"base_host_virt_addr":140028686630912,"size":3221225472,"offset":0,"page_size":2097152,"page_size_kib":2097152},{"base_host_virt_addr":140024391663616,"size":1073741824,"offset":3221225472,"page_size":2097152,"page_size_kib":2097152}]"#,
+                2 << 20,
+            ),
+        ];
+        for (what, msg, page) in fixtures {
+            let h = Handoff::parse(msg).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(h.mappings.len(), 2, "{what}");
+            assert!(h.mappings.iter().all(|m| m.page_size == page), "{what}");
+            assert_eq!(h.memory_bytes(), 4 << 30, "{what}");
+            // The second region's first byte is byte 3 GiB of the memory file.
+            let second = h.mappings[1].base_host_virt_addr;
+            assert_eq!(h.locate(second), Some((1, 3 << 30)), "{what}");
+            assert_eq!(h.store, None, "{what}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_in_both_forms() {
+        let fc = br#"[{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096,"page_size_kib":4096,"numa_node":0}]"#;
+        assert_eq!(Handoff::parse(fc).unwrap().mappings[0].size, 8192);
+        let thaw = br#"{"thaw_handoff":1,"future_key":[1,2],"mappings":[{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096,"flags":"x"}]}"#;
+        assert_eq!(Handoff::parse(thaw).unwrap().mappings[0].offset, 0);
+    }
+
+    #[test]
+    fn inconsistent_firecracker_regions_are_refused() {
+        let cases: &[(&[u8], &str)] = &[
+            // 2 MiB pages but a size of 2 MiB + 4 KiB.
+            (
+                br#"[{"base_host_virt_addr":2097152,"size":2101248,"offset":0,"page_size":2097152,"page_size_kib":2097152}]"#,
+                "multiple of the page size",
+            ),
+            // A huge-page region at an address that is not huge-page aligned.
+            (
+                br#"[{"base_host_virt_addr":4096,"size":2097152,"offset":0,"page_size":2097152,"page_size_kib":2097152}]"#,
+                "not page aligned",
+            ),
+            // Two regions whose places in the memory file overlap.
+            (
+                br#"[{"base_host_virt_addr":1048576,"size":65536,"offset":0,"page_size":4096,"page_size_kib":4096},{"base_host_virt_addr":16777216,"size":65536,"offset":32768,"page_size":4096,"page_size_kib":4096}]"#,
+                "offset range overlaps region 0",
+            ),
+            // The same host memory handed off twice.
+            (
+                br#"[{"base_host_virt_addr":1048576,"size":65536,"offset":0,"page_size":4096,"page_size_kib":4096},{"base_host_virt_addr":1081344,"size":65536,"offset":65536,"page_size":4096,"page_size_kib":4096}]"#,
+                "host range overlaps region 0",
+            ),
+            (
+                br#"[{"base_host_virt_addr":1048576,"size":65536,"offset":0,"page_size":4096,"page_size_kib":2097152}]"#,
+                "disagree",
+            ),
+            (
+                br#"[{"base_host_virt_addr":1048576,"size":65536,"offset":0,"page_size":"4096"}]"#,
+                "invalid type",
+            ),
+            (br#"[{"size":65536,"offset":0,"page_size":4096}]"#, "base_host_virt_addr"),
+        ];
+        for (msg, want) in cases {
+            let err = Handoff::parse(msg).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "{}: {err}",
+                String::from_utf8_lossy(msg)
+            );
+        }
+    }
 }

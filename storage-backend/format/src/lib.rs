@@ -14,6 +14,7 @@ mod dirty_profile;
 mod encoding;
 pub mod envelope;
 mod error;
+pub mod firecracker_state;
 pub mod handoff;
 pub mod layout;
 pub mod manifest;

@@ -11,6 +11,7 @@ mod cpu;
 pub mod dirty_log;
 mod error;
 pub mod gc;
+pub mod import;
 pub mod incremental;
 pub mod keys;
 mod memory;

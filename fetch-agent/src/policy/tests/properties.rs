@@ -84,6 +84,8 @@ struct Model {
     woken: Vec<u64>,
     /// Install only the pages waiters wait for (a profiling restore).
     page_scope: bool,
+    /// Pages the guest gave up: zeros from then on.
+    removed: HashSet<u64>,
 }
 
 impl Model {
@@ -133,6 +135,10 @@ impl Model {
                         for i in 0..r.len {
                             let page = r.page + i;
                             assert_eq!(order[(r.block_offset + i) as usize], page);
+                            assert!(
+                                !self.removed.contains(&page),
+                                "block {block} installed over page {page}, which the guest gave up"
+                            );
                             assert!(self.installed_pages.insert(page), "page {page} twice");
                             if self.page_scope {
                                 assert!(
@@ -150,7 +156,12 @@ impl Model {
                 Action::ZeroFill { runs, waiter } => {
                     for r in runs {
                         for p in r.start..r.end() {
-                            assert!(self.installed_pages.insert(p), "zero page {p} twice");
+                            // A removed page may get a zero page again: the
+                            // kernel dropped the earlier one.
+                            assert!(
+                                self.installed_pages.insert(p) || self.removed.contains(&p),
+                                "zero page {p} twice"
+                            );
                         }
                     }
                     assert!(self.installed_pages.contains(&waiter.page));
@@ -421,5 +432,130 @@ proptest! {
         faults.sort();
         woken.sort();
         prop_assert_eq!(faults, woken, "every fault is woken exactly once");
+    }
+}
+
+/// Events of a restore whose guest gives pages up now and then.
+#[derive(Debug, Clone)]
+enum BalloonOp {
+    Fault(u64),
+    Ready(usize),
+    Tick(u64),
+    /// A REMOVE event: pages `start .. start + len` (clipped to memory).
+    Remove(u64, u64),
+}
+
+fn balloon_ops(pages: u64) -> impl Strategy<Value = Vec<BalloonOp>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => (0..pages).prop_map(BalloonOp::Fault),
+            3 => any::<usize>().prop_map(BalloonOp::Ready),
+            1 => (0u64..200).prop_map(BalloonOp::Tick),
+            2 => (0..pages, 1u64..6).prop_map(|(s, l)| BalloonOp::Remove(s, l)),
+        ],
+        1..150,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// REMOVE events interleaved with faults, fetches in flight (demand,
+    /// prefetch, streaming), cache installs and zero pages ahead: no block
+    /// is ever installed over a removed page, a fault on one is served at
+    /// once with a zero page and starts no fetch, and every fault is woken
+    /// exactly once, including faults that waited for a block when their
+    /// page was removed.
+    #[test]
+    fn removed_pages_read_as_zeros_and_no_fault_is_left_waiting(
+        m in random_manifest(),
+        ops in balloon_ops(64),
+        window in 0usize..4,
+        cached_mask in any::<u16>(),
+        stream in any::<bool>(),
+        zero_ahead in any::<bool>(),
+        page_scope in any::<bool>(),
+    ) {
+        let t0 = Instant::now();
+        let cfg = Config {
+            prefetch_window: window,
+            zero_window: 4,
+            stream: stream.then_some(StreamConfig { bytes_per_sec: Some(20_000), max_in_flight: 2 }),
+            zero_fill_ahead: zero_ahead,
+            install: if page_scope { InstallScope::Page } else { InstallScope::Block },
+        };
+        let mut r = Restore::new(m.clone(), cfg, t0);
+        let mut model = Model { page_scope, ..Model::default() };
+        let mut now = t0;
+        let total = m.total_pages();
+        for op in ops {
+            match op {
+                BalloonOp::Fault(page) => {
+                    let page = page % total;
+                    model.faults.push(page);
+                    let actions = r.fault(page, now, &mut model.cached(cached_mask)).unwrap();
+                    if model.removed.contains(&page) {
+                        prop_assert_eq!(actions.len(), 1);
+                        let zero = matches!(&actions[0], Action::ZeroFill { runs, waiter }
+                            if waiter.page == page && runs == &vec![PageRun { start: page, len: 1 }]);
+                        prop_assert!(zero, "fault on removed page {}: {:?}", page, actions);
+                    }
+                    model.apply(&m, actions);
+                    if !model.installed_pages.contains(&page) {
+                        let block = r.block_of(page).unwrap().unwrap();
+                        prop_assert_eq!(r.in_flight(block), Some(Priority::Demand));
+                    }
+                }
+                BalloonOp::Ready(i) if !model.outstanding.is_empty() => {
+                    let mut keys: Vec<u32> = model.outstanding.keys().copied().collect();
+                    keys.sort();
+                    let block = keys[i % keys.len()];
+                    model.outstanding.remove(&block);
+                    model.in_cache.insert(block);
+                    let actions = r.block_ready(block, now, None).unwrap();
+                    model.apply(&m, actions);
+                }
+                BalloonOp::Ready(_) => {}
+                BalloonOp::Tick(ms) => {
+                    now += Duration::from_millis(ms);
+                    let actions = r.poll(now, &mut model.cached(cached_mask));
+                    model.apply(&m, actions);
+                }
+                BalloonOp::Remove(start, len) => {
+                    let start = start % total;
+                    let len = len.min(total - start);
+                    for p in start..start + len {
+                        // The kernel drops the page whatever was in it.
+                        model.installed_pages.remove(&p);
+                        model.removed.insert(p);
+                    }
+                    let actions = r.remove(start, len).unwrap();
+                    for a in &actions {
+                        let zero = matches!(a, Action::ZeroFill { waiter, .. }
+                            if (start..start + len).contains(&waiter.page));
+                        prop_assert!(zero, "REMOVE of {}+{} gave {:?}", start, len, a);
+                    }
+                    model.apply(&m, actions);
+                    for p in start..start + len {
+                        prop_assert!(r.is_removed(p));
+                    }
+                }
+            }
+        }
+        while let Some(&block) = model.outstanding.keys().min() {
+            model.outstanding.remove(&block);
+            let actions = r.block_ready(block, now, None).unwrap();
+            model.apply(&m, actions);
+        }
+        let mut faults = model.faults.clone();
+        let mut woken = model.woken.clone();
+        faults.sort();
+        woken.sort();
+        prop_assert_eq!(faults, woken, "every fault is woken exactly once");
+        // A removal past the end of memory is refused, naming the page.
+        prop_assert_eq!(
+            r.remove(total - 1, 2),
+            Err(PolicyError::PageOutOfRange { page: total, total })
+        );
     }
 }
