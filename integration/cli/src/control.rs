@@ -60,7 +60,7 @@ impl<'a> Control<'a> {
         restored_from: Option<(String, String)>,
     ) -> anyhow::Result<()> {
         if self.api.is_some() {
-            self.lineage = Some(Lineage::start(vm, DirtyConfig::default(), restored_from)?);
+            self.lineage = Some(Lineage::start(vm, DirtyConfig::lifelong(), restored_from)?);
         }
         Ok(())
     }

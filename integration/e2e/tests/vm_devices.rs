@@ -29,7 +29,7 @@ const TOUCHES: u64 = 20_000_000;
 const SEED: u64 = 21;
 const DISK_BYTES: u64 = 2 << 20;
 const DISK_SECTORS: u64 = 1024;
-const DISK_PASSES: u64 = 4;
+const DISK_PASSES: u64 = 48;
 const NET_FRAMES: u64 = 3000;
 const TAP: &str = "tgdev0";
 
@@ -227,9 +227,12 @@ fn checkpoint_mid_io_and_restore(vcpus: u32, at: u64) {
         .collect();
     assert_eq!(u64s(&done["checksums"]), expected, "{what}: memory");
     let ticks = u64s(&done["ticks"]);
+    // vCPU 0 drives the devices to the end, so it runs (and ticks) after the restore; another
+    // vCPU may have finished its touches before the checkpoint, and its done report keeps the
+    // tick count it had then.
     for (cpu, (before, after)) in ticks_then.iter().zip(&ticks).enumerate() {
         assert!(
-            after > before,
+            after > before || (cpu > 0 && after == before),
             "{what}: vCPU {cpu} ticks {before} then {after}"
         );
     }

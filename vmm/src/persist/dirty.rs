@@ -36,6 +36,17 @@ impl Default for DirtyConfig {
 }
 
 impl DirtyConfig {
+    /// Dirty logging that runs for a VM's whole life (a VM behind the control API, for
+    /// incremental checkpoints): each harvest write-protects every page again, so the guest's
+    /// next write to each costs a fault; windows of seconds keep that to a fault per page written
+    /// every few seconds, while still laying a diff out by recency.
+    pub fn lifelong() -> Self {
+        DirtyConfig {
+            windows: 4,
+            window: Duration::from_secs(5),
+        }
+    }
+
     pub fn enabled(&self) -> bool {
         self.windows > 0 && !self.window.is_zero()
     }
