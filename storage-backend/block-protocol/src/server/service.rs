@@ -395,15 +395,17 @@ impl BlockServer {
             self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
         }
-        self.inner
-            .stats
-            .cache_misses
-            .fetch_add(1, Ordering::Relaxed);
         let flight = {
             let mut flights = self.inner.block_flights.lock().expect("lock");
             match flights.get(&hash) {
                 Some(f) => f.clone(),
                 None => {
+                    // The read that held this block may have ended since the cache was looked
+                    // at: it caches and ends its flights under this lock, so look again here.
+                    if let Some(bytes) = self.inner.cache.lock().expect("lock").get(&hash) {
+                        self.inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(bytes);
+                    }
                     let run = if priority == Priority::Demand {
                         vec![block]
                     } else {
@@ -430,6 +432,10 @@ impl BlockServer {
                 }
             }
         };
+        self.inner
+            .stats
+            .cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         flight.await
     }
 
