@@ -8,27 +8,13 @@ mod bins;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use vmm::boot::testguest::{self, Params, Pattern};
 
 const MEMORY: u64 = 64 << 20;
 const TOUCHES: u64 = 20_000_000;
 const SEED: u64 = 5;
-
-/// Starts `thaw vm ARGS` with JSON output and no console.
-fn spawn_vm(args: &[String]) -> bins::Killed {
-    bins::Killed(
-        bins::thaw()
-            .arg("vm")
-            .args(args)
-            .args(["--json", "--serial=none", "--timeout=240s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// Waits for a `thaw vm` process to end; its output and JSON lines.
 fn finish(vm: bins::Killed) -> (Output, Vec<serde_json::Value>) {
@@ -104,7 +90,7 @@ fn a_running_vm_is_paused_checkpointed_resumed_and_stopped_through_its_api() {
     ];
     let mut run_args = vec!["run".to_string(), format!("--api={}", socket.display())];
     run_args.extend_from_slice(&guest);
-    let vm = spawn_vm(&run_args);
+    let vm = bins::spawn_thaw_vm(&run_args);
     bins::wait_for_path(&socket, Duration::from_secs(60));
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the control socket is its user's only");
@@ -148,7 +134,7 @@ fn a_running_vm_is_paused_checkpointed_resumed_and_stopped_through_its_api() {
     // Each checkpoint restores in a fresh process and ends as an uninterrupted run does; the
     // restored VM serves the API too.
     let restored_socket = dir.path().join("restored.sock");
-    let restored = spawn_vm(&[
+    let restored = bins::spawn_thaw_vm(&[
         "restore".into(),
         format!("--store={}", store.display()),
         format!("--id={running_id}"),
@@ -182,7 +168,7 @@ fn stop_ends_the_vm_and_a_socket_path_holding_a_file_is_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vm.sock");
-    let vm = spawn_vm(&[
+    let vm = bins::spawn_thaw_vm(&[
         "run".into(),
         format!("--api={}", socket.display()),
         format!("--memory={MEMORY}"),

@@ -8,7 +8,6 @@
 mod bins;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 use vmm::boot::testguest::{self, Params, Pattern};
 
@@ -38,19 +37,6 @@ fn guest_args() -> Vec<String> {
         format!("--touches={TOUCHES}"),
         format!("--seed={SEED}"),
     ]
-}
-
-fn spawn_vm(args: &[String]) -> bins::Killed {
-    bins::Killed(
-        bins::thaw()
-            .arg("vm")
-            .args(args)
-            .args(["--json", "--serial=none", "--timeout=240s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 /// `thaw vm checkpoint --api SOCKET --store STORE EXTRA...`: the checkpoint's JSON, or the error.
@@ -106,7 +92,7 @@ fn a_chain_of_ten_checkpoints_restores_each_exactly_and_diffs_upload_what_change
     let socket = dir.path().join("vm.sock");
     let mut args = vec!["run".to_string(), format!("--api={}", socket.display())];
     args.extend(guest_args());
-    let vm = spawn_vm(&args);
+    let vm = bins::spawn_thaw_vm(&args);
     bins::wait_for_path(&socket, Duration::from_secs(60));
 
     let mut chain: Vec<serde_json::Value> = Vec::new();
@@ -162,7 +148,7 @@ fn a_restored_vm_is_checkpointed_as_a_diff_of_its_checkpoint() {
     let socket = dir.path().join("vm.sock");
     let mut args = vec!["run".to_string(), format!("--api={}", socket.display())];
     args.extend(guest_args());
-    let vm = spawn_vm(&args);
+    let vm = bins::spawn_thaw_vm(&args);
     bins::wait_for_path(&socket, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
     let base = checkpoint(&socket, &store, &["--stop"]).unwrap();
@@ -179,7 +165,7 @@ fn a_restored_vm_is_checkpointed_as_a_diff_of_its_checkpoint() {
             format!("--api={}", restored_socket.display()),
         ];
         args.extend(mode.map(String::from));
-        let restored = spawn_vm(&args);
+        let restored = bins::spawn_thaw_vm(&args);
         bins::wait_for_path(&restored_socket, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(300));
         let child = checkpoint(&restored_socket, &store, &[]).unwrap();
@@ -207,7 +193,7 @@ fn the_api_refuses_concurrent_unknown_parent_and_stopped_vm_checkpoints_saying_w
     let store = dir.path().join("store");
     let socket = dir.path().join("vm.sock");
     // Big enough that a full checkpoint takes a while here.
-    let vm = spawn_vm(&[
+    let vm = bins::spawn_thaw_vm(&[
         "run".into(),
         format!("--api={}", socket.display()),
         "--memory=1GiB".into(),

@@ -61,6 +61,21 @@ pub fn thaw_vm(args: &[String]) -> Vec<serde_json::Value> {
     json_lines(&out.stdout)
 }
 
+/// Starts `thaw vm ARGS --json` (no console, four-minute timeout) with its output piped, for a
+/// test that drives it while it runs (through its control API); killed when dropped.
+pub fn spawn_thaw_vm(args: &[String]) -> Killed {
+    Killed(
+        thaw()
+            .arg("vm")
+            .args(args)
+            .args(["--json", "--serial=none", "--timeout=240s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Runs `thaw vm ARGS --json --timeout=TIMEOUT` with the guest console in `console`; on
 /// failure panics with its stderr and the console's last 40 lines.
 pub fn thaw_vm_console(args: &[String], console: &Path, timeout: &str) -> Vec<serde_json::Value> {
